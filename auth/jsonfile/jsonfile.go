@@ -1,0 +1,134 @@
+// Package jsonfile is the credential store kept in a JSON file
+// (--auth=/path/users.json):
+//
+//	{"bob": {"owner": "bob", "secret": "s3cret", "pubchans": ["chan1"], "subchans": []}}
+//
+// The file is reloaded when it changes, including by an atomic rename or a
+// Kubernetes secret's symlink swap. A broken file is refused whole and the
+// last good users are kept.
+package jsonfile
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/internal/watch"
+)
+
+func init() {
+	auth.Register(auth.Driver{
+		Name:  "json",
+		Match: func(spec string) bool { return strings.HasSuffix(spec, ".json") },
+		Open: func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
+			return Open(spec, opts.Logger)
+		},
+	})
+}
+
+// Store serves users from the last good version of a JSON file.
+type Store struct {
+	path  string
+	log   *slog.Logger
+	users atomic.Pointer[map[string]auth.User]
+	stop  func()
+
+	mu   sync.Mutex // serialises reloads and edits
+	last []byte     // contents last loaded, to skip no-op reloads
+}
+
+// Open loads path and starts watching it. A missing or broken file at start
+// is an error: the operator should hear about it before anyone logs in.
+func Open(path string, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Store{path: path, log: log}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading user file: %w", err)
+	}
+	users, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	s.users.Store(&users)
+	s.last = data
+	log.Info("user file loaded", "path", path, "users", len(users))
+
+	stop, err := watch.Files(log, []string{path}, s.reload)
+	if err != nil {
+		log.Warn("cannot watch user file; changes need a restart", "path", path, "err", err)
+		stop = func() {}
+	}
+	s.stop = stop
+	return s, nil
+}
+
+func (s *Store) reload() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data, err := os.ReadFile(s.path)
+	if err != nil {
+		s.log.Error("user file unreadable; keeping the last good users", "path", s.path, "err", err)
+		return
+	}
+	if bytes.Equal(data, s.last) {
+		return
+	}
+	users, err := Parse(data)
+	if err != nil {
+		s.log.Error("user file is broken; keeping the last good users", "path", s.path, "err", err)
+		return
+	}
+	s.users.Store(&users)
+	s.last = data
+	s.log.Info("user file reloaded", "path", s.path, "users", len(users))
+}
+
+// Parse decodes and validates a whole user file. Unlike the Python broker,
+// owner may be omitted (it defaults to the ident) and so may empty channel
+// lists, and unknown fields are ignored; any other defect rejects the whole file.
+func Parse(data []byte) (map[string]auth.User, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("not a JSON object of users: %w", err)
+	}
+	users := make(map[string]auth.User, len(raw))
+	for ident, entry := range raw {
+		var u auth.User
+		if err := json.Unmarshal(entry, &u); err != nil {
+			return nil, fmt.Errorf("user %q: %w", ident, err)
+		}
+		if u.Secret == "" {
+			return nil, fmt.Errorf("user %q has no secret", ident)
+		}
+		u.Ident = ident
+		if u.Owner == "" {
+			u.Owner = ident
+		}
+		users[ident] = u
+	}
+	return users, nil
+}
+
+// Lookup implements auth.Store.
+func (s *Store) Lookup(_ context.Context, ident string) (auth.User, bool, error) {
+	u, ok := (*s.users.Load())[ident]
+	return u, ok, nil
+}
+
+func (s *Store) String() string { return "json:" + s.path }
+
+// Close stops watching the file.
+func (s *Store) Close() error {
+	s.stop()
+	return nil
+}

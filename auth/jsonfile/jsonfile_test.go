@@ -1,0 +1,129 @@
+package jsonfile
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+)
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func secretOf(s *Store, ident string) string {
+	u, _, _ := s.Lookup(context.Background(), ident)
+	return u.Secret
+}
+
+func TestParse(t *testing.T) {
+	users, err := Parse([]byte(`{"bob": {"secret": "s", "pubchans": ["a"], "extra": 1}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := users["bob"]; u.Owner != "bob" || u.Ident != "bob" || len(u.PubChans) != 1 {
+		t.Errorf("got %+v", u)
+	}
+	for _, bad := range []string{`[]`, `{"bob": "x"}`, `{"bob": {"secret": ""}}`, `{"bob": {"secret": "s", "pubchans": "a"}}`, `{`} {
+		if _, err := Parse([]byte(bad)); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+func TestReloadAtomicRenameAndBrokenFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "users.json")
+	write := func(body string) {
+		tmp := filepath.Join(dir, ".users.tmp")
+		if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"bob": {"secret": "one"}}`)
+	st, err := auth.Open(context.Background(), path, auth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := st.(*Store)
+	if secretOf(s, "bob") != "one" {
+		t.Fatal("initial load")
+	}
+	write(`{"bob": {"secret": "two"}, "eve": {"secret": "e"}}`)
+	waitFor(t, "reload after rename", func() bool { return secretOf(s, "bob") == "two" })
+
+	write(`{"bob": {"secret": `) // broken: the last good users stay
+	time.Sleep(4 * 100 * time.Millisecond)
+	if secretOf(s, "bob") != "two" || secretOf(s, "eve") != "e" {
+		t.Fatal("broken file replaced the users")
+	}
+	// In-place rewrite, as an editor might do.
+	if err := os.WriteFile(path, []byte(`{"bob": {"secret": "three"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "reload after in-place write", func() bool { return secretOf(s, "bob") == "three" })
+	if _, found, _ := s.Lookup(context.Background(), "eve"); found {
+		t.Error("removed user still found")
+	}
+}
+
+// A Kubernetes secret volume: users.json -> ..data/users.json, and ..data is
+// a symlink swapped atomically to a new timestamped directory.
+func TestReloadKubernetesSymlinkSwap(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name, body string) {
+		if err := os.MkdirAll(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "users.json"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("..2026_01", `{"bob": {"secret": "old"}}`)
+	if err := os.Symlink("..2026_01", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "users.json")
+	if err := os.Symlink("..data/users.json", path); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mk("..2026_02", `{"bob": {"secret": "new"}}`)
+	if err := os.Symlink("..2026_02", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "reload after symlink swap", func() bool { return secretOf(s, "bob") == "new" })
+}
+
+func TestOpenRefusesMissingOrBrokenFile(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Open(filepath.Join(dir, "missing.json"), nil); err == nil {
+		t.Error("missing file accepted")
+	}
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte("{"), 0o600)
+	if _, err := Open(bad, nil); err == nil {
+		t.Error("broken file accepted")
+	}
+}

@@ -1,0 +1,89 @@
+package wire
+
+import (
+	"io"
+)
+
+const (
+	// minReadBuf is small because most connections are idle sensors: the
+	// buffer grows to fit a large frame and shrinks back once it is consumed.
+	minReadBuf = 512
+	// keepReadBuf is the largest buffer kept once it has been emptied.
+	keepReadBuf = 64 << 10
+)
+
+// Reader reads frames from a stream through one reusable buffer.
+// It is not safe for concurrent use.
+type Reader struct {
+	r          io.Reader
+	buf        []byte
+	start, end int
+	// Limits bounds each frame's length by opcode; it may be changed
+	// between calls to Next (for instance once a client has authenticated).
+	Limits Limits
+}
+
+// NewReader returns a Reader on r that accepts frames within limits.
+func NewReader(r io.Reader, limits Limits) *Reader {
+	return &Reader{r: r, Limits: limits}
+}
+
+// Next returns the next whole frame. The frame aliases the Reader's buffer
+// and is valid only until the next call. A malformed frame returns one of
+// the package's decoding errors; a read error is returned as is, with
+// io.ErrUnexpectedEOF when the stream ends inside a frame.
+func (r *Reader) Next() (Frame, error) {
+	for {
+		f, n, want, err := Split(r.buf[r.start:r.end], &r.Limits)
+		if err != nil {
+			return f, err
+		}
+		if n > 0 {
+			r.start += n
+			return f, nil
+		}
+		if err := r.fill(want); err != nil {
+			if err == io.EOF && r.end > r.start {
+				err = io.ErrUnexpectedEOF
+			}
+			return Frame{}, err
+		}
+	}
+}
+
+// Buffered is the number of bytes read from the stream but not yet returned
+// as frames.
+func (r *Reader) Buffered() int { return r.end - r.start }
+
+// fill reads at least once, making room for a frame of want bytes.
+func (r *Reader) fill(want int) error {
+	if r.start == r.end {
+		r.start, r.end = 0, 0
+		if cap(r.buf) > keepReadBuf && want <= keepReadBuf {
+			r.buf = nil
+		}
+	}
+	if r.start+want > len(r.buf) {
+		if want > len(r.buf) {
+			size := max(want, minReadBuf)
+			if want < keepReadBuf {
+				size = max(size, min(2*len(r.buf), keepReadBuf))
+			}
+			nb := make([]byte, size)
+			r.end = copy(nb, r.buf[r.start:r.end])
+			r.buf, r.start = nb, 0
+		} else {
+			r.end = copy(r.buf, r.buf[r.start:r.end])
+			r.start = 0
+		}
+	}
+	n, err := r.r.Read(r.buf[r.end:])
+	r.end += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}

@@ -1,0 +1,220 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+func unhex(t testing.TB, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The test vectors of the spec, section 1.
+func TestVectors(t *testing.T) {
+	info, err := AppendInfo(nil, "name", [4]byte{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := AppendAuth(nil, []byte{0, 0, 0, 0}, "ident", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := AppendPublish(nil, []byte("ident"), []byte("chan"), []byte("payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := AppendSubscribe(nil, []byte("ident"), []byte("chan"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsub, err := AppendUnsubscribe(nil, []byte("ident"), []byte("chan"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := Hash([]byte("rand"), []byte("secret"))
+	for _, c := range []struct {
+		name string
+		got  []byte
+		want string
+	}{
+		{"INFO", info, "0000000e 01 04 6e616d65 00000000"},
+		{"AUTH", auth, "0000001f 02 05 6964656e74 16a311d5c260cdc1eef38baf22df9718907426ac"},
+		{"hash", h[:], "bfa95e1149cd9e7380fdfc614a57095ab719c1b4"},
+		{"PUBLISH", pub, "00000017 03 05 6964656e74 04 6368616e 7061796c6f6164"},
+		{"SUBSCRIBE", sub, "0000000f 04 05 6964656e74 6368616e"},
+		{"UNSUBSCRIBE", unsub, "0000000f 05 05 6964656e74 6368616e"},
+		{"ERROR", AppendError(nil, "error"), "0000000a 00 6572726f72"},
+	} {
+		if want := unhex(t, c.want); !bytes.Equal(c.got, want) {
+			t.Errorf("%s: got %x, want %x", c.name, c.got, want)
+		}
+	}
+}
+
+func TestDecodeVectors(t *testing.T) {
+	lim := UniformLimits(1 << 20)
+	for _, c := range []struct {
+		hex                     string
+		op                      Op
+		ident, channel, payload string
+	}{
+		{"0000000e 01 04 6e616d65 00000000", OpInfo, "name", "", "\x00\x00\x00\x00"},
+		{"00000017 03 05 6964656e74 04 6368616e 7061796c6f6164", OpPublish, "ident", "chan", "payload"},
+		{"0000000f 04 05 6964656e74 6368616e", OpSubscribe, "ident", "chan", ""},
+		{"0000000f 05 05 6964656e74 6368616e", OpUnsubscribe, "ident", "chan", ""},
+		{"0000000a 00 6572726f72", OpError, "", "", "error"},
+	} {
+		raw := unhex(t, c.hex)
+		f, n, _, err := Split(raw, &lim)
+		if err != nil || n != len(raw) {
+			t.Fatalf("%s: n=%d err=%v", c.hex, n, err)
+		}
+		if f.Op != c.op || string(f.Ident) != c.ident || string(f.Channel) != c.channel || string(f.Payload) != c.payload {
+			t.Errorf("%s: decoded %+v", c.hex, f)
+		}
+	}
+}
+
+func TestMalformed(t *testing.T) {
+	lim := UniformLimits(1000)
+	for _, c := range []struct {
+		name string
+		hex  string
+		err  error
+	}{
+		{"length 0", "00000000 03", ErrShortLength},
+		{"length 4", "00000004 03", ErrShortLength},
+		{"negative length", "ffffffff 03", ErrTooLarge},
+		{"over limit", "000003e9 03", ErrTooLarge},
+		{"unknown opcode", "00000005 06", ErrUnknownOp},
+		{"opcode 255", "00000005 ff", ErrUnknownOp},
+		{"empty publish body", "00000005 03", ErrBadBody},
+		{"ident longer than body", "00000007 03 05 41", ErrBadBody},
+		{"channel longer than body", "00000009 03 01 41 09 42", ErrBadBody},
+		{"empty auth body", "00000005 02", ErrBadBody},
+		{"empty subscribe body", "00000005 04", ErrBadBody},
+	} {
+		_, _, _, err := Split(unhex(t, c.hex), &lim)
+		if !errors.Is(err, c.err) {
+			t.Errorf("%s: err %v, want %v", c.name, err, c.err)
+		}
+	}
+	// A header alone asks for the rest of the frame.
+	_, n, want, err := Split(unhex(t, "00000017 03"), &lim)
+	if n != 0 || want != 0x17 || err != nil {
+		t.Errorf("partial frame: n=%d want=%d err=%v", n, want, err)
+	}
+}
+
+func TestEncodeRefusesOversizedStr8(t *testing.T) {
+	long := bytes.Repeat([]byte("x"), 256)
+	if _, err := AppendPublish(nil, long, []byte("c"), nil); err == nil {
+		t.Error("256-byte ident accepted")
+	}
+	if _, err := AppendPublish(nil, []byte("i"), long, nil); err == nil {
+		t.Error("256-byte channel accepted")
+	}
+	if _, err := AppendInfo(nil, string(long), [4]byte{}); err == nil {
+		t.Error("256-byte name accepted")
+	}
+	if _, err := AppendSubscribe(nil, []byte("i"), long); err != nil {
+		t.Errorf("long channel in SUBSCRIBE refused: %v", err)
+	}
+}
+
+// oneByteReader hands out one byte per Read, the worst a network can do.
+type oneByteReader struct{ r io.Reader }
+
+func (o oneByteReader) Read(p []byte) (int, error) { return o.r.Read(p[:1]) }
+
+func TestReaderReassemblesAndShrinks(t *testing.T) {
+	var stream []byte
+	big := bytes.Repeat([]byte("B"), 200<<10)
+	for i := 0; i < 3; i++ {
+		stream, _ = AppendPublish(stream, []byte("ident"), []byte("chan"), []byte("small"))
+		stream, _ = AppendPublish(stream, []byte("ident"), []byte("chan"), big)
+	}
+	for _, r := range []io.Reader{bytes.NewReader(stream), oneByteReader{bytes.NewReader(stream)}} {
+		rd := NewReader(r, UniformLimits(1<<20))
+		for i := 0; i < 6; i++ {
+			f, err := rd.Next()
+			if err != nil {
+				t.Fatalf("frame %d: %v", i, err)
+			}
+			want := []byte("small")
+			if i%2 == 1 {
+				want = big
+			}
+			if !bytes.Equal(f.Payload, want) {
+				t.Fatalf("frame %d: payload of %d bytes", i, len(f.Payload))
+			}
+		}
+		if _, err := rd.Next(); err != io.EOF {
+			t.Fatalf("after last frame: %v", err)
+		}
+		if cap(rd.buf) > keepReadBuf {
+			t.Errorf("buffer kept at %d bytes after large frames were consumed", cap(rd.buf))
+		}
+	}
+}
+
+func TestReaderTruncated(t *testing.T) {
+	frame, _ := AppendPublish(nil, []byte("i"), []byte("c"), []byte("payload"))
+	rd := NewReader(bytes.NewReader(frame[:len(frame)-1]), UniformLimits(100))
+	if _, err := rd.Next(); err != io.ErrUnexpectedEOF {
+		t.Fatalf("got %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func FuzzSplit(f *testing.F) {
+	for _, s := range []string{
+		"00000017 03 05 6964656e74 04 6368616e 7061796c6f6164",
+		"0000001f 02 05 6964656e74 16a311d5c260cdc1eef38baf22df9718907426ac",
+		"0000000f 04 05 6964656e74 6368616e",
+		"0000000e 01 04 6e616d65 00000000",
+		"00000005 03", "00000000 00", "ffffffff 03", "00000005 06", "00000007 03 05 41",
+		"00000009 03 01 41 09 42",
+	} {
+		f.Add(unhex(f, s))
+	}
+	lim := UniformLimits(1 << 16)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, n, want, err := Split(b, &lim)
+		if err != nil {
+			return
+		}
+		if n == 0 {
+			if want < HeaderLen || want <= len(b) && len(b) >= HeaderLen {
+				t.Fatalf("incomplete with want=%d for %d bytes", want, len(b))
+			}
+			return
+		}
+		if n > len(b) || len(fr.Raw) != n {
+			t.Fatalf("frame of %d bytes from %d", n, len(b))
+		}
+		// Whatever decodes re-encodes to the same bytes.
+		var re []byte
+		switch fr.Op {
+		case OpPublish:
+			re, err = AppendPublish(nil, fr.Ident, fr.Channel, fr.Payload)
+		case OpSubscribe:
+			re, err = AppendSubscribe(nil, fr.Ident, fr.Channel)
+		case OpError:
+			re = AppendError(nil, string(fr.Payload))
+		default:
+			return
+		}
+		if err != nil || !bytes.Equal(re, fr.Raw) {
+			t.Fatalf("re-encoding %x gave %x (%v)", fr.Raw, re, err)
+		}
+	})
+}
