@@ -1,0 +1,221 @@
+// Package broker is the hpfeeds broker: it accepts connections on endpoints,
+// authenticates them against a credential store, and fans every PUBLISH out
+// to the subscribers of its channel.
+//
+// The publish path is built for speed: a publisher's frame is copied once
+// and the same bytes are queued to every subscriber; the subscriber list of a
+// channel is an immutable slice swapped atomically, so publishers take no
+// lock but each subscriber's short queue mutex, which no I/O ever holds; and
+// each connection has one writer goroutine that coalesces its queue into as
+// few syscalls as possible.
+package broker
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// Broker routes frames between connections. Create one with New.
+type Broker struct {
+	cfg Config
+	// Frame limits before and after authentication.
+	preAuth, postAuth wire.Limits
+
+	ctx    context.Context // cancelled by Shutdown; bounds credential lookups
+	cancel context.CancelFunc
+
+	topicsMu sync.RWMutex
+	topics   map[string]*topic
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closing   bool
+	wg        sync.WaitGroup // one per live connection and accept loop
+
+	stats stats
+}
+
+// New checks cfg and returns a broker ready to Serve.
+func New(cfg Config) (*Broker, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Broker{
+		cfg:       cfg,
+		ctx:       ctx,
+		cancel:    cancel,
+		topics:    map[string]*topic{},
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}
+	b.preAuth, b.postAuth = cfg.limits()
+	b.stats.init()
+	return b, nil
+}
+
+// ErrClosed is returned by Serve once the broker is shut down.
+var ErrClosed = errors.New("broker: shut down")
+
+// Serve accepts connections on l until l fails or the broker shuts down.
+// mode restricts what the endpoint's clients may do.
+func (b *Broker) Serve(l net.Listener, mode Mode) error {
+	b.mu.Lock()
+	if b.closing {
+		b.mu.Unlock()
+		l.Close()
+		return ErrClosed
+	}
+	b.listeners[l] = struct{}{}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	defer b.wg.Done()
+
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if b.isClosing() {
+				return ErrClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				// Out of file descriptors and the like: back off rather
+				// than spin, and keep serving the connections we have.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				b.cfg.Logger.Warn("accept failed; retrying", "addr", l.Addr(), "err", err, "retry_in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			b.mu.Lock()
+			delete(b.listeners, l)
+			b.mu.Unlock()
+			return err
+		}
+		delay = 0
+		c := newConn(b, nc, mode)
+		if !b.track(c) {
+			nc.Close()
+			return ErrClosed
+		}
+		go c.serve()
+	}
+}
+
+func (b *Broker) isClosing() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closing
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+func (b *Broker) track(c *conn) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return false
+	}
+	b.conns[c] = struct{}{}
+	b.wg.Add(1)
+	return true
+}
+
+func (b *Broker) untrack(c *conn) {
+	b.mu.Lock()
+	delete(b.conns, c)
+	b.mu.Unlock()
+	b.wg.Done()
+}
+
+// Shutdown stops accepting, closes every connection and waits for them to
+// finish, or for ctx to end.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	b.closing = true
+	for l := range b.listeners {
+		l.Close()
+	}
+	for c := range b.conns {
+		c.nc.Close()
+	}
+	b.mu.Unlock()
+	b.cancel()
+
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// topic returns the channel's topic, creating it if create is set. Topics
+// are never removed: they exist only for channels some user was allowed to
+// publish or subscribe to, so their number is bounded by the configuration.
+func (b *Broker) topic(name []byte, create bool) *topic {
+	b.topicsMu.RLock()
+	t := b.topics[string(name)]
+	b.topicsMu.RUnlock()
+	if t != nil || !create {
+		return t
+	}
+	b.topicsMu.Lock()
+	defer b.topicsMu.Unlock()
+	if t = b.topics[string(name)]; t == nil {
+		t = newTopic(string(name))
+		b.topics[t.name] = t
+	}
+	return t
+}
+
+// topic is one channel and its subscribers.
+type topic struct {
+	name string
+	mu   sync.Mutex // serialises changes to subs
+	subs atomic.Pointer[[]*conn]
+}
+
+func newTopic(name string) *topic {
+	t := &topic{name: name}
+	t.subs.Store(&[]*conn{})
+	return t
+}
+
+// subscribers is the current list; publishers range over it without a lock.
+func (t *topic) subscribers() []*conn { return *t.subs.Load() }
+
+func (t *topic) add(c *conn) {
+	t.mu.Lock()
+	old := *t.subs.Load()
+	n := make([]*conn, len(old), len(old)+1)
+	copy(n, old)
+	n = append(n, c)
+	t.subs.Store(&n)
+	t.mu.Unlock()
+}
+
+func (t *topic) remove(c *conn) {
+	t.mu.Lock()
+	old := *t.subs.Load()
+	n := make([]*conn, 0, len(old))
+	for _, s := range old {
+		if s != c {
+			n = append(n, s)
+		}
+	}
+	t.subs.Store(&n)
+	t.mu.Unlock()
+}

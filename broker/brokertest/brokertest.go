@@ -1,0 +1,99 @@
+// Package brokertest starts real brokers on loopback for tests.
+package brokertest
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/broker"
+)
+
+// Server is a broker serving one endpoint.
+type Server struct {
+	Addr     string // host:port the endpoint is bound to
+	Broker   *broker.Broker
+	Listener *broker.Listener
+}
+
+// Start serves a broker on a free loopback TCP port until the test ends.
+func Start(t testing.TB, store auth.Store, opts ...func(*broker.Config)) *Server {
+	return StartEndpoint(t, store, "tcp:interface=127.0.0.1:port=0", opts...)
+}
+
+// StartEndpoint serves a broker on the endpoint string ep until the test ends.
+func StartEndpoint(t testing.TB, store auth.Store, ep string, opts ...func(*broker.Config)) *Server {
+	t.Helper()
+	cfg := broker.Config{Auth: store}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	b, err := broker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := broker.ParseEndpoint(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := broker.Listen(context.Background(), e, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.Serve(l, e.Mode)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := b.Shutdown(ctx); err != nil {
+			t.Errorf("broker shutdown: %v", err)
+		}
+		l.Close()
+		<-done
+	})
+	return &Server{Addr: l.Addr().String(), Broker: b, Listener: l}
+}
+
+// Users is an in-memory credential store, safe to change while a broker
+// uses it.
+type Users struct {
+	mu    sync.RWMutex
+	users map[string]auth.User
+}
+
+// NewUsers returns a store holding users.
+func NewUsers(users ...auth.User) *Users {
+	s := &Users{users: map[string]auth.User{}}
+	for _, u := range users {
+		s.Put(u)
+	}
+	return s
+}
+
+// Put adds or replaces a user; Owner defaults to Ident.
+func (s *Users) Put(u auth.User) {
+	if u.Owner == "" {
+		u.Owner = u.Ident
+	}
+	s.mu.Lock()
+	s.users[u.Ident] = u
+	s.mu.Unlock()
+}
+
+// Lookup implements auth.Store.
+func (s *Users) Lookup(_ context.Context, ident string) (auth.User, bool, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	u, ok := s.users[ident]
+	return u, ok, nil
+}
+
+func (s *Users) String() string { return "memory" }
+
+// Close implements auth.Store.
+func (s *Users) Close() error { return nil }

@@ -1,0 +1,76 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hpfeeds-go/hpfeeds/internal/watch"
+)
+
+// certReloader serves a certificate and swaps in a new one when its files
+// change, as Let's Encrypt renewals do. A broken new pair keeps the old one.
+type certReloader struct {
+	certFile, keyFile string
+	log               *slog.Logger
+	cert              atomic.Pointer[tls.Certificate]
+	stop              func()
+
+	mu       sync.Mutex
+	lastCert []byte
+	lastKey  []byte
+}
+
+func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	stop, err := watch.Files(log, []string{certFile, keyFile}, r.reload)
+	if err != nil {
+		log.Warn("cannot watch certificate files; renewals need a restart", "cert", certFile, "err", err)
+		stop = func() {}
+	}
+	r.stop = stop
+	return r, nil
+}
+
+func (r *certReloader) load() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	certPEM, err := os.ReadFile(r.certFile)
+	if err != nil {
+		return fmt.Errorf("reading certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(r.keyFile)
+	if err != nil {
+		return fmt.Errorf("reading private key: %w", err)
+	}
+	if bytes.Equal(certPEM, r.lastCert) && bytes.Equal(keyPEM, r.lastKey) {
+		return nil
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("loading %s and %s: %w", r.certFile, r.keyFile, err)
+	}
+	r.cert.Store(&cert)
+	r.lastCert, r.lastKey = certPEM, keyPEM
+	r.log.Info("TLS certificate loaded", "cert", r.certFile, "key", r.keyFile)
+	return nil
+}
+
+func (r *certReloader) reload() {
+	if err := r.load(); err != nil {
+		r.log.Error("new TLS certificate not usable; keeping the previous one", "err", err)
+	}
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return r.cert.Load(), nil
+}
+
+func (r *certReloader) close() { r.stop() }

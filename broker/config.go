@@ -1,0 +1,117 @@
+package broker
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// Defaults of the spec's limits (section 3).
+const (
+	DefaultName                 = "hpfeeds"
+	DefaultAuthTimeout          = 10 * time.Second
+	DefaultLookupTimeout        = 5 * time.Second
+	DefaultMaxPublishSize       = 10 << 20
+	DefaultMaxSubscribeSize     = 1 << 20
+	DefaultPreAuthMaxSize       = wire.PreAuthMaxLen
+	DefaultSendQueueSoft        = 52_429_050 // the reference's 50 × (5 + 1 MiB)
+	DefaultSendQueueLow         = DefaultSendQueueSoft / 4
+	DefaultSendQueueHard        = 2 * DefaultSendQueueSoft
+	DefaultBackpressureDeadline = 60 * time.Second
+	DefaultFlushTimeout         = 5 * time.Second
+)
+
+// Config is what a Broker needs. Zero fields take the defaults above.
+type Config struct {
+	// Name is sent in INFO; at most 255 bytes.
+	Name string
+	// Auth answers every AUTH. Required.
+	Auth   auth.Store
+	Logger *slog.Logger
+
+	// AuthTimeout closes a connection that has not authenticated in time.
+	AuthTimeout time.Duration
+	// LookupTimeout bounds one credential lookup.
+	LookupTimeout time.Duration
+	// PreAuthMaxSize bounds any frame before authentication (whole frame).
+	PreAuthMaxSize int
+	// MaxPublishSize bounds a PUBLISH body (ident, channel and payload).
+	MaxPublishSize int
+	// MaxSubscribeSize bounds a SUBSCRIBE or UNSUBSCRIBE body.
+	MaxSubscribeSize int
+
+	// A subscriber's queue past SendQueueSoft bytes starts a deadline of
+	// BackpressureDeadline; draining to SendQueueLow cancels it; expiry or
+	// SendQueueHard closes the subscriber.
+	SendQueueSoft        int
+	SendQueueLow         int
+	SendQueueHard        int
+	BackpressureDeadline time.Duration
+	// FlushTimeout bounds writing the last frames and the ERROR to a
+	// connection being closed.
+	FlushTimeout time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.Auth == nil {
+		return fmt.Errorf("broker: no credential store configured")
+	}
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if len(c.Name) > wire.MaxStr8 {
+		return fmt.Errorf("broker name is %d bytes; INFO carries at most 255", len(c.Name))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defd := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defd(&c.AuthTimeout, DefaultAuthTimeout)
+	defd(&c.LookupTimeout, DefaultLookupTimeout)
+	defd(&c.BackpressureDeadline, DefaultBackpressureDeadline)
+	defd(&c.FlushTimeout, DefaultFlushTimeout)
+	def(&c.PreAuthMaxSize, DefaultPreAuthMaxSize)
+	def(&c.MaxPublishSize, DefaultMaxPublishSize)
+	def(&c.MaxSubscribeSize, DefaultMaxSubscribeSize)
+	def(&c.SendQueueSoft, DefaultSendQueueSoft)
+	def(&c.SendQueueLow, c.SendQueueSoft/4)
+	def(&c.SendQueueHard, 2*c.SendQueueSoft)
+
+	if c.PreAuthMaxSize < wire.HeaderLen+2+wire.HashLen {
+		return fmt.Errorf("pre-auth frame limit %d is too small for any AUTH", c.PreAuthMaxSize)
+	}
+	if wire.HeaderLen+c.MaxPublishSize > wire.MaxFrameLen || wire.HeaderLen+c.MaxSubscribeSize > wire.MaxFrameLen {
+		return fmt.Errorf("frame limits must stay under 2 GiB: clients read the length as signed")
+	}
+	if !(c.SendQueueLow < c.SendQueueSoft && c.SendQueueSoft <= c.SendQueueHard) {
+		return fmt.Errorf("send queue marks must satisfy low < soft <= hard (got %d, %d, %d)",
+			c.SendQueueLow, c.SendQueueSoft, c.SendQueueHard)
+	}
+	if c.SendQueueHard < wire.HeaderLen+c.MaxPublishSize {
+		return fmt.Errorf("send queue hard bound %d is under the largest PUBLISH frame %d: such a frame could never be delivered",
+			c.SendQueueHard, wire.HeaderLen+c.MaxPublishSize)
+	}
+	return nil
+}
+
+// limits returns the frame limits before and after authentication.
+func (c *Config) limits() (pre, post wire.Limits) {
+	pre = wire.UniformLimits(c.PreAuthMaxSize)
+	post = pre
+	post[wire.OpPublish] = wire.HeaderLen + c.MaxPublishSize
+	post[wire.OpSubscribe] = wire.HeaderLen + c.MaxSubscribeSize
+	post[wire.OpUnsubscribe] = wire.HeaderLen + c.MaxSubscribeSize
+	return pre, post
+}

@@ -1,0 +1,327 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// Mode restricts what an endpoint's clients may do.
+type Mode uint8
+
+const (
+	// ModePubSub allows both publishing and subscribing (the default).
+	ModePubSub Mode = iota
+	// ModePublish is a push-only endpoint: SUBSCRIBE is refused.
+	ModePublish
+	// ModeSubscribe is a pull-only endpoint: PUBLISH is refused.
+	ModeSubscribe
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModePublish:
+		return "publish"
+	case ModeSubscribe:
+		return "subscribe"
+	}
+	return "pubsub"
+}
+
+// The error texts of the spec's table; clients and operators grep for them.
+const (
+	msgFirstNotAuth = "First message was not AUTH"
+	msgAuthFailed   = "Authentication failed for "
+	msgBackpressure = "Backpressure deadline timer expired"
+)
+
+// Error categories, as the metric hpfeeds_broker_connection_error labels them.
+const (
+	CategoryInvalidFirstMessage  = "invalid-first-message"
+	CategoryInvalidIdent         = "invalid-ident"
+	CategoryInvalidSecret        = "invalid-secret"
+	CategoryErrorCheckingIdent   = "error-checking-ident"
+	CategoryIdentMismatchPub     = "ident-mismatch-pub"
+	CategoryNoPubPermission      = "no-pub-permission"
+	CategoryNoSubPermission      = "no-sub-permission"
+	CategoryDeadlineTimerExpired = "deadline-timer-expired"
+)
+
+// session is what AUTH established. It never changes once stored.
+type session struct {
+	ident    []byte
+	identStr string
+	owner    string
+	pub, sub map[string]struct{}
+}
+
+func newSession(u auth.User) *session {
+	set := func(l []string) map[string]struct{} {
+		m := make(map[string]struct{}, len(l))
+		for _, c := range l {
+			m[c] = struct{}{}
+		}
+		return m
+	}
+	return &session{
+		ident:    []byte(u.Ident),
+		identStr: u.Ident,
+		owner:    u.Owner,
+		pub:      set(u.PubChans),
+		sub:      set(u.SubChans),
+	}
+}
+
+// conn is one client connection. Its reader goroutine (serve) owns the
+// session state; its writer goroutine (writeLoop) owns the socket's writes.
+type conn struct {
+	b     *Broker
+	nc    net.Conn
+	mode  Mode
+	nonce [wire.NonceLen]byte
+
+	sess atomic.Pointer[session] // nil until authenticated
+
+	// Owned by the reader goroutine.
+	subs map[string]*topic
+	pubs map[string]*topic // pubchans already checked, with their topic
+
+	q     sendQueue
+	stats connStats
+}
+
+// connStats are counted per connection so the hot path touches no shared
+// map; metrics sum them per ident at scrape time.
+type connStats struct {
+	recvBytes        atomic.Uint64 // bytes read from the socket
+	queuedBytes      atomic.Uint64 // bytes queued for sending
+	queuedFrames     atomic.Uint64 // frames queued for sending (deliveries)
+	sentBytes        atomic.Uint64 // bytes written to the socket
+	writes           atomic.Uint64 // write syscalls (batches)
+	deadlineStarts   atomic.Uint64
+	deadlineRecovers atomic.Uint64
+}
+
+func newConn(b *Broker, nc net.Conn, mode Mode) *conn {
+	c := &conn{b: b, nc: nc, mode: mode}
+	c.q.init(c)
+	return c
+}
+
+func (c *conn) log() *slog.Logger {
+	l := c.b.cfg.Logger.With("peer", c.nc.RemoteAddr().String())
+	if s := c.sess.Load(); s != nil {
+		l = l.With("ident", s.identStr)
+	}
+	return l
+}
+
+// Read counts what the frame reader pulls from the socket.
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.nc.Read(p)
+	c.stats.recvBytes.Add(uint64(n))
+	return n, err
+}
+
+func (c *conn) serve() {
+	b := c.b
+	defer b.untrack(c)
+	b.stats.connectionMade()
+
+	if c.handshake() {
+		go c.writeLoop()
+		err := c.readLoop()
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			c.log().Debug("connection closed", "err", err)
+		}
+		for _, t := range c.subs {
+			t.remove(c)
+		}
+		c.q.abort()
+		<-c.q.done
+	} else {
+		c.nc.Close()
+	}
+	ident := ""
+	if s := c.sess.Load(); s != nil {
+		ident = s.identStr
+	}
+	b.stats.connectionLost(ident)
+}
+
+// handshake completes TLS if needed and sends INFO in a single write (the
+// Python client expects the whole INFO from one recv).
+func (c *conn) handshake() bool {
+	cfg := &c.b.cfg
+	c.nc.SetDeadline(time.Now().Add(cfg.AuthTimeout))
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		if err := tc.Handshake(); err != nil {
+			c.log().Debug("TLS handshake failed", "err", err)
+			return false
+		}
+	}
+	rand.Read(c.nonce[:]) // never fails: crypto/rand crashes the program rather than return weak bytes
+	info, err := wire.AppendInfo(make([]byte, 0, 64), cfg.Name, c.nonce)
+	if err != nil {
+		panic(err) // Name was checked by New
+	}
+	if _, err := c.nc.Write(info); err != nil {
+		c.log().Debug("sending INFO failed", "err", err)
+		return false
+	}
+	c.nc.SetWriteDeadline(time.Time{})
+	return true
+}
+
+// readLoop reads frames until the connection ends. Frames that arrive
+// behind AUTH wait in the reader's buffer while the credential lookup runs,
+// then are handled in order.
+func (c *conn) readLoop() error {
+	b := c.b
+	rd := wire.NewReader(c, b.preAuth)
+	f, err := rd.Next()
+	if err != nil {
+		// A too-large first frame that is not AUTH still gets the
+		// reference's answer: its header says enough.
+		if errors.Is(err, wire.ErrTooLarge) && f.Op.Valid() && f.Op != wire.OpAuth {
+			c.fail("", CategoryInvalidFirstMessage, msgFirstNotAuth)
+			return nil
+		}
+		return err
+	}
+	if f.Op != wire.OpAuth {
+		c.fail("", CategoryInvalidFirstMessage, msgFirstNotAuth)
+		return nil
+	}
+	if !c.authenticate(f) {
+		return nil
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	rd.Limits = b.postAuth
+	for {
+		f, err := rd.Next()
+		if err != nil {
+			return err
+		}
+		var ok bool
+		switch f.Op {
+		case wire.OpPublish:
+			ok = c.publish(f)
+		case wire.OpSubscribe:
+			ok = c.subscribe(f)
+		case wire.OpUnsubscribe:
+			c.unsubscribe(f)
+			ok = true
+		default:
+			// AUTH, INFO or ERROR from an authenticated client: the
+			// reference's session crashes on these; close it cleanly.
+			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
+		}
+		if !ok {
+			return nil
+		}
+	}
+}
+
+func (c *conn) authenticate(f wire.Frame) bool {
+	b := c.b
+	ident := string(f.Ident)
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
+	u, found, err := b.cfg.Auth.Lookup(ctx, ident)
+	cancel()
+	// Failed logins are counted without their ident: a client that never
+	// authenticates must not be able to create label values.
+	switch {
+	case err != nil:
+		c.log().Warn("credential lookup failed", "ident", ident, "store", b.cfg.Auth.String(), "err", err)
+		c.fail("", CategoryErrorCheckingIdent, msgAuthFailed+ident)
+		return false
+	case !found:
+		c.log().Info("authentication failed: unknown ident", "ident", ident)
+		c.fail("", CategoryInvalidIdent, msgAuthFailed+ident)
+		return false
+	case !u.Verify(c.nonce[:], f.Payload):
+		c.log().Info("authentication failed: wrong secret", "ident", ident)
+		c.fail("", CategoryInvalidSecret, msgAuthFailed+ident)
+		return false
+	}
+	u.Ident = ident
+	s := newSession(u)
+	c.sess.Store(s)
+	c.subs = map[string]*topic{}
+	c.pubs = map[string]*topic{}
+	b.stats.connectionReady(s.identStr)
+	c.log().Debug("authenticated", "owner", s.owner)
+	return true
+}
+
+func (c *conn) publish(f wire.Frame) bool {
+	s := c.sess.Load()
+	if !bytes.Equal(f.Ident, s.ident) {
+		c.fail(s.identStr, CategoryIdentMismatchPub, "Invalid authkey in message, ident="+string(f.Ident))
+		return false
+	}
+	t := c.pubs[string(f.Channel)]
+	if t == nil {
+		if _, ok := s.pub[string(f.Channel)]; !ok || c.mode == ModeSubscribe {
+			c.fail(s.identStr, CategoryNoPubPermission,
+				"Authkey not allowed to pub here. ident="+s.identStr+", chan="+string(f.Channel))
+			return false
+		}
+		t = c.b.topic(f.Channel, true)
+		c.pubs[t.name] = t
+	}
+	subs := t.subscribers()
+	if len(subs) == 0 {
+		return true
+	}
+	// The frame already carries the authenticated ident, so the received
+	// bytes are exactly what every subscriber gets: copy them once, share.
+	frame := make([]byte, len(f.Raw))
+	copy(frame, f.Raw)
+	for _, sub := range subs {
+		sub.q.push(frame)
+	}
+	return true
+}
+
+func (c *conn) subscribe(f wire.Frame) bool {
+	s := c.sess.Load()
+	if _, ok := s.sub[string(f.Channel)]; !ok || c.mode == ModePublish {
+		c.fail(s.identStr, CategoryNoSubPermission,
+			"Authkey not allowed to sub here. ident="+s.identStr+", chan="+string(f.Channel))
+		return false
+	}
+	if _, ok := c.subs[string(f.Channel)]; ok {
+		return true
+	}
+	t := c.b.topic(f.Channel, true)
+	t.add(c)
+	c.subs[t.name] = t
+	return true
+}
+
+func (c *conn) unsubscribe(f wire.Frame) {
+	if t, ok := c.subs[string(f.Channel)]; ok {
+		t.remove(c)
+		delete(c.subs, t.name)
+	}
+}
+
+// fail sends an ERROR after whatever is already queued and closes the
+// connection; ident labels the metric and is empty before authentication.
+func (c *conn) fail(ident, category, msg string) {
+	c.b.stats.connectionError(ident, category)
+	c.log().Debug("closing connection with error", "category", category, "error", msg)
+	c.q.closeWith(wire.AppendError(nil, msg))
+}

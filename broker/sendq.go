@@ -1,0 +1,254 @@
+package broker
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// sendQueue is a connection's outgoing frames. Publishers push under a mutex
+// held for a few instructions; the writer goroutine swaps the whole queue
+// out and writes it without the lock, so a slow client never blocks a
+// publisher. The queue is bounded in bytes (see Config.SendQueue*).
+type sendQueue struct {
+	c *conn
+
+	mu      sync.Mutex
+	frames  [][]byte
+	queued  int         // bytes pushed and not yet written
+	awake   bool        // the writer has been signalled and not yet run
+	closing bool        // no more pushes; the writer finishes and closes
+	last    []byte      // written after the queue, before closing (an ERROR)
+	timer   *time.Timer // the backpressure deadline, while past the soft mark
+
+	dropped atomic.Bool // the queue was thrown away: stop writing it
+	wake    chan struct{}
+	done    chan struct{} // closed when the writer has closed the socket
+
+	bufs net.Buffers // the writer's iovecs, reused
+}
+
+func (q *sendQueue) init(c *conn) {
+	q.c = c
+	q.wake = make(chan struct{}, 1)
+	q.done = make(chan struct{})
+}
+
+// signalLocked wakes the writer unless it is already due to run. It
+// reports whether the caller must send on q.wake after unlocking.
+func (q *sendQueue) signalLocked() bool {
+	if q.awake {
+		return false
+	}
+	q.awake = true
+	return true
+}
+
+func (q *sendQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// push queues a frame shared with other subscribers; it never blocks on I/O.
+func (q *sendQueue) push(frame []byte) {
+	cfg := &q.c.b.cfg
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return
+	}
+	q.frames = append(q.frames, frame)
+	q.queued += len(frame)
+	if q.queued > cfg.SendQueueHard {
+		q.failLocked()
+	} else if q.queued > cfg.SendQueueSoft && q.timer == nil {
+		q.timer = time.AfterFunc(cfg.BackpressureDeadline, q.deadlineExpired)
+		q.c.stats.deadlineStarts.Add(1)
+	}
+	wake := q.signalLocked()
+	q.mu.Unlock()
+	if wake {
+		q.signal()
+	}
+	q.c.stats.queuedBytes.Add(uint64(len(frame)))
+	q.c.stats.queuedFrames.Add(1)
+}
+
+func (q *sendQueue) deadlineExpired() {
+	q.mu.Lock()
+	if q.closing || q.timer == nil {
+		q.mu.Unlock()
+		return
+	}
+	q.failLocked()
+	wake := q.signalLocked()
+	q.mu.Unlock()
+	if wake {
+		q.signal()
+	}
+}
+
+// failLocked closes a subscriber that is too slow: what it has not been
+// sent is dropped, and it gets the backpressure error once the write in
+// progress (if any) completes, within the flush timeout.
+func (q *sendQueue) failLocked() {
+	c := q.c
+	q.closing = true
+	q.dropped.Store(true)
+	clear(q.frames)
+	q.frames = q.frames[:0]
+	q.last = wire.AppendError(nil, msgBackpressure)
+	if q.timer != nil {
+		q.timer.Stop()
+		q.timer = nil
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.b.cfg.FlushTimeout))
+	ident := ""
+	if s := c.sess.Load(); s != nil {
+		ident = s.identStr
+	}
+	c.b.stats.connectionError(ident, CategoryDeadlineTimerExpired)
+	c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure)
+}
+
+// closeWith writes what is queued, then frame, then closes.
+func (q *sendQueue) closeWith(frame []byte) {
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return
+	}
+	q.closing = true
+	q.last = frame
+	q.c.nc.SetWriteDeadline(time.Now().Add(q.c.b.cfg.FlushTimeout))
+	wake := q.signalLocked()
+	q.mu.Unlock()
+	if wake {
+		q.signal()
+	}
+}
+
+// abort closes at once, dropping what is queued, unless a close is already
+// under way.
+func (q *sendQueue) abort() {
+	q.mu.Lock()
+	if !q.closing {
+		q.closing = true
+		q.dropped.Store(true)
+		clear(q.frames)
+		q.frames = q.frames[:0]
+		q.c.nc.Close()
+	}
+	if q.timer != nil {
+		q.timer.Stop()
+		q.timer = nil
+	}
+	wake := q.signalLocked()
+	q.mu.Unlock()
+	if wake {
+		q.signal()
+	}
+}
+
+// written accounts for n bytes that left, cancelling the backpressure
+// deadline once the queue is back under the low mark.
+func (q *sendQueue) written(n int) {
+	q.mu.Lock()
+	q.queued -= n
+	if q.timer != nil && q.queued <= q.c.b.cfg.SendQueueLow {
+		q.timer.Stop()
+		q.timer = nil
+		q.c.stats.deadlineRecovers.Add(1)
+	}
+	q.mu.Unlock()
+}
+
+// writeLoop is the connection's only writer.
+func (c *conn) writeLoop() {
+	q := &c.q
+	defer close(q.done)
+	defer c.nc.Close()
+	var batch [][]byte
+	for range q.wake {
+		q.mu.Lock()
+		batch, q.frames = q.frames, batch
+		q.awake = false
+		closing, last := q.closing, q.last
+		q.mu.Unlock()
+
+		if len(batch) > 0 {
+			err := c.writeFrames(batch)
+			clear(batch)
+			batch = batch[:0]
+			if cap(batch) > 4096 {
+				batch = nil // a burst is over; don't pin its slice
+			}
+			if err != nil {
+				return
+			}
+		}
+		if closing {
+			if last != nil {
+				c.nc.Write(last)
+			}
+			return
+		}
+	}
+}
+
+const (
+	// Frames up to copyMax bytes are copied into one buffer so many small
+	// frames leave in one write; larger ones are written from where they
+	// are, as their own iovec.
+	copyMax     = 4 << 10
+	scratchSize = 64 << 10
+	// roundMax bounds one writev, so a queue thrown away for backpressure
+	// stops being written within one round.
+	roundMax = 256 << 10
+)
+
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, scratchSize); return &b }}
+
+func (c *conn) writeFrames(frames [][]byte) error {
+	q := &c.q
+	sp := scratchPool.Get().(*[]byte)
+	defer scratchPool.Put(sp)
+	for len(frames) > 0 && !q.dropped.Load() {
+		scratch := (*sp)[:0]
+		q.bufs = q.bufs[:0]
+		seg, n, i := 0, 0, 0
+		for ; i < len(frames) && n < roundMax; i++ {
+			f := frames[i]
+			if len(f) <= copyMax {
+				if len(scratch)+len(f) > cap(scratch) {
+					break
+				}
+				scratch = append(scratch, f...)
+			} else {
+				if len(scratch) > seg {
+					q.bufs = append(q.bufs, scratch[seg:])
+					seg = len(scratch)
+				}
+				q.bufs = append(q.bufs, f)
+			}
+			n += len(f)
+		}
+		if len(scratch) > seg {
+			q.bufs = append(q.bufs, scratch[seg:])
+		}
+		frames = frames[i:]
+		w, err := q.bufs.WriteTo(c.nc)
+		c.stats.sentBytes.Add(uint64(w))
+		c.stats.writes.Add(1)
+		q.written(n)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+package broker
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// stats counts per-connection events (not per-message ones, which live in
+// connStats). Failed logins are counted under the empty ident.
+type stats struct {
+	made atomic.Uint64
+
+	mu     sync.Mutex
+	ready  map[string]uint64
+	lost   map[string]uint64
+	errors map[ErrorKey]uint64
+}
+
+// ErrorKey labels a connection error count.
+type ErrorKey struct{ Ident, Category string }
+
+func (s *stats) init() {
+	s.ready = map[string]uint64{}
+	s.lost = map[string]uint64{}
+	s.errors = map[ErrorKey]uint64{}
+}
+
+func (s *stats) connectionMade() { s.made.Add(1) }
+
+func (s *stats) connectionReady(ident string) {
+	s.mu.Lock()
+	s.ready[ident]++
+	s.mu.Unlock()
+}
+
+func (s *stats) connectionLost(ident string) {
+	s.mu.Lock()
+	s.lost[ident]++
+	s.mu.Unlock()
+}
+
+func (s *stats) connectionError(ident, category string) {
+	s.mu.Lock()
+	s.errors[ErrorKey{ident, category}]++
+	s.mu.Unlock()
+}
+
+// ErrorCount returns how many connections ended with an error of category
+// for ident ("" for failures before authentication).
+func (b *Broker) ErrorCount(ident, category string) uint64 {
+	b.stats.mu.Lock()
+	defer b.stats.mu.Unlock()
+	return b.stats.errors[ErrorKey{ident, category}]
+}

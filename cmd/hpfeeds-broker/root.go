@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	_ "github.com/hpfeeds-go/hpfeeds/auth/env"
+	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
+	"github.com/hpfeeds-go/hpfeeds/broker"
+)
+
+// options are the command line's settings.
+type options struct {
+	endpoints   []string
+	auths       []string
+	exporter    string
+	bind        string
+	tlsCert     string
+	tlsKey      string
+	debug       bool
+	checkConfig bool
+	mongoColl   string
+	cfg         broker.Config
+}
+
+func newRootCmd() *cobra.Command {
+	o := &options{}
+	cmd := &cobra.Command{
+		Use:   "hpfeeds-broker",
+		Short: "Run an hpfeeds broker",
+		Long: `Run an hpfeeds broker: sensors publish to channels, every subscriber of a
+channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
+		Example: `  hpfeeds-broker -e tcp:port=10000 --auth=env
+  hpfeeds-broker -e tls:port=10000:cert=broker.crt:key=broker.key --auth=/etc/hpfeeds/users.json
+  hpfeeds-broker -e tcp:port=10000 --auth=database+postgresql://hpfeeds@db/hpfeeds --exporter=0.0.0.0:9431`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&o.endpoints, "endpoint", "e", nil, "listen on `ENDPOINT`, e.g. tcp:port=10000 or tls:port=10000:cert=broker.crt:key=broker.key (repeatable; default tcp:port=10000)")
+	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory)")
+	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics and /healthz on `HOST:PORT` (off unless given)")
+	f.StringVar(&o.cfg.Name, "name", broker.DefaultName, "broker `NAME` sent to clients in INFO (at most 255 bytes)")
+	f.BoolVar(&o.debug, "debug", false, "log at debug level")
+	f.StringVar(&o.bind, "bind", "", "legacy: listen on `HOST:PORT` (use -e instead)")
+	f.StringVar(&o.tlsCert, "tlscert", "", "legacy: TLS certificate `FILE` for --bind (with --tlskey)")
+	f.StringVar(&o.tlsKey, "tlskey", "", "legacy: TLS private key `FILE` for --bind (with --tlscert)")
+	f.BoolVar(&o.checkConfig, "check-config", false, "check endpoints and credential stores, print one line and exit 0 or 1, without serving")
+	f.StringVar(&o.mongoColl, "mongo-collection", "auth_key", "MongoDB `COLLECTION` holding users")
+
+	f.DurationVar(&o.cfg.AuthTimeout, "auth-timeout", broker.DefaultAuthTimeout, "close connections that have not authenticated within this `DURATION`")
+	f.DurationVar(&o.cfg.LookupTimeout, "lookup-timeout", broker.DefaultLookupTimeout, "give up a credential lookup after this `DURATION` (the login fails)")
+	f.IntVar(&o.cfg.PreAuthMaxSize, "max-preauth-size", broker.DefaultPreAuthMaxSize, "largest frame in `BYTES` before authentication")
+	f.IntVar(&o.cfg.MaxPublishSize, "max-publish-size", broker.DefaultMaxPublishSize, "largest PUBLISH body (ident, channel, payload) in `BYTES`")
+	f.IntVar(&o.cfg.MaxSubscribeSize, "max-subscribe-size", broker.DefaultMaxSubscribeSize, "largest SUBSCRIBE/UNSUBSCRIBE body in `BYTES`")
+	f.IntVar(&o.cfg.SendQueueSoft, "send-queue-soft", broker.DefaultSendQueueSoft, "`BYTES` queued to a subscriber that start the backpressure deadline")
+	f.IntVar(&o.cfg.SendQueueLow, "send-queue-low", broker.DefaultSendQueueLow, "`BYTES` a subscriber's queue must drain to for the deadline to be cancelled")
+	f.IntVar(&o.cfg.SendQueueHard, "send-queue-hard", broker.DefaultSendQueueHard, "`BYTES` queued to a subscriber that close it at once")
+	f.DurationVar(&o.cfg.BackpressureDeadline, "backpressure-deadline", broker.DefaultBackpressureDeadline, "how long a subscriber may stay past the soft mark (`DURATION`)")
+	return cmd
+}
+
+// endpointSpecs returns the endpoint strings to serve, translating the
+// legacy --bind/--tlscert/--tlskey flags.
+func (o *options) endpointSpecs() ([]string, error) {
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, errors.New("--tlscert and --tlskey go together: give both or neither")
+	}
+	if o.tlsCert != "" && o.bind == "" {
+		return nil, errors.New("--tlscert and --tlskey apply to --bind; for -e endpoints use tls:…:cert=…:key=…")
+	}
+	specs := append([]string(nil), o.endpoints...)
+	if o.bind != "" {
+		host, port, err := net.SplitHostPort(o.bind)
+		if err != nil {
+			return nil, fmt.Errorf("--bind %q: want HOST:PORT: %w", o.bind, err)
+		}
+		esc := func(s string) string { return strings.ReplaceAll(s, ":", `\:`) }
+		if o.tlsCert != "" {
+			specs = append(specs, fmt.Sprintf("tls:interface=%s:port=%s:cert=%s:key=%s", esc(host), port, esc(o.tlsCert), esc(o.tlsKey)))
+		} else {
+			specs = append(specs, fmt.Sprintf("tcp:interface=%s:port=%s", esc(host), port))
+		}
+	}
+	if len(specs) == 0 {
+		specs = []string{"tcp:port=10000"}
+	}
+	return specs, nil
+}
+
+func (o *options) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if o.debug {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// openStores opens every --auth store in order. With check set, each store
+// must also answer a ping.
+func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool) (auth.Chain, error) {
+	specs := o.auths
+	if len(specs) == 0 {
+		specs = []string{"sqlite"}
+	}
+	var chain auth.Chain
+	for _, spec := range specs {
+		s, err := auth.Open(ctx, spec, auth.Options{Logger: log, MongoCollection: o.mongoColl})
+		if err != nil {
+			chain.Close()
+			return nil, err
+		}
+		chain = append(chain, s)
+	}
+	pctx, cancel := context.WithTimeout(ctx, o.cfg.LookupTimeout)
+	defer cancel()
+	if err := chain.Ping(pctx); err != nil {
+		if check {
+			chain.Close()
+			return nil, fmt.Errorf("credential store unreachable: %w", err)
+		}
+		// The database may start after the broker: logins fail until it is up.
+		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", err)
+	}
+	return chain, nil
+}
+
+func (o *options) run(ctx context.Context) error {
+	log := o.logger()
+	specs, err := o.endpointSpecs()
+	if err != nil {
+		return err
+	}
+	var eps []broker.Endpoint
+	for _, s := range specs {
+		ep, err := broker.ParseEndpoint(s)
+		if err != nil {
+			return err
+		}
+		eps = append(eps, ep)
+	}
+	if o.exporter != "" {
+		if _, _, err := net.SplitHostPort(o.exporter); err != nil {
+			return fmt.Errorf("--exporter %q: want HOST:PORT: %w", o.exporter, err)
+		}
+	}
+	store, err := o.openStores(ctx, log, o.checkConfig)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	cfg := o.cfg
+	cfg.Auth = store
+	cfg.Logger = log
+	b, err := broker.New(cfg)
+	if err != nil {
+		return err
+	}
+
+	var listeners []*broker.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	for _, ep := range eps {
+		l, err := broker.Listen(ctx, ep, log)
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, l)
+	}
+	if o.checkConfig {
+		fmt.Fprintf(os.Stdout, "configuration OK: %d endpoint(s), credential stores: %s\n", len(eps), store)
+		return nil
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, len(listeners))
+	for _, l := range listeners {
+		log.Info("listening", "endpoint", l.Endpoint.String(), "addr", l.Addr().String())
+		go func() { errc <- b.Serve(l, l.Endpoint.Mode) }()
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-errc:
+		log.Error("endpoint failed; shutting down", "err", serveErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Shutdown(sctx); err != nil {
+		log.Warn("connections still open at exit", "err", err)
+	}
+	return serveErr
+}
