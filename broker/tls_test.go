@@ -1,0 +1,192 @@
+package broker_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// testCA issues certificates for 127.0.0.1.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newCA(t *testing.T) *testCA {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+// issue returns PEM cert and key for 127.0.0.1 with the given serial.
+func (ca *testCA) issue(t *testing.T, serial int64) (certPEM, keyPEM []byte) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: "broker"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+func writeAtomic(t *testing.T, path string, data []byte) {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dialTLS connects, authenticates and returns the client and the serial of
+// the certificate the broker presented.
+func dialTLS(t *testing.T, addr string, ca *testCA) (*rawClient, int64) {
+	t.Helper()
+	tc, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	c := &rawClient{t: t, nc: tc, rd: wire.NewReader(tc, wire.UniformLimits(1<<20))}
+	f := c.next()
+	if f.Op != wire.OpInfo {
+		t.Fatalf("got %v, want INFO", f.Op)
+	}
+	c.nonce = append([]byte(nil), f.Payload...)
+	c.send(c.auth("both", "bothsecret"))
+	return c, tc.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+}
+
+func TestTLSAndCertificateRollover(t *testing.T) {
+	ca := newCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
+	c1, k1 := ca.issue(t, 100)
+	writeAtomic(t, certFile, c1)
+	writeAtomic(t, keyFile, k1)
+
+	srv := brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+	old, serial := dialTLS(t, srv.Addr, ca)
+	if serial != 100 {
+		t.Fatalf("serial %d", serial)
+	}
+	old.send(sub(t, "both", "chan"))
+	old.sync("both")
+
+	// A renewal: new key first, then the certificate, each atomically. In
+	// between the pair does not match and the old one must stay.
+	c2, k2 := ca.issue(t, 200)
+	writeAtomic(t, keyFile, k2)
+	writeAtomic(t, certFile, c2)
+	waitFor(t, "new certificate served", func() bool {
+		c, s := dialTLS(t, srv.Addr, ca)
+		c.nc.Close()
+		return s == 200
+	})
+	// The connection made before the renewal still works.
+	fresh, _ := dialTLS(t, srv.Addr, ca)
+	fresh.send(pub(t, "both", "chan", "after renewal"))
+	old.expectMessage("both", "chan", "after renewal")
+
+	// A broken new pair keeps the last good one.
+	writeAtomic(t, certFile, []byte("not a certificate"))
+	time.Sleep(300 * time.Millisecond)
+	if _, s := dialTLS(t, srv.Addr, ca); s != 200 {
+		t.Fatalf("serial %d after a broken certificate; want the previous 200", s)
+	}
+}
+
+// certbot's layout: live/broker.crt is a symlink into archive/, and a
+// renewal repoints the symlink.
+func TestTLSCertificateSymlinkSwap(t *testing.T) {
+	ca := newCA(t)
+	dir := t.TempDir()
+	c1, k1 := ca.issue(t, 1)
+	c2, k2 := ca.issue(t, 2)
+	for name, data := range map[string][]byte{"cert1.pem": c1, "key1.pem": k1, "cert2.pem": c2, "key2.pem": k2} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := filepath.Join(dir, "live")
+	os.Mkdir(live, 0o755)
+	link := func(target, name string) {
+		tmp := filepath.Join(live, name+".new")
+		if err := os.Symlink(filepath.Join(dir, target), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(live, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link("cert1.pem", "fullchain.pem")
+	link("key1.pem", "privkey.pem")
+	srv := brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+
+		filepath.Join(live, "fullchain.pem")+":key="+filepath.Join(live, "privkey.pem"))
+	if _, s := dialTLS(t, srv.Addr, ca); s != 1 {
+		t.Fatalf("serial %d", s)
+	}
+	link("key2.pem", "privkey.pem")
+	link("cert2.pem", "fullchain.pem")
+	waitFor(t, "swapped certificate served", func() bool {
+		c, s := dialTLS(t, srv.Addr, ca)
+		c.nc.Close()
+		return s == 2
+	})
+}
+
+func TestTLSRefusesMissingCertificate(t *testing.T) {
+	dir := t.TempDir()
+	_, err := listenSpec("tls:interface=127.0.0.1:port=0:cert=" + filepath.Join(dir, "none.crt") + ":key=" + filepath.Join(dir, "none.key"))
+	if err == nil {
+		t.Fatal("tls endpoint without certificate files accepted")
+	}
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hpfeeds-broker-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "hpfeeds-broker")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run runs the real binary and returns its exit code and output.
+func run(t *testing.T, env []string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), string(out)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, string(out)
+}
+
+func TestCheckConfig(t *testing.T) {
+	code, out := run(t, nil, "--check-config", "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "-e", "tcp:interface=[::1]:port=0")
+	if code != 0 || !strings.Contains(out, "configuration OK: 2 endpoint(s)") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+}
+
+// Start-up mistakes exit non-zero with one clear line.
+func TestStartupErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-e", "udp:port=1", "--auth=env"}, `unknown class "udp"`},
+		{[]string{"-e", "tcp:interface=127.0.0.1", "--auth=env"}, "no port"},
+		{[]string{"-e", "tcp:port=1:colour=blue", "--auth=env"}, `unknown key "colour"`},
+		{[]string{"--tlscert", "a.crt", "--bind", "127.0.0.1:0", "--auth=env"}, "--tlscert and --tlskey go together"},
+		{[]string{"--bind", "nonsense", "--auth=env"}, "--bind"},
+		{[]string{"--auth=nosuchstore", "-e", "tcp:port=0"}, "not a credential store"},
+		{[]string{"--auth=/nonexistent/users.json", "-e", "tcp:port=0"}, "users.json"},
+		{[]string{"--name", strings.Repeat("n", 256), "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0"}, "255"},
+		{[]string{"--exporter", "9431", "--auth=env"}, "--exporter"},
+		{[]string{"-e", "tls:interface=127.0.0.1:port=0:cert=missing.crt:key=missing.key", "--auth=env"}, "missing.crt"},
+		{[]string{"--no-such-flag"}, "unknown flag"},
+		{[]string{"extra-argument", "--auth=env"}, "unknown command"},
+	} {
+		code, out := run(t, nil, append([]string{"--check-config"}, c.args...)...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if code == 0 || !strings.Contains(out, c.want) || len(lines) != 1 {
+			t.Errorf("%v: exit %d, output:\n%s\nwant one line mentioning %q", c.args, code, out, c.want)
+		}
+	}
+}
+
+var listening = regexp.MustCompile(`msg=listening .* addr=(\S+)`)
+
+// SIGTERM stops accepting, closes clients and exits 0.
+func TestGracefulShutdown(t *testing.T) {
+	cmd := exec.Command(binary, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0")
+	cmd.Env = append(os.Environ(), "HPFEEDS_TEST_SECRET=s", "HPFEEDS_TEST_SUBCHANS=c")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(stderr)
+	var addr string
+	for sc.Scan() {
+		if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+			addr = m[1]
+			break
+		}
+	}
+	if addr == "" {
+		t.Fatal("broker never logged its address")
+	}
+	go io.Copy(io.Discard, stderr)
+
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	rd := wire.NewReader(nc, wire.UniformLimits(1024))
+	info, err := rd.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, _ := wire.AppendAuth(nil, info.Payload, "test", "s")
+	subscribe, _ := wire.AppendSubscribe(nil, []byte("test"), []byte("c"))
+	nc.Write(append(auth, subscribe...))
+	time.Sleep(100 * time.Millisecond)
+
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("broker still running 10 s after SIGTERM")
+	}
+	t.Logf("exited %v after SIGTERM", time.Since(start))
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := rd.Next(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client connection not closed: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("still accepting after exit")
+	}
+}
