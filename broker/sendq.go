@@ -28,7 +28,8 @@ type sendQueue struct {
 	wake    chan struct{}
 	done    chan struct{} // closed when the writer has closed the socket
 
-	bufs net.Buffers // the writer's iovecs, reused
+	iov  [][]byte    // backing array for bufs, kept across writes
+	bufs net.Buffers // the writev in progress; WriteTo consumes it
 }
 
 func (q *sendQueue) init(c *conn) {
@@ -181,12 +182,12 @@ func (c *conn) writeLoop() {
 		closing, last := q.closing, q.last
 		q.mu.Unlock()
 
-		if len(batch) > 0 {
+		if n := len(batch); n > 0 {
 			err := c.writeFrames(batch)
 			clear(batch)
 			batch = batch[:0]
-			if cap(batch) > 4096 {
-				batch = nil // a burst is over; don't pin its slice
+			if cap(batch) > 1024 && n < cap(batch)/8 {
+				batch = nil // the burst that grew it is over; don't pin it
 			}
 			if err != nil {
 				return
@@ -220,7 +221,7 @@ func (c *conn) writeFrames(frames [][]byte) error {
 	defer scratchPool.Put(sp)
 	for len(frames) > 0 && !q.dropped.Load() {
 		scratch := (*sp)[:0]
-		q.bufs = q.bufs[:0]
+		iov := q.iov[:0]
 		seg, n, i := 0, 0, 0
 		for ; i < len(frames) && n < roundMax; i++ {
 			f := frames[i]
@@ -231,18 +232,20 @@ func (c *conn) writeFrames(frames [][]byte) error {
 				scratch = append(scratch, f...)
 			} else {
 				if len(scratch) > seg {
-					q.bufs = append(q.bufs, scratch[seg:])
+					iov = append(iov, scratch[seg:])
 					seg = len(scratch)
 				}
-				q.bufs = append(q.bufs, f)
+				iov = append(iov, f)
 			}
 			n += len(f)
 		}
 		if len(scratch) > seg {
-			q.bufs = append(q.bufs, scratch[seg:])
+			iov = append(iov, scratch[seg:])
 		}
 		frames = frames[i:]
+		q.iov, q.bufs = iov, iov
 		w, err := q.bufs.WriteTo(c.nc)
+		clear(iov) // WriteTo leaves some entries set; don't pin frames
 		c.stats.sentBytes.Add(uint64(w))
 		c.stats.writes.Add(1)
 		q.written(n)

@@ -1,0 +1,100 @@
+package broker
+
+import (
+	"fmt"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// discardConn is a socket whose peer reads instantly.
+type discardConn struct {
+	net.Conn // nil: only the methods below are used
+	written  atomic.Int64
+}
+
+func (d *discardConn) Write(p []byte) (int, error)      { d.written.Add(int64(len(p))); return len(p), nil }
+func (d *discardConn) Close() error                     { return nil }
+func (d *discardConn) SetWriteDeadline(time.Time) error { return nil }
+func (d *discardConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+
+// benchConns makes a broker with a publisher and n subscribers of "chan"
+// whose writers drain into discardConns.
+func benchConns(b *testing.B, n int) (*Broker, *conn, []*discardConn) {
+	br, err := New(Config{Auth: auth.Chain{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	u := auth.User{Ident: "ident", PubChans: []string{"chan"}, SubChans: []string{"chan"}}
+	mk := func() (*conn, *discardConn) {
+		d := &discardConn{}
+		c := newConn(br, d, ModePubSub)
+		c.sess.Store(newSession(u))
+		c.subs, c.pubs = map[string]*topic{}, map[string]*topic{}
+		return c, d
+	}
+	pub, _ := mk()
+	var ds []*discardConn
+	for i := 0; i < n; i++ {
+		c, d := mk()
+		go c.writeLoop()
+		b.Cleanup(func() { c.q.abort(); <-c.q.done })
+		sf, _ := wire.AppendSubscribe(nil, []byte("ident"), []byte("chan"))
+		f, _ := wire.Decode(wire.OpSubscribe, sf)
+		c.subscribe(f)
+		ds = append(ds, d)
+	}
+	return br, pub, ds
+}
+
+// BenchmarkPublish measures the publish path from a decoded frame to every
+// subscriber's socket: one copy of the frame per publish, and no allocation
+// per delivery whatever the number of subscribers.
+func BenchmarkPublish(b *testing.B) {
+	for _, n := range []int{1, 10, 50} {
+		for _, size := range []int{256, 1024} {
+			b.Run(fmt.Sprintf("subs=%d/payload=%d", n, size), func(b *testing.B) {
+				_, pub, ds := benchConns(b, n)
+				raw, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, size))
+				f, _ := wire.Decode(wire.OpPublish, raw)
+				b.SetBytes(int64(len(raw) * n))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					pub.publish(f)
+				}
+				// Wait for the writers so the time includes the writes.
+				want := int64(len(raw)) * int64(b.N)
+				for _, d := range ds {
+					for d.written.Load() < want {
+						time.Sleep(time.Millisecond)
+					}
+				}
+				b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "deliveries/s")
+			})
+		}
+	}
+}
+
+// BenchmarkPush is the per-delivery cost alone: queueing a shared frame.
+func BenchmarkPush(b *testing.B) {
+	_, _, _ = benchConns(b, 0)
+	br, err := New(Config{Auth: auth.Chain{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := &discardConn{}
+	c := newConn(br, d, ModePubSub)
+	go c.writeLoop()
+	defer func() { c.q.abort(); <-c.q.done }()
+	frame, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c.q.push(frame)
+	}
+}
