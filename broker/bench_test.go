@@ -41,7 +41,6 @@ func benchConns(b *testing.B, n int) (*Broker, *conn, []*discardConn) {
 	var ds []*discardConn
 	for i := 0; i < n; i++ {
 		c, d := mk()
-		go c.writeLoop()
 		b.Cleanup(func() { c.q.abort(); <-c.q.done })
 		sf, _ := wire.AppendSubscribe(nil, []byte("ident"), []byte("chan"))
 		f, _ := wire.Decode(wire.OpSubscribe, sf)
@@ -89,7 +88,6 @@ func BenchmarkPush(b *testing.B) {
 	}
 	d := &discardConn{}
 	c := newConn(br, d, ModePubSub)
-	go c.writeLoop()
 	defer func() { c.q.abort(); <-c.q.done }()
 	frame, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
 	b.ReportAllocs()

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/wire"
@@ -181,41 +180,55 @@ func (b *Broker) topic(name []byte, create bool) *topic {
 	return t
 }
 
-// topic is one channel and its subscribers.
+// topic is one channel and its subscribers. Publishers hold the read lock
+// while queueing to each subscriber, which never waits on I/O; subscribing
+// and unsubscribing take the write lock for O(1) work, so a storm of
+// connects or disconnects on a busy channel stays cheap.
 type topic struct {
 	name string
-	mu   sync.Mutex // serialises changes to subs
-	subs atomic.Pointer[[]*conn]
+	mu   sync.RWMutex
+	subs []*conn
+	idx  map[*conn]int // position in subs
 }
 
 func newTopic(name string) *topic {
-	t := &topic{name: name}
-	t.subs.Store(&[]*conn{})
-	return t
+	return &topic{name: name, idx: map[*conn]int{}}
 }
 
-// subscribers is the current list; publishers range over it without a lock.
-func (t *topic) subscribers() []*conn { return *t.subs.Load() }
+// publish queues a copy of raw to every subscriber and reports how many
+// there were. The copy is made once and shared: subscribers only read it.
+func (t *topic) publish(raw []byte) int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if len(t.subs) == 0 {
+		return 0
+	}
+	frame := make([]byte, len(raw))
+	copy(frame, raw)
+	for _, s := range t.subs {
+		s.q.push(frame)
+	}
+	return len(t.subs)
+}
 
 func (t *topic) add(c *conn) {
 	t.mu.Lock()
-	old := *t.subs.Load()
-	n := make([]*conn, len(old), len(old)+1)
-	copy(n, old)
-	n = append(n, c)
-	t.subs.Store(&n)
+	if _, ok := t.idx[c]; !ok {
+		t.idx[c] = len(t.subs)
+		t.subs = append(t.subs, c)
+	}
 	t.mu.Unlock()
 }
 
 func (t *topic) remove(c *conn) {
 	t.mu.Lock()
-	old := *t.subs.Load()
-	n := make([]*conn, 0, len(old))
-	for _, s := range old {
-		if s != c {
-			n = append(n, s)
-		}
+	if i, ok := t.idx[c]; ok {
+		last := len(t.subs) - 1
+		t.subs[i] = t.subs[last]
+		t.idx[t.subs[i]] = i
+		t.subs[last] = nil
+		t.subs = t.subs[:last]
+		delete(t.idx, c)
 	}
-	t.subs.Store(&n)
 	t.mu.Unlock()
 }

@@ -62,28 +62,33 @@ type session struct {
 	ident    []byte
 	identStr string
 	owner    string
-	pub, sub map[string]struct{}
+	// Checked once per channel and connection (publish caches the
+	// result), so plain lists cost less memory than sets.
+	pub, sub []string
 }
 
 func newSession(u auth.User) *session {
-	set := func(l []string) map[string]struct{} {
-		m := make(map[string]struct{}, len(l))
-		for _, c := range l {
-			m[c] = struct{}{}
-		}
-		return m
-	}
 	return &session{
 		ident:    []byte(u.Ident),
 		identStr: u.Ident,
 		owner:    u.Owner,
-		pub:      set(u.PubChans),
-		sub:      set(u.SubChans),
+		pub:      u.PubChans,
+		sub:      u.SubChans,
 	}
 }
 
+func allowed(list []string, channel []byte) bool {
+	for _, c := range list {
+		if c == string(channel) {
+			return true
+		}
+	}
+	return false
+}
+
 // conn is one client connection. Its reader goroutine (serve) owns the
-// session state; its writer goroutine (writeLoop) owns the socket's writes.
+// session state; its writer goroutine (writeLoop, started while there is
+// something to send) owns the socket's writes.
 type conn struct {
 	b     *Broker
 	nc    net.Conn
@@ -92,7 +97,8 @@ type conn struct {
 
 	sess atomic.Pointer[session] // nil until authenticated
 
-	// Owned by the reader goroutine.
+	// Owned by the reader goroutine; made on first use, as most
+	// connections only publish or only subscribe.
 	subs map[string]*topic
 	pubs map[string]*topic // pubchans already checked, with their topic
 
@@ -139,7 +145,6 @@ func (c *conn) serve() {
 	b.stats.connectionMade()
 
 	if c.handshake() {
-		go c.writeLoop()
 		err := c.readLoop()
 		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			c.log().Debug("connection closed", "err", err)
@@ -258,8 +263,6 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	u.Ident = ident
 	s := newSession(u)
 	c.sess.Store(s)
-	c.subs = map[string]*topic{}
-	c.pubs = map[string]*topic{}
 	b.stats.connectionReady(s.identStr)
 	c.log().Debug("authenticated", "owner", s.owner)
 	return true
@@ -273,31 +276,26 @@ func (c *conn) publish(f wire.Frame) bool {
 	}
 	t := c.pubs[string(f.Channel)]
 	if t == nil {
-		if _, ok := s.pub[string(f.Channel)]; !ok || c.mode == ModeSubscribe {
+		if !allowed(s.pub, f.Channel) || c.mode == ModeSubscribe {
 			c.fail(s.identStr, CategoryNoPubPermission,
 				"Authkey not allowed to pub here. ident="+s.identStr+", chan="+string(f.Channel))
 			return false
 		}
 		t = c.b.topic(f.Channel, true)
+		if c.pubs == nil {
+			c.pubs = map[string]*topic{}
+		}
 		c.pubs[t.name] = t
 	}
-	subs := t.subscribers()
-	if len(subs) == 0 {
-		return true
-	}
 	// The frame already carries the authenticated ident, so the received
-	// bytes are exactly what every subscriber gets: copy them once, share.
-	frame := make([]byte, len(f.Raw))
-	copy(frame, f.Raw)
-	for _, sub := range subs {
-		sub.q.push(frame)
-	}
+	// bytes are exactly what every subscriber gets.
+	t.publish(f.Raw)
 	return true
 }
 
 func (c *conn) subscribe(f wire.Frame) bool {
 	s := c.sess.Load()
-	if _, ok := s.sub[string(f.Channel)]; !ok || c.mode == ModePublish {
+	if !allowed(s.sub, f.Channel) || c.mode == ModePublish {
 		c.fail(s.identStr, CategoryNoSubPermission,
 			"Authkey not allowed to sub here. ident="+s.identStr+", chan="+string(f.Channel))
 		return false
@@ -307,6 +305,9 @@ func (c *conn) subscribe(f wire.Frame) bool {
 	}
 	t := c.b.topic(f.Channel, true)
 	t.add(c)
+	if c.subs == nil {
+		c.subs = map[string]*topic{}
+	}
 	c.subs[t.name] = t
 	return true
 }

@@ -13,12 +13,17 @@ import (
 // held for a few instructions; the writer goroutine swaps the whole queue
 // out and writes it without the lock, so a slow client never blocks a
 // publisher. The queue is bounded in bytes (see Config.SendQueue*).
+//
+// The writer goroutine runs only while there is something to write, and
+// lingers writerIdle before exiting: an idle subscriber costs no goroutine
+// and a busy one never starts a goroutine per message.
 type sendQueue struct {
 	c *conn
 
 	mu      sync.Mutex
 	frames  [][]byte
 	queued  int         // bytes pushed and not yet written
+	running bool        // a writer goroutine exists
 	awake   bool        // the writer has been signalled and not yet run
 	closing bool        // no more pushes; the writer finishes and closes
 	last    []byte      // written after the queue, before closing (an ERROR)
@@ -28,9 +33,14 @@ type sendQueue struct {
 	wake    chan struct{}
 	done    chan struct{} // closed when the writer has closed the socket
 
-	iov  [][]byte    // backing array for bufs, kept across writes
+	// The writer's own state, kept between its runs while it is busy.
+	iov  [][]byte    // backing array for bufs
 	bufs net.Buffers // the writev in progress; WriteTo consumes it
 }
+
+// writerIdle is how long a writer with nothing to write waits before its
+// goroutine exits.
+const writerIdle = 2 * time.Second
 
 func (q *sendQueue) init(c *conn) {
 	q.c = c
@@ -38,20 +48,29 @@ func (q *sendQueue) init(c *conn) {
 	q.done = make(chan struct{})
 }
 
-// signalLocked wakes the writer unless it is already due to run. It
-// reports whether the caller must send on q.wake after unlocking.
-func (q *sendQueue) signalLocked() bool {
-	if q.awake {
-		return false
+// kickLocked makes sure a writer will look at the queue: it reports whether
+// the caller must start one, or wake the one that is waiting.
+func (q *sendQueue) kickLocked() (start, wake bool) {
+	if !q.running {
+		q.running, q.awake = true, true
+		return true, false
 	}
-	q.awake = true
-	return true
+	if !q.awake {
+		q.awake = true
+		return false, true
+	}
+	return false, false
 }
 
-func (q *sendQueue) signal() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
+// kick acts on kickLocked's answer, after the lock is released.
+func (q *sendQueue) kick(start, wake bool) {
+	if start {
+		go q.c.writeLoop()
+	} else if wake {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -65,19 +84,22 @@ func (q *sendQueue) push(frame []byte) {
 	}
 	q.frames = append(q.frames, frame)
 	q.queued += len(frame)
+	failed := false
 	if q.queued > cfg.SendQueueHard {
 		q.failLocked()
+		failed = true
 	} else if q.queued > cfg.SendQueueSoft && q.timer == nil {
 		q.timer = time.AfterFunc(cfg.BackpressureDeadline, q.deadlineExpired)
 		q.c.stats.deadlineStarts.Add(1)
 	}
-	wake := q.signalLocked()
+	start, wake := q.kickLocked()
 	q.mu.Unlock()
-	if wake {
-		q.signal()
-	}
+	q.kick(start, wake)
 	q.c.stats.queuedBytes.Add(uint64(len(frame)))
 	q.c.stats.queuedFrames.Add(1)
+	if failed {
+		q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", "send queue hard bound reached")
+	}
 }
 
 func (q *sendQueue) deadlineExpired() {
@@ -87,11 +109,10 @@ func (q *sendQueue) deadlineExpired() {
 		return
 	}
 	q.failLocked()
-	wake := q.signalLocked()
+	start, wake := q.kickLocked()
 	q.mu.Unlock()
-	if wake {
-		q.signal()
-	}
+	q.kick(start, wake)
+	q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", "backpressure deadline expired")
 }
 
 // failLocked closes a subscriber that is too slow: what it has not been
@@ -114,7 +135,6 @@ func (q *sendQueue) failLocked() {
 		ident = s.identStr
 	}
 	c.b.stats.connectionError(ident, CategoryDeadlineTimerExpired)
-	c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure)
 }
 
 // closeWith writes what is queued, then frame, then closes.
@@ -127,11 +147,9 @@ func (q *sendQueue) closeWith(frame []byte) {
 	q.closing = true
 	q.last = frame
 	q.c.nc.SetWriteDeadline(time.Now().Add(q.c.b.cfg.FlushTimeout))
-	wake := q.signalLocked()
+	start, wake := q.kickLocked()
 	q.mu.Unlock()
-	if wake {
-		q.signal()
-	}
+	q.kick(start, wake)
 }
 
 // abort closes at once, dropping what is queued, unless a close is already
@@ -149,11 +167,9 @@ func (q *sendQueue) abort() {
 		q.timer.Stop()
 		q.timer = nil
 	}
-	wake := q.signalLocked()
+	start, wake := q.kickLocked()
 	q.mu.Unlock()
-	if wake {
-		q.signal()
-	}
+	q.kick(start, wake)
 }
 
 // written accounts for n bytes that left, cancelling the backpressure
@@ -169,34 +185,66 @@ func (q *sendQueue) written(n int) {
 	q.mu.Unlock()
 }
 
-// writeLoop is the connection's only writer.
+// writeLoop is the connection's only writer. It exits when the connection
+// closes (closing the socket and q.done) or after writerIdle with nothing
+// to write.
 func (c *conn) writeLoop() {
 	q := &c.q
-	defer close(q.done)
-	defer c.nc.Close()
 	var batch [][]byte
-	for range q.wake {
+	var idle *time.Timer
+	expired := false
+	for {
 		q.mu.Lock()
-		batch, q.frames = q.frames, batch
+		batch, q.frames = q.frames, batch[:0]
 		q.awake = false
 		closing, last := q.closing, q.last
+		if len(batch) == 0 && !closing {
+			if expired {
+				// Idle: release everything a burst grew.
+				q.running = false
+				q.frames, q.iov, q.bufs = nil, nil, nil
+				q.mu.Unlock()
+				return
+			}
+			q.mu.Unlock()
+			if idle == nil {
+				idle = time.NewTimer(writerIdle)
+			} else {
+				idle.Reset(writerIdle)
+			}
+			select {
+			case <-q.wake:
+			case <-idle.C:
+				expired = true
+			}
+			continue
+		}
 		q.mu.Unlock()
+		expired = false
 
+		var err error
 		if n := len(batch); n > 0 {
-			err := c.writeFrames(batch)
+			err = c.writeFrames(batch)
 			clear(batch)
 			batch = batch[:0]
 			if cap(batch) > 1024 && n < cap(batch)/8 {
 				batch = nil // the burst that grew it is over; don't pin it
 			}
-			if err != nil {
-				return
-			}
 		}
-		if closing {
-			if last != nil {
+		if err != nil || closing {
+			if err == nil && last != nil {
 				c.nc.Write(last)
 			}
+			c.nc.Close()
+			q.mu.Lock()
+			q.closing = true // a failed write ends the connection too
+			clear(q.frames)
+			q.frames = nil
+			q.mu.Unlock()
+			if idle != nil {
+				idle.Stop()
+			}
+			close(q.done)
 			return
 		}
 	}
