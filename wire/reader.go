@@ -5,11 +5,13 @@ import (
 )
 
 const (
-	// minReadBuf is small because most connections are idle sensors: the
-	// buffer grows to fit a large frame and shrinks back once it is consumed.
+	// minReadBuf is small because most connections are idle sensors. The
+	// buffer doubles while reads fill it (a busy publisher gets many frames
+	// per syscall), halves while they don't, and grows to fit a large frame
+	// only until that frame is consumed.
 	minReadBuf = 512
-	// keepReadBuf is the largest buffer kept once it has been emptied.
-	keepReadBuf = 64 << 10
+	// maxReadBuf is the largest buffer kept for batching reads.
+	maxReadBuf = 64 << 10
 )
 
 // Reader reads frames from a stream through one reusable buffer.
@@ -18,6 +20,7 @@ type Reader struct {
 	r          io.Reader
 	buf        []byte
 	start, end int
+	size       int // the buffer size reads are currently batched into
 	// Limits bounds each frame's length by opcode; it may be changed
 	// between calls to Next (for instance once a client has authenticated).
 	Limits Limits
@@ -57,19 +60,19 @@ func (r *Reader) Buffered() int { return r.end - r.start }
 
 // fill reads at least once, making room for a frame of want bytes.
 func (r *Reader) fill(want int) error {
+	if r.size == 0 {
+		r.size = minReadBuf
+	}
 	if r.start == r.end {
 		r.start, r.end = 0, 0
-		if cap(r.buf) > keepReadBuf && want <= keepReadBuf {
-			r.buf = nil
+		// Empty: the moment to resize without copying.
+		if len(r.buf) != r.size && want <= r.size {
+			r.buf = make([]byte, r.size)
 		}
 	}
 	if r.start+want > len(r.buf) {
 		if want > len(r.buf) {
-			size := max(want, minReadBuf)
-			if want < keepReadBuf {
-				size = max(size, min(2*len(r.buf), keepReadBuf))
-			}
-			nb := make([]byte, size)
+			nb := make([]byte, max(want, r.size))
 			r.end = copy(nb, r.buf[r.start:r.end])
 			r.buf, r.start = nb, 0
 		} else {
@@ -77,8 +80,15 @@ func (r *Reader) fill(want int) error {
 			r.start = 0
 		}
 	}
+	space := len(r.buf) - r.end
 	n, err := r.r.Read(r.buf[r.end:])
 	r.end += n
+	switch {
+	case n == space && r.size < maxReadBuf:
+		r.size *= 2
+	case n < r.size/8 && r.size > minReadBuf:
+		r.size /= 2
+	}
 	if n > 0 {
 		return nil
 	}

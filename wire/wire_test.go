@@ -161,7 +161,7 @@ func TestReaderReassemblesAndShrinks(t *testing.T) {
 		if _, err := rd.Next(); err != io.EOF {
 			t.Fatalf("after last frame: %v", err)
 		}
-		if cap(rd.buf) > keepReadBuf {
+		if cap(rd.buf) > maxReadBuf {
 			t.Errorf("buffer kept at %d bytes after large frames were consumed", cap(rd.buf))
 		}
 	}
