@@ -34,7 +34,6 @@ func benchConns(b *testing.B, n int) (*Broker, *conn, []*discardConn) {
 		d := &discardConn{}
 		c := newConn(br, d, ModePubSub)
 		c.sess.Store(newSession(u))
-		c.subs, c.pubs = map[string]*topic{}, map[string]*topic{}
 		return c, d
 	}
 	pub, _ := mk()

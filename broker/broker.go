@@ -38,7 +38,8 @@ type Broker struct {
 	closing   bool
 	wg        sync.WaitGroup // one per live connection and accept loop
 
-	stats stats
+	stats   stats
+	retired retired // guarded by mu
 }
 
 // New checks cfg and returns a broker ready to Serve.
@@ -132,6 +133,7 @@ func (b *Broker) track(c *conn) bool {
 
 func (b *Broker) untrack(c *conn) {
 	b.mu.Lock()
+	b.retire(c)
 	delete(b.conns, c)
 	b.mu.Unlock()
 	b.wg.Done()
@@ -195,9 +197,10 @@ func newTopic(name string) *topic {
 	return &topic{name: name, idx: map[*conn]int{}}
 }
 
-// publish queues a copy of raw to every subscriber and reports how many
-// there were. The copy is made once and shared: subscribers only read it.
-func (t *topic) publish(raw []byte) int {
+// publish queues a copy of raw, a PUBLISH with payload bytes of payload,
+// to every subscriber and reports how many there were. The copy is made
+// once and shared: subscribers only read it.
+func (t *topic) publish(raw []byte, payload int) int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if len(t.subs) == 0 {
@@ -207,6 +210,7 @@ func (t *topic) publish(raw []byte) int {
 	copy(frame, raw)
 	for _, s := range t.subs {
 		s.q.push(frame)
+		s.stats.sendFill.Add(uint64(payload))
 	}
 	return len(t.subs)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -100,7 +101,10 @@ type conn struct {
 	// Owned by the reader goroutine; made on first use, as most
 	// connections only publish or only subscribe.
 	subs map[string]*topic
-	pubs map[string]*topic // pubchans already checked, with their topic
+	pubs map[string]*pubChan // pubchans already checked, with their topic
+	// pubMu orders the reader's additions to pubs with metrics scrapes;
+	// the reader itself reads pubs without it.
+	pubMu sync.Mutex
 
 	q     sendQueue
 	stats connStats
@@ -110,9 +114,12 @@ type conn struct {
 // map; metrics sum them per ident at scrape time.
 type connStats struct {
 	recvBytes        atomic.Uint64 // bytes read from the socket
-	queuedBytes      atomic.Uint64 // bytes queued for sending
+	recvAtAuth       atomic.Uint64 // recvBytes when AUTH succeeded
+	parsedBytes      atomic.Uint64 // bytes of the frames read so far
+	sendFill         atomic.Uint64 // payload bytes of messages queued for sending
 	queuedFrames     atomic.Uint64 // frames queued for sending (deliveries)
 	sentBytes        atomic.Uint64 // bytes written to the socket
+	sentFrames       atomic.Uint64 // frames written whole
 	writes           atomic.Uint64 // write syscalls (batches)
 	deadlineStarts   atomic.Uint64
 	deadlineRecovers atomic.Uint64
@@ -208,6 +215,7 @@ func (c *conn) readLoop() error {
 		c.fail("", CategoryInvalidFirstMessage, msgFirstNotAuth)
 		return nil
 	}
+	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
 	if !c.authenticate(f) {
 		return nil
 	}
@@ -218,6 +226,7 @@ func (c *conn) readLoop() error {
 		if err != nil {
 			return err
 		}
+		c.stats.parsedBytes.Add(uint64(len(f.Raw)))
 		var ok bool
 		switch f.Op {
 		case wire.OpPublish:
@@ -262,6 +271,7 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	}
 	u.Ident = ident
 	s := newSession(u)
+	c.stats.recvAtAuth.Store(c.stats.recvBytes.Load())
 	c.sess.Store(s)
 	b.stats.connectionReady(s.identStr)
 	c.log().Debug("authenticated", "owner", s.owner)
@@ -274,22 +284,25 @@ func (c *conn) publish(f wire.Frame) bool {
 		c.fail(s.identStr, CategoryIdentMismatchPub, "Invalid authkey in message, ident="+string(f.Ident))
 		return false
 	}
-	t := c.pubs[string(f.Channel)]
-	if t == nil {
+	p := c.pubs[string(f.Channel)]
+	if p == nil {
 		if !allowed(s.pub, f.Channel) || c.mode == ModeSubscribe {
 			c.fail(s.identStr, CategoryNoPubPermission,
 				"Authkey not allowed to pub here. ident="+s.identStr+", chan="+string(f.Channel))
 			return false
 		}
-		t = c.b.topic(f.Channel, true)
+		p = &pubChan{t: c.b.topic(f.Channel, true)}
+		c.pubMu.Lock()
 		if c.pubs == nil {
-			c.pubs = map[string]*topic{}
+			c.pubs = map[string]*pubChan{}
 		}
-		c.pubs[t.name] = t
+		c.pubs[p.t.name] = p
+		c.pubMu.Unlock()
 	}
+	p.observe(len(f.Payload))
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	t.publish(f.Raw)
+	p.t.publish(f.Raw, len(f.Payload))
 	return true
 }
 

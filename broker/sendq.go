@@ -86,7 +86,7 @@ func (q *sendQueue) push(frame []byte) {
 	q.queued += len(frame)
 	failed := false
 	if q.queued > cfg.SendQueueHard {
-		q.failLocked()
+		q.failLocked(BackpressureHardBound)
 		failed = true
 	} else if q.queued > cfg.SendQueueSoft && q.timer == nil {
 		q.timer = time.AfterFunc(cfg.BackpressureDeadline, q.deadlineExpired)
@@ -95,7 +95,6 @@ func (q *sendQueue) push(frame []byte) {
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
 	q.kick(start, wake)
-	q.c.stats.queuedBytes.Add(uint64(len(frame)))
 	q.c.stats.queuedFrames.Add(1)
 	if failed {
 		q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", "send queue hard bound reached")
@@ -108,7 +107,7 @@ func (q *sendQueue) deadlineExpired() {
 		q.mu.Unlock()
 		return
 	}
-	q.failLocked()
+	q.failLocked(BackpressureDeadline)
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
 	q.kick(start, wake)
@@ -118,7 +117,7 @@ func (q *sendQueue) deadlineExpired() {
 // failLocked closes a subscriber that is too slow: what it has not been
 // sent is dropped, and it gets the backpressure error once the write in
 // progress (if any) completes, within the flush timeout.
-func (q *sendQueue) failLocked() {
+func (q *sendQueue) failLocked(reason string) {
 	c := q.c
 	q.closing = true
 	q.dropped.Store(true)
@@ -134,7 +133,7 @@ func (q *sendQueue) failLocked() {
 	if s := c.sess.Load(); s != nil {
 		ident = s.identStr
 	}
-	c.b.stats.connectionError(ident, CategoryDeadlineTimerExpired)
+	c.b.stats.backpressureClose(ident, reason)
 }
 
 // closeWith writes what is queued, then frame, then closes.
@@ -233,7 +232,12 @@ func (c *conn) writeLoop() {
 		}
 		if err != nil || closing {
 			if err == nil && last != nil {
-				c.nc.Write(last)
+				n, _ := c.nc.Write(last)
+				c.stats.sentBytes.Add(uint64(n))
+				c.stats.writes.Add(1)
+				if n == len(last) {
+					c.stats.sentFrames.Add(1)
+				}
 			}
 			c.nc.Close()
 			q.mu.Lock()
@@ -300,6 +304,7 @@ func (c *conn) writeFrames(frames [][]byte) error {
 		if err != nil {
 			return err
 		}
+		c.stats.sentFrames.Add(uint64(i))
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	_ "github.com/hpfeeds-go/hpfeeds/auth/env"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/metrics"
 )
 
 // options are the command line's settings.
@@ -112,8 +114,9 @@ func (o *options) logger() *slog.Logger {
 }
 
 // openStores opens every --auth store in order. With check set, each store
-// must also answer a ping.
-func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool) (auth.Chain, error) {
+// must also answer a ping. With lookups set, each store's lookups are
+// measured under its redacted spec.
+func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, lookups *metrics.Lookups) (auth.Chain, error) {
 	specs := o.auths
 	if len(specs) == 0 {
 		specs = []string{"sqlite"}
@@ -124,6 +127,9 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool) 
 		if err != nil {
 			chain.Close()
 			return nil, err
+		}
+		if lookups != nil {
+			s = lookups.Instrument(auth.Redact(spec), s)
 		}
 		chain = append(chain, s)
 	}
@@ -159,7 +165,11 @@ func (o *options) run(ctx context.Context) error {
 			return fmt.Errorf("--exporter %q: want HOST:PORT: %w", o.exporter, err)
 		}
 	}
-	store, err := o.openStores(ctx, log, o.checkConfig)
+	var lookups *metrics.Lookups
+	if o.exporter != "" {
+		lookups = metrics.NewLookups()
+	}
+	store, err := o.openStores(ctx, log, o.checkConfig, lookups)
 	if err != nil {
 		return err
 	}
@@ -185,6 +195,13 @@ func (o *options) run(ctx context.Context) error {
 		}
 		listeners = append(listeners, l)
 	}
+	var exporter net.Listener
+	if o.exporter != "" {
+		if exporter, err = net.Listen("tcp", o.exporter); err != nil {
+			return fmt.Errorf("--exporter %s: %w", o.exporter, err)
+		}
+		defer exporter.Close()
+	}
 	if o.checkConfig {
 		fmt.Fprintf(os.Stdout, "configuration OK: %d endpoint(s), credential stores: %s\n", len(eps), store)
 		return nil
@@ -196,6 +213,20 @@ func (o *options) run(ctx context.Context) error {
 	for _, l := range listeners {
 		log.Info("listening", "endpoint", l.Endpoint.String(), "addr", l.Addr().String())
 		go func() { errc <- b.Serve(l, l.Endpoint.Mode) }()
+	}
+	if exporter != nil {
+		srv := &http.Server{
+			Handler:           metrics.Handler(metrics.NewRegistry(b, lookups)),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		defer srv.Close()
+		log.Info("serving metrics", "addr", exporter.Addr().String(), "paths", "/metrics /healthz")
+		go func() {
+			if err := srv.Serve(exporter); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics exporter stopped", "err", err)
+			}
+		}()
 	}
 	var serveErr error
 	select {

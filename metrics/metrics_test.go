@@ -1,0 +1,299 @@
+package metrics_test
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// expect checks that a series has exactly the value want (-1: absent).
+func expect(t *testing.T, sc *scrape, want float64, name string, labels ...string) {
+	t.Helper()
+	if got := sc.value(name, labels...); got != want {
+		t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+	}
+}
+
+func (c *rawClient) expectMessage(ident, channel string, payload []byte) {
+	c.t.Helper()
+	f := c.next()
+	if f.Op != wire.OpPublish || string(f.Ident) != ident || string(f.Channel) != channel || !bytes.Equal(f.Payload, payload) {
+		c.t.Fatalf("got %v %q %q (%d bytes), want PUBLISH %q %q (%d bytes)",
+			f.Op, f.Ident, f.Channel, len(f.Payload), ident, channel, len(payload))
+	}
+}
+
+// The reference's series after real traffic, then after everyone leaves.
+func TestSeriesAfterTraffic(t *testing.T) {
+	e := startExported(t, testUsers())
+	expect(t, e.scrape(t), 0, "hpfeeds_broker_client_connections")
+
+	var subs []*rawClient
+	for range 2 {
+		s := dial(t, e.Addr)
+		s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+		subs = append(subs, s)
+	}
+	e.waitValue(t, 2, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
+	p := dial(t, e.Addr)
+	p.send(p.auth("pub", "pubsecret"))
+	// Only bytes read after authentication count as received: wait for it,
+	// so the PUBLISH below cannot share a read with the AUTH.
+	e.waitValue(t, 1, "hpfeeds_client_authenticated_connections", "ident", "pub", "owner", "sensors")
+
+	sc := e.scrape(t)
+	expect(t, sc, 3, "hpfeeds_broker_client_connections")
+	expect(t, sc, 3, "hpfeeds_broker_connection_made_total")
+	expect(t, sc, 2, "hpfeeds_broker_connection_ready_total", "ident", "sub")
+	expect(t, sc, 1, "hpfeeds_broker_connection_ready_total", "ident", "pub")
+	expect(t, sc, 2, "hpfeeds_client_authenticated_connections", "ident", "sub", "owner", "consumers")
+	expect(t, sc, 0, "hpfeeds_broker_connection_send_buffer_fill_total", "ident", "sub")
+	expect(t, sc, 0, "hpfeeds_broker_connection_send_buffer_drain_total", "ident", "sub")
+	expect(t, sc, 0, "hpfeeds_broker_connection_receive_buffer_fill_total", "ident", "pub")
+
+	// One 12-byte publish to each subscriber: the send buffer fills by the
+	// payload and drains by the frame, as in the reference.
+	payload1 := []byte("twelve bytes")
+	frame1 := pub(t, "pub", "chan", payload1)
+	p.send(frame1)
+	for _, s := range subs {
+		s.expectMessage("pub", "chan", payload1)
+	}
+	e.waitValue(t, float64(2*len(frame1)), "hpfeeds_broker_connection_send_buffer_drain_total", "ident", "sub")
+	sc = e.scrape(t)
+	expect(t, sc, 2*12, "hpfeeds_broker_connection_send_buffer_fill_total", "ident", "sub")
+	expect(t, sc, float64(len(frame1)), "hpfeeds_broker_connection_receive_buffer_fill_total", "ident", "pub")
+	expect(t, sc, 1, "hpfeeds_broker_receive_publish_count_total", "ident", "pub", "chan", "chan")
+	expect(t, sc, 2, "hpfeeds_broker_messages_delivered_total", "ident", "sub")
+	expect(t, sc, 2, "hpfeeds_broker_frames_written_total", "ident", "sub")
+	expect(t, sc, 2, "hpfeeds_broker_writes_total", "ident", "sub")
+	expect(t, sc, 0, "hpfeeds_broker_connection_send_buffer_size", "ident", "sub")
+
+	// Half a frame waits in the receive buffer until the rest arrives.
+	payload2 := bytes.Repeat([]byte{'x'}, 2000)
+	frame2 := pub(t, "pub", "chan", payload2)
+	p.send(frame2[:10])
+	e.waitValue(t, 10, "hpfeeds_broker_connection_receive_buffer_size", "ident", "pub")
+	p.send(frame2[10:])
+	for _, s := range subs {
+		s.expectMessage("pub", "chan", payload2)
+	}
+	e.waitValue(t, float64(2*len(frame1)+2*len(frame2)), "hpfeeds_broker_connection_send_buffer_drain_total", "ident", "sub")
+	sc = e.scrape(t)
+	expect(t, sc, 0, "hpfeeds_broker_connection_receive_buffer_size", "ident", "pub")
+
+	subs[1].send(unsub(t, "sub", "chan"))
+	e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
+
+	// Everyone leaves: gauges go back to zero, counters stay.
+	for _, c := range append(subs, p) {
+		c.nc.Close()
+	}
+	e.waitValue(t, 0, "hpfeeds_broker_client_connections")
+	sc = e.scrape(t)
+	expect(t, sc, 0, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
+	expect(t, sc, -1, "hpfeeds_broker_connection_send_buffer_size", "ident", "sub")
+	expect(t, sc, -1, "hpfeeds_broker_connection_receive_buffer_size", "ident", "pub")
+	expect(t, sc, -1, "hpfeeds_client_authenticated_connections", "ident", "sub", "owner", "consumers")
+	expect(t, sc, 2, "hpfeeds_broker_connection_lost_total", "ident", "sub")
+	expect(t, sc, 1, "hpfeeds_broker_connection_lost_total", "ident", "pub")
+	expect(t, sc, 2*12+2*2000, "hpfeeds_broker_connection_send_buffer_fill_total", "ident", "sub")
+	expect(t, sc, float64(2*len(frame1)+2*len(frame2)), "hpfeeds_broker_connection_send_buffer_drain_total", "ident", "sub")
+	expect(t, sc, float64(len(frame1)+len(frame2)), "hpfeeds_broker_connection_receive_buffer_fill_total", "ident", "pub")
+	expect(t, sc, 4, "hpfeeds_broker_messages_delivered_total", "ident", "sub")
+	expect(t, sc, 4, "hpfeeds_broker_frames_written_total", "ident", "sub")
+	expect(t, sc, 4, "hpfeeds_broker_writes_total", "ident", "sub")
+	expect(t, sc, 2, "hpfeeds_broker_receive_publish_count_total", "ident", "pub", "chan", "chan")
+
+	m := sc.metric("hpfeeds_broker_receive_publish_size", "ident", "pub", "chan", "chan")
+	if m == nil || m.Histogram == nil {
+		t.Fatal("no receive_publish_size histogram for pub/chan")
+	}
+	h := m.Histogram
+	if h.GetSampleCount() != 2 || h.GetSampleSum() != 2012 {
+		t.Errorf("publish size histogram count %d sum %v, want 2 and 2012", h.GetSampleCount(), h.GetSampleSum())
+	}
+	wantBuckets := map[float64]uint64{1024: 1, 2048: 2, 4194304: 2}
+	if len(h.Bucket) != broker.NumPublishBuckets { // the parser adds +Inf
+		t.Errorf("%d buckets, want %d", len(h.Bucket), broker.NumPublishBuckets)
+	}
+	for _, b := range h.Bucket {
+		if want, ok := wantBuckets[b.GetUpperBound()]; ok && b.GetCumulativeCount() != want {
+			t.Errorf("bucket le=%v holds %d, want %d", b.GetUpperBound(), b.GetCumulativeCount(), want)
+		}
+	}
+}
+
+// Every error category is counted once per failure; failed logins only
+// ever under the empty ident, so no label value comes from a client that
+// did not authenticate.
+func TestErrorCategories(t *testing.T) {
+	e := startExported(t, brokenStore{testUsers()})
+	cases := []struct {
+		name     string
+		frames   func(c *rawClient) [][]byte
+		want     string
+		ident    string
+		category string
+	}{
+		{"first message not AUTH", func(c *rawClient) [][]byte {
+			return [][]byte{pub(t, "first-not-auth", "chan", []byte("x"))}
+		}, "First message was not AUTH", "", broker.CategoryInvalidFirstMessage},
+		{"unknown ident", func(c *rawClient) [][]byte {
+			return [][]byte{c.auth("attacker-chosen", "x")}
+		}, "Authentication failed for attacker-chosen", "", broker.CategoryInvalidIdent},
+		{"wrong secret", func(c *rawClient) [][]byte {
+			return [][]byte{c.auth("pub", "wrong")}
+		}, "Authentication failed for pub", "", broker.CategoryInvalidSecret},
+		{"store failure", func(c *rawClient) [][]byte {
+			return [][]byte{c.auth("broken", "x")}
+		}, "Authentication failed for broken", "", broker.CategoryErrorCheckingIdent},
+		{"publish ident mismatch", func(c *rawClient) [][]byte {
+			return [][]byte{c.auth("pub", "pubsecret"), pub(t, "forged-ident", "chan", []byte("x"))}
+		}, "Invalid authkey in message, ident=forged-ident", "pub", broker.CategoryIdentMismatchPub},
+		{"publish not allowed", func(c *rawClient) [][]byte {
+			return [][]byte{c.auth("sub", "subsecret"), pub(t, "sub", "forbidden-pub-chan", []byte("x"))}
+		}, "Authkey not allowed to pub here. ident=sub, chan=forbidden-pub-chan", "sub", broker.CategoryNoPubPermission},
+		{"subscribe not allowed", func(c *rawClient) [][]byte {
+			return [][]byte{c.auth("pub", "pubsecret"), sub(t, "forged-sub-ident", "forbidden-sub-chan")}
+		}, "Authkey not allowed to sub here. ident=pub, chan=forbidden-sub-chan", "pub", broker.CategoryNoSubPermission},
+	}
+	for _, tc := range cases {
+		c := dial(t, e.Addr)
+		c.send(tc.frames(c)...)
+		c.expectError(tc.want)
+		e.waitValue(t, 1, "hpfeeds_broker_connection_error_total", "ident", tc.ident, "category", tc.category)
+	}
+	e.waitValue(t, 0, "hpfeeds_broker_client_connections")
+	sc := e.scrape(t)
+	expect(t, sc, 7, "hpfeeds_broker_connection_made_total")
+	expect(t, sc, 4, "hpfeeds_broker_connection_lost_total", "ident", "")
+	expect(t, sc, 2, "hpfeeds_broker_connection_lost_total", "ident", "pub")
+	expect(t, sc, 1, "hpfeeds_broker_connection_lost_total", "ident", "sub")
+	expect(t, sc, 2, "hpfeeds_broker_connection_ready_total", "ident", "pub")
+	expect(t, sc, 1, "hpfeeds_broker_connection_ready_total", "ident", "sub")
+	expect(t, sc, 1, "hpfeeds_broker_auth_lookup_failures_total", "store", "memory")
+	if m := sc.metric("hpfeeds_broker_auth_lookup_duration_seconds", "store", "memory"); m == nil || m.Histogram.GetSampleCount() != 6 {
+		t.Errorf("lookup duration histogram: %v, want 6 lookups", m)
+	}
+	for _, s := range []string{"first-not-auth", "attacker-chosen", "broken", "forged", "forbidden"} {
+		if strings.Contains(sc.text, s) {
+			t.Errorf("%q, which only an unauthenticated or refused request carried, appears in /metrics", s)
+		}
+	}
+}
+
+// A subscriber that stops reading: its queue shows in send_buffer_size,
+// the deadline starts, and either recovers when it reads again or closes
+// it; the hard bound closes it at once.
+func TestBackpressureSeries(t *testing.T) {
+	limits := func(deadline time.Duration, hard int) func(*broker.Config) {
+		return func(c *broker.Config) {
+			c.MaxPublishSize = 64 << 10
+			c.SendQueueSoft = 256 << 10
+			c.SendQueueLow = 64 << 10
+			c.SendQueueHard = hard
+			c.BackpressureDeadline = deadline
+		}
+	}
+	payload := bytes.Repeat([]byte{'y'}, 60<<10)
+
+	// stall subscribes a client that does not read, then publishes until
+	// cond holds; it returns the subscriber and how many frames were sent.
+	stall := func(t *testing.T, e *exported, cond func(*scrape) bool) (*rawClient, int) {
+		s := dial(t, e.Addr)
+		s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+		e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
+		p := dial(t, e.Addr)
+		p.send(p.auth("pub", "pubsecret"))
+		frame := pub(t, "pub", "chan", payload)
+		// Socket buffers on loopback hold a few MB; 1000 frames are 60 MB.
+		for n := 0; n < 1000; n += 8 {
+			if cond(e.scrape(t)) {
+				return s, n
+			}
+			for range 8 {
+				p.send(frame)
+			}
+		}
+		t.Fatal("publishing 60 MB never got the subscriber into backpressure")
+		return nil, 0
+	}
+
+	// The queue may cross the soft mark and drain back below the low one
+	// several times while the socket buffers fill: each crossing starts the
+	// deadline and each drain recovers it.
+	t.Run("recover", func(t *testing.T) {
+		e := startExported(t, testUsers(), limits(time.Hour, 1<<30))
+		s, n := stall(t, e, func(sc *scrape) bool {
+			return sc.value("hpfeeds_broker_connection_send_buffer_size", "ident", "sub") > 256<<10
+		})
+		for range n {
+			s.expectMessage("pub", "chan", payload)
+		}
+		e.waitValue(t, 0, "hpfeeds_broker_connection_send_buffer_size", "ident", "sub")
+		sc := e.scrape(t)
+		starts := sc.value("hpfeeds_broker_connection_send_buffer_deadline_start_total", "ident", "sub")
+		if starts < 1 {
+			t.Fatalf("queue went past the soft mark but %v deadline starts", starts)
+		}
+		expect(t, sc, starts, "hpfeeds_broker_connection_send_buffer_deadline_recover_total", "ident", "sub")
+		expect(t, sc, -1, "hpfeeds_broker_connection_error_total", "ident", "sub", "category", broker.CategoryDeadlineTimerExpired)
+	})
+
+	t.Run("deadline", func(t *testing.T) {
+		e := startExported(t, testUsers(), limits(200*time.Millisecond, 1<<30))
+		s, _ := stall(t, e, func(sc *scrape) bool {
+			return sc.value("hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "deadline") == 1
+		})
+		s.expectError("Backpressure deadline timer expired")
+		sc := e.scrape(t)
+		expect(t, sc, 1, "hpfeeds_broker_connection_error_total", "ident", "sub", "category", broker.CategoryDeadlineTimerExpired)
+		starts := sc.value("hpfeeds_broker_connection_send_buffer_deadline_start_total", "ident", "sub")
+		recovers := sc.value("hpfeeds_broker_connection_send_buffer_deadline_recover_total", "ident", "sub")
+		if starts < 1 || recovers != starts-1 {
+			t.Errorf("%v deadline starts, %v recoveries; want the last start unrecovered", starts, recovers)
+		}
+		expect(t, sc, -1, "hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "hard-bound")
+	})
+
+	t.Run("hard bound", func(t *testing.T) {
+		e := startExported(t, testUsers(), limits(time.Hour, 512<<10))
+		s, _ := stall(t, e, func(sc *scrape) bool {
+			return sc.value("hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "hard-bound") == 1
+		})
+		s.expectError("Backpressure deadline timer expired")
+		sc := e.scrape(t)
+		expect(t, sc, 1, "hpfeeds_broker_connection_error_total", "ident", "sub", "category", broker.CategoryDeadlineTimerExpired)
+		expect(t, sc, -1, "hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "deadline")
+	})
+}
+
+func TestHealthz(t *testing.T) {
+	e := startExported(t, testUsers())
+	resp, err := http.Get(e.url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "{}" || resp.Header.Get("Content-Type") != "application/json; charset=utf-8" {
+		t.Errorf("GET /healthz: %s %q %q", resp.Status, resp.Header.Get("Content-Type"), body)
+	}
+}
+
+// The Go runtime and process collectors are on.
+func TestRuntimeCollectors(t *testing.T) {
+	sc := startExported(t, testUsers()).scrape(t)
+	for _, name := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_cpu_seconds_total", "process_resident_memory_bytes"} {
+		if sc.fams[name] == nil {
+			t.Errorf("%s missing", name)
+		}
+	}
+}
