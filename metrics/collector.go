@@ -126,9 +126,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for k, n := range s.Errors {
 		counter(descConnectionError, n, k.Ident, k.Category)
 	}
-	for k, n := range s.Backpressure {
-		counter(descBackpressureCloses, n, k.Ident, k.Reason)
-	}
 
 	for id, st := range s.Idents {
 		// As in the reference, buffer sizes are exported only for idents
@@ -145,6 +142,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDelivered, st.Delivered, id)
 		counter(descFramesWritten, st.FramesWritten, id)
 		counter(descWrites, st.Writes, id)
+		// Every authenticated ident, both reasons: a dashboard's increase()
+		// shows 0 rather than no data. Only authenticated connections
+		// subscribe, so no close is left out.
+		for _, r := range []string{broker.BackpressureDeadline, broker.BackpressureHardBound} {
+			counter(descBackpressureCloses, s.Backpressure[broker.BackpressureKey{Ident: id, Reason: r}], id, r)
+		}
 	}
 	for k, n := range s.Owners {
 		gauge(descAuthenticated, float64(n), k.Ident, k.Owner)

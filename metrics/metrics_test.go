@@ -260,7 +260,7 @@ func TestBackpressureSeries(t *testing.T) {
 		if starts < 1 || recovers != starts-1 {
 			t.Errorf("%v deadline starts, %v recoveries; want the last start unrecovered", starts, recovers)
 		}
-		expect(t, sc, -1, "hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "hard-bound")
+		expect(t, sc, 0, "hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "hard-bound")
 	})
 
 	t.Run("hard bound", func(t *testing.T) {
@@ -271,7 +271,7 @@ func TestBackpressureSeries(t *testing.T) {
 		s.expectError("Backpressure deadline timer expired")
 		sc := e.scrape(t)
 		expect(t, sc, 1, "hpfeeds_broker_connection_error_total", "ident", "sub", "category", broker.CategoryDeadlineTimerExpired)
-		expect(t, sc, -1, "hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "deadline")
+		expect(t, sc, 0, "hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "deadline")
 	})
 }
 
