@@ -198,7 +198,7 @@ func (o *options) run(ctx context.Context) error {
 	var exporter net.Listener
 	if o.exporter != "" {
 		if exporter, err = net.Listen("tcp", o.exporter); err != nil {
-			return fmt.Errorf("--exporter %s: %w", o.exporter, err)
+			return fmt.Errorf("--exporter %s: %w (is another process using it? give a free HOST:PORT)", o.exporter, err)
 		}
 		defer exporter.Close()
 	}
