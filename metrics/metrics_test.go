@@ -297,3 +297,82 @@ func TestRuntimeCollectors(t *testing.T) {
 		}
 	}
 }
+
+// Connections that close while scrapes run are counted exactly once: no
+// counter ever goes down between two scrapes, and the totals add up.
+func TestCountersMonotonicUnderChurn(t *testing.T) {
+	e := startExported(t, testUsers())
+	done := make(chan struct{})
+	scraped := make(chan int)
+	go func() {
+		prev := map[string]float64{}
+		n := 0
+		defer func() { scraped <- n }()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			sc := e.scrape(t)
+			n++
+			seen := map[string]bool{}
+			for name, f := range sc.fams {
+				for _, m := range f.Metric {
+					var v float64
+					switch {
+					case m.Counter != nil:
+						v = m.Counter.GetValue()
+					case m.Histogram != nil:
+						v = float64(m.Histogram.GetSampleCount())
+					default:
+						continue
+					}
+					key := name
+					for _, lp := range m.Label {
+						key += " " + lp.GetName() + "=" + lp.GetValue()
+					}
+					if v < prev[key] {
+						t.Errorf("%s went down from %v to %v", key, prev[key], v)
+					}
+					prev[key] = v
+					seen[key] = true
+				}
+			}
+			for key := range prev {
+				if !seen[key] {
+					t.Errorf("counter %s disappeared", key)
+				}
+			}
+		}
+	}()
+
+	const rounds, messages = 20, 50
+	payload := []byte("churn")
+	for range rounds {
+		s := dial(t, e.Addr)
+		s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+		e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
+		p := dial(t, e.Addr)
+		frames := [][]byte{p.auth("pub", "pubsecret")}
+		for range messages {
+			frames = append(frames, pub(t, "pub", "chan", payload))
+		}
+		p.send(bytes.Join(frames, nil))
+		for range messages {
+			s.expectMessage("pub", "chan", payload)
+		}
+		s.nc.Close()
+		p.nc.Close()
+		e.waitValue(t, 0, "hpfeeds_broker_client_connections")
+	}
+	close(done)
+	if n := <-scraped; n < rounds {
+		t.Errorf("only %d scrapes ran during the churn", n)
+	}
+	sc := e.scrape(t)
+	expect(t, sc, rounds*messages, "hpfeeds_broker_receive_publish_count_total", "ident", "pub", "chan", "chan")
+	expect(t, sc, rounds*messages, "hpfeeds_broker_messages_delivered_total", "ident", "sub")
+	expect(t, sc, rounds*messages*float64(len(payload)), "hpfeeds_broker_connection_send_buffer_fill_total", "ident", "sub")
+	expect(t, sc, rounds, "hpfeeds_broker_connection_lost_total", "ident", "sub")
+}
