@@ -210,6 +210,8 @@ func (t *topic) publish(raw []byte, payload int) int {
 	copy(frame, raw)
 	for _, s := range t.subs {
 		s.q.push(frame)
+		// Counted even for a subscriber that is closing, as the
+		// reference does.
 		s.stats.sendFill.Add(uint64(payload))
 	}
 	return len(t.subs)

@@ -181,6 +181,9 @@ func (c *conn) snapshot(s *Snapshot) {
 	c.q.mu.Lock()
 	queued := c.q.queued
 	c.q.mu.Unlock()
+	if c.q.dropped.Load() {
+		queued = 0 // closed for backpressure: what was queued is gone
+	}
 	st.SendBufferSize += uint64(max(queued, 0))
 	// Parsed before read: both only grow and read >= parsed, so this
 	// order never sees more parsed than read.
