@@ -376,3 +376,36 @@ func TestCountersMonotonicUnderChurn(t *testing.T) {
 	expect(t, sc, rounds*messages*float64(len(payload)), "hpfeeds_broker_connection_send_buffer_fill_total", "ident", "sub")
 	expect(t, sc, rounds, "hpfeeds_broker_connection_lost_total", "ident", "sub")
 }
+
+// The Python broker's series keep its names, types and help texts, so
+// dashboards and alerts built on it keep working.
+func TestReferenceNamesTypesHelp(t *testing.T) {
+	sc := ordinaryTraffic(t)
+	for _, want := range []struct{ name, typ, help string }{
+		{"hpfeeds_broker_client_connections", "GAUGE", "Number of clients connected to broker"},
+		{"hpfeeds_broker_connection_made_total", "COUNTER", "Number of connections established"},
+		{"hpfeeds_broker_connection_ready_total", "COUNTER", "Number of connections established + authenticated"},
+		{"hpfeeds_broker_connection_error_total", "COUNTER", "Number of connections that experienced a protocol error"},
+		{"hpfeeds_broker_connection_lost_total", "COUNTER", "Number of connections lost"},
+		{"hpfeeds_broker_connection_send_buffer_size", "GAUGE", "Number of bytes queued for transmission"},
+		{"hpfeeds_broker_connection_receive_buffer_size", "GAUGE", "Number of bytes received but not yet parsed"},
+		{"hpfeeds_broker_connection_receive_buffer_fill_total", "COUNTER", "Number of bytes queued in the parsing buffer"},
+		{"hpfeeds_broker_connection_send_buffer_fill_total", "COUNTER", "Number of bytes queued in the send buffer"},
+		{"hpfeeds_broker_connection_send_buffer_drain_total", "COUNTER", "Number of bytes drained from the send buffer and sent"},
+		{"hpfeeds_broker_connection_send_buffer_deadline_start_total", "COUNTER", "High watermark was exceeded and this connection was put on a deadline timer"},
+		{"hpfeeds_broker_connection_send_buffer_deadline_recover_total", "COUNTER", "Buffer recovered to low watermark or better and deadline timer was cancelled"},
+		{"hpfeeds_broker_subscriptions", "GAUGE", "Number of subscriptions to a channel"},
+		{"hpfeeds_broker_receive_publish_count_total", "COUNTER", "Number of events received by broker for a channel"},
+		{"hpfeeds_broker_receive_publish_size", "HISTOGRAM", "Sizes of messages received by broker for a channel"},
+		{"hpfeeds_client_authenticated_connections", "GAUGE", "Authenticated connections"},
+	} {
+		f := sc.fams[want.name]
+		if f == nil {
+			t.Errorf("%s not exported", want.name)
+			continue
+		}
+		if f.GetType().String() != want.typ || f.GetHelp() != want.help {
+			t.Errorf("%s: %s %q, want %s %q", want.name, f.GetType(), f.GetHelp(), want.typ, want.help)
+		}
+	}
+}
