@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: test lint build
+.PHONY: test lint build deps
 
 build:
 	$(GO) build ./...
@@ -10,5 +10,11 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-test: lint
+# The database shells the store tests insert rows with, as an operator would.
+deps:
+	@command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
+	@command -v psql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-client; }
+	@command -v mariadb >/dev/null || { apt-get update -qq && apt-get install -y -qq mariadb-client; }
+
+test: deps lint
 	$(GO) test -race -count=1 ./...

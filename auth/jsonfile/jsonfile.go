@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -131,4 +133,89 @@ func (s *Store) String() string { return "json:" + s.path }
 func (s *Store) Close() error {
 	s.stop()
 	return nil
+}
+
+// edit rewrites the file with change applied to its users, atomically
+// (a temporary file in the same directory, renamed over it) and keeping
+// its mode, so a running broker reloads it whole.
+func (s *Store) edit(change func(map[string]auth.User)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data, err := os.ReadFile(s.path)
+	if err != nil {
+		return err
+	}
+	users, err := Parse(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.path, err)
+	}
+	change(users)
+	out, err := json.MarshalIndent(users, "", "  ")
+	if err != nil {
+		return err
+	}
+	info, err := os.Stat(s.path)
+	if err != nil {
+		return err
+	}
+	target, err := filepath.EvalSymlinks(s.path)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(target), ".users-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(out, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(info.Mode().Perm()); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), target); err != nil {
+		return err
+	}
+	s.users.Store(&users)
+	return nil
+}
+
+// PutUser implements auth.Editor.
+func (s *Store) PutUser(_ context.Context, u auth.User) error {
+	if u.Owner == "" {
+		u.Owner = u.Ident
+	}
+	if u.PubChans == nil {
+		u.PubChans = []string{}
+	}
+	if u.SubChans == nil {
+		u.SubChans = []string{}
+	}
+	return s.edit(func(m map[string]auth.User) { m[u.Ident] = u })
+}
+
+// DeleteUser implements auth.Editor.
+func (s *Store) DeleteUser(_ context.Context, ident string) (bool, error) {
+	found := false
+	err := s.edit(func(m map[string]auth.User) {
+		_, found = m[ident]
+		delete(m, ident)
+	})
+	return found, err
+}
+
+// ListUsers implements auth.Editor.
+func (s *Store) ListUsers(context.Context) ([]auth.User, error) {
+	m := *s.users.Load()
+	out := make([]auth.User, 0, len(m))
+	for _, u := range m {
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Ident < out[j].Ident })
+	return out, nil
 }

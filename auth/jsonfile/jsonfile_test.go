@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,5 +126,47 @@ func TestOpenRefusesMissingOrBrokenFile(t *testing.T) {
 	os.WriteFile(bad, []byte("{"), 0o600)
 	if _, err := Open(bad, nil); err == nil {
 		t.Error("broken file accepted")
+	}
+}
+
+func TestEditorRewritesAtomically(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "users.json")
+	if err := os.WriteFile(path, []byte(`{"bob": {"secret": "b"}}`), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// A second store on the same file stands for a running broker.
+	broker, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	ctx := context.Background()
+	if err := s.PutUser(ctx, auth.User{Ident: "eve", Secret: "e", PubChans: []string{"c"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "broker reload after add", func() bool { return secretOf(broker, "eve") == "e" })
+	if info, _ := os.Stat(path); info.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", info.Mode().Perm())
+	}
+	users, _ := s.ListUsers(ctx)
+	if len(users) != 2 || users[0].Ident != "bob" || users[1].Ident != "eve" || users[1].Owner != "eve" {
+		t.Errorf("list %+v", users)
+	}
+	if found, err := s.DeleteUser(ctx, "bob"); !found || err != nil {
+		t.Fatal(found, err)
+	}
+	waitFor(t, "broker reload after remove", func() bool { _, found, _ := broker.Lookup(ctx, "bob"); return !found })
+	// The rewritten file is one the Python broker reads: every key present.
+	data, _ := os.ReadFile(path)
+	for _, k := range []string{`"owner"`, `"secret"`, `"pubchans"`, `"subchans"`} {
+		if !strings.Contains(string(data), k) {
+			t.Errorf("rewritten file lacks %s:\n%s", k, data)
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/env"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
+	_ "github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/metrics"
 )
@@ -74,6 +75,7 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.IntVar(&o.cfg.SendQueueLow, "send-queue-low", broker.DefaultSendQueueLow, "`BYTES` a subscriber's queue must drain to for the deadline to be cancelled")
 	f.IntVar(&o.cfg.SendQueueHard, "send-queue-hard", broker.DefaultSendQueueHard, "`BYTES` queued to a subscriber that close it at once")
 	f.DurationVar(&o.cfg.BackpressureDeadline, "backpressure-deadline", broker.DefaultBackpressureDeadline, "how long a subscriber may stay past the soft mark (`DURATION`)")
+	cmd.AddCommand(newUserCmd())
 	return cmd
 }
 

@@ -1,0 +1,203 @@
+// Package sqlstore holds the credential stores kept in SQL databases:
+//
+//   - the SQLite store (--auth=sqlite, or a path ending .db or .sqlite; the
+//     default is sqlite.db in the working directory): table
+//     authkeys(id, owner, ident, secret, pubchans, subchans), created when
+//     missing, channel lists as JSON text;
+//   - the database+ stores (--auth=database+postgresql://…,
+//     database+mysql://…, database+sqlite:///rel.db,
+//     database+sqlite:////abs.db): table auth_keys(id, identifier, secret,
+//     publish json, subscribe json) as the documented DDL creates it; the
+//     owner is the identifier and a NULL list means no channels.
+//
+// Every AUTH runs one query on a pooled connection, bounded by the caller's
+// context; nothing is cached, so a row inserted while the broker runs works
+// at the next login.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+)
+
+func init() {
+	auth.Register(auth.Driver{
+		Name: "database+postgresql://, database+mysql://, database+sqlite://",
+		Match: func(spec string) bool {
+			return strings.HasPrefix(spec, "database+")
+		},
+		Open: func(_ context.Context, spec string, _ auth.Options) (auth.Store, error) {
+			return OpenDatabase(spec)
+		},
+	})
+	auth.Register(auth.Driver{
+		Name: "sqlite (or a .db/.sqlite path)",
+		Match: func(spec string) bool {
+			return spec == "sqlite" || strings.HasSuffix(spec, ".db") || strings.HasSuffix(spec, ".sqlite")
+		},
+		Open: func(ctx context.Context, spec string, _ auth.Options) (auth.Store, error) {
+			if spec == "sqlite" {
+				spec = "sqlite.db"
+			}
+			return OpenSQLite(ctx, spec)
+		},
+	})
+}
+
+// dialect is what differs between the databases behind one table layout.
+type dialect struct {
+	table, identCol, ownerCol, secretCol, pubCol, subCol string
+	placeholder                                          func(n int) string
+}
+
+func question(int) string  { return "?" }
+func dollar(n int) string { return fmt.Sprintf("$%d", n) }
+
+// Store is a credential store on a SQL table.
+type Store struct {
+	db   *sql.DB
+	name string // for logs: the spec with the password hidden
+	d    dialect
+	sel  string
+}
+
+func newStore(db *sql.DB, name string, d dialect) *Store {
+	owner := d.ownerCol
+	if owner == "" {
+		owner = d.identCol
+	}
+	return &Store{db: db, name: name, d: d, sel: fmt.Sprintf(
+		"SELECT %s, %s, %s, %s FROM %s WHERE %s = %s LIMIT 1",
+		owner, d.secretCol, d.pubCol, d.subCol, d.table, d.identCol, d.placeholder(1))}
+}
+
+// Lookup implements auth.Store.
+func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, error) {
+	var owner, secret sql.NullString
+	var pub, sub []byte
+	err := s.db.QueryRowContext(ctx, s.sel, ident).Scan(&owner, &secret, &pub, &sub)
+	if errors.Is(err, sql.ErrNoRows) {
+		return auth.User{}, false, nil
+	}
+	if err != nil {
+		return auth.User{}, false, err
+	}
+	u := auth.User{Ident: ident, Owner: owner.String, Secret: secret.String}
+	if u.Owner == "" {
+		u.Owner = ident
+	}
+	if u.PubChans, err = parseList(pub); err != nil {
+		return auth.User{}, false, fmt.Errorf("row for %q: %s: %w", ident, s.d.pubCol, err)
+	}
+	if u.SubChans, err = parseList(sub); err != nil {
+		return auth.User{}, false, fmt.Errorf("row for %q: %s: %w", ident, s.d.subCol, err)
+	}
+	if !secret.Valid || secret.String == "" {
+		// A row without a secret can never log in; treat it as unknown.
+		return auth.User{}, false, nil
+	}
+	return u, true, nil
+}
+
+// parseList reads a JSON list of channels; NULL or empty means none.
+func parseList(b []byte) ([]string, error) {
+	if len(strings.TrimSpace(string(b))) == 0 || string(b) == "null" {
+		return nil, nil
+	}
+	var l []string
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("not a JSON list of channel names: %w", err)
+	}
+	return l, nil
+}
+
+func (s *Store) String() string { return s.name }
+
+// Ping checks the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// Close closes the pool.
+func (s *Store) Close() error { return s.db.Close() }
+
+// PutUser implements auth.Editor: it replaces any row of the ident.
+func (s *Store) PutUser(ctx context.Context, u auth.User) error {
+	pub, _ := json.Marshal(nonNil(u.PubChans))
+	sub, _ := json.Marshal(nonNil(u.SubChans))
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s = %s", s.d.table, s.d.identCol, s.d.placeholder(1)), u.Ident); err != nil {
+		return err
+	}
+	cols := []string{s.d.identCol, s.d.secretCol, s.d.pubCol, s.d.subCol}
+	args := []any{u.Ident, u.Secret, string(pub), string(sub)}
+	if s.d.ownerCol != "" {
+		owner := u.Owner
+		if owner == "" {
+			owner = u.Ident
+		}
+		cols = append(cols, s.d.ownerCol)
+		args = append(args, owner)
+	}
+	ph := make([]string, len(cols))
+	for i := range ph {
+		ph[i] = s.d.placeholder(i + 1)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)",
+		s.d.table, strings.Join(cols, ", "), strings.Join(ph, ", ")), args...); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func nonNil(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
+}
+
+// DeleteUser implements auth.Editor.
+func (s *Store) DeleteUser(ctx context.Context, ident string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s = %s", s.d.table, s.d.identCol, s.d.placeholder(1)), ident)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// ListUsers implements auth.Editor.
+func (s *Store) ListUsers(ctx context.Context) ([]auth.User, error) {
+	owner := s.d.ownerCol
+	if owner == "" {
+		owner = s.d.identCol
+	}
+	rows, err := s.db.QueryContext(ctx, fmt.Sprintf("SELECT %s, %s, %s, %s, %s FROM %s ORDER BY %s",
+		s.d.identCol, owner, s.d.secretCol, s.d.pubCol, s.d.subCol, s.d.table, s.d.identCol))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var users []auth.User
+	for rows.Next() {
+		var ident, owner, secret sql.NullString
+		var pub, sub []byte
+		if err := rows.Scan(&ident, &owner, &secret, &pub, &sub); err != nil {
+			return nil, err
+		}
+		u := auth.User{Ident: ident.String, Owner: owner.String, Secret: secret.String}
+		u.PubChans, _ = parseList(pub)
+		u.SubChans, _ = parseList(sub)
+		users = append(users, u)
+	}
+	return users, rows.Err()
+}
