@@ -56,7 +56,7 @@ type dialect struct {
 	placeholder                                          func(n int) string
 }
 
-func question(int) string  { return "?" }
+func question(int) string { return "?" }
 func dollar(n int) string { return fmt.Sprintf("$%d", n) }
 
 // Store is a credential store on a SQL table.
