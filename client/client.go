@@ -51,7 +51,9 @@ type BrokerError struct{ Text string }
 func (e *BrokerError) Error() string { return "hpfeeds broker: " + e.Text }
 
 // AuthFailed reports whether the broker refused the ident or secret.
-func (e *BrokerError) AuthFailed() bool { return strings.HasPrefix(e.Text, "Authentication failed for ") }
+func (e *BrokerError) AuthFailed() bool {
+	return strings.HasPrefix(e.Text, "Authentication failed for ")
+}
 
 // PermissionDenied reports whether a PUBLISH or SUBSCRIBE was refused.
 func (e *BrokerError) PermissionDenied() bool {
