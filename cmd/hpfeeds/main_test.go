@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+var cliBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hpfeeds-cli-test")
+	if err != nil {
+		panic(err)
+	}
+	cliBinary = filepath.Join(dir, "hpfeeds")
+	if out, err := exec.Command("go", "build", "-o", cliBinary, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var users = brokertest.NewUsers(
+	auth.User{Ident: "cli", Secret: "s", PubChans: []string{"c1", "c2", "bench"}, SubChans: []string{"c1", "c2", "bench"}},
+)
+
+func args(addr string, more ...string) []string {
+	host, port, _ := net.SplitHostPort(addr)
+	return append([]string{"--host", host, "-p", port, "-i", "cli", "-s", "s"}, more...)
+}
+
+func hpfeeds(t *testing.T, a ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command(cliBinary, a...).CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// startSubscriber runs `hpfeeds subscribe` and returns its output lines.
+func startSubscriber(t *testing.T, a ...string) <-chan string {
+	cmd := exec.Command(cliBinary, a...)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	return lines
+}
+
+func next(t *testing.T, lines <-chan string) string {
+	t.Helper()
+	select {
+	case l := <-lines:
+		return l
+	case <-time.After(10 * time.Second):
+		t.Fatal("no output")
+	}
+	return ""
+}
+
+func TestSubscribeAndPublish(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	lines := startSubscriber(t, args(srv.Addr, "subscribe", "-c", "c1", "-c", "c2")...)
+	if l := next(t, lines); l != "[feedcli] connected to hpfeeds" {
+		t.Fatalf("got %q", l)
+	}
+	// SUBSCRIBE has no reply: publish until the subscriber prints.
+	var got string
+	for i := 0; i < 50 && got == ""; i++ {
+		out, code := hpfeeds(t, args(srv.Addr, "publish", "-c", "c1", "hello", "world")...)
+		if code != 0 {
+			t.Fatalf("publish: %d %s", code, out)
+		}
+		select {
+		case got = <-lines:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if got != "[feedcli] publish to c1 by cli: hello world" {
+		t.Fatalf("got %q", got)
+	}
+	for len(lines) > 0 {
+		<-lines
+	}
+	// A binary payload is shown as hex, not crashed on.
+	bin := filepath.Join(t.TempDir(), "bin")
+	os.WriteFile(bin, []byte{0, 1, 2, 0xff, 0xfe}, 0o600)
+	if out, code := hpfeeds(t, args(srv.Addr, "sendfile", "-c", "c2", bin)...); code != 0 {
+		t.Fatalf("sendfile: %d %s", code, out)
+	}
+	if l := next(t, lines); l != "[feedcli] publish to c2 by cli: 000102fffe" {
+		t.Fatalf("got %q", l)
+	}
+}
+
+func TestSubscribeJSON(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	lines := startSubscriber(t, args(srv.Addr, "subscribe", "--json", "-c", "c1")...)
+	next(t, lines)
+	var rec map[string]string
+	for i := 0; i < 50 && rec == nil; i++ {
+		hpfeeds(t, args(srv.Addr, "publish", "-c", "c1", `{"a": 1}`)...)
+		select {
+		case l := <-lines:
+			if err := json.Unmarshal([]byte(l), &rec); err != nil {
+				t.Fatalf("%q: %v", l, err)
+			}
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if rec["ident"] != "cli" || rec["channel"] != "c1" || rec["payload"] != `{"a": 1}` {
+		t.Fatalf("got %v", rec)
+	}
+}
+
+func TestBrokerErrorExitsNonZero(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	out, code := hpfeeds(t, args(srv.Addr, "publish", "-c", "forbidden", "x")...)
+	if code == 0 || !strings.Contains(out, "Authkey not allowed to pub here. ident=cli, chan=forbidden") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	host, port, _ := net.SplitHostPort(srv.Addr)
+	out, code = hpfeeds(t, "--host", host, "-p", port, "-i", "cli", "-s", "wrong", "subscribe", "-c", "c1")
+	if code == 0 || !strings.Contains(out, "Authentication failed for cli") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+}
+
+func TestBench(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	out, code := hpfeeds(t, args(srv.Addr, "bench", "--subscribers", "3", "--count", "2000", "--json")...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	var r BenchResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if r.Published != 2000 || r.Delivered != 6000 || r.Lost != 0 || r.P99us <= 0 {
+		t.Fatalf("%+v", r)
+	}
+}
+
+// A broker that drops one message in fifty must be caught.
+func TestBenchDetectsLoss(t *testing.T) {
+	addr := droppingBroker(t, 50)
+	out, code := hpfeeds(t, args(addr, "bench", "--subscribers", "2", "--count", "1000", "--drain", "500ms")...)
+	if code == 0 || !strings.Contains(out, "LOST") || !strings.Contains(out, "deliveries lost") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+}
+
+// droppingBroker accepts anyone and relays every PUBLISH to every
+// subscriber, except every nth bench message.
+func droppingBroker(t *testing.T, nth int) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var mu sync.Mutex
+	var subs []net.Conn
+	seen := 0
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { nc.Close() })
+			go func() {
+				info, _ := wire.AppendInfo(nil, "dropper", [4]byte{})
+				nc.Write(info)
+				rd := wire.NewReader(nc, wire.UniformLimits(1<<20))
+				for {
+					f, err := rd.Next()
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					switch f.Op {
+					case wire.OpSubscribe:
+						subs = append(subs, nc)
+					case wire.OpPublish:
+						seen++
+						if f.Payload[0] == 'B' && seen%nth == 0 {
+							break
+						}
+						for _, s := range subs {
+							s.Write(f.Raw)
+						}
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
