@@ -226,4 +226,3 @@ func droppingBroker(t *testing.T, nth int) string {
 	}()
 	return l.Addr().String()
 }
-
