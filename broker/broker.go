@@ -39,6 +39,7 @@ type Broker struct {
 	wg        sync.WaitGroup // one per live connection and accept loop
 
 	stats   stats
+	settle  settler
 	retired retired // guarded by mu
 }
 
@@ -100,6 +101,7 @@ func (b *Broker) Serve(l net.Listener, mode Mode) error {
 			return err
 		}
 		delay = 0
+		b.settle.accepted()
 		c := newConn(b, nc, mode)
 		if !b.track(c) {
 			nc.Close()
@@ -152,6 +154,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	b.cancel()
+	b.settle.stop()
 
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,7 +101,7 @@ type conn struct {
 
 	// Owned by the reader goroutine; made on first use, as most
 	// connections only publish or only subscribe.
-	subs map[string]*topic
+	subs []*topic
 	pubs map[string]*pubChan // pubchans already checked, with their topic
 	// pubMu orders the reader's additions to pubs with metrics scrapes;
 	// the reader itself reads pubs without it.
@@ -313,22 +314,31 @@ func (c *conn) subscribe(f wire.Frame) bool {
 			"Authkey not allowed to sub here. ident="+s.identStr+", chan="+string(f.Channel))
 		return false
 	}
-	if _, ok := c.subs[string(f.Channel)]; ok {
+	if c.subscribed(f.Channel) >= 0 {
 		return true
 	}
 	t := c.b.topic(f.Channel, true)
 	t.add(c)
-	if c.subs == nil {
-		c.subs = map[string]*topic{}
-	}
-	c.subs[t.name] = t
+	c.subs = append(c.subs, t)
 	return true
 }
 
+// subscribed is the index of channel in c.subs, or -1. A slice, not a map:
+// a connection holds few subscriptions (no more than its subchans, which
+// are searched linearly anyway), and idle subscribers are most of memory.
+func (c *conn) subscribed(channel []byte) int {
+	for i, t := range c.subs {
+		if t.name == string(channel) {
+			return i
+		}
+	}
+	return -1
+}
+
 func (c *conn) unsubscribe(f wire.Frame) {
-	if t, ok := c.subs[string(f.Channel)]; ok {
-		t.remove(c)
-		delete(c.subs, t.name)
+	if i := c.subscribed(f.Channel); i >= 0 {
+		c.subs[i].remove(c)
+		c.subs = slices.Delete(c.subs, i, i+1)
 	}
 }
 

@@ -9,7 +9,7 @@ const (
 	// buffer doubles while reads fill it (a busy publisher gets many frames
 	// per syscall), halves while they don't, and grows to fit a large frame
 	// only until that frame is consumed.
-	minReadBuf = 512
+	minReadBuf = 256
 	// maxReadBuf is the largest buffer kept for batching reads.
 	maxReadBuf = 64 << 10
 )

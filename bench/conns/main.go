@@ -1,0 +1,197 @@
+// Command conns measures connections at scale against hpfeeds or NATS: a
+// storm of connect + login + subscribe, then the server's resident memory
+// per idle connection (RSS from /proc/PID/status before and after).
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+func rssKiB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		fail(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			var kb int
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb
+		}
+	}
+	return 0
+}
+
+func main() {
+	proto := flag.String("proto", "hpfeeds", "hpfeeds or nats")
+	addr := flag.String("addr", "", "host:port")
+	pid := flag.Int("pid", 0, "server process, for its RSS")
+	n := flag.Int("n", 5000, "connections")
+	workers := flag.Int("workers", 64, "connections opened at once")
+	ident := flag.String("ident", "bench", "")
+	secret := flag.String("secret", "", "")
+	idle := flag.Duration("idle", 5*time.Second, "how long connections sit idle before RSS is read")
+	flag.Parse()
+
+	var rl syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	rl.Cur = rl.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	if int(rl.Cur) < *n+100 {
+		fail(fmt.Errorf("RLIMIT_NOFILE %d is too low for %d connections", rl.Cur, *n))
+	}
+
+	time.Sleep(200 * time.Millisecond)
+	before := rssKiB(*pid)
+	var keep sync.Mutex
+	var held []*conn
+	var ok, failed atomic.Int64
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < *workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				c, err := open(*proto, *addr, *ident, *secret)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				ok.Add(1)
+				keep.Lock()
+				held = append(held, c)
+				keep.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < *n; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	// Every connection must be served: one broadcast reaches them all.
+	if err := broadcast(*proto, *addr, *ident, *secret); err != nil {
+		fail(err)
+	}
+	var missed atomic.Int64
+	var rg sync.WaitGroup
+	for _, c := range held {
+		rg.Add(1)
+		go func() {
+			defer rg.Done()
+			if c.await() != nil {
+				missed.Add(1)
+			}
+		}()
+	}
+	rg.Wait()
+	storm := time.Since(start)
+	// Idle: let writers and buffers settle as they would overnight.
+	time.Sleep(*idle)
+	after := rssKiB(*pid)
+	json.NewEncoder(os.Stdout).Encode(map[string]any{
+		"connections": ok.Load(), "failed": failed.Load() + missed.Load(), "storm_seconds": storm.Seconds(),
+		"storm_per_s":      float64(ok.Load()) / storm.Seconds(),
+		"rss_kib_per_conn": float64(after-before) / float64(ok.Load()),
+	})
+	keep.Lock()
+	_ = held
+	keep.Unlock()
+	if failed.Load()+missed.Load() > 0 {
+		os.Exit(1)
+	}
+}
+
+// conn is one idle subscriber; await waits for the broadcast.
+type conn struct {
+	await func() error
+}
+
+// open makes one logged-in connection subscribed to bench.idle.
+func open(proto, addr, ident, secret string) (*conn, error) {
+	if proto == "nats" {
+		nc, err := nats.Connect("nats://"+addr, nats.Timeout(10*time.Second))
+		if err != nil {
+			return nil, err
+		}
+		sub, err := nc.SubscribeSync("bench.idle")
+		if err != nil {
+			return nil, err
+		}
+		return &conn{await: func() error { _, err := sub.NextMsg(30 * time.Second); return err }}, nc.Flush()
+	}
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	rd := wire.NewReader(c, wire.UniformLimits(1024))
+	info, err := rd.Next()
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	b, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
+	b, _ = wire.AppendSubscribe(b, []byte(ident), []byte("bench.idle"))
+	if _, err := c.Write(b); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return &conn{await: func() error {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		f, err := rd.Next()
+		if err == nil && f.Op != wire.OpPublish {
+			err = fmt.Errorf("got %v %q", f.Op, f.Payload)
+		}
+		return err
+	}}, nil
+}
+
+// broadcast publishes one message on bench.idle.
+func broadcast(proto, addr, ident, secret string) error {
+	if proto == "nats" {
+		nc, err := nats.Connect("nats://" + addr)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		nc.Publish("bench.idle", []byte("x"))
+		return nc.Flush()
+	}
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rd := wire.NewReader(c, wire.UniformLimits(1024))
+	info, err := rd.Next()
+	if err != nil {
+		return err
+	}
+	b, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
+	b, _ = wire.AppendPublish(b, []byte(ident), []byte("bench.idle"), []byte("x"))
+	_, err = c.Write(b)
+	time.Sleep(100 * time.Millisecond)
+	return err
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "conns:", err)
+	os.Exit(2)
+}
