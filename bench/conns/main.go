@@ -84,20 +84,26 @@ func main() {
 	}
 	close(jobs)
 	wg.Wait()
-	// Every connection must be served: one broadcast reaches them all.
-	if err := broadcast(*proto, *addr, *ident, *secret); err != nil {
-		fail(err)
-	}
-	var missed atomic.Int64
+	// Every connection must be served: a broadcast reaches them all. hpfeeds
+	// does not acknowledge SUBSCRIBE, so broadcast until every connection
+	// has one (the last logins may still be in flight).
+	var missed, waiting atomic.Int64
 	var rg sync.WaitGroup
+	waiting.Store(int64(len(held)))
 	for _, c := range held {
 		rg.Add(1)
 		go func() {
 			defer rg.Done()
+			defer waiting.Add(-1)
 			if c.await() != nil {
 				missed.Add(1)
 			}
 		}()
+	}
+	for waiting.Load() > 0 {
+		if err := broadcast(*proto, *addr, *ident, *secret); err != nil {
+			fail(err)
+		}
 	}
 	rg.Wait()
 	storm := time.Since(start)

@@ -158,6 +158,8 @@ func main() {
 			if *rate > 0 {
 				interval = time.Duration(float64(time.Second) * float64(*pubs) / float64(*rate))
 			}
+			// Bound what is in flight in bytes too, as hpfeeds bench does.
+			window := int64(max(1, min(*window, (32<<20)/(*size+16))))
 			next := time.Now()
 			for k := 0; ; k++ {
 				if deadline.IsZero() && k >= *count || !deadline.IsZero() && k%64 == 0 && time.Now().After(deadline) {
@@ -169,8 +171,8 @@ func main() {
 						time.Sleep(d)
 					}
 					next = next.Add(interval)
-				} else if k%256 == 0 && *nsubs > 0 {
-					for published.Load()-delivered()/int64(*nsubs) > int64(*window) {
+				} else if k%int(min(256, window)) == 0 && *nsubs > 0 {
+					for published.Load()-delivered()/int64(*nsubs) > window {
 						time.Sleep(100 * time.Microsecond)
 					}
 				}

@@ -87,7 +87,7 @@ The ident needs permission to publish and subscribe on the channel.`,
 	fl.IntVar(&o.count, "count", 100000, "messages per publisher (unless --duration)")
 	fl.DurationVar(&o.duration, "duration", 0, "publish for this long instead of --count")
 	fl.IntVar(&o.rate, "rate", 0, "total messages per second across publishers (0: as fast as subscribers keep up)")
-	fl.IntVar(&o.window, "window", 20000, "messages a publisher may be ahead of the subscribers")
+	fl.IntVar(&o.window, "window", 20000, "messages a publisher may be ahead of the subscribers (and never more than 32 MiB)")
 	fl.DurationVar(&o.drain, "drain", 10*time.Second, "how long to wait for deliveries to stop changing before counting losses")
 	fl.BoolVar(&o.json, "json", false, "print the result as one JSON object")
 	return cmd
@@ -319,6 +319,9 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*Ben
 			if o.rate > 0 {
 				interval = time.Duration(float64(time.Second) * float64(o.publishers) / float64(o.rate))
 			}
+			// Bound what is in flight in bytes too, so large payloads stay
+			// within the broker's per-subscriber queue bounds.
+			window := int64(max(1, min(o.window, (32<<20)/len(frame))))
 			next := time.Now()
 			for k := 0; ; k++ {
 				if deadline.IsZero() && k >= o.count || !deadline.IsZero() && k%64 == 0 && time.Now().After(deadline) {
@@ -330,8 +333,8 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*Ben
 						time.Sleep(d)
 					}
 					next = next.Add(interval)
-				} else if k%256 == 0 && o.subscribers > 0 {
-					for published.Load()-delivered()/int64(o.subscribers) > int64(o.window) {
+				} else if k%int(min(256, window)) == 0 && o.subscribers > 0 {
+					for published.Load()-delivered()/int64(o.subscribers) > window {
 						w.Flush()
 						time.Sleep(100 * time.Microsecond)
 					}

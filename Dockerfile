@@ -1,0 +1,25 @@
+# Build: a static binary (no cgo: the SQLite driver is pure Go).
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/hpfeeds-broker ./cmd/hpfeeds-broker \
+ && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/hpfeeds ./cmd/hpfeeds
+
+# Run: the Python image's layout, so its compose files work with the image
+# name swapped. The sqlite3 shell is there for
+# `docker-compose run --rm hpfeeds sqlite3 sqlite.db`.
+FROM alpine:3.20
+RUN apk --no-cache add sqlite ca-certificates \
+ && adduser -D -H -u 10001 hpfeeds \
+ && mkdir -p /app/bin /app/var \
+ && chown hpfeeds:hpfeeds /app/var
+COPY --from=build /out/ /app/bin/
+ENV PATH=/app/bin:$PATH
+WORKDIR /app/var
+VOLUME /app/var
+USER hpfeeds
+EXPOSE 10000/tcp
+EXPOSE 9431/tcp
+CMD ["/app/bin/hpfeeds-broker", "--endpoint=tcp:port=10000", "--exporter=0.0.0.0:9431", "--auth=/app/var/sqlite.db"]

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of this broker and nats-server on loopback, with
+# the same load shapes: hpfeeds bench drives hpfeeds, bench/natsbench drives
+# NATS, bench/conns opens idle connections and connection storms on both.
+# Prints one table; exits non-zero if any row lost a message.
+#   bench/run.sh          full run (a few minutes)
+#   bench/run.sh --smoke  tiny counts, every row type, for CI
+set -euo pipefail
+cd "$(dirname "$0")/.."
+smoke=0
+[ "${1:-}" = "--smoke" ] && smoke=1
+
+if ! command -v nats-server >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq nats-server
+fi
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+go build -o "$work/hpfeeds-broker" ./cmd/hpfeeds-broker
+go build -o "$work/hpfeeds" ./cmd/hpfeeds
+(cd bench && go build -o "$work/natsbench" ./natsbench && go build -o "$work/conns" ./conns)
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+hp_port=$(freeport)
+nats_port=$(freeport)
+ulimit -n "$(ulimit -Hn)"
+
+HPFEEDS_BENCH_SECRET=benchsecret HPFEEDS_BENCH_PUBCHANS=bench,bench.idle HPFEEDS_BENCH_SUBCHANS=bench,bench.idle \
+  "$work/hpfeeds-broker" --auth=env -e "tcp:interface=127.0.0.1:port=$hp_port" 2>"$work/broker.log" &
+hp_pid=$!; pids+=("$hp_pid")
+nats-server -a 127.0.0.1 -p "$nats_port" >"$work/nats.log" 2>&1 &
+nats_pid=$!; pids+=("$nats_pid")
+for port in "$hp_port" "$nats_port"; do
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+done
+
+# scale N: the full count, or a tiny one with --smoke.
+scale() { if [ "$smoke" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+
+results="$work/results.jsonl"
+row() { # row NAME ARGS... : one throughput/latency row on both brokers
+  local name=$1; shift
+  local hp nats
+  hp=$("$work/hpfeeds" bench --host 127.0.0.1 -p "$hp_port" -i bench -s benchsecret --json "$@" || true)
+  nats=$("$work/natsbench" -url "nats://127.0.0.1:$nats_port" "$@" || true)
+  echo "{\"row\": \"$name\", \"hpfeeds\": ${hp:-null}, \"nats\": ${nats:-null}}" >>"$results"
+}
+conns() { # conns NAME N : idle connections and storm on both brokers
+  local name=$1 n=$2 idle
+  idle=$(scale 8s 6s)
+  hp=$("$work/conns" -addr "127.0.0.1:$hp_port" -pid "$hp_pid" -n "$n" -secret benchsecret -idle "$idle" || true)
+  nats=$("$work/conns" -proto nats -addr "127.0.0.1:$nats_port" -pid "$nats_pid" -n "$n" -idle "$idle" || true)
+  echo "{\"row\": \"$name\", \"hpfeeds\": ${hp:-null}, \"nats\": ${nats:-null}}" >>"$results"
+}
+
+row "1→10, 256 B" --publishers 1 --subscribers 10 --size 256 --count "$(scale 1000000 2000)"
+row "1→1, 256 B" --publishers 1 --subscribers 1 --size 256 --count "$(scale 3000000 2000)"
+row "50→1, 256 B" --publishers 50 --subscribers 1 --size 256 --count "$(scale 40000 100)"
+row "1→50, 1 KiB" --publishers 1 --subscribers 50 --size 1024 --count "$(scale 100000 200)"
+row "1→2, 1 MiB" --publishers 1 --subscribers 2 --size 1048576 --count "$(scale 1000 10)"
+row "latency 1→10 at 20,000/s" --publishers 1 --subscribers 10 --size 256 --rate 20000 --duration "$(scale 10s 1s)"
+conns "idle connections" "$(scale 5000 200)"
+# A fresh storm: the broker restarts so the idle row's connections are gone.
+kill "$hp_pid" "$nats_pid"; wait "$hp_pid" "$nats_pid" 2>/dev/null || true
+HPFEEDS_BENCH_SECRET=benchsecret HPFEEDS_BENCH_PUBCHANS=bench,bench.idle HPFEEDS_BENCH_SUBCHANS=bench,bench.idle \
+  "$work/hpfeeds-broker" --auth=env -e "tcp:interface=127.0.0.1:port=$hp_port" 2>>"$work/broker.log" &
+hp_pid=$!; pids+=("$hp_pid")
+nats-server -a 127.0.0.1 -p "$nats_port" >>"$work/nats.log" 2>&1 &
+nats_pid=$!; pids+=("$nats_pid")
+for port in "$hp_port" "$nats_port"; do
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+done
+conns "connect storm" "$(scale 10000 300)"
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+failed = False
+def fmt(v, unit):
+    if v is None: return "FAILED"
+    if unit == "/s": return f"{v/1e6:.2f} M/s" if v >= 1e5 else f"{v:,.0f}/s"
+    if unit == "us": return f"{v:,.0f} µs"
+    return f"{v:.2f} KiB"
+print(f"{'row':28} {'measure':22} {'hpfeeds':>14} {'nats-server':>14} {'ahead':>7}")
+for r in rows:
+    h, n = r["hpfeeds"], r["nats"]
+    if r["row"] == "idle connections":
+        measures = [("RSS per connection", "rss_kib_per_conn", "KiB", False)]
+    elif r["row"] == "connect storm":
+        measures = [("connect+login+subscribe", "storm_per_s", "/s", True)]
+    elif r["row"].startswith("latency"):
+        measures = [("p99 latency", "latency_p99_us", "us", False), ("p50 latency", "latency_p50_us", "us", False)]
+    else:
+        measures = [("deliveries", "delivered_per_s", "/s", True)]
+    for label, key, unit, higher in measures:
+        hv = h.get(key) if h else None
+        nv = n.get(key) if n else None
+        # ratio > 1 means hpfeeds is ahead, whichever way the measure goes.
+        ratio = f"{(hv/nv if higher else nv/hv):.2f}x" if hv and nv and hv > 0 else "-"
+        print(f"{r['row']:28} {label:22} {fmt(hv, unit):>14} {fmt(nv, unit):>14} {ratio:>7}")
+    for side, res in (("hpfeeds", h), ("nats-server", n)):
+        if res is None:
+            print(f"  FAILED: {side} produced no result"); failed = True
+        elif res.get("lost") or res.get("failed"):
+            print(f"  FAILED: {side} lost {res.get('lost') or res.get('failed')}"); failed = True
+sys.exit(1 if failed else 0)
+PY

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"gopkg.in/yaml.v3"
+)
+
+// The image, as the Dockerfile builds it. No Docker engine runs here, so
+// the Dockerfile is checked by parsing.
+type image struct {
+	cmd     []string
+	workdir string
+	volumes []string
+	expose  []string
+	user    string
+	env     []string
+}
+
+func parseDockerfile(t *testing.T) image {
+	f, err := os.Open("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := parser.Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var img image
+	stage := 0
+	for _, n := range res.AST.Children {
+		var args []string
+		for a := n.Next; a != nil; a = a.Next {
+			args = append(args, a.Value)
+		}
+		switch strings.ToLower(n.Value) {
+		case "from":
+			stage++
+			img = image{} // only the last stage is the image
+		case "cmd":
+			img.cmd = args
+		case "workdir":
+			img.workdir = args[0]
+		case "volume":
+			img.volumes = append(img.volumes, args...)
+		case "expose":
+			img.expose = append(img.expose, args...)
+		case "user":
+			img.user = args[0]
+		case "env":
+			img.env = append(img.env, strings.Join(args, "="))
+		case "run":
+			if stage == 1 && !strings.Contains(strings.Join(args, " "), "CGO_ENABLED=0") && strings.Contains(strings.Join(args, " "), "go build") {
+				t.Errorf("build is not static: %v", args)
+			}
+		}
+	}
+	if stage != 2 {
+		t.Errorf("%d stages, want a build and a runtime stage", stage)
+	}
+	return img
+}
+
+func TestDockerfileLayout(t *testing.T) {
+	img := parseDockerfile(t)
+	if img.workdir != "/app/var" || !slices.Equal(img.volumes, []string{"/app/var"}) {
+		t.Errorf("workdir %q volumes %v", img.workdir, img.volumes)
+	}
+	if !slices.Contains(img.expose, "10000/tcp") || !slices.Contains(img.expose, "9431/tcp") {
+		t.Errorf("expose %v", img.expose)
+	}
+	if img.user == "" || img.user == "root" || img.user == "0" {
+		t.Errorf("runs as %q", img.user)
+	}
+	if len(img.cmd) == 0 || img.cmd[0] != "/app/bin/hpfeeds-broker" ||
+		!slices.Contains(img.cmd, "--endpoint=tcp:port=10000") || !slices.Contains(img.cmd, "--exporter=0.0.0.0:9431") ||
+		!slices.Contains(img.cmd, "--auth=/app/var/sqlite.db") {
+		t.Errorf("CMD %v", img.cmd)
+	}
+	data, _ := os.ReadFile("../../Dockerfile")
+	if !strings.Contains(string(data), "sqlite") {
+		t.Error("the runtime image lacks the sqlite3 shell")
+	}
+}
+
+type compose struct {
+	Services map[string]struct {
+		Image       string            `yaml:"image"`
+		Environment map[string]string `yaml:"environment"`
+		Command     []string          `yaml:"command"`
+	} `yaml:"services"`
+}
+
+// Every example compose file's command line goes through the broker's own
+// flag parsing with --check-config, in a directory standing for the
+// image's /app/var. What the host supplies is substituted: /app/var is the
+// test's directory, the NIC lan0 is lo, ports are 0 (so nothing collides),
+// and broker.key/broker.crt are a generated pair.
+func TestComposeExamples(t *testing.T) {
+	img := parseDockerfile(t)
+	files, _ := filepath.Glob("../../examples/*/docker-compose.yml")
+	if len(files) < 6 {
+		t.Fatalf("only %d compose files", len(files))
+	}
+	port := regexp.MustCompile(`port=\d+`)
+	exporter := regexp.MustCompile(`--exporter=([^:]+):\d+`)
+	for _, file := range files {
+		t.Run(filepath.Base(filepath.Dir(file)), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var c compose
+			if err := yaml.Unmarshal(data, &c); err != nil {
+				t.Fatal(err)
+			}
+			for name, svc := range c.Services {
+				if svc.Image != "hpfeeds-go/hpfeeds-broker" {
+					t.Errorf("%s: image %q", name, svc.Image)
+				}
+				args := svc.Command
+				if len(args) == 0 {
+					args = img.cmd
+				}
+				if args[0] != "/app/bin/hpfeeds-broker" && args[0] != "hpfeeds-broker" {
+					t.Fatalf("%s: command %v does not run the broker", name, args)
+				}
+				dir := t.TempDir()
+				writeCert(t, dir)
+				var argv []string
+				for _, a := range args[1:] {
+					a = strings.ReplaceAll(a, "/app/var", dir)
+					a = port.ReplaceAllString(a, "port=0")
+					a = exporter.ReplaceAllString(a, "--exporter=127.0.0.1:0")
+					a = strings.ReplaceAll(a, "device=lan0", "device=lo")
+					argv = append(argv, a)
+				}
+				cmd := exec.Command(binary, append(argv, "--check-config")...)
+				cmd.Dir = dir
+				cmd.Env = os.Environ()
+				for k, v := range svc.Environment {
+					cmd.Env = append(cmd.Env, k+"="+v)
+				}
+				out, err := cmd.CombinedOutput()
+				if err != nil || !strings.Contains(string(out), "configuration OK") {
+					t.Errorf("%s: %v: %v\n%s", name, argv, err, out)
+				}
+			}
+		})
+	}
+}
+
+func writeCert(t *testing.T, dir string) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(filepath.Join(dir, "broker.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(filepath.Join(dir, "broker.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+}
+
+// The systemd unit passes systemd's own checks, with ExecStart pointing at
+// the binary these tests built.
+func TestSystemdUnit(t *testing.T) {
+	data, err := os.ReadFile("../../packaging/hpfeeds-broker.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(data)
+	for _, want := range []string{"Type=simple", "Restart=on-failure", "StateDirectory=hpfeeds", "DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict"} {
+		if !strings.Contains(unit, "\n"+want+"\n") {
+			t.Errorf("unit lacks %s", want)
+		}
+	}
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Fatalf("systemd-analyze not found (apt-get install systemd): %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "hpfeeds-broker.service")
+	os.WriteFile(path, []byte(strings.ReplaceAll(unit, "/usr/local/bin/hpfeeds-broker", binary)), 0o644)
+	if out, err := exec.Command(analyze, "verify", path).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	// Its command line is one the broker accepts.
+	for _, l := range strings.Split(unit, "\n") {
+		if rest, ok := strings.CutPrefix(l, "ExecStart=/usr/local/bin/hpfeeds-broker "); ok {
+			argv := strings.Fields(strings.ReplaceAll(rest, "/var/lib/hpfeeds", t.TempDir()))
+			for i, a := range argv {
+				argv[i] = regexp.MustCompile(`port=\d+|:9431`).ReplaceAllStringFunc(a, func(m string) string {
+					if m == ":9431" {
+						return ":0"
+					}
+					return "port=0"
+				})
+			}
+			if code, out := run(t, nil, append(argv, "--check-config")...); code != 0 {
+				t.Fatalf("ExecStart %v: %s", argv, out)
+			}
+		}
+	}
+}
