@@ -15,6 +15,7 @@ deps:
 	@command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
 	@command -v psql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-client; }
 	@command -v mariadb >/dev/null || { apt-get update -qq && apt-get install -y -qq mariadb-client; }
+	@command -v nats-server >/dev/null || { apt-get update -qq && apt-get install -y -qq nats-server; }
 	@command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd; }
 
 test: deps lint cross

@@ -220,24 +220,33 @@ func (t *topic) publish(raw []byte, payload int) int {
 	return len(t.subs)
 }
 
-func (t *topic) add(c *conn) {
+// add subscribes c and reports whether it is the channel's first
+// subscriber.
+func (t *topic) add(c *conn) bool {
 	t.mu.Lock()
-	if _, ok := t.idx[c]; !ok {
-		t.idx[c] = len(t.subs)
-		t.subs = append(t.subs, c)
+	defer t.mu.Unlock()
+	if _, ok := t.idx[c]; ok {
+		return false
 	}
-	t.mu.Unlock()
+	t.idx[c] = len(t.subs)
+	t.subs = append(t.subs, c)
+	return len(t.subs) == 1
 }
 
-func (t *topic) remove(c *conn) {
+// remove unsubscribes c and reports whether it was the channel's last
+// subscriber.
+func (t *topic) remove(c *conn) bool {
 	t.mu.Lock()
-	if i, ok := t.idx[c]; ok {
-		last := len(t.subs) - 1
-		t.subs[i] = t.subs[last]
-		t.idx[t.subs[i]] = i
-		t.subs[last] = nil
-		t.subs = t.subs[:last]
-		delete(t.idx, c)
+	defer t.mu.Unlock()
+	i, ok := t.idx[c]
+	if !ok {
+		return false
 	}
-	t.mu.Unlock()
+	last := len(t.subs) - 1
+	t.subs[i] = t.subs[last]
+	t.idx[t.subs[i]] = i
+	t.subs[last] = nil
+	t.subs = t.subs[:last]
+	delete(t.idx, c)
+	return last == 0
 }

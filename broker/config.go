@@ -50,6 +50,9 @@ type Config struct {
 	SendQueueLow         int
 	SendQueueHard        int
 	BackpressureDeadline time.Duration
+	// Bridge, if set, shares channels with other brokers.
+	Bridge Bridge
+
 	// FlushTimeout bounds writing the last frames and the ERROR to a
 	// connection being closed.
 	FlushTimeout time.Duration

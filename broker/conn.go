@@ -158,7 +158,9 @@ func (c *conn) serve() {
 			c.log().Debug("connection closed", "err", err)
 		}
 		for _, t := range c.subs {
-			t.remove(c)
+			if t.remove(c) {
+				c.b.interestChanged(t.name)
+			}
 		}
 		c.q.abort()
 		<-c.q.done
@@ -304,6 +306,9 @@ func (c *conn) publish(f wire.Frame) bool {
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
 	p.t.publish(f.Raw, len(f.Payload))
+	if br := c.b.cfg.Bridge; br != nil {
+		br.Forward(p.t.name, f.Raw)
+	}
 	return true
 }
 
@@ -318,7 +323,9 @@ func (c *conn) subscribe(f wire.Frame) bool {
 		return true
 	}
 	t := c.b.topic(f.Channel, true)
-	t.add(c)
+	if t.add(c) {
+		c.b.interestChanged(t.name)
+	}
 	c.subs = append(c.subs, t)
 	return true
 }
@@ -337,7 +344,9 @@ func (c *conn) subscribed(channel []byte) int {
 
 func (c *conn) unsubscribe(f wire.Frame) {
 	if i := c.subscribed(f.Channel); i >= 0 {
-		c.subs[i].remove(c)
+		if c.subs[i].remove(c) {
+			c.b.interestChanged(c.subs[i].name)
+		}
 		c.subs = slices.Delete(c.subs, i, i+1)
 	}
 }

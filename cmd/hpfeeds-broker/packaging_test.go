@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,10 +131,12 @@ func TestComposeExamples(t *testing.T) {
 			if err := yaml.Unmarshal(data, &c); err != nil {
 				t.Fatal(err)
 			}
+			brokers := 0
 			for name, svc := range c.Services {
 				if svc.Image != "hpfeeds-go/hpfeeds-broker" {
-					t.Errorf("%s: image %q", name, svc.Image)
+					continue // NATS, PostgreSQL: the services a broker uses
 				}
+				brokers++
 				args := svc.Command
 				if len(args) == 0 {
 					args = img.cmd
@@ -149,6 +152,11 @@ func TestComposeExamples(t *testing.T) {
 					a = port.ReplaceAllString(a, "port=0")
 					a = exporter.ReplaceAllString(a, "--exporter=127.0.0.1:0")
 					a = strings.ReplaceAll(a, "device=lan0", "device=lo")
+					// The cluster example's services, as this machine has them.
+					a = strings.ReplaceAll(a, "hpfeeds:hpfeeds@postgres:5432/hpfeeds", "postgres@127.0.0.1:5432/test")
+					if strings.HasPrefix(a, "--cluster=") {
+						a = "--cluster=nats://" + natsAddr(t)
+					}
 					argv = append(argv, a)
 				}
 				cmd := exec.Command(binary, append(argv, "--check-config")...)
@@ -161,6 +169,9 @@ func TestComposeExamples(t *testing.T) {
 				if err != nil || !strings.Contains(string(out), "configuration OK") {
 					t.Errorf("%s: %v: %v\n%s", name, argv, err, out)
 				}
+			}
+			if brokers == 0 {
+				t.Error("no service runs hpfeeds-go/hpfeeds-broker")
 			}
 		})
 	}
@@ -218,4 +229,33 @@ func TestSystemdUnit(t *testing.T) {
 			}
 		}
 	}
+}
+
+// natsAddr starts the machine's nats-server for the test.
+func natsAddr(t *testing.T) string {
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		t.Fatalf("nats-server not installed (apt-get install nats-server): %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", port)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; i < 200; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatal("nats-server did not start")
+	return ""
 }

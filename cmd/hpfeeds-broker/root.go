@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
@@ -20,6 +21,7 @@ import (
 	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/cluster"
 	"github.com/hpfeeds-go/hpfeeds/metrics"
 )
 
@@ -35,6 +37,7 @@ type options struct {
 	checkConfig bool
 	mongoColl   string
 	cfg         broker.Config
+	cluster     cluster.Options
 }
 
 func newRootCmd() *cobra.Command {
@@ -64,6 +67,15 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.StringVar(&o.tlsCert, "tlscert", "", "legacy: TLS certificate `FILE` for --bind (with --tlskey)")
 	f.StringVar(&o.tlsKey, "tlskey", "", "legacy: TLS private key `FILE` for --bind (with --tlscert)")
 	f.BoolVar(&o.checkConfig, "check-config", false, "check endpoints and credential stores, print one line and exit 0 or 1, without serving")
+	f.StringVar(&o.cluster.URLs, "cluster", "", "join brokers sharing channels through NATS at `URLS` (nats://host:4222[,nats://…])")
+	f.StringVar(&o.cluster.Prefix, "cluster-prefix", "hpfeeds", "NATS subject `PREFIX`, so several hpfeeds networks can share one NATS")
+	f.StringVar(&o.cluster.CredsFile, "cluster-creds", "", "NATS credentials `FILE`")
+	f.StringVar(&o.cluster.User, "cluster-user", "", "NATS `USER`")
+	f.StringVar(&o.cluster.Password, "cluster-password", "", "NATS `PASSWORD`")
+	f.StringVar(&o.cluster.Token, "cluster-token", "", "NATS `TOKEN`")
+	f.StringVar(&o.cluster.CAFile, "cluster-ca", "", "CA `FILE` to verify NATS servers with")
+	f.StringVar(&o.cluster.CertFile, "cluster-cert", "", "client certificate `FILE` for NATS")
+	f.StringVar(&o.cluster.KeyFile, "cluster-key", "", "client key `FILE` for NATS")
 	f.StringVar(&o.mongoColl, "mongo-collection", "auth_key", "MongoDB `COLLECTION` holding users")
 
 	f.DurationVar(&o.cfg.AuthTimeout, "auth-timeout", broker.DefaultAuthTimeout, "close connections that have not authenticated within this `DURATION`")
@@ -179,9 +191,27 @@ func (o *options) run(ctx context.Context) error {
 	cfg := o.cfg
 	cfg.Auth = store
 	cfg.Logger = log
+	var bridge *cluster.Bridge
+	if o.cluster.URLs != "" {
+		o.cluster.Logger = log
+		o.cluster.Name = "hpfeeds-broker " + cfg.Name
+		if bridge, err = cluster.New(o.cluster); err != nil {
+			return err
+		}
+		defer bridge.Close()
+		if o.checkConfig {
+			if err := bridge.WaitConnected(o.cfg.LookupTimeout); err != nil {
+				return err
+			}
+		}
+		cfg.Bridge = bridge
+	}
 	b, err := broker.New(cfg)
 	if err != nil {
 		return err
+	}
+	if bridge != nil {
+		bridge.Attach(b)
 	}
 
 	var listeners []*broker.Listener
@@ -218,7 +248,7 @@ func (o *options) run(ctx context.Context) error {
 	}
 	if exporter != nil {
 		srv := &http.Server{
-			Handler:           metrics.Handler(metrics.NewRegistry(b, lookups)),
+			Handler:           metrics.Handler(registry(b, lookups, bridge)),
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
@@ -243,4 +273,12 @@ func (o *options) run(ctx context.Context) error {
 		log.Warn("connections still open at exit", "err", err)
 	}
 	return serveErr
+}
+
+func registry(b *broker.Broker, lookups *metrics.Lookups, bridge *cluster.Bridge) *prometheus.Registry {
+	reg := metrics.NewRegistry(b, lookups)
+	if bridge != nil {
+		reg.MustRegister(bridge.Collectors()...)
+	}
+	return reg
 }
