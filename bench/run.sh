@@ -74,6 +74,22 @@ for port in "$hp_port" "$nats_port"; do
 done
 conns "connect storm" "$(scale 10000 300)"
 
+# Two brokers joined through NATS: publisher on one, subscribers on the other.
+hp_port2=$(freeport)
+for port in "$hp_port" "$hp_port2"; do
+  HPFEEDS_BENCH_SECRET=benchsecret HPFEEDS_BENCH_PUBCHANS=bench HPFEEDS_BENCH_SUBCHANS=bench \
+    "$work/hpfeeds-broker" --auth=env -e "tcp:interface=127.0.0.1:port=$port" --cluster="nats://127.0.0.1:$nats_port" \
+    2>>"$work/cluster.log" &
+  pids+=("$!")
+done
+kill "$hp_pid"; wait "$hp_pid" 2>/dev/null || true
+for port in "$hp_port" "$hp_port2"; do
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+done
+hp=$("$work/hpfeeds" bench --host 127.0.0.1 -p "$hp_port" --sub-port "$hp_port2" -i bench -s benchsecret --json \
+  --publishers 1 --subscribers 10 --size 256 --count "$(scale 300000 1000)" || true)
+echo "{\"row\": \"1→10 across two brokers\", \"solo\": true, \"hpfeeds\": ${hp:-null}, \"nats\": null}" >>"$results"
+
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -99,8 +115,11 @@ for r in rows:
         nv = n.get(key) if n else None
         # ratio > 1 means hpfeeds is ahead, whichever way the measure goes.
         ratio = f"{(hv/nv if higher else nv/hv):.2f}x" if hv and nv and hv > 0 else "-"
-        print(f"{r['row']:28} {label:22} {fmt(hv, unit):>14} {fmt(nv, unit):>14} {ratio:>7}")
+        nvs = "-" if r.get("solo") else fmt(nv, unit)
+        print(f"{r['row']:28} {label:22} {fmt(hv, unit):>14} {nvs:>14} {ratio:>7}")
     for side, res in (("hpfeeds", h), ("nats-server", n)):
+        if res is None and side == "nats-server" and r.get("solo"):
+            continue
         if res is None:
             print(f"  FAILED: {side} produced no result"); failed = True
         elif res.get("lost") or res.get("failed"):

@@ -32,6 +32,7 @@ type benchOpts struct {
 	window                  int
 	drain                   time.Duration
 	json                    bool
+	subPort                 int
 }
 
 // BenchResult is what `hpfeeds bench --json` prints.
@@ -90,6 +91,7 @@ The ident needs permission to publish and subscribe on the channel.`,
 	fl.IntVar(&o.window, "window", 20000, "messages a publisher may be ahead of the subscribers (and never more than 32 MiB)")
 	fl.DurationVar(&o.drain, "drain", 10*time.Second, "how long to wait for deliveries to stop changing before counting losses")
 	fl.BoolVar(&o.json, "json", false, "print the result as one JSON object")
+	fl.IntVar(&o.subPort, "sub-port", 0, "connect subscribers to this `PORT` of --host instead (another broker of a cluster)")
 	return cmd
 }
 
@@ -183,7 +185,8 @@ func dialRaw(ctx context.Context, f *connFlags, frames func(nonce []byte) []byte
 }
 
 type subscriber struct {
-	got  atomic.Int64
+	linked atomic.Bool // has seen a publisher's probe
+	got    atomic.Int64
 	lat  latencies
 	err  error
 	done chan struct{}
@@ -217,7 +220,11 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*Ben
 		subs[i] = s
 		probe := []byte{markReady}
 		probe = strconv.AppendInt(probe, int64(i), 10)
-		nc, rd, err := dialRaw(ctx, f, func(nonce []byte) []byte {
+		sf := *f
+		if o.subPort != 0 {
+			sf.port = o.subPort
+		}
+		nc, rd, err := dialRaw(ctx, &sf, func(nonce []byte) []byte {
 			b, _ := wire.AppendAuth(nil, nonce, f.ident, f.secret)
 			b, _ = wire.AppendSubscribe(b, ident, ch)
 			b, _ = wire.AppendPublish(b, ident, ch, probe)
@@ -258,6 +265,9 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*Ben
 						isReady = true
 						ready.Done()
 					}
+					if string(fr.Payload) == "Rpub" {
+						s.linked.Store(true)
+					}
 				case markBench:
 					sent := int64(binary.BigEndian.Uint64(fr.Payload[1:9]))
 					s.lat.add(uint64(max(time.Now().UnixNano()-sent, 0) / 1000))
@@ -283,9 +293,6 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*Ben
 	var published atomic.Int64
 	start := time.Now()
 	var deadline time.Time
-	if o.duration > 0 {
-		deadline = start.Add(o.duration)
-	}
 	var pubErr error
 	var pubMu sync.Mutex
 	var pubs sync.WaitGroup
@@ -299,6 +306,30 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*Ben
 			return nil, fmt.Errorf("publisher %d: %w", p, err)
 		}
 		conns = append(conns, nc)
+		if p == 0 {
+			// The first publisher probes until every subscriber hears it:
+			// across a cluster, interest reaches the publisher's broker
+			// some time after the subscriber's SUBSCRIBE.
+			probe, _ := wire.AppendPublish(nil, ident, ch, []byte("Rpub"))
+			for waited := 0; ; waited++ {
+				all := true
+				for _, s := range subs {
+					all = all && s.linked.Load()
+				}
+				if all {
+					break
+				}
+				if waited == 500 {
+					return nil, errors.New("subscribers never heard the publisher")
+				}
+				nc.Write(probe)
+				time.Sleep(20 * time.Millisecond)
+			}
+			start = time.Now()
+			if o.duration > 0 {
+				deadline = start.Add(o.duration)
+			}
+		}
 		go func() { // a refusal arrives as an ERROR
 			if fr, err := rd.Next(); err == nil && fr.Op == wire.OpError {
 				pubMu.Lock()
