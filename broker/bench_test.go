@@ -64,6 +64,7 @@ func BenchmarkPublish(b *testing.B) {
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
 					pub.publish(f)
+					pub.wakeWriters() // as if each read returned one frame
 				}
 				// Wait for the writers so the time includes the writes.
 				want := int64(len(raw)) * int64(b.N)
@@ -92,6 +93,6 @@ func BenchmarkPush(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c.q.push(frame)
+		c.q.push(frame, nil)
 	}
 }

@@ -203,7 +203,7 @@ func newTopic(name string) *topic {
 // publish queues a copy of raw, a PUBLISH with payload bytes of payload,
 // to every subscriber and reports how many there were. The copy is made
 // once and shared: subscribers only read it.
-func (t *topic) publish(raw []byte, payload int) int {
+func (t *topic) publish(raw []byte, payload int, later *[]wakeup) int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if len(t.subs) == 0 {
@@ -212,7 +212,7 @@ func (t *topic) publish(raw []byte, payload int) int {
 	frame := make([]byte, len(raw))
 	copy(frame, raw)
 	for _, s := range t.subs {
-		s.q.push(frame)
+		s.q.push(frame, later)
 		// Counted even for a subscriber that is closing, as the
 		// reference does.
 		s.stats.sendFill.Add(uint64(payload))

@@ -107,6 +107,10 @@ type conn struct {
 	// the reader itself reads pubs without it.
 	pubMu sync.Mutex
 
+	// Writers this reader has queued frames for and must wake before it
+	// next blocks reading (see wakeWriters).
+	later []wakeup
+
 	q     sendQueue
 	stats connStats
 }
@@ -154,6 +158,7 @@ func (c *conn) serve() {
 
 	if c.handshake() {
 		err := c.readLoop()
+		c.wakeWriters()
 		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			c.log().Debug("connection closed", "err", err)
 		}
@@ -244,6 +249,9 @@ func (c *conn) readLoop() error {
 			// reference's session crashes on these; close it cleanly.
 			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
 		}
+		if len(c.later) > 0 && !rd.Ready() {
+			c.wakeWriters()
+		}
 		if !ok {
 			return nil
 		}
@@ -305,7 +313,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	p.observe(len(f.Payload))
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	p.t.publish(f.Raw, len(f.Payload))
+	p.t.publish(f.Raw, len(f.Payload), &c.later)
 	if br := c.b.cfg.Bridge; br != nil {
 		br.Forward(p.t.name, f.Raw)
 	}
@@ -357,4 +365,15 @@ func (c *conn) fail(ident, category, msg string) {
 	c.b.stats.connectionError(ident, category)
 	c.log().Debug("closing connection with error", "category", category, "error", msg)
 	c.q.closeWith(wire.AppendError(nil, msg))
+}
+
+// wakeWriters wakes the writers of the subscribers this connection queued
+// frames for. The reader calls it whenever its next read could block, so
+// a burst of publishes costs each subscriber one wake-up.
+func (c *conn) wakeWriters() {
+	for i, w := range c.later {
+		w.q.kick(w.start, !w.start)
+		c.later[i] = wakeup{}
+	}
+	c.later = c.later[:0]
 }

@@ -74,8 +74,16 @@ func (q *sendQueue) kick(start, wake bool) {
 	}
 }
 
+// wakeup is a writer to start or wake once the publisher has read all it
+// has: one wake-up per batch of frames, not per frame.
+type wakeup struct {
+	q     *sendQueue
+	start bool
+}
+
 // push queues a frame shared with other subscribers; it never blocks on I/O.
-func (q *sendQueue) push(frame []byte) {
+// The writer's wake-up is appended to later if it is not nil, else done now.
+func (q *sendQueue) push(frame []byte, later *[]wakeup) {
 	cfg := &q.c.b.cfg
 	q.mu.Lock()
 	if q.closing {
@@ -94,7 +102,11 @@ func (q *sendQueue) push(frame []byte) {
 	}
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
-	q.kick(start, wake)
+	if later != nil && (start || wake) {
+		*later = append(*later, wakeup{q, start})
+	} else {
+		q.kick(start, wake)
+	}
 	q.c.stats.queuedFrames.Add(1)
 	if failed {
 		q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", "send queue hard bound reached")

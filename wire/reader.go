@@ -54,6 +54,17 @@ func (r *Reader) Next() (Frame, error) {
 	}
 }
 
+// Ready reports whether Next can return without reading the stream: a
+// whole frame, or a header it will reject, is buffered.
+func (r *Reader) Ready() bool {
+	b := r.buf[r.start:r.end]
+	if len(b) < HeaderLen {
+		return false
+	}
+	n, _, err := Header(b, &r.Limits)
+	return err != nil || len(b) >= n
+}
+
 // Buffered is the number of bytes read from the stream but not yet returned
 // as frames.
 func (r *Reader) Buffered() int { return r.end - r.start }

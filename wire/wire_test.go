@@ -218,3 +218,25 @@ func FuzzSplit(f *testing.F) {
 		}
 	})
 }
+
+func TestReaderReady(t *testing.T) {
+	two, _ := AppendPublish(nil, []byte("i"), []byte("c"), []byte("1"))
+	two, _ = AppendPublish(two, []byte("i"), []byte("c"), []byte("2"))
+	rd := NewReader(bytes.NewReader(append(two, 0, 0, 0)), UniformLimits(100))
+	if rd.Ready() {
+		t.Fatal("ready before reading")
+	}
+	rd.Next()
+	if !rd.Ready() {
+		t.Fatal("second frame buffered but not ready")
+	}
+	rd.Next()
+	if rd.Ready() {
+		t.Fatal("ready with three bytes of a header")
+	}
+	bad := NewReader(bytes.NewReader([]byte{0, 0, 0, 1, 3, 0, 0, 0, 9, 3}), UniformLimits(100))
+	bad.Next()
+	if !bad.Ready() {
+		t.Fatal("a bad header buffered must count as ready: Next will not block on it")
+	}
+}
