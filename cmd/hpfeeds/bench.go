@@ -187,9 +187,9 @@ func dialRaw(ctx context.Context, f *connFlags, frames func(nonce []byte) []byte
 type subscriber struct {
 	linked atomic.Bool // has seen a publisher's probe
 	got    atomic.Int64
-	lat  latencies
-	err  error
-	done chan struct{}
+	lat    latencies
+	err    error
+	done   chan struct{}
 }
 
 func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*BenchResult, error) {
