@@ -77,8 +77,8 @@ func run(t *testing.T, name string, args ...string) {
 	}
 }
 
-// login authenticates a raw client and returns it, or the ERROR text.
-func login(t *testing.T, addr, ident, secret string, frames ...[]byte) (net.Conn, *wire.Reader, string) {
+// login authenticates a raw client, sending frames right behind AUTH.
+func login(t *testing.T, addr, ident, secret string, frames ...[]byte) *wire.Reader {
 	t.Helper()
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -96,7 +96,7 @@ func login(t *testing.T, addr, ident, secret string, frames ...[]byte) (net.Conn
 		a = append(a, f...)
 	}
 	nc.Write(a)
-	return nc, rd, ""
+	return rd
 }
 
 // expectLogin checks that ident can log in, subscribe to and publish on chan.
@@ -104,7 +104,7 @@ func expectLogin(t *testing.T, addr, ident, secret, channel string) {
 	t.Helper()
 	s, _ := wire.AppendSubscribe(nil, []byte(ident), []byte(channel))
 	p, _ := wire.AppendPublish(nil, []byte(ident), []byte(channel), []byte("hello"))
-	_, rd, _ := login(t, addr, ident, secret, s, p)
+	rd := login(t, addr, ident, secret, s, p)
 	f, err := rd.Next()
 	if err != nil {
 		t.Fatalf("%s: %v", ident, err)
@@ -116,7 +116,7 @@ func expectLogin(t *testing.T, addr, ident, secret, channel string) {
 
 func expectRefused(t *testing.T, addr, ident, secret string) {
 	t.Helper()
-	_, rd, _ := login(t, addr, ident, secret)
+	rd := login(t, addr, ident, secret)
 	f, err := rd.Next()
 	if err != nil {
 		t.Fatalf("%s: %v", ident, err)
