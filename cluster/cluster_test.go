@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,15 +170,25 @@ func (c *client) silent() {
 	}
 }
 
+var probes atomic.Uint64
+
 // linked waits until a probe from pub reaches sub: interest crosses
-// brokers asynchronously.
+// brokers asynchronously. Probes carry a token per call, so a late probe
+// of an earlier call cannot pass for a link.
 func linked(t *testing.T, pub, sub *client) {
 	t.Helper()
+	token := fmt.Sprintf("p%d-", probes.Add(1))
 	for i := 0; i < 200; i++ {
-		pub.publish("probe", "p")
+		pub.publish("probe", token+strconv.Itoa(i))
 		sub.nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-		if f, err := sub.rd.Next(); err == nil && string(f.Channel) == "probe" {
-			return
+		for {
+			f, err := sub.rd.Next()
+			if err != nil {
+				break
+			}
+			if string(f.Channel) == "probe" && strings.HasPrefix(string(f.Payload), token) {
+				return
+			}
 		}
 	}
 	t.Fatal("brokers never linked")
