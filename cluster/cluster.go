@@ -13,16 +13,18 @@ package cluster
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
+	"unicode"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 )
 
@@ -37,7 +39,13 @@ type Options struct {
 	CredsFile, User, Password, Token string
 	CAFile, CertFile, KeyFile        string
 	Name                             string
-	Logger                           *slog.Logger
+	// MustConnect makes New fail when no NATS server answers, rather than
+	// retrying in the background (--check-config).
+	MustConnect bool
+	// MaxFrame is the largest PUBLISH frame the broker accepts; a NATS
+	// whose max_payload is smaller is reported when the bridge connects.
+	MaxFrame int
+	Logger   *slog.Logger
 }
 
 // Subject is the NATS subject for an hpfeeds channel: the prefix, then "c"
@@ -45,6 +53,17 @@ type Options struct {
 // bytes; this encoding is one-to-one and never yields '.', '*' or '>'.
 func Subject(prefix, channel string) string {
 	return prefix + ".c" + base64.RawURLEncoding.EncodeToString([]byte(channel))
+}
+
+// validPrefix reports whether prefix is one or more literal NATS subject
+// tokens.
+func validPrefix(prefix string) bool {
+	for _, tok := range strings.Split(prefix, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*>") || strings.ContainsFunc(tok, unicode.IsSpace) {
+			return false
+		}
+	}
+	return true
 }
 
 // Stats count what crossed the bridge.
@@ -65,18 +84,23 @@ type Bridge struct {
 	pending map[string]bool
 	wake    chan struct{}
 	done    chan struct{}
+	close   sync.Once
 
 	forwarded, forwardFailed, received, rejected atomic.Uint64
+	// failing is set by the first failed forward of an outage, so an
+	// outage is logged once rather than once per message.
+	failing atomic.Bool
 }
 
 // New connects to NATS. A NATS that is down at start is not fatal: the
-// bridge keeps trying, and local publish and delivery work meanwhile.
+// bridge keeps trying, and local publish and delivery work meanwhile. One
+// that refuses the credentials or the TLS handshake is.
 func New(opts Options) (*Bridge, error) {
 	if opts.Prefix == "" {
 		opts.Prefix = "hpfeeds"
 	}
-	if strings.ContainsAny(opts.Prefix, " *>") || strings.HasPrefix(opts.Prefix, ".") || strings.HasSuffix(opts.Prefix, ".") {
-		return nil, fmt.Errorf("cluster subject prefix %q: use NATS subject tokens without wildcards", opts.Prefix)
+	if !validPrefix(opts.Prefix) {
+		return nil, fmt.Errorf("cluster subject prefix %q: use NATS subject tokens (letters, digits, '-', '_', separated by '.'), no spaces or wildcards", opts.Prefix)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -86,19 +110,38 @@ func New(opts Options) (*Bridge, error) {
 	no := []nats.Option{
 		nats.Name(opts.Name),
 		nats.NoEcho(),
-		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
+		// Credentials refused later (say, while being rotated) are logged
+		// and retried rather than ending the connection for good.
+		nats.IgnoreAuthErrorAbort(),
 		// While disconnected, forwarding fails and is counted instead of
 		// piling up in a buffer.
 		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			br.log.Warn("cluster: disconnected from NATS; local delivery continues", "err", err)
+			if err != nil { // nil: Close
+				br.log.Warn("cluster: disconnected from NATS; local delivery continues, reconnecting", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			br.log.Info("cluster: reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+			br.log.Info("cluster: reconnected to NATS; channel interest restored", "server", nc.ConnectedUrlRedacted())
+			br.checkMaxPayload(nc)
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			br.log.Info("cluster: connected to NATS", "server", nc.ConnectedUrlRedacted())
+			br.checkMaxPayload(nc)
+		}),
+		nats.ClosedHandler(func(*nats.Conn) {
+			br.log.Info("cluster: NATS connection closed")
+		}),
+		// Slow consumer, permission violation: nats.go would otherwise print
+		// them to stderr.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				dropped, _ := sub.Dropped()
+				br.log.Warn("cluster: NATS subscription error", "subject", sub.Subject, "dropped", dropped, "err", err)
+				return
+			}
+			br.log.Warn("cluster: NATS error", "err", err)
 		}),
 	}
 	if opts.CredsFile != "" {
@@ -116,25 +159,66 @@ func New(opts Options) (*Bridge, error) {
 	if opts.CertFile != "" {
 		no = append(no, nats.ClientCert(opts.CertFile, opts.KeyFile))
 	}
+	// A NATS that cannot be reached yet is retried in the background; one
+	// that answers but refuses us is a configuration error, reported now.
 	nc, err := nats.Connect(opts.URLs, no...)
+	if errors.Is(err, nats.ErrNoServers) && !opts.MustConnect {
+		br.log.Warn("cluster: NATS unreachable at start-up; local delivery works, retrying", "cluster", redact(opts.URLs))
+		nc, err = nats.Connect(opts.URLs, append(no, nats.RetryOnFailedConnect(true))...)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", opts.URLs, err)
+		return nil, fmt.Errorf("--cluster=%s: %w (check the --cluster-* credential and TLS flags)", redact(opts.URLs), err)
 	}
 	br.nc = nc
 	go br.syncInterest()
 	return br, nil
 }
 
+// redact hides the passwords in a list of NATS URLs.
+func redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, u := range parts {
+		parts[i] = auth.Redact(strings.TrimSpace(u))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (br *Bridge) checkMaxPayload(nc *nats.Conn) {
+	if max := nc.MaxPayload(); br.opts.MaxFrame > 0 && max < int64(br.opts.MaxFrame) {
+		br.log.Warn("cluster: NATS max_payload is below --max-publish-size: larger messages reach this broker's subscribers only (raise max_payload in the NATS configuration)",
+			"max_payload", max, "max_frame", br.opts.MaxFrame)
+	}
+}
+
+// String names the NATS servers and the subject prefix, without passwords.
+func (br *Bridge) String() string {
+	return redact(br.opts.URLs) + " (subjects " + br.opts.Prefix + ".>)"
+}
+
 // Attach sets the broker that receives messages from the cluster. Call it
 // once, before the broker serves.
-func (br *Bridge) Attach(b *broker.Broker) { br.b.Store(b) }
+func (br *Bridge) Attach(b *broker.Broker) {
+	br.b.Store(b)
+	br.kick()
+}
 
-// Forward implements broker.Bridge.
+// Forward implements broker.Bridge. It never waits for NATS: while the
+// connection is down, Publish fails at once (no reconnect buffer) and the
+// message is counted as not forwarded.
 func (br *Bridge) Forward(channel string, frame []byte) {
 	// Publish copies frame into the connection's buffer before returning.
-	if err := br.nc.Publish(Subject(br.opts.Prefix, channel), frame); err != nil {
+	err := br.nc.Publish(Subject(br.opts.Prefix, channel), frame)
+	if err != nil {
 		br.forwardFailed.Add(1)
+		// Too large for NATS is explained once at connect time.
+		if !errors.Is(err, nats.ErrMaxPayload) && br.failing.CompareAndSwap(false, true) {
+			br.log.Warn("cluster: cannot forward to NATS; messages published here reach this broker's subscribers only until it returns", "err", err)
+		}
 		return
+	}
+	if br.failing.Load() {
+		br.failing.Store(false)
+		br.log.Info("cluster: forwarding to NATS again")
 	}
 	br.forwarded.Add(1)
 }
@@ -145,6 +229,10 @@ func (br *Bridge) InterestChanged(channel string) {
 	br.mu.Lock()
 	br.pending[channel] = true
 	br.mu.Unlock()
+	br.kick()
+}
+
+func (br *Bridge) kick() {
 	select {
 	case br.wake <- struct{}{}:
 	default:
@@ -161,14 +249,14 @@ func (br *Bridge) syncInterest() {
 			return
 		case <-br.wake:
 		}
+		b := br.b.Load()
+		if b == nil {
+			continue // Attach wakes us again.
+		}
 		br.mu.Lock()
 		pending := br.pending
 		br.pending = map[string]bool{}
 		br.mu.Unlock()
-		b := br.b.Load()
-		if b == nil {
-			continue
-		}
 		for ch := range pending {
 			want := b.HasSubscribers(ch)
 			sub, have := br.subs[ch]
@@ -207,10 +295,13 @@ func (br *Bridge) Stats() Stats {
 	}
 }
 
-// Close leaves the cluster.
+// Close leaves the cluster. NATS drops this broker's interest with the
+// connection.
 func (br *Bridge) Close() {
-	close(br.done)
-	br.nc.Close()
+	br.close.Do(func() {
+		close(br.done)
+		br.nc.Close()
+	})
 }
 
 // Collectors are the bridge's Prometheus series.
@@ -220,10 +311,10 @@ func (br *Bridge) Collectors() []prometheus.Collector {
 			func() float64 { return float64(v.Load()) })
 	}
 	return []prometheus.Collector{
-		counter("hpfeeds_broker_cluster_forwarded_total", "Messages published on this broker and forwarded to the cluster", &br.forwarded),
-		counter("hpfeeds_broker_cluster_forward_failed_total", "Messages published on this broker that could not be forwarded to the cluster (NATS unreachable)", &br.forwardFailed),
-		counter("hpfeeds_broker_cluster_received_total", "Messages received from the cluster and delivered to local subscribers", &br.received),
-		counter("hpfeeds_broker_cluster_rejected_total", "Messages received from the cluster that were not well-formed PUBLISH frames", &br.rejected),
+		counter("hpfeeds_broker_cluster_messages_forwarded_total", "Messages published on this broker and forwarded to the cluster", &br.forwarded),
+		counter("hpfeeds_broker_cluster_messages_forward_failed_total", "Messages published on this broker that could not be forwarded to the cluster (NATS unreachable, or the message is over its max_payload)", &br.forwardFailed),
+		counter("hpfeeds_broker_cluster_messages_received_total", "Messages received from the cluster and delivered to local subscribers", &br.received),
+		counter("hpfeeds_broker_cluster_messages_rejected_total", "Messages received from the cluster that were not well-formed PUBLISH frames", &br.rejected),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hpfeeds_broker_cluster_connected", Help: "1 while connected to NATS, 0 otherwise"},
 			func() float64 {
 				if br.nc.IsConnected() {
@@ -232,16 +323,4 @@ func (br *Bridge) Collectors() []prometheus.Collector {
 				return 0
 			}),
 	}
-}
-
-// WaitConnected waits up to d for the NATS connection.
-func (br *Bridge) WaitConnected(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for !br.nc.IsConnected() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster %s: not connected after %v", br.opts.URLs, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nil
 }

@@ -1,15 +1,28 @@
 package cluster_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"log/slog"
+	"math/big"
+	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
@@ -18,295 +31,694 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
+const prefix = "test"
+
 func TestSubject(t *testing.T) {
+	channels := []string{"", "a", "a.b", "a*", ">", "a b", "\x00\xff", "dionaea.capture", "c", "cc", "\t\r\n"}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		b := make([]byte, rnd.IntN(256))
+		for i := range b {
+			b[i] = byte(rnd.UintN(256))
+		}
+		channels = append(channels, string(b))
+	}
 	seen := map[string]string{}
-	for _, ch := range []string{"", "a", "a.b", "a*", ">", "a b", "\x00\xff", "dionaea.capture", "c", "cc"} {
-		s := cluster.Subject("hpfeeds", ch)
-		if prev, dup := seen[s]; dup {
+	for _, ch := range channels {
+		s := cluster.Subject("hpfeeds.net1", ch)
+		if prev, dup := seen[s]; dup && prev != ch {
 			t.Fatalf("%q and %q both map to %s", prev, ch, s)
 		}
 		seen[s] = ch
-		tokens := s[len("hpfeeds."):]
-		for _, r := range tokens {
-			if r == '.' || r == '*' || r == '>' || r == ' ' {
-				t.Fatalf("%q maps to %q", ch, s)
-			}
-		}
-		if tokens == "" {
-			t.Fatalf("%q maps to an empty token", ch)
+		// Exactly one token after the prefix, and a subject nats-server
+		// takes literally (no wildcard).
+		if !strings.HasPrefix(s, "hpfeeds.net1.") || strings.Count(s, ".") != 2 || !server.IsValidLiteralSubject(s) {
+			t.Fatalf("%q maps to %q", ch, s)
 		}
 	}
 }
 
-// natsServer runs the machine's nats-server on a free loopback port.
-type natsServer struct {
-	t    *testing.T
-	port int
-	cmd  *exec.Cmd
+func TestPrefixMustBeLiteralTokens(t *testing.T) {
+	for _, p := range []string{"a b", "a.*", ">", "a..b", ".a", "a.", "a\tb"} {
+		if _, err := cluster.New(cluster.Options{URLs: "nats://127.0.0.1:1", Prefix: p}); err == nil {
+			t.Errorf("prefix %q accepted", p)
+		}
+	}
 }
 
-func startNATS(t *testing.T, port int) *natsServer {
-	bin, err := exec.LookPath("nats-server")
+// startNATS runs an embedded nats-server on port (0: a free one).
+func startNATS(t testing.TB, port int) *server.Server {
+	t.Helper()
+	return startNATSOpts(t, &server.Options{Port: port})
+}
+
+func startNATSOpts(t testing.TB, o *server.Options) *server.Server {
+	t.Helper()
+	o.Host = "127.0.0.1"
+	if o.Port == 0 {
+		o.Port = server.RANDOM_PORT
+	}
+	o.NoLog, o.NoSigs = true, true
+	ns, err := server.NewServer(o)
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("nats-server not installed (apt-get install nats-server): %v", err)
-		}
-		t.Skipf("nats-server not installed; apt-get install nats-server")
-	}
-	if port == 0 {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-	}
-	n := &natsServer{t: t, port: port, cmd: exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port))}
-	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(n.stop)
-	for i := 0; i < 200; i++ {
-		if c, err := net.Dial("tcp", n.addr()); err == nil {
-			c.Close()
-			return n
-		}
-		time.Sleep(25 * time.Millisecond)
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
 	}
-	t.Fatal("nats-server did not start")
-	return nil
+	t.Cleanup(ns.Shutdown)
+	return ns
 }
 
-func (n *natsServer) addr() string { return "127.0.0.1:" + strconv.Itoa(n.port) }
+func natsURL(ns *server.Server) string { return "nats://" + ns.Addr().String() }
 
-func (n *natsServer) stop() {
-	if n.cmd.Process != nil {
-		n.cmd.Process.Kill()
-		n.cmd.Wait()
-	}
+func natsPort(ns *server.Server) int { return ns.Addr().(*net.TCPAddr).Port }
+
+// The credential store every broker shares. Each client has its own ident
+// and a channel named after it, which it uses to learn that the broker has
+// read its SUBSCRIBE (see connect). Nobody else subscribes to that channel,
+// so those messages never cross the cluster.
+var users = brokertest.NewUsers()
+
+func ident(name string) string {
+	users.Put(auth.User{Ident: name, Secret: "s", PubChans: []string{"events", name}, SubChans: []string{"events", name}})
+	return name
 }
-
-var users = brokertest.NewUsers(auth.User{Ident: "sensor", Secret: "s", PubChans: []string{"events", "probe"}, SubChans: []string{"events", "probe"}})
 
 type node struct {
+	name   string
 	srv    *brokertest.Server
 	bridge *cluster.Bridge
+	syncs  atomic.Uint64 // messages this node's clients published to sync
 }
 
-func startBroker(t *testing.T, natsAddr string) *node {
-	br, err := cluster.New(cluster.Options{URLs: "nats://" + natsAddr, Prefix: "test"})
+var nodeSeq atomic.Uint64
+
+func startBroker(t testing.TB, url string) *node {
+	t.Helper()
+	name := fmt.Sprintf("broker%d", nodeSeq.Add(1))
+	opts := cluster.Options{URLs: url, Prefix: prefix, Name: name}
+	if _, bench := t.(*testing.B); bench {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	br, err := cluster.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(br.Close)
-	if err := br.WaitConnected(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
 	srv := brokertest.Start(t, users, func(c *broker.Config) { c.Bridge = br })
 	br.Attach(srv.Broker)
-	return &node{srv: srv, bridge: br}
+	return &node{name: name, srv: srv, bridge: br}
+}
+
+// natsSubs returns the subjects each broker's NATS connection subscribes to.
+func natsSubs(t testing.TB, ns *server.Server) map[string][]string {
+	t.Helper()
+	cz, err := ns.Connz(&server.ConnzOptions{Subscriptions: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subs := map[string][]string{}
+	for _, c := range cz.Conns {
+		slices.Sort(c.Subs)
+		subs[c.Name] = c.Subs
+	}
+	return subs
+}
+
+// waitInterest waits until nats-server holds exactly these subjects for
+// each node: from then on, a message published anywhere reaches them.
+func waitInterest(t testing.TB, ns *server.Server, want map[*node][]string) {
+	t.Helper()
+	subjects := map[string][]string{}
+	for n, channels := range want {
+		subjects[n.name] = []string{}
+		for _, ch := range channels {
+			subjects[n.name] = append(subjects[n.name], cluster.Subject(prefix, ch))
+		}
+		slices.Sort(subjects[n.name])
+	}
+	var got map[string][]string
+	for range 1000 {
+		got = natsSubs(t, ns)
+		ok := true
+		for name, s := range subjects {
+			ok = ok && slices.Equal(got[name], s)
+		}
+		if ok {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("NATS subscriptions %v, want %v", got, subjects)
 }
 
 type client struct {
-	t  *testing.T
-	nc net.Conn
-	rd *wire.Reader
+	t     testing.TB
+	ident string
+	nc    net.Conn
+	rd    *wire.Reader
 }
 
-func connect(t *testing.T, addr string, subscribe ...string) *client {
-	nc, err := net.Dial("tcp", addr)
+var syncSeq atomic.Uint64
+
+// connect logs in as ident on n, subscribes to channels, and returns once
+// the broker has read the SUBSCRIBE: it publishes on the ident's own
+// channel and waits for the message to come back.
+func connect(t testing.TB, n *node, ident string, channels ...string) *client {
+	t.Helper()
+	nc, err := net.Dial("tcp", n.srv.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	c := &client{t: t, nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(1<<20))}
+	c := &client{t: t, ident: ident, nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(1<<20))}
 	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	info, err := c.rd.Next()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := wire.AppendAuth(nil, info.Payload, "sensor", "s")
-	for _, ch := range subscribe {
-		b, _ = wire.AppendSubscribe(b, []byte("sensor"), []byte(ch))
+	b, _ := wire.AppendAuth(nil, info.Payload, ident, "s")
+	for _, ch := range append(channels, ident) {
+		b, _ = wire.AppendSubscribe(b, []byte(ident), []byte(ch))
 	}
-	nc.Write(b)
-	return c
+	token := "sync" + strconv.FormatUint(syncSeq.Add(1), 10)
+	b, _ = wire.AppendPublish(b, []byte(ident), []byte(ident), []byte(token))
+	n.syncs.Add(1)
+	if _, err := nc.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := c.rd.Next()
+		if err != nil {
+			t.Fatalf("%s: waiting for the broker to read the SUBSCRIBE: %v", ident, err)
+		}
+		if f.Op == wire.OpError {
+			t.Fatalf("%s: broker error %q", ident, f.Payload)
+		}
+		if string(f.Channel) == ident && string(f.Payload) == token {
+			return c
+		}
+	}
+}
+
+func (c *client) write(b []byte) error {
+	_, err := c.nc.Write(b)
+	return err
 }
 
 func (c *client) publish(channel, payload string) {
-	b, _ := wire.AppendPublish(nil, []byte("sensor"), []byte(channel), []byte(payload))
-	if _, err := c.nc.Write(b); err != nil {
+	c.t.Helper()
+	b, _ := wire.AppendPublish(nil, []byte(c.ident), []byte(channel), []byte(payload))
+	if err := c.write(b); err != nil {
 		c.t.Fatal(err)
 	}
 }
 
-// next returns the next message's payload, skipping probes.
-func (c *client) next() string {
+// next returns the next message on events as ident and payload.
+func (c *client) next() (string, string) {
 	c.t.Helper()
 	for {
 		c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		f, err := c.rd.Next()
 		if err != nil {
-			c.t.Fatalf("reading: %v", err)
+			c.t.Fatalf("%s reading: %v", c.ident, err)
 		}
 		if f.Op != wire.OpPublish {
-			c.t.Fatalf("got %v %q", f.Op, f.Payload)
+			c.t.Fatalf("%s got %v %q", c.ident, f.Op, f.Payload)
 		}
-		if string(f.Channel) != "probe" {
-			return string(f.Payload)
-		}
-	}
-}
-
-// silent checks that nothing but probes arrives for a while.
-func (c *client) silent() {
-	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	for {
-		f, err := c.rd.Next()
-		if err != nil {
-			return
-		}
-		if string(f.Channel) != "probe" {
-			c.t.Fatalf("unexpected %q on %q", f.Payload, f.Channel)
+		if string(f.Channel) == "events" {
+			return string(f.Ident), string(f.Payload)
 		}
 	}
 }
 
-var probes atomic.Uint64
-
-// linked waits until a probe from pub reaches sub: interest crosses
-// brokers asynchronously. Probes carry a token per call, so a late probe
-// of an earlier call cannot pass for a link.
-func linked(t *testing.T, pub, sub *client) {
+// silent checks that nothing more arrives on events for a while.
+func silent(t testing.TB, clients ...*client) {
 	t.Helper()
-	token := fmt.Sprintf("p%d-", probes.Add(1))
-	for i := 0; i < 200; i++ {
-		pub.publish("probe", token+strconv.Itoa(i))
-		sub.nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for _, c := range clients {
+		c.nc.SetReadDeadline(deadline)
 		for {
-			f, err := sub.rd.Next()
+			f, err := c.rd.Next()
 			if err != nil {
 				break
 			}
-			if string(f.Channel) == "probe" && strings.HasPrefix(string(f.Payload), token) {
-				return
+			if string(f.Channel) == "events" {
+				t.Fatalf("%s: unexpected %q from %s", c.ident, f.Payload, f.Ident)
 			}
 		}
 	}
-	t.Fatal("brokers never linked")
 }
 
-// Three brokers, publishers and subscribers spread over them: every
-// subscriber gets every message once, in each publisher's order.
-func TestThreeBrokersExactlyOnce(t *testing.T) {
-	ns := startNATS(t, 0)
-	var nodes []*node
-	for i := 0; i < 3; i++ {
-		nodes = append(nodes, startBroker(t, ns.addr()))
-	}
-	var subs []*client
-	for _, n := range nodes {
-		for j := 0; j < 2; j++ {
-			subs = append(subs, connect(t, n.srv.Addr, "events", "probe"))
+// eventually waits up to ten seconds for cond.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; !cond(); i++ {
+		if i == 1000 {
+			t.Fatalf("still not %s after 10s", what)
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	pubs := []*client{connect(t, nodes[0].srv.Addr), connect(t, nodes[1].srv.Addr)}
-	for _, p := range pubs {
-		for _, s := range subs {
-			linked(t, p, s)
-		}
-	}
-	const n = 500
-	for i := 0; i < n; i++ {
-		for pi, p := range pubs {
-			p.publish("events", fmt.Sprintf("%d-%d", pi, i))
-		}
-	}
-	for si, s := range subs {
-		want := [2]int{}
-		for k := 0; k < 2*n; k++ {
-			var pi, i int
-			fmt.Sscanf(s.next(), "%d-%d", &pi, &i)
-			if i != want[pi] {
-				t.Fatalf("subscriber %d: message %d from publisher %d, want %d", si, i, pi, want[pi])
+}
+
+// waitStats waits until every node's counters are what want says.
+func waitStats(t *testing.T, nodes []*node, want func(*node) cluster.Stats) {
+	t.Helper()
+	for i := 0; ; i++ {
+		done := true
+		for _, n := range nodes {
+			got, w := n.bridge.Stats(), want(n)
+			if got != w {
+				if i == 500 {
+					t.Fatalf("%s: stats %+v, want %+v", n.name, got, w)
+				}
+				done = false
 			}
-			want[pi]++
 		}
-		s.silent()
+		if done {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	var forwarded, received uint64
-	for _, nd := range nodes {
-		st := nd.bridge.Stats()
-		forwarded += st.Forwarded
-		received += st.Received
-	}
-	if forwarded < 2*n || received < 2*2*n {
-		t.Errorf("forwarded %d, received %d", forwarded, received)
+}
+
+// One publisher and two subscribers on every broker: every subscriber
+// gets every message exactly once, with its publisher's ident, in each
+// publisher's order; and only subscribed channels cross NATS.
+func TestExactlyOnce(t *testing.T) {
+	for _, brokers := range []int{2, 3} {
+		t.Run(fmt.Sprintf("%d brokers", brokers), func(t *testing.T) {
+			ns := startNATS(t, 0)
+			var nodes []*node
+			interest := map[*node][]string{}
+			var subs, pubs []*client
+			for i := range brokers {
+				n := startBroker(t, natsURL(ns))
+				nodes = append(nodes, n)
+				interest[n] = []string{"events"}
+				for j := range 2 {
+					subs = append(subs, connect(t, n, ident(fmt.Sprintf("sub%d.%d", i, j)), "events"))
+					interest[n] = append(interest[n], subs[len(subs)-1].ident)
+				}
+				pubs = append(pubs, connect(t, n, ident(fmt.Sprintf("pub%d", i))))
+				interest[n] = append(interest[n], pubs[len(pubs)-1].ident)
+			}
+			waitInterest(t, ns, interest)
+
+			const msgs = 300
+			for i := range msgs {
+				for _, p := range pubs {
+					p.publish("events", strconv.Itoa(i))
+				}
+			}
+			for _, s := range subs {
+				next := map[string]int{}
+				for range msgs * len(pubs) {
+					from, payload := s.next()
+					if payload != strconv.Itoa(next[from]) {
+						t.Fatalf("%s: %q from %s, want %d", s.ident, payload, from, next[from])
+					}
+					next[from]++
+				}
+				for _, p := range pubs {
+					if next[p.ident] != msgs {
+						t.Fatalf("%s: %d messages from %s, want %d", s.ident, next[p.ident], p.ident, msgs)
+					}
+				}
+			}
+			silent(t, subs...)
+			waitStats(t, nodes, func(n *node) cluster.Stats {
+				return cluster.Stats{Forwarded: n.syncs.Load() + msgs, Received: msgs * uint64(brokers-1), Connected: true}
+			})
+		})
 	}
 }
 
 // A publisher subscribed to its own channel gets its message once, and so
-// does the same ident subscribed on another broker.
+// does the same ident logged in on another broker.
 func TestSelfDeliveryAcrossBrokers(t *testing.T) {
 	ns := startNATS(t, 0)
-	a, b := startBroker(t, ns.addr()), startBroker(t, ns.addr())
-	self := connect(t, a.srv.Addr, "events", "probe")
-	other := connect(t, b.srv.Addr, "events", "probe")
-	linked(t, self, other)
-	self.publish("events", "mine")
-	if got := self.next(); got != "mine" {
-		t.Fatalf("self got %q", got)
+	a, b := startBroker(t, natsURL(ns)), startBroker(t, natsURL(ns))
+	id := ident("self")
+	onA := connect(t, a, id, "events")
+	onB := connect(t, b, id, "events")
+	waitInterest(t, ns, map[*node][]string{a: {"events", id}, b: {"events", id}})
+	onA.publish("events", "mine")
+	for _, c := range []*client{onA, onB} {
+		if from, got := c.next(); from != id || got != "mine" {
+			t.Fatalf("got %q from %s", got, from)
+		}
 	}
-	if got := other.next(); got != "mine" {
-		t.Fatalf("other got %q", got)
-	}
-	self.silent()
-	other.silent()
+	silent(t, onA, onB)
 }
 
-// NATS going away stops only forwarding; when it returns, interest is
-// restored and messages cross again. A broker shut down leaves the others
-// working.
-func TestNATSRestartAndBrokerLoss(t *testing.T) {
+// A broker holds a NATS subscription for a channel exactly while it has
+// local subscribers to it.
+func TestInterestFollowsLocalSubscribers(t *testing.T) {
 	ns := startNATS(t, 0)
-	a, b, c := startBroker(t, ns.addr()), startBroker(t, ns.addr()), startBroker(t, ns.addr())
-	localSub := connect(t, a.srv.Addr, "events", "probe")
-	remoteSub := connect(t, b.srv.Addr, "events", "probe")
-	thirdSub := connect(t, c.srv.Addr, "events", "probe")
-	pub := connect(t, a.srv.Addr)
-	linked(t, pub, remoteSub)
-	linked(t, pub, thirdSub)
+	a, b := startBroker(t, natsURL(ns)), startBroker(t, natsURL(ns))
+	p := connect(t, b, ident("interest-pub"))
+	waitInterest(t, ns, map[*node][]string{a: nil, b: {p.ident}})
 
-	ns.stop()
-	for a.bridge.Stats().Connected {
-		time.Sleep(10 * time.Millisecond)
+	first := connect(t, a, ident("interest1"), "events")
+	second := connect(t, a, ident("interest2"), "events")
+	waitInterest(t, ns, map[*node][]string{a: {"events", first.ident, second.ident}, b: {p.ident}})
+
+	b1, _ := wire.AppendUnsubscribe(nil, []byte(first.ident), []byte("events"))
+	if err := first.write(b1); err != nil {
+		t.Fatal(err)
 	}
-	pub.publish("events", "during outage")
-	if got := localSub.next(); got != "during outage" {
-		t.Fatalf("local subscriber got %q", got)
+	// second still listens, so the channel stays subscribed.
+	p.publish("events", "still there")
+	if _, got := second.next(); got != "still there" {
+		t.Fatalf("got %q", got)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for a.bridge.Stats().ForwardFailed == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if a.bridge.Stats().ForwardFailed == 0 {
-		t.Fatal("the message that could not be forwarded was not counted")
+	silent(t, first)
+	waitInterest(t, ns, map[*node][]string{a: {"events", first.ident, second.ident}, b: {p.ident}})
+
+	second.nc.Close()
+	waitInterest(t, ns, map[*node][]string{a: {first.ident}, b: {p.ident}})
+}
+
+// NATS going away stops only forwarding, which fails fast and is counted;
+// when NATS returns on the same address, the brokers reconnect and their
+// subscriptions are back without any client subscribing again.
+func TestNATSRestart(t *testing.T) {
+	ns := startNATS(t, 0)
+	port := natsPort(ns)
+	a, b := startBroker(t, natsURL(ns)), startBroker(t, natsURL(ns))
+	pub := connect(t, a, ident("restart-pub"))
+	local := connect(t, a, ident("restart-local"), "events")
+	remote := connect(t, b, ident("restart-remote"), "events")
+	interest := map[*node][]string{a: {"events", pub.ident, local.ident}, b: {"events", remote.ident}}
+	waitInterest(t, ns, interest)
+	pub.publish("events", "before")
+	for _, c := range []*client{local, remote} {
+		if _, got := c.next(); got != "before" {
+			t.Fatalf("%s got %q", c.ident, got)
+		}
 	}
 
-	startNATS(t, ns.port)
-	linked(t, pub, remoteSub) // interest restored with no new SUBSCRIBE
-	pub.publish("events", "after restart")
-	if got := remoteSub.next(); got != "after restart" {
-		t.Fatalf("remote subscriber got %q", got)
+	ns.Shutdown()
+	for _, n := range []*node{a, b} {
+		eventually(t, n.name+" disconnected", func() bool { return !n.bridge.Stats().Connected })
 	}
+	failedBefore := a.bridge.Stats().ForwardFailed
+	const outage = 50
+	for i := range outage {
+		pub.publish("events", "outage "+strconv.Itoa(i))
+	}
+	for i := range outage {
+		if _, got := local.next(); got != "outage "+strconv.Itoa(i) {
+			t.Fatalf("local subscriber got %q during the outage", got)
+		}
+	}
+	// A subscriber arriving during the outage is served locally, and its
+	// channel is subscribed on NATS once it returns.
+	late := connect(t, b, ident("restart-late"), "events")
+	interest[b] = append(interest[b], late.ident)
 
-	// Broker b goes; a and c keep exchanging.
+	ns = startNATS(t, port)
+	for _, n := range []*node{a, b} {
+		eventually(t, n.name+" reconnected", func() bool { return n.bridge.Stats().Connected })
+	}
+	waitInterest(t, ns, interest)
+	if got := a.bridge.Stats().ForwardFailed - failedBefore; got != outage {
+		t.Fatalf("%d messages counted as not forwarded, want %d", got, outage)
+	}
+	pub.publish("events", "after")
+	// At most once across brokers during the outage: nothing from it
+	// arrives late.
+	for _, c := range []*client{local, remote, late} {
+		if _, got := c.next(); got != "after" {
+			t.Fatalf("%s got %q", c.ident, got)
+		}
+	}
+	silent(t, local, remote, late)
+}
+
+// A broker dying mid-run leaves the others exchanging: subscribers on the
+// survivors get every message published on them exactly once, and of the
+// dead broker's publisher a gapless prefix.
+func TestBrokerLoss(t *testing.T) {
+	ns := startNATS(t, 0)
+	a, b, c := startBroker(t, natsURL(ns)), startBroker(t, natsURL(ns)), startBroker(t, natsURL(ns))
+	pubA, pubB, pubC := connect(t, a, ident("loss-pubA")), connect(t, b, ident("loss-pubB")), connect(t, c, ident("loss-pubC"))
+	subA, subC := connect(t, a, ident("loss-subA"), "events"), connect(t, c, ident("loss-subC"), "events")
+	subB := connect(t, b, ident("loss-subB"), "events")
+	waitInterest(t, ns, map[*node][]string{
+		a: {"events", pubA.ident, subA.ident},
+		b: {"events", pubB.ident, subB.ident},
+		c: {"events", pubC.ident, subC.ident},
+	})
+
+	// Publishers pace themselves so that the subscribers keep up; b's
+	// publishes until its broker is gone.
+	const msgs = 2000
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	sent := map[*client]*atomic.Int64{pubA: {}, pubB: {}, pubC: {}}
+	for p, n := range sent {
+		wg.Go(func() {
+			for i := 0; p == pubB || i < msgs; i++ {
+				if p == pubB && stop.Load() {
+					return
+				}
+				b, _ := wire.AppendPublish(nil, []byte(p.ident), []byte("events"), []byte(strconv.Itoa(i)))
+				if p.write(b) != nil {
+					return
+				}
+				n.Add(1)
+				if i%10 == 9 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		})
+	}
+	defer wg.Wait()
+	defer stop.Store(true)
+
+	// Kill b once its publisher's messages are crossing.
+	next := map[*client]map[string]int{subA: {}, subC: {}}
+	read := func(s *client) {
+		from, payload := s.next()
+		if payload != strconv.Itoa(next[s][from]) {
+			t.Fatalf("%s: %q from %s, want %d", s.ident, payload, from, next[s][from])
+		}
+		next[s][from]++
+	}
+	for next[subA][pubB.ident] < 100 {
+		read(subA)
+	}
+	b.bridge.Close()
 	if err := b.srv.Broker.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	linked(t, pub, thirdSub)
-	pub.publish("events", "after broker loss")
-	for {
-		if got := thirdSub.next(); got == "after broker loss" {
-			break
+	stop.Store(true)
+	wg.Wait()
+	// Messages after the loss cross too.
+	pubA.publish("events", strconv.Itoa(msgs))
+	pubC.publish("events", strconv.Itoa(msgs))
+	for _, s := range []*client{subA, subC} {
+		for next[s][pubA.ident] <= msgs || next[s][pubC.ident] <= msgs {
+			read(s)
 		}
+		// b's last messages may still be on their way through NATS.
+		for {
+			s.nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			f, err := s.rd.Next()
+			if err != nil {
+				break
+			}
+			if string(f.Channel) != "events" {
+				continue
+			}
+			if string(f.Ident) != pubB.ident || string(f.Payload) != strconv.Itoa(next[s][pubB.ident]) {
+				t.Fatalf("%s: %q from %s after the last messages", s.ident, f.Payload, f.Ident)
+			}
+			next[s][pubB.ident]++
+		}
+	}
+	// Whatever b forwarded before it died reached both survivors.
+	fromB := next[subA][pubB.ident]
+	if fromB != next[subC][pubB.ident] || int64(fromB) > sent[pubB].Load() {
+		t.Fatalf("from the lost broker's publisher, which sent %d: %d to %s, %d to %s",
+			sent[pubB].Load(), fromB, subA.ident, next[subC][pubB.ident], subC.ident)
+	}
+}
+
+// The credential and TLS options reach NATS.
+func TestNATSCredentials(t *testing.T) {
+	t.Run("user and password", func(t *testing.T) {
+		ns := startNATSOpts(t, &server.Options{Username: "hp", Password: "secret"})
+		br, err := cluster.New(cluster.Options{URLs: "nats://127.0.0.1:1," + natsURL(ns), User: "hp", Password: "secret"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer br.Close()
+		if !br.Stats().Connected {
+			t.Fatal("not connected")
+		}
+		if s := br.String(); strings.Contains(s, "secret") {
+			t.Fatalf("password shown in %q", s)
+		}
+		_, err = cluster.New(cluster.Options{URLs: "nats://hp:wrong@" + ns.Addr().String()})
+		if err == nil || !strings.Contains(err.Error(), "uthorization") || strings.Contains(err.Error(), "wrong") {
+			t.Fatalf("wrong password: %v", err)
+		}
+	})
+	t.Run("token", func(t *testing.T) {
+		ns := startNATSOpts(t, &server.Options{Authorization: "tok"})
+		br, err := cluster.New(cluster.Options{URLs: natsURL(ns), Token: "tok"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer br.Close()
+		if !br.Stats().Connected {
+			t.Fatal("not connected")
+		}
+	})
+	t.Run("mutual TLS", func(t *testing.T) {
+		dir := t.TempDir()
+		ca, cert, key := writeCerts(t, dir)
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cert, KeyFile: key, CaFile: ca, Verify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns := startNATSOpts(t, &server.Options{TLSConfig: tc, TLSVerify: true, TLS: true})
+		br, err := cluster.New(cluster.Options{URLs: "tls://" + ns.Addr().String(), CAFile: ca, CertFile: cert, KeyFile: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer br.Close()
+		if !br.Stats().Connected {
+			t.Fatal("not connected")
+		}
+		if _, err := cluster.New(cluster.Options{URLs: natsURL(ns), CAFile: filepath.Join(dir, "missing.pem")}); err == nil {
+			t.Fatal("a missing CA file was accepted")
+		}
+	})
+}
+
+// Throughput across two brokers: publisher on one, subscriber on the
+// other, 256-byte payloads, through an embedded nats-server.
+func BenchmarkAcrossTwoBrokers(bm *testing.B) {
+	ns := startNATS(bm, 0)
+	a, b := startBroker(bm, natsURL(ns)), startBroker(bm, natsURL(ns))
+	pub := connect(bm, a, ident("bench-pub"))
+	sub := connect(bm, b, ident("bench-sub"), "events")
+	waitInterest(bm, ns, map[*node][]string{a: {pub.ident}, b: {"events", sub.ident}})
+	payload := make([]byte, 256)
+	frame, _ := wire.AppendPublish(nil, []byte(pub.ident), []byte("events"), payload)
+	var batch []byte
+	for range 64 {
+		batch = append(batch, frame...)
+	}
+	var received atomic.Int64
+	done := make(chan error, 1)
+	bm.ResetTimer()
+	go func() {
+		for received.Load() < int64(bm.N) {
+			sub.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			f, err := sub.rd.Next()
+			if err != nil {
+				done <- err
+				return
+			}
+			if string(f.Channel) == "events" {
+				received.Add(1)
+			}
+		}
+		done <- nil
+	}()
+	// A bounded window keeps NATS from dropping a slow consumer.
+	for sent := 0; sent < bm.N; {
+		for int64(sent)-received.Load() > 50_000 {
+			time.Sleep(50 * time.Microsecond)
+		}
+		n := min(64, bm.N-sent)
+		if err := pub.write(batch[:n*len(frame)]); err != nil {
+			bm.Fatal(err)
+		}
+		sent += n
+	}
+	if err := <-done; err != nil {
+		bm.Fatal(err)
+	}
+	bm.ReportMetric(float64(bm.N)/bm.Elapsed().Seconds(), "msgs/s")
+}
+
+// writeCerts writes a CA and a certificate signed by it for 127.0.0.1,
+// good for both ends of a TLS connection.
+func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(crand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	caFile, certFile, keyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "nats.crt"), filepath.Join(dir, "nats.key")
+	for file, block := range map[string]*pem.Block{
+		caFile:   {Type: "CERTIFICATE", Bytes: caDER},
+		certFile: {Type: "CERTIFICATE", Bytes: der},
+		keyFile:  {Type: "EC PRIVATE KEY", Bytes: kder},
+	} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return caFile, certFile, keyFile
+}
+
+// A NATS not yet up when the broker starts is not fatal: local delivery
+// works, and the channels subscribed meanwhile are on NATS once it is up.
+func TestNATSLateAtStartUp(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	br, err := cluster.New(cluster.Options{URLs: url, Prefix: prefix, Name: "late"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(br.Close)
+	srv := brokertest.Start(t, users, func(c *broker.Config) { c.Bridge = br })
+	br.Attach(srv.Broker)
+	a := &node{name: "late", srv: srv, bridge: br}
+	sub := connect(t, a, ident("late-sub"), "events")
+	pub := connect(t, a, ident("late-pub"))
+	pub.publish("events", "local")
+	if _, got := sub.next(); got != "local" {
+		t.Fatalf("got %q", got)
+	}
+	if st := br.Stats(); st.Connected || st.ForwardFailed != 3 {
+		t.Fatalf("stats %+v before NATS is up, want 3 messages not forwarded", st)
+	}
+
+	ns := startNATS(t, port)
+	eventually(t, "connected", func() bool { return br.Stats().Connected })
+	b := startBroker(t, url)
+	remote := connect(t, b, ident("late-remote"))
+	waitInterest(t, ns, map[*node][]string{a: {"events", sub.ident, pub.ident}, b: {remote.ident}})
+	remote.publish("events", "remote")
+	if from, got := sub.next(); from != remote.ident || got != "remote" {
+		t.Fatalf("got %q from %s", got, from)
 	}
 }

@@ -153,7 +153,7 @@ func TestComposeExamples(t *testing.T) {
 					a = exporter.ReplaceAllString(a, "--exporter=127.0.0.1:0")
 					a = strings.ReplaceAll(a, "device=lan0", "device=lo")
 					// The cluster example's services, as this machine has them.
-					a = strings.ReplaceAll(a, "hpfeeds:hpfeeds@postgres:5432/hpfeeds", "postgres@127.0.0.1:5432/test")
+					a = strings.ReplaceAll(a, "hpfeeds:${POSTGRES_PASSWORD}@postgres:5432/hpfeeds", "postgres@127.0.0.1:5432/test")
 					if strings.HasPrefix(a, "--cluster=") {
 						a = "--cluster=nats://" + natsAddr(t)
 					}

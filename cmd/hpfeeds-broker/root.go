@@ -23,6 +23,7 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
 	"github.com/hpfeeds-go/hpfeeds/metrics"
+	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // options are the command line's settings.
@@ -195,15 +196,12 @@ func (o *options) run(ctx context.Context) error {
 	if o.cluster.URLs != "" {
 		o.cluster.Logger = log
 		o.cluster.Name = "hpfeeds-broker " + cfg.Name
+		o.cluster.MaxFrame = wire.HeaderLen + cfg.MaxPublishSize
+		o.cluster.MustConnect = o.checkConfig
 		if bridge, err = cluster.New(o.cluster); err != nil {
 			return err
 		}
 		defer bridge.Close()
-		if o.checkConfig {
-			if err := bridge.WaitConnected(o.cfg.LookupTimeout); err != nil {
-				return err
-			}
-		}
 		cfg.Bridge = bridge
 	}
 	b, err := broker.New(cfg)
@@ -235,7 +233,11 @@ func (o *options) run(ctx context.Context) error {
 		defer exporter.Close()
 	}
 	if o.checkConfig {
-		fmt.Fprintf(os.Stdout, "configuration OK: %d endpoint(s), credential stores: %s\n", len(eps), store)
+		clustered := ""
+		if bridge != nil {
+			clustered = ", cluster: " + bridge.String()
+		}
+		fmt.Fprintf(os.Stdout, "configuration OK: %d endpoint(s), credential stores: %s%s\n", len(eps), store, clustered)
 		return nil
 	}
 
