@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: test lint build deps bench bench-smoke release cross
+.PHONY: test lint build deps bench bench-smoke release cross ferretdb
 
 build:
 	$(GO) build ./...
@@ -18,8 +18,25 @@ deps:
 	@command -v nats-server >/dev/null || { apt-get update -qq && apt-get install -y -qq nats-server; }
 	@command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd; }
 
-test: deps lint cross
-	$(GO) test -race -count=1 ./...
+# The MongoDB-wire server of the Mongo store tests: FerretDB v1 on SQLite, in
+# its own module so its dependencies stay out of the broker's go.mod.
+FERRETDB := bin/ferretdb
+
+ferretdb: $(FERRETDB)
+
+$(FERRETDB): testservers/ferretdb/main.go testservers/ferretdb/go.mod testservers/ferretdb/go.sum
+	cd testservers/ferretdb && CGO_ENABLED=0 $(GO) build -o ../../$(FERRETDB) .
+
+# The tests run against a FerretDB started here on a free port, stopped and
+# removed when they end, whatever their outcome.
+test: deps lint cross $(FERRETDB)
+	@dir=$$(mktemp -d); \
+	$(FERRETDB) -dir $$dir/data -uri-file $$dir/uri >/dev/null 2>$$dir/log & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for i in $$(seq 100); do [ -s $$dir/uri ] && break; sleep 0.1; done; \
+	[ -s $$dir/uri ] || { echo "the FerretDB test server did not start:"; cat $$dir/log; exit 1; }; \
+	echo "FerretDB test server: $$(cat $$dir/uri)"; \
+	HPFEEDS_TEST_MONGODB_URI=$$(cat $$dir/uri) $(GO) test -race -count=1 ./...
 	$(MAKE) bench-smoke
 
 # hpfeeds vs nats-server on loopback; see docs/performance.md.

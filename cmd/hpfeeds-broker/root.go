@@ -19,6 +19,7 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/env"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
+	_ "github.com/hpfeeds-go/hpfeeds/auth/mongostore"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 )
 
 // user runs `hpfeeds-broker user …` in-process.
@@ -25,8 +27,11 @@ func TestUserCommands(t *testing.T) {
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "users.json")
 	os.WriteFile(jsonPath, []byte("{}"), 0o600)
-	for _, spec := range []string{filepath.Join(dir, "users.db"), "database+sqlite:///" + filepath.Join(dir, "db.sqlite"), jsonPath} {
+	for _, spec := range []string{filepath.Join(dir, "users.db"), "database+sqlite:///" + filepath.Join(dir, "db.sqlite"), jsonPath, "mongodb"} {
 		t.Run(filepath.Base(spec), func(t *testing.T) {
+			if spec == "mongodb" {
+				spec, _ = storetest.MongoURI(t)
+			}
 			if strings.HasPrefix(spec, "database+") {
 				// database+ stores do not create their table.
 				if out, err := user(t, "add", "--auth="+spec, "--ident=x"); err == nil {

@@ -1,0 +1,324 @@
+// Package mongostore is the MongoDB credential store (--auth=mongodb://… or
+// mongodb+srv://…), read with the official driver.
+//
+// Users are documents {identifier, secret, publish: [], subscribe: []} with
+// an optional owner (the identifier when missing), in the collection
+// auth_key of the database named by the URI path (hpfeeds when the path is
+// empty). Every AUTH runs one find on the driver's pool, bounded by the
+// caller's context; nothing is cached.
+package mongostore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+)
+
+// Defaults of the Python broker's Mongo store.
+const (
+	DefaultDatabase   = "hpfeeds"
+	DefaultCollection = "auth_key"
+)
+
+func init() {
+	auth.Register(auth.Driver{
+		Name: "mongodb://, mongodb+srv://",
+		Match: func(spec string) bool {
+			return strings.HasPrefix(spec, "mongodb://") || strings.HasPrefix(spec, "mongodb+srv://")
+		},
+		Open: func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
+			return Open(spec, opts.MongoCollection, opts.Logger)
+		},
+	})
+}
+
+// Store is a credential store on a MongoDB collection.
+type Store struct {
+	spec, coll string
+	name       string // for logs: the URI with its password hidden
+	log        *slog.Logger
+
+	mu sync.Mutex
+	c  *mongo.Collection // nil until the URI could be resolved
+}
+
+// Open prepares the store for a mongodb:// or mongodb+srv:// URI. The driver
+// connects lazily, so a server that is down at start-up is not an error. A
+// mongodb+srv:// URI needs DNS to be parsed; if DNS does not answer, that
+// too is retried at each lookup.
+func Open(spec, collection string, log *slog.Logger) (*Store, error) {
+	if collection == "" {
+		collection = DefaultCollection
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Store{spec: spec, coll: collection, log: log}
+	c, err := s.connect()
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr):
+		log.Warn("MongoDB URI not resolved yet; retrying at each login", "store", s.String(), "err", err)
+	case err != nil:
+		return nil, err
+	default:
+		s.c = c
+	}
+	return s, nil
+}
+
+func (s *Store) connect() (*mongo.Collection, error) {
+	cs, err := connstring.ParseAndValidate(s.spec)
+	if err != nil {
+		return nil, redact(err, s.spec)
+	}
+	db := cs.Database
+	if db == "" {
+		db = DefaultDatabase
+	}
+	client, err := mongo.Connect(options.Client().ApplyURI(s.spec).SetAppName("hpfeeds-broker"))
+	if err != nil {
+		return nil, redact(err, s.spec)
+	}
+	return client.Database(db).Collection(s.coll), nil
+}
+
+// redact keeps a password that the driver quoted in an error out of logs,
+// while errors.Is still sees the cause (a deadline, say).
+func redact(err error, spec string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	for _, pw := range passwords(spec) {
+		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return redacted{msg, err}
+}
+
+// passwords returns the URI's password as written and unescaped, found
+// without a DNS lookup (connstring.Parse resolves mongodb+srv:// hosts).
+func passwords(spec string) []string {
+	_, rest, _ := strings.Cut(spec, "://")
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		rest = rest[:i]
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return nil
+	}
+	_, pw, ok := strings.Cut(rest[:at], ":")
+	if !ok || pw == "" {
+		return nil
+	}
+	if u, err := url.PathUnescape(pw); err == nil && u != pw {
+		return []string{pw, u}
+	}
+	return []string{pw}
+}
+
+type redacted struct {
+	msg string
+	err error
+}
+
+func (r redacted) Error() string { return r.msg }
+func (r redacted) Unwrap() error { return r.err }
+
+func (s *Store) collection() (*mongo.Collection, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c == nil {
+		c, err := s.connect()
+		if err != nil {
+			return nil, err
+		}
+		s.c = c
+	}
+	return s.c, nil
+}
+
+// doc is one user as the Python broker and its tools write it. The channel
+// lists are read raw: writers have stored arrays, null, or a JSON string.
+type doc struct {
+	Identifier string        `bson:"identifier"`
+	Owner      string        `bson:"owner,omitempty"`
+	Secret     string        `bson:"secret"`
+	Publish    bson.RawValue `bson:"publish,omitempty"`
+	Subscribe  bson.RawValue `bson:"subscribe,omitempty"`
+}
+
+func (d *doc) user() (auth.User, error) {
+	u := auth.User{Ident: d.Identifier, Owner: d.Owner, Secret: d.Secret}
+	if u.Owner == "" {
+		u.Owner = u.Ident
+	}
+	var err error
+	if u.PubChans, err = channels(d.Publish); err != nil {
+		return auth.User{}, fmt.Errorf("document for %q: publish: %w", d.Identifier, err)
+	}
+	if u.SubChans, err = channels(d.Subscribe); err != nil {
+		return auth.User{}, fmt.Errorf("document for %q: subscribe: %w", d.Identifier, err)
+	}
+	return u, nil
+}
+
+// channels reads a list of channel names; missing or null means none.
+func channels(v bson.RawValue) ([]string, error) {
+	switch v.Type {
+	case 0, bson.TypeNull, bson.TypeUndefined:
+		return nil, nil
+	case bson.TypeArray:
+		var l []string
+		if err := v.Unmarshal(&l); err != nil {
+			return nil, fmt.Errorf("not a list of channel names: %w", err)
+		}
+		return l, nil
+	case bson.TypeString:
+		str := strings.TrimSpace(v.StringValue())
+		if str == "" {
+			return nil, nil
+		}
+		var l []string
+		if err := json.Unmarshal([]byte(str), &l); err != nil {
+			return nil, fmt.Errorf("a string that is not a JSON list of channel names: %w", err)
+		}
+		return l, nil
+	}
+	return nil, fmt.Errorf("a %s, not a list of channel names", v.Type)
+}
+
+// Lookup implements auth.Store.
+func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, error) {
+	c, err := s.collection()
+	if err != nil {
+		return auth.User{}, false, err
+	}
+	var d doc
+	err = c.FindOne(ctx, bson.D{{Key: "identifier", Value: ident}}).Decode(&d)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return auth.User{}, false, nil
+	}
+	if err != nil {
+		return auth.User{}, false, redact(err, s.spec)
+	}
+	u, err := d.user()
+	if err != nil {
+		return auth.User{}, false, err
+	}
+	if u.Secret == "" {
+		// A document without a secret can never log in; treat it as unknown.
+		return auth.User{}, false, nil
+	}
+	return u, true, nil
+}
+
+func (s *Store) String() string { return auth.Redact(s.spec) }
+
+// Ping checks the server answers.
+func (s *Store) Ping(ctx context.Context) error {
+	c, err := s.collection()
+	if err != nil {
+		return err
+	}
+	return redact(c.Database().Client().Ping(ctx, readpref.Primary()), s.spec)
+}
+
+// Close disconnects the pool.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	c := s.c
+	s.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.Database().Client().Disconnect(ctx)
+}
+
+// PutUser implements auth.Editor: it replaces the document of the ident,
+// or inserts one.
+func (s *Store) PutUser(ctx context.Context, u auth.User) error {
+	c, err := s.collection()
+	if err != nil {
+		return err
+	}
+	owner := u.Owner
+	if owner == "" {
+		owner = u.Ident
+	}
+	d := bson.D{
+		{Key: "identifier", Value: u.Ident},
+		{Key: "owner", Value: owner},
+		{Key: "secret", Value: u.Secret},
+		{Key: "publish", Value: nonNil(u.PubChans)},
+		{Key: "subscribe", Value: nonNil(u.SubChans)},
+	}
+	_, err = c.ReplaceOne(ctx, bson.D{{Key: "identifier", Value: u.Ident}}, d, options.Replace().SetUpsert(true))
+	return redact(err, s.spec)
+}
+
+func nonNil(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
+}
+
+// DeleteUser implements auth.Editor.
+func (s *Store) DeleteUser(ctx context.Context, ident string) (bool, error) {
+	c, err := s.collection()
+	if err != nil {
+		return false, err
+	}
+	res, err := c.DeleteMany(ctx, bson.D{{Key: "identifier", Value: ident}})
+	if err != nil {
+		return false, redact(err, s.spec)
+	}
+	return res.DeletedCount > 0, nil
+}
+
+// ListUsers implements auth.Editor.
+func (s *Store) ListUsers(ctx context.Context) ([]auth.User, error) {
+	c, err := s.collection()
+	if err != nil {
+		return nil, err
+	}
+	cur, err := c.Find(ctx, bson.D{}, options.Find().SetSort(bson.D{{Key: "identifier", Value: 1}}))
+	if err != nil {
+		return nil, redact(err, s.spec)
+	}
+	defer cur.Close(ctx)
+	var users []auth.User
+	for cur.Next(ctx) {
+		var d doc
+		if err := cur.Decode(&d); err != nil {
+			return nil, err
+		}
+		u, err := d.user()
+		if err != nil {
+			return nil, err
+		}
+		users = append(users, u)
+	}
+	return users, cur.Err()
+}

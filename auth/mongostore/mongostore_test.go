@@ -1,0 +1,201 @@
+package mongostore
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+)
+
+// writer is another program writing users, as CHN and MHN do, with the
+// official driver.
+func writer(t *testing.T, uri, db string) *mongo.Database {
+	t.Helper()
+	c, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Disconnect(context.Background()) })
+	return c.Database(db)
+}
+
+func insert(t *testing.T, c *mongo.Collection, docs ...bson.M) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, d := range docs {
+		if _, err := c.InsertOne(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func open(t *testing.T, uri, coll string) auth.Store {
+	t.Helper()
+	st, err := auth.Open(context.Background(), uri, auth.Options{MongoCollection: coll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestMongoStore(t *testing.T) {
+	uri, db := storetest.MongoURI(t)
+	coll := writer(t, uri, db).Collection(DefaultCollection)
+	st := open(t, uri, "")
+	srv := brokertest.Start(t, st)
+	storetest.ExpectRefused(t, srv.Addr, "sensor", "s3cret")
+
+	// Documents written while the broker runs work at the next login.
+	insert(t, coll,
+		bson.M{"identifier": "sensor", "secret": "s3cret", "publish": bson.A{"events"}, "subscribe": bson.A{"events"}},
+		bson.M{"identifier": "owned", "owner": "alice", "secret": "x", "publish": bson.A{}, "subscribe": bson.A{"a", "b"}},
+		bson.M{"identifier": "nulls", "secret": "x", "publish": nil},
+		bson.M{"identifier": "text", "secret": "x", "publish": `["t1", "t2"]`, "subscribe": ""},
+		bson.M{"identifier": "nosecret", "publish": bson.A{"events"}},
+	)
+	storetest.ExpectLogin(t, srv.Addr, "sensor", "s3cret", "events")
+	storetest.ExpectRefused(t, srv.Addr, "sensor", "wrong")
+	storetest.ExpectRefused(t, srv.Addr, "unknown", "x")
+	storetest.ExpectRefused(t, srv.Addr, "nosecret", "")
+
+	if u, _ := storetest.Lookup(t, st, "sensor"); u.Owner != "sensor" {
+		t.Errorf("owner %q, want the identifier", u.Owner)
+	}
+	if u, _ := storetest.Lookup(t, st, "owned"); u.Owner != "alice" || len(u.PubChans) != 0 || strings.Join(u.SubChans, ",") != "a,b" {
+		t.Errorf("owned: %+v", u)
+	}
+	if u, found := storetest.Lookup(t, st, "nulls"); !found || len(u.PubChans)+len(u.SubChans) != 0 {
+		t.Errorf("nulls: %+v %v", u, found)
+	}
+	if u, _ := storetest.Lookup(t, st, "text"); strings.Join(u.PubChans, ",") != "t1,t2" || len(u.SubChans) != 0 {
+		t.Errorf("text: %+v", u)
+	}
+
+	// A corrupt document is a store error, not an unknown user.
+	insert(t, coll, bson.M{"identifier": "corrupt", "secret": "x", "publish": 42})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, err := st.Lookup(ctx, "corrupt"); err == nil || !strings.Contains(err.Error(), "publish") {
+		t.Errorf("corrupt document: %v", err)
+	}
+	if _, err := st.(auth.Editor).ListUsers(ctx); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("list with a corrupt document: %v", err)
+	}
+	if _, err := coll.DeleteOne(ctx, bson.M{"identifier": "corrupt"}); err != nil {
+		t.Fatal(err)
+	}
+
+	storetest.Editor(t, st.(auth.Editor), srv.Addr)
+}
+
+// Some followed docs that named the collection auth_keys; --mongo-collection
+// chooses it.
+func TestMongoCollectionOption(t *testing.T) {
+	uri, db := storetest.MongoURI(t)
+	insert(t, writer(t, uri, db).Collection("auth_keys"),
+		bson.M{"identifier": "plural", "secret": "x", "publish": bson.A{"c"}, "subscribe": bson.A{"c"}})
+	if _, found := storetest.Lookup(t, open(t, uri, ""), "plural"); found {
+		t.Error("default collection auth_key answered for a user kept in auth_keys")
+	}
+	st := open(t, uri, "auth_keys")
+	if _, found := storetest.Lookup(t, st, "plural"); !found {
+		t.Error("auth_keys not read")
+	}
+
+	// Chained after the default collection, the second store answers.
+	chain := auth.Chain{open(t, uri, ""), st}
+	srv := brokertest.Start(t, chain)
+	storetest.ExpectLogin(t, srv.Addr, "plural", "x", "c")
+}
+
+// With no database in the URI path, users are read from hpfeeds.
+func TestMongoDefaultDatabase(t *testing.T) {
+	uri, _ := storetest.MongoURI(t)
+	base := uri[:strings.LastIndex(uri, "/")+1]
+	c, err := mongo.Connect(options.Client().ApplyURI(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(context.Background())
+	coll := c.Database(DefaultDatabase).Collection(DefaultCollection)
+	ident := "default-db-" + strings.TrimPrefix(uri[len(base):], "hpfeeds_test_")
+	insert(t, coll, bson.M{"identifier": ident, "secret": "x"})
+	t.Cleanup(func() { coll.DeleteMany(context.Background(), bson.M{"identifier": ident}) })
+	if _, found := storetest.Lookup(t, open(t, base, ""), ident); !found {
+		t.Errorf("%s not found in database %s", ident, DefaultDatabase)
+	}
+}
+
+// A server that goes away fails logins within the lookup deadline, and
+// logins work again when it returns, with no restart.
+func TestMongoOutage(t *testing.T) {
+	uri, db := storetest.MongoURI(t)
+	insert(t, writer(t, uri, db).Collection(DefaultCollection), bson.M{"identifier": "sensor", "secret": "x"})
+	host, _, _ := strings.Cut(strings.TrimPrefix(uri, "mongodb://"), "/")
+	proxy := storetest.NewProxy(t, host)
+	st := open(t, "mongodb://"+proxy.Addr()+"/"+db, "")
+	if _, found := storetest.Lookup(t, st, "sensor"); !found {
+		t.Fatal("sensor not found through the proxy")
+	}
+	proxy.Cut()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, _, err := st.Lookup(ctx, "sensor"); err == nil {
+		t.Fatal("lookup through a cut connection succeeded")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("lookup took %v despite its deadline", d)
+	}
+	proxy.Restore()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, found, err := st.Lookup(ctx, "sensor")
+		cancel()
+		if found {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store did not recover: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A store that cannot be reached at start-up is not an open error (the
+// database may start after the broker), and no error shows the password.
+func TestMongoOpen(t *testing.T) {
+	st, err := Open("mongodb://hp:s3cret@127.0.0.1:1/hpfeeds?serverSelectionTimeoutMS=200", "", nil)
+	if err != nil {
+		t.Fatalf("unreachable server at open: %v", err)
+	}
+	defer st.Close()
+	if strings.Contains(st.String(), "s3cret") {
+		t.Errorf("String shows the password: %s", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := st.Ping(ctx); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("ping: %v", err)
+	}
+	for _, bad := range []string{"mongodb://hp:s3cret@/x", "mongodb://hp:s3cret@h/x?w=bogus&connectTimeoutMS=-1"} {
+		_, err := auth.Open(context.Background(), bad, auth.Options{})
+		if err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+	if got := passwords("mongodb://u:p%40ss@h1,h2/db?authSource=admin"); strings.Join(got, " ") != "p%40ss p@ss" {
+		t.Errorf("passwords: %q", got)
+	}
+}

@@ -1,0 +1,242 @@
+// Package storetest holds what the credential-store tests share: logging in
+// through a running broker, the editor round trip every writable store must
+// pass, the service check that fails in CI and skips elsewhere, and a TCP
+// proxy that can be cut to simulate a store going away.
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// RequireService fails in CI and skips elsewhere when addr does not answer;
+// how says how to start the service.
+func RequireService(t testing.TB, addr, how string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err == nil {
+		c.Close()
+		return
+	}
+	Missing(t, addr+" is not reachable ("+err.Error()+"); start it with: "+how)
+}
+
+// Missing fails the test in CI (CI set) and skips it elsewhere.
+func Missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+// Login authenticates a raw client, sending frames right behind AUTH, and
+// returns a reader of what the broker answers.
+func Login(t testing.TB, addr, ident, secret string, frames ...[]byte) *wire.Reader {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	rd := wire.NewReader(nc, wire.UniformLimits(1<<20))
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	info, err := rd.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
+	for _, f := range frames {
+		a = append(a, f...)
+	}
+	if _, err := nc.Write(a); err != nil {
+		t.Fatal(err)
+	}
+	return rd
+}
+
+// ExpectLogin checks that ident can log in, subscribe to and publish on
+// channel, receiving its own message.
+func ExpectLogin(t testing.TB, addr, ident, secret, channel string) {
+	t.Helper()
+	s, _ := wire.AppendSubscribe(nil, []byte(ident), []byte(channel))
+	p, _ := wire.AppendPublish(nil, []byte(ident), []byte(channel), []byte("hello"))
+	rd := Login(t, addr, ident, secret, s, p)
+	f, err := rd.Next()
+	if err != nil {
+		t.Fatalf("%s: %v", ident, err)
+	}
+	if f.Op != wire.OpPublish || string(f.Payload) != "hello" {
+		t.Fatalf("%s: got %v %q", ident, f.Op, f.Payload)
+	}
+}
+
+// ExpectRefused checks that the login of ident is refused with the spec's text.
+func ExpectRefused(t testing.TB, addr, ident, secret string) {
+	t.Helper()
+	rd := Login(t, addr, ident, secret)
+	f, err := rd.Next()
+	if err != nil {
+		t.Fatalf("%s: %v", ident, err)
+	}
+	if f.Op != wire.OpError || string(f.Payload) != "Authentication failed for "+ident {
+		t.Fatalf("%s: got %v %q", ident, f.Op, f.Payload)
+	}
+}
+
+// Lookup asks s for ident and fails the test if the store errs.
+func Lookup(t testing.TB, s auth.Store, ident string) (auth.User, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	u, found, err := s.Lookup(ctx, ident)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", ident, err)
+	}
+	return u, found
+}
+
+// Editor adds, lists, replaces and removes a user through e, checking each
+// change is seen by the broker at addr at the next login.
+func Editor(t testing.TB, e auth.Editor, addr string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.PutUser(ctx, auth.User{Ident: "edited", Secret: "one", PubChans: []string{"c"}, SubChans: []string{"c"}}); err != nil {
+		t.Fatal(err)
+	}
+	ExpectLogin(t, addr, "edited", "one", "c")
+	if err := e.PutUser(ctx, auth.User{Ident: "edited", Secret: "two", PubChans: []string{"d"}, SubChans: []string{"d"}}); err != nil {
+		t.Fatal(err)
+	}
+	ExpectRefused(t, addr, "edited", "one")
+	ExpectLogin(t, addr, "edited", "two", "d")
+	users, err := e.ListUsers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(users, func(u auth.User) bool {
+		return u.Ident == "edited" && u.Owner == "edited" && slices.Equal(u.PubChans, []string{"d"})
+	}) {
+		t.Errorf("edited not listed as replaced: %+v", users)
+	}
+	if found, err := e.DeleteUser(ctx, "edited"); !found || err != nil {
+		t.Fatalf("delete: %v %v", found, err)
+	}
+	ExpectRefused(t, addr, "edited", "two")
+	if found, _ := e.DeleteUser(ctx, "edited"); found {
+		t.Error("deleted twice")
+	}
+}
+
+// Proxy forwards TCP to a server until cut, refusing and dropping
+// connections while cut.
+type Proxy struct {
+	l     net.Listener
+	mu    sync.Mutex
+	down  bool
+	conns []net.Conn
+}
+
+// NewProxy forwards a free loopback port to target until the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{l: l}
+	t.Cleanup(func() { l.Close(); p.Cut() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.down {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return p.l.Addr().String() }
+
+// Cut drops every forwarded connection and refuses new ones.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// Restore forwards new connections again.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+// MongoEnv names the variable holding the base URI of the MongoDB-wire
+// server the tests use; `make test` starts testservers/ferretdb and sets it.
+const MongoEnv = "HPFEEDS_TEST_MONGODB_URI"
+
+// MongoURI returns a mongodb:// URI for a database of its own, which is
+// dropped when the test ends.
+func MongoURI(t testing.TB) (uri, db string) {
+	t.Helper()
+	base := os.Getenv(MongoEnv)
+	if base == "" {
+		Missing(t, MongoEnv+" is not set: run `make test`, which builds and starts the FerretDB test server, "+
+			"or start it with `make ferretdb && bin/ferretdb -dir /tmp/ferretdb` and export "+MongoEnv+"=<the URI it prints>")
+	}
+	host, _, _ := strings.Cut(strings.TrimPrefix(base, "mongodb://"), "/")
+	RequireService(t, host[strings.LastIndex(host, "@")+1:], "make test (it starts bin/ferretdb)")
+	db = fmt.Sprintf("hpfeeds_test_%d", time.Now().UnixNano())
+	uri = strings.TrimSuffix(base, "/") + "/" + db
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := mongo.Connect(options.Client().ApplyURI(uri))
+		if err != nil {
+			t.Errorf("dropping %s: %v", db, err)
+			return
+		}
+		defer c.Disconnect(ctx)
+		if err := c.Database(db).Drop(ctx); err != nil {
+			t.Errorf("dropping %s: %v", db, err)
+		}
+	})
+	return uri, db
+}
