@@ -1,0 +1,296 @@
+// Package docs holds the documentation and the test that runs its commands.
+package docs
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"database/sql"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+)
+
+// A block is one fenced block of a document that the test must run, or that
+// says why it is not run: a line `<!-- not run: REASON -->` right above it.
+type block struct {
+	file, lang, text, skip string
+	line                   int
+}
+
+var (
+	fence    = regexp.MustCompile("(?ms)^(<!-- (not run|run on): ([^>]*) -->\\n)?```(sh|bash|console|shell|sql)\\n(.*?)^```")
+	runLangs = map[string]bool{"sh": true, "bash": true, "console": true, "shell": true}
+)
+
+// blocks returns the command blocks of the README and every doc, in order.
+func blocks(t *testing.T) []block {
+	files := []string{"../README.md", "../SECURITY.md"}
+	docs, _ := filepath.Glob("*.md")
+	for _, d := range docs {
+		files = append(files, d)
+	}
+	var out []block
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(data)
+		for _, m := range fence.FindAllStringSubmatchIndex(s, -1) {
+			b := block{file: f, lang: s[m[8]:m[9]], text: s[m[10]:m[11]], line: strings.Count(s[:m[0]], "\n") + 1}
+			if m[2] >= 0 {
+				switch s[m[4]:m[5]] {
+				case "not run":
+					b.skip = s[m[6]:m[7]]
+				case "run on":
+					b.lang += ":" + s[m[6]:m[7]]
+				}
+			}
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// prelude makes the documented commands safe to run here: the broker checks
+// its configuration instead of serving, clients talk to the test's broker,
+// and go commands build from this checkout with one benchmark iteration.
+const prelude = `
+set -euo pipefail
+hpfeeds-broker() {
+	case "${1:-}" in
+	user|help|--help|completion) command hpfeeds-broker "$@" ;;
+	*)
+		local ep=()
+		case " $* " in *" -e "*|*" --endpoint"*|*" --bind"*) ;; *) ep=(-e tcp:port=0) ;; esac
+		command hpfeeds-broker "$@" "${ep[@]}" --check-config ;;
+	esac
+}
+hpfeeds() {
+	local port=$HPFEEDS_PORT rc=0
+	case " $* " in *" --tlscert "*|*" --tls "*) port=$HPFEEDS_TLS_PORT ;; esac
+	if [ "$1" = subscribe ]; then
+		# A subscriber runs until interrupted: still running is success.
+		timeout 3 hpfeeds "$@" --host 127.0.0.1 -p "$port" || rc=$?
+		[ $rc = 124 ] || { echo "hpfeeds subscribe exited $rc" >&2; return 1; }
+	else
+		command hpfeeds "$@" --host 127.0.0.1 -p "$port"
+	fi
+}
+go() {
+	case "$1 ${2:-}" in
+	"run ./cmd/hpfeeds-broker") shift 2; hpfeeds-broker "$@" ;;
+	"install "*) local pkg=${2%@*}; (cd "$REPO" && command go build -o /dev/null "./${pkg#github.com/hpfeeds-go/hpfeeds/}") ;;
+	"test "*) (cd "$REPO" && command go "$@" -benchtime=1x -count=1) ;;
+	*) echo "go $1: not a command this test knows" >&2; return 1 ;;
+	esac
+}
+`
+
+func TestDocumentedCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs every documented command; not in -short")
+	}
+	repo, _ := filepath.Abs("..")
+	work := t.TempDir()
+	bin := filepath.Join(work, "bin")
+	for _, c := range []string{"hpfeeds-broker", "hpfeeds"} {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, c), "../cmd/"+c).CombinedOutput(); err != nil {
+			t.Fatalf("building %s: %v\n%s", c, err, out)
+		}
+	}
+	for _, d := range []string{"etc/hpfeeds", "var/lib/hpfeeds", "app/var", "relative"} {
+		os.MkdirAll(filepath.Join(work, d), 0o755)
+	}
+	write(t, filepath.Join(work, "etc/hpfeeds/users.json"), "{}")
+	write(t, filepath.Join(work, "sample.bin"), "\x00\x01binary\xff")
+	certFile, keyFile := selfSigned(t, work)
+	// The default store, as a first run in this directory leaves it.
+	first := exec.Command(filepath.Join(bin, "hpfeeds-broker"), "-e", "tcp:port=0", "--check-config")
+	first.Dir = work
+	if out, err := first.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+
+	pg, my := database(t, "postgresql"), database(t, "mariadb")
+	mongoURI, _ := storetest.MongoURI(t)
+	storetest.RequireService(t, "127.0.0.1:4222", "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server")
+
+	users := brokertest.NewUsers(
+		auth.User{Ident: "logger", Secret: "s3cret", SubChans: []string{"dionaea.capture", "cowrie.sessions"}},
+		auth.User{Ident: "sensor1", Secret: "s3cret", PubChans: []string{"dionaea.capture"}},
+		auth.User{Ident: "bench", Secret: "s3cret", PubChans: []string{"bench"}, SubChans: []string{"bench"}},
+	)
+	tcp := brokertest.Start(t, users)
+	tls := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+
+	subst := []struct {
+		re   *regexp.Regexp
+		with string
+	}{
+		{regexp.MustCompile(`database\+postgresql://[^'"\s]*`), "database+postgresql://postgres@127.0.0.1:5432/" + pg + "?sslmode=disable"},
+		{regexp.MustCompile(`database\+mysql://[^'"\s]*`), "database+mysql://root@127.0.0.1:3306/" + my},
+		{regexp.MustCompile(`mongodb://[^'"\s]*`), mongoURI},
+		{regexp.MustCompile(`nats://[^'"\s]*`), "nats://127.0.0.1:4222"},
+		{regexp.MustCompile(`\bport=\d+`), "port=0"},
+		{regexp.MustCompile(`--exporter[= ](0\.0\.0\.0|127\.0\.0\.1):\d+`), "--exporter=127.0.0.1:0"},
+		{regexp.MustCompile(`interface=10\.0\.0\.1`), "interface=127.0.0.1"},
+		{regexp.MustCompile(`device=lan0`), "device=lo"},
+		{regexp.MustCompile(`/app/bin/`), ""},
+		{regexp.MustCompile(`(/etc/hpfeeds/|/var/lib/hpfeeds/|/app/var/)`), work + "$1"},
+		{regexp.MustCompile(`--count 1000000`), "--count 1000"},
+		{regexp.MustCompile(`--duration 10s`), "--duration 1s"},
+	}
+	sqlShell := map[string][]string{
+		"postgresql": {"psql", "-h", "127.0.0.1", "-U", "postgres", "-d", pg, "-v", "ON_ERROR_STOP=1", "-f", "-"},
+		"mariadb":    {"mariadb", "-h", "127.0.0.1", "-u", "root", my},
+		"sqlite":     {"sqlite3", filepath.Join(work, "ddl.db")},
+	}
+
+	ran := 0
+	for _, b := range blocks(t) {
+		name := fmt.Sprintf("%s:%d", b.file, b.line)
+		if b.skip != "" {
+			t.Logf("%s: not run: %s", name, b.skip)
+			continue
+		}
+		text := b.text
+		for _, s := range subst {
+			text = s.re.ReplaceAllString(text, s.with)
+		}
+		var cmd *exec.Cmd
+		switch {
+		case runLangs[b.lang]:
+			cmd = exec.Command("bash", "-c", prelude+text)
+		case strings.HasPrefix(b.lang, "sql:"):
+			for _, db := range strings.Split(strings.TrimPrefix(b.lang, "sql:"), ",") {
+				db = strings.TrimSpace(db)
+				sh, ok := sqlShell[db]
+				if !ok {
+					t.Fatalf("%s: run on %q: no such database here", name, db)
+				}
+				runBlock(t, name+" on "+db, exec.Command(sh[0], sh[1:]...), work, bin, repo, tcp.Addr, tls.Addr, text)
+				ran++
+			}
+			continue
+		case b.lang == "sql":
+			t.Errorf("%s: a sql block needs <!-- run on: postgresql|mariadb|sqlite --> or <!-- not run: why --> above it", name)
+			continue
+		}
+		runBlock(t, name, cmd, work, bin, repo, tcp.Addr, tls.Addr, "")
+		ran++
+	}
+	if ran < 20 {
+		t.Errorf("ran only %d blocks; the extraction is broken", ran)
+	}
+}
+
+func runBlock(t *testing.T, name string, cmd *exec.Cmd, work, bin, repo, tcpAddr, tlsAddr, stdin string) {
+	t.Helper()
+	_, tcpPort, _ := net.SplitHostPort(tcpAddr)
+	_, tlsPort, _ := net.SplitHostPort(tlsAddr)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "REPO="+repo,
+		"HPFEEDS_PORT="+tcpPort, "HPFEEDS_TLS_PORT="+tlsPort)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			cmd.Process.Kill()
+		case <-done:
+		}
+	}()
+	out, err := cmd.CombinedOutput()
+	close(done)
+	if err != nil {
+		t.Errorf("%s: %v\n%s", name, err, out)
+	} else {
+		t.Logf("%s: ok", name)
+	}
+}
+
+func write(t *testing.T, path, data string) {
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// selfSigned writes broker.crt, broker.key and ca.crt (the same
+// certificate) for 127.0.0.1 into dir.
+func selfSigned(t *testing.T, dir string) (cert, key string) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker.example"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, _ := x509.MarshalPKCS8PrivateKey(k)
+	cert, key = filepath.Join(dir, "test.crt"), filepath.Join(dir, "test.key")
+	c := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	write(t, cert, c)
+	write(t, filepath.Join(dir, "ca.crt"), c)
+	write(t, filepath.Join(dir, "broker.crt"), c)
+	write(t, key, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})))
+	write(t, filepath.Join(dir, "broker.key"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})))
+	return cert, key
+}
+
+// database creates an empty database on the machine's server, dropped when
+// the test ends.
+func database(t *testing.T, server string) string {
+	addr, driver, dsn, how := "127.0.0.1:5432", "pgx", "postgres://postgres@127.0.0.1:5432/test", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+	if server == "mariadb" {
+		addr, driver, dsn, how = "127.0.0.1:3306", "mysql", "root@tcp(127.0.0.1:3306)/test", "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+	}
+	storetest.RequireService(t, addr, how)
+	admin, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := fmt.Sprintf("hpfeeds_docs_%d", time.Now().UnixNano())
+	if _, err := admin.Exec("CREATE DATABASE " + db); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if server == "postgresql" {
+			admin.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + db + "'")
+		}
+		if _, err := admin.Exec("DROP DATABASE " + db); err != nil {
+			t.Errorf("dropping %s: %v", db, err)
+		}
+		admin.Close()
+	})
+	return db
+}
