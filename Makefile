@@ -47,6 +47,7 @@ bench:
 bench-smoke:
 	cd bench && $(GO) vet ./...
 	bench/run.sh --smoke
+	bench/soak.sh -duration 6s -storm-every 1s -storm-size 50 -garbage 10 -outage-every 2s -outage-for 1s
 
 PLATFORMS := linux/amd64 linux/arm64 darwin/arm64 windows/amd64
 

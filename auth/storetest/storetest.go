@@ -7,12 +7,10 @@ package storetest
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/internal/tcpproxy"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -142,70 +141,16 @@ func Editor(t testing.TB, e auth.Editor, addr string) {
 	}
 }
 
-// Proxy forwards TCP to a server until cut, refusing and dropping
-// connections while cut.
-type Proxy struct {
-	l     net.Listener
-	mu    sync.Mutex
-	down  bool
-	conns []net.Conn
-}
-
-// NewProxy forwards a free loopback port to target until the test ends.
-func NewProxy(t testing.TB, target string) *Proxy {
+// NewProxy forwards a free loopback port to target until the test ends;
+// Cut and Restore simulate the server going away and coming back.
+func NewProxy(t testing.TB, target string) *tcpproxy.Proxy {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := tcpproxy.New(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{l: l}
-	t.Cleanup(func() { l.Close(); p.Cut() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if p.down {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
-		}
-	}()
+	t.Cleanup(func() { p.Close() })
 	return p
-}
-
-// Addr is the proxy's host:port.
-func (p *Proxy) Addr() string { return p.l.Addr().String() }
-
-// Cut drops every forwarded connection and refuses new ones.
-func (p *Proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// Restore forwards new connections again.
-func (p *Proxy) Restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
 }
 
 // MongoEnv names the variable holding the base URI of the MongoDB-wire
