@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: test lint build deps bench bench-smoke release cross ferretdb
+.PHONY: test lint build deps bench bench-smoke release cross ferretdb fuzz-smoke
 
 build:
 	$(GO) build ./...
@@ -37,7 +37,21 @@ test: deps lint cross $(FERRETDB)
 	[ -s $$dir/uri ] || { echo "the FerretDB test server did not start:"; cat $$dir/log; exit 1; }; \
 	echo "FerretDB test server: $$(cat $$dir/uri)"; \
 	HPFEEDS_TEST_MONGODB_URI=$$(cat $$dir/uri) $(GO) test -race -count=1 ./...
+	$(MAKE) fuzz-smoke
 	$(MAKE) bench-smoke
+
+# Every fuzz target for FUZZTIME (go test fuzzes one target per run). A
+# crasher fails the run and is written under the package's testdata/fuzz,
+# where it stays as a regression seed once the bug is fixed.
+FUZZTIME ?= 8s
+FUZZ_TARGETS := ./wire:FuzzSplit ./wire:FuzzReader ./broker:FuzzSession ./broker:FuzzParseEndpoint \
+	./auth/jsonfile:FuzzParse ./auth/sqlstore:FuzzDSN
+
+fuzz-smoke:
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) $${t%%:*} >/tmp/fuzz.$$$$.log 2>&1 || { cat /tmp/fuzz.$$$$.log; rm -f /tmp/fuzz.$$$$.log; exit 1; }; \
+	done; rm -f /tmp/fuzz.$$$$.log
 
 # hpfeeds vs nats-server on loopback; see docs/performance.md.
 bench:

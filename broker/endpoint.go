@@ -55,8 +55,10 @@ func ParseEndpoint(s string) (Endpoint, error) {
 			}
 			ep.Port = int(p)
 		case "device":
-			if value == "" || len(value) > 15 {
-				return Endpoint{}, fmt.Errorf("endpoint %q: device name must be 1 to 15 bytes", s)
+			// Linux's rules for interface names. A NUL would end the name
+			// early: "\x00" would bind to no device, that is every device.
+			if value == "" || len(value) > 15 || strings.ContainsAny(value, "\x00/ \t\n") {
+				return Endpoint{}, fmt.Errorf("endpoint %q: device name must be 1 to 15 bytes, without '/', spaces or NUL", s)
 			}
 			ep.Device = value
 		case "cert":

@@ -105,6 +105,9 @@ func Parse(data []byte) (map[string]auth.User, error) {
 	}
 	users := make(map[string]auth.User, len(raw))
 	for ident, entry := range raw {
+		if ident == "" {
+			return nil, fmt.Errorf("a user has an empty ident")
+		}
 		var u auth.User
 		if err := json.Unmarshal(entry, &u); err != nil {
 			return nil, fmt.Errorf("user %q: %w", ident, err)

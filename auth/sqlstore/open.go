@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -69,19 +70,22 @@ func OpenDatabase(spec string) (*Store, error) {
 func DSN(spec string) (driver, dsn string, err error) {
 	rest, ok := strings.CutPrefix(spec, "database+")
 	if !ok {
-		return "", "", fmt.Errorf("%s: not a database+ URL", auth.Redact(spec))
+		return "", "", errors.New("not a database+ URL")
 	}
 	scheme, _, ok := strings.Cut(rest, "://")
 	if !ok {
-		return "", "", fmt.Errorf("%s: want database+SCHEME://…", auth.Redact(spec))
+		// Not a URL, so Redact cannot find a password in it: show only
+		// what comes before the first colon.
+		scheme, _, _ := strings.Cut(rest, ":")
+		return "", "", fmt.Errorf("database+%s…: want database+SCHEME://USER:PASSWORD@HOST/DB", scheme)
 	}
 	// "postgresql+asyncpg" and the like name a Python driver: drop it.
 	scheme, _, _ = strings.Cut(scheme, "+")
 	switch scheme {
 	case "postgresql", "postgres":
-		u, err := url.Parse(rest)
+		u, err := parseURL(rest, spec)
 		if err != nil {
-			return "", "", fmt.Errorf("%s: %w", auth.Redact(spec), err)
+			return "", "", err
 		}
 		u.Scheme = "postgres"
 		return "pgx", u.String(), nil
@@ -92,17 +96,30 @@ func DSN(spec string) (driver, dsn string, err error) {
 		path := strings.TrimPrefix(rest[len(scheme)+len("://"):], "/")
 		path, _, _ = strings.Cut(path, "?")
 		if path == "" {
-			return "", "", fmt.Errorf("%s: no database file (want database+sqlite:///file.db)", spec)
+			return "", "", fmt.Errorf("%s: no database file (want database+sqlite:///file.db)", auth.Redact(spec))
 		}
 		return "sqlite", sqliteDSN(path), nil
 	}
 	return "", "", fmt.Errorf("%s: unsupported database %q (use postgresql, mysql or sqlite)", auth.Redact(spec), scheme)
 }
 
-func mysqlDSN(rest, spec string) (string, string, error) {
+// parseURL parses the URL after "database+". url.Parse quotes the whole URL,
+// password included, in its errors: only the reason is kept.
+func parseURL(rest, spec string) (*url.URL, error) {
 	u, err := url.Parse(rest)
+	if uerr, ok := err.(*url.Error); ok {
+		err = uerr.Err
+	}
 	if err != nil {
-		return "", "", fmt.Errorf("%s: %w", auth.Redact(spec), err)
+		return nil, fmt.Errorf("%s: %w", auth.Redact(spec), err)
+	}
+	return u, nil
+}
+
+func mysqlDSN(rest, spec string) (string, string, error) {
+	u, err := parseURL(rest, spec)
+	if err != nil {
+		return "", "", err
 	}
 	cfg := mysql.NewConfig()
 	cfg.User = u.User.Username()
