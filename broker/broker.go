@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -35,12 +36,14 @@ type Broker struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	perIP     map[netip.Addr]int // open connections per source, with MaxConnectionsPerIP
 	closing   bool
 	wg        sync.WaitGroup // one per live connection and accept loop
 
-	stats   stats
-	settle  settler
-	retired retired // guarded by mu
+	stats    stats
+	refusals refusals
+	settle   settler
+	retired  retired // guarded by mu
 }
 
 // New checks cfg and returns a broker ready to Serve.
@@ -56,6 +59,7 @@ func New(cfg Config) (*Broker, error) {
 		topics:    map[string]*topic{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
+		perIP:     map[netip.Addr]int{},
 	}
 	b.preAuth, b.postAuth = cfg.limits()
 	b.stats.init()
@@ -103,9 +107,16 @@ func (b *Broker) Serve(l net.Listener, mode Mode) error {
 		delay = 0
 		b.settle.accepted()
 		c := newConn(b, nc, mode)
-		if !b.track(c) {
+		switch reason, ok := b.track(c); {
+		case !ok && reason == "":
 			nc.Close()
 			return ErrClosed
+		case !ok:
+			// Closed before INFO, so the client sees the connection end
+			// and retries with its backoff; the accept loop never waits.
+			b.refuse(reason, nc.RemoteAddr())
+			nc.Close()
+			continue
 		}
 		go c.serve()
 	}
@@ -122,21 +133,38 @@ func isTemporary(err error) bool {
 	return errors.As(err, &t) && t.Temporary()
 }
 
-func (b *Broker) track(c *conn) bool {
+// track admits a new connection. It fails with an empty reason once the
+// broker is shutting down, or with the connection limit that was hit.
+func (b *Broker) track(c *conn) (reason string, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closing {
-		return false
+	switch {
+	case b.closing:
+		return "", false
+	case b.cfg.MaxConnections > 0 && len(b.conns) >= b.cfg.MaxConnections:
+		return RefusedMaxConnections, false
+	case b.cfg.MaxConnectionsPerIP > 0 && c.ip.IsValid() && b.perIP[c.ip] >= b.cfg.MaxConnectionsPerIP:
+		return RefusedMaxConnectionsPerIP, false
 	}
 	b.conns[c] = struct{}{}
+	if b.cfg.MaxConnectionsPerIP > 0 && c.ip.IsValid() {
+		b.perIP[c.ip]++
+	}
 	b.wg.Add(1)
-	return true
+	return "", true
 }
 
 func (b *Broker) untrack(c *conn) {
 	b.mu.Lock()
 	b.retire(c)
 	delete(b.conns, c)
+	if n, ok := b.perIP[c.ip]; ok {
+		if n <= 1 {
+			delete(b.perIP, c.ip)
+		} else {
+			b.perIP[c.ip] = n - 1
+		}
+	}
 	b.mu.Unlock()
 	b.wg.Done()
 }

@@ -50,6 +50,13 @@ type Config struct {
 	SendQueueLow         int
 	SendQueueHard        int
 	BackpressureDeadline time.Duration
+	// MaxConnections bounds the connections open at once, authenticated or
+	// not, and MaxConnectionsPerIP those from one source address; zero
+	// means no bound. A connection past a bound is closed as soon as it is
+	// accepted, before INFO.
+	MaxConnections      int
+	MaxConnectionsPerIP int
+
 	// Bridge, if set, shares channels with other brokers.
 	Bridge Bridge
 
@@ -97,6 +104,9 @@ func (c *Config) setDefaults() error {
 	}
 	if wire.HeaderLen+c.MaxPublishSize > wire.MaxFrameLen || wire.HeaderLen+c.MaxSubscribeSize > wire.MaxFrameLen {
 		return fmt.Errorf("frame limits must stay under 2 GiB: clients read the length as signed")
+	}
+	if c.MaxConnections < 0 || c.MaxConnectionsPerIP < 0 {
+		return fmt.Errorf("connection limits must be 0 (no limit) or more")
 	}
 	if !(c.SendQueueLow < c.SendQueueSoft && c.SendQueueSoft <= c.SendQueueHard) {
 		return fmt.Errorf("send queue marks must satisfy low < soft <= hard (got %d, %d, %d)",

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -94,6 +95,7 @@ func allowed(list []string, channel []byte) bool {
 type conn struct {
 	b     *Broker
 	nc    net.Conn
+	ip    netip.Addr // the peer's address; invalid for non-TCP listeners
 	mode  Mode
 	nonce [wire.NonceLen]byte
 
@@ -132,6 +134,9 @@ type connStats struct {
 
 func newConn(b *Broker, nc net.Conn, mode Mode) *conn {
 	c := &conn{b: b, nc: nc, mode: mode}
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		c.ip = a.AddrPort().Addr().Unmap()
+	}
 	c.q.init(c)
 	return c
 }

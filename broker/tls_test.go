@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,4 +191,68 @@ func TestTLSRefusesMissingCertificate(t *testing.T) {
 	if err == nil {
 		t.Fatal("tls endpoint without certificate files accepted")
 	}
+}
+
+// Certificates renewed five times while clients keep connecting and a
+// subscriber keeps receiving: no handshake fails (each sees the old or the
+// new certificate, never a mismatched pair) and no message is lost.
+func TestTLSRotationUnderLoad(t *testing.T) {
+	ca := newCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
+	c1, k1 := ca.issue(t, 1)
+	writeAtomic(t, certFile, c1)
+	writeAtomic(t, keyFile, k1)
+	srv := brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+
+	s, _ := dialTLS(t, srv.Addr, ca)
+	s.send(sub(t, "both", "chan"))
+	s.sync("both")
+	p, _ := dialTLS(t, srv.Addr, ca)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var handshakes, failures atomic.Int64
+	var lastSerial atomic.Int64
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tc, err := tls.Dial("tcp", srv.Addr, &tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1"})
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("handshake during rotation: %v", err)
+					continue
+				}
+				handshakes.Add(1)
+				lastSerial.Store(tc.ConnectionState().PeerCertificates[0].SerialNumber.Int64())
+				tc.Close()
+			}
+		}()
+	}
+	const perRound = 200
+	for round := int64(2); round <= 6; round++ {
+		c, k := ca.issue(t, round)
+		writeAtomic(t, keyFile, k)
+		for i := 0; i < perRound/2; i++ {
+			p.send(pub(t, "both", "chan", "m"))
+		}
+		writeAtomic(t, certFile, c)
+		for i := 0; i < perRound/2; i++ {
+			p.send(pub(t, "both", "chan", "m"))
+		}
+		for i := 0; i < perRound; i++ {
+			s.expectMessage("both", "chan", "m")
+		}
+		waitFor(t, "the new certificate", func() bool { return lastSerial.Load() == round })
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d handshakes across 5 renewals, %d failed", handshakes.Load(), failures.Load())
 }

@@ -65,6 +65,9 @@ var (
 	descBackpressureCloses = prometheus.NewDesc("hpfeeds_broker_backpressure_closes_total",
 		"Number of subscribers closed for being too slow: past the soft mark for longer than the deadline (reason=deadline) or at the hard bound (reason=hard-bound)",
 		[]string{"ident", "reason"}, nil)
+	descConnectionsRefused = prometheus.NewDesc("hpfeeds_broker_connections_refused_total",
+		"Number of connections closed at accept because --max-connections (reason=max-connections) or --max-connections-per-ip (reason=max-connections-per-ip) was reached",
+		[]string{"reason"}, nil)
 )
 
 var publishBuckets = func() []float64 {
@@ -99,7 +102,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descConnectionLost, descSendBufferSize, descReceiveBufferSize, descReceiveBufferFill,
 		descSendBufferFill, descSendBufferDrain, descDeadlineStart, descDeadlineRecover,
 		descSubscriptions, descPublishCount, descPublishSize, descAuthenticated,
-		descDelivered, descFramesWritten, descWrites, descBackpressureCloses,
+		descDelivered, descFramesWritten, descWrites, descBackpressureCloses, descConnectionsRefused,
 	} {
 		ch <- d
 	}
@@ -117,6 +120,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 	gauge(descClientConnections, float64(s.Connections))
 	counter(descConnectionMade, s.Made)
+	for reason, n := range c.b.Refused() {
+		counter(descConnectionsRefused, n, reason)
+	}
 	for id, n := range s.Ready {
 		counter(descConnectionReady, n, id)
 	}

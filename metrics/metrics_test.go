@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -214,12 +215,19 @@ func TestBackpressureSeries(t *testing.T) {
 		p.send(p.auth("pub", "pubsecret"))
 		frame := pub(t, "pub", "chan", payload)
 		// Socket buffers on loopback hold a few MB; 1000 frames are 60 MB.
-		for n := 0; n < 1000; n += 8 {
+		n := 0
+		for ; n < 1000; n += 8 {
 			if cond(e.scrape(t)) {
 				return s, n
 			}
 			for range 8 {
 				p.send(frame)
+			}
+		}
+		// A fast machine publishes it all before a deadline can expire.
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if cond(e.scrape(t)) {
+				return s, n
 			}
 		}
 		t.Fatal("publishing 60 MB never got the subscriber into backpressure")
@@ -408,4 +416,20 @@ func TestReferenceNamesTypesHelp(t *testing.T) {
 			t.Errorf("%s: %s %q, want %s %q", want.name, f.GetType(), f.GetHelp(), want.typ, want.help)
 		}
 	}
+}
+
+// Connections refused for a limit are counted by reason.
+func TestConnectionsRefusedSeries(t *testing.T) {
+	e := startExported(t, testUsers(), func(c *broker.Config) { c.MaxConnections = 1 })
+	s := dial(t, e.Addr)
+	s.send(s.auth("sub", "subsecret"))
+	for i := 0; i < 3; i++ {
+		nc, err := net.Dial("tcp", e.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(nc)
+		nc.Close()
+	}
+	e.waitValue(t, 3, "hpfeeds_broker_connections_refused_total", "reason", broker.RefusedMaxConnections)
 }

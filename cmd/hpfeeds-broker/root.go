@@ -88,6 +88,8 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.IntVar(&o.cfg.SendQueueSoft, "send-queue-soft", broker.DefaultSendQueueSoft, "`BYTES` queued to a subscriber that start the backpressure deadline")
 	f.IntVar(&o.cfg.SendQueueLow, "send-queue-low", broker.DefaultSendQueueLow, "`BYTES` a subscriber's queue must drain to for the deadline to be cancelled")
 	f.IntVar(&o.cfg.SendQueueHard, "send-queue-hard", broker.DefaultSendQueueHard, "`BYTES` queued to a subscriber that close it at once")
+	f.IntVar(&o.cfg.MaxConnections, "max-connections", 0, "close new connections past this many open ones (0: no limit)")
+	f.IntVar(&o.cfg.MaxConnectionsPerIP, "max-connections-per-ip", 0, "close new connections past this many open ones from one address (0: no limit)")
 	f.DurationVar(&o.cfg.BackpressureDeadline, "backpressure-deadline", broker.DefaultBackpressureDeadline, "how long a subscriber may stay past the soft mark (`DURATION`)")
 	cmd.AddCommand(newUserCmd())
 	return cmd
