@@ -70,7 +70,7 @@ func main() {
 
 const channel = "soak"
 
-func run(o options) error {
+func run(o options) (err error) {
 	var rl syscall.Rlimit
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
 	rl.Cur = rl.Max
@@ -97,10 +97,22 @@ func run(o options) error {
 	_, port, _ := net.SplitHostPort(addr)
 	broker := exec.Command(o.broker, "-e", "tcp:interface=127.0.0.1:port="+port, "--lookup-timeout=2s",
 		"--auth=database+postgresql://postgres@"+proxy.Addr()+"/"+db+"?sslmode=disable")
-	broker.Stderr = os.Stderr
+	// Thousands of refused storm logins are logged: keep them out of the report.
+	logFile, err := os.CreateTemp("", "hpfeeds-soak-broker-*.log")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		logFile.Close()
+		if err == nil {
+			os.Remove(logFile.Name()) // kept only when something went wrong
+		}
+	}()
+	broker.Stderr = logFile
 	if err := broker.Start(); err != nil {
 		return err
 	}
+	fmt.Printf("broker log: %s\n", logFile.Name())
 	defer func() { broker.Process.Signal(syscall.SIGTERM); broker.Wait() }()
 	if err := waitListening(addr); err != nil {
 		return err
@@ -329,14 +341,7 @@ type stormStats struct{ ok, refused, failed, garbage atomic.Int64 }
 // storms opens stormSize connections that log in, subscribe and leave, and
 // garbage connections that send random bytes, every stormEvery.
 func storms(addr string, o options, stop <-chan struct{}, st *stormStats) {
-	t := time.NewTicker(o.stormEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(o.stormEvery, stop, func() {
 		var wg sync.WaitGroup
 		for i := 0; i < o.stormSize; i++ {
 			wg.Add(1)
@@ -356,6 +361,20 @@ func storms(addr string, o options, stop <-chan struct{}, st *stormStats) {
 			}()
 		}
 		wg.Wait()
+	})
+}
+
+// every calls f every d until stop is closed.
+func every(d time.Duration, stop <-chan struct{}, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			f()
+		}
 	}
 }
 
@@ -400,14 +419,7 @@ func isTimeout(err error) bool {
 }
 
 func cutDatabase(p *tcpproxy.Proxy, o options, stop <-chan struct{}, n *atomic.Int64) {
-	t := time.NewTicker(o.outageEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(o.outageEvery, stop, func() {
 		p.Cut()
 		n.Add(1)
 		select {
@@ -415,5 +427,5 @@ func cutDatabase(p *tcpproxy.Proxy, o options, stop <-chan struct{}, n *atomic.I
 		case <-time.After(o.outageFor):
 		}
 		p.Restore()
-	}
+	})
 }
