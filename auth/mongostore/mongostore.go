@@ -143,17 +143,42 @@ type redacted struct {
 func (r redacted) Error() string { return r.msg }
 func (r redacted) Unwrap() error { return r.err }
 
-func (s *Store) collection() (*mongo.Collection, error) {
+// collection returns the collection, resolving the URI first if start-up
+// could not. Resolving a mongodb+srv:// URI is a DNS lookup the driver does
+// not bound, so it runs aside and ctx bounds the wait: a login never waits
+// past its lookup timeout.
+func (s *Store) collection(ctx context.Context) (*mongo.Collection, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.c == nil {
-		c, err := s.connect()
-		if err != nil {
-			return nil, err
-		}
-		s.c = c
+	c := s.c
+	s.mu.Unlock()
+	if c != nil {
+		return c, nil
 	}
-	return s.c, nil
+	type result struct {
+		c   *mongo.Collection
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := s.connect()
+		if err == nil {
+			s.mu.Lock()
+			if s.c == nil {
+				s.c = c
+			} else { // another login resolved it first
+				c.Database().Client().Disconnect(context.Background())
+				c = s.c
+			}
+			s.mu.Unlock()
+		}
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("resolving the MongoDB URI: %w", ctx.Err())
+	}
 }
 
 // doc is one user as the Python broker and its tools write it. The channel
@@ -208,7 +233,7 @@ func channels(v bson.RawValue) ([]string, error) {
 
 // Lookup implements auth.Store.
 func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, error) {
-	c, err := s.collection()
+	c, err := s.collection(ctx)
 	if err != nil {
 		return auth.User{}, false, err
 	}
@@ -235,7 +260,7 @@ func (s *Store) String() string { return auth.Redact(s.spec) }
 
 // Ping checks the server answers.
 func (s *Store) Ping(ctx context.Context) error {
-	c, err := s.collection()
+	c, err := s.collection(ctx)
 	if err != nil {
 		return err
 	}
@@ -258,7 +283,7 @@ func (s *Store) Close() error {
 // PutUser implements auth.Editor: it replaces the document of the ident,
 // or inserts one.
 func (s *Store) PutUser(ctx context.Context, u auth.User) error {
-	c, err := s.collection()
+	c, err := s.collection(ctx)
 	if err != nil {
 		return err
 	}
@@ -286,7 +311,7 @@ func nonNil(l []string) []string {
 
 // DeleteUser implements auth.Editor.
 func (s *Store) DeleteUser(ctx context.Context, ident string) (bool, error) {
-	c, err := s.collection()
+	c, err := s.collection(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -299,7 +324,7 @@ func (s *Store) DeleteUser(ctx context.Context, ident string) (bool, error) {
 
 // ListUsers implements auth.Editor.
 func (s *Store) ListUsers(ctx context.Context) ([]auth.User, error) {
-	c, err := s.collection()
+	c, err := s.collection(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -199,3 +199,23 @@ func TestMongoOpen(t *testing.T) {
 		t.Errorf("passwords: %q", got)
 	}
 }
+
+// A mongodb+srv:// URI whose SRV record cannot be resolved at start-up is
+// not fatal: each lookup retries it, within the caller's deadline.
+func TestMongoSRVUnresolved(t *testing.T) {
+	st, err := Open("mongodb+srv://hp:s3cret@cluster0.hpfeeds-test.invalid/hpfeeds", "", nil)
+	if err != nil {
+		t.Fatalf("unresolvable SRV at open: %v", err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	_, _, err = st.Lookup(ctx, "sensor")
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("lookup: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("lookup took %v despite its 1 s deadline", d)
+	}
+}
