@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"database/sql"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -20,9 +19,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	_ "github.com/go-sql-driver/mysql"
-	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
@@ -134,7 +130,7 @@ func TestDocumentedCommands(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 
-	pg, my := database(t, "postgresql"), database(t, "mariadb")
+	pg, my := storetest.PostgreSQL.NewDatabase(t), storetest.MariaDB.NewDatabase(t)
 	mongoURI, _ := storetest.MongoURI(t)
 	storetest.RequireService(t, "127.0.0.1:4222", "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server")
 
@@ -265,32 +261,4 @@ func selfSigned(t *testing.T, dir string) (cert, key string) {
 	write(t, key, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})))
 	write(t, filepath.Join(dir, "broker.key"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})))
 	return cert, key
-}
-
-// database creates an empty database on the machine's server, dropped when
-// the test ends.
-func database(t *testing.T, server string) string {
-	addr, driver, dsn, how := "127.0.0.1:5432", "pgx", "postgres://postgres@127.0.0.1:5432/test", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-	if server == "mariadb" {
-		addr, driver, dsn, how = "127.0.0.1:3306", "mysql", "root@tcp(127.0.0.1:3306)/test", "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
-	}
-	storetest.RequireService(t, addr, how)
-	admin, err := sql.Open(driver, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := fmt.Sprintf("hpfeeds_docs_%d", time.Now().UnixNano())
-	if _, err := admin.Exec("CREATE DATABASE " + db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if server == "postgresql" {
-			admin.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + db + "'")
-		}
-		if _, err := admin.Exec("DROP DATABASE " + db); err != nil {
-			t.Errorf("dropping %s: %v", db, err)
-		}
-		admin.Close()
-	})
-	return db
 }

@@ -6,6 +6,7 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/internal/tcpproxy"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
@@ -139,6 +142,139 @@ func Editor(t testing.TB, e auth.Editor, addr string) {
 	if found, _ := e.DeleteUser(ctx, "edited"); found {
 		t.Error("deleted twice")
 	}
+}
+
+// lookupTimeout is the broker's lookup bound in Outage: short, so that a
+// login refused within it is told apart from one that waited on the store.
+const lookupTimeout = 500 * time.Millisecond
+
+// Outage runs a broker on st, which reaches its server through proxy and
+// knows ident/secret with channel in its publish and subscribe lists. For a
+// server that goes away loudly (Cut) and one that goes silent (Stall), it
+// checks that a new login is refused with the spec's text within the lookup
+// timeout and counted as error-checking-ident, that a client logged in
+// before keeps being served, and that logins work again, with no restart,
+// once the server is back.
+func Outage(t *testing.T, st auth.Store, proxy *tcpproxy.Proxy, ident, secret, channel string) {
+	t.Helper()
+	srv := brokertest.Start(t, st, func(c *broker.Config) { c.LookupTimeout = lookupTimeout })
+	ExpectLogin(t, srv.Addr, ident, secret, channel)
+	before := dialLoggedIn(t, srv.Addr, ident, secret, channel)
+	for _, fault := range []struct {
+		name  string
+		apply func()
+	}{{"cut", proxy.Cut}, {"stall", proxy.Stall}} {
+		fault.apply()
+		refusedBefore := srv.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent)
+		start := time.Now()
+		ExpectRefused(t, srv.Addr, ident, secret)
+		if d := time.Since(start); d > lookupTimeout+2*time.Second {
+			t.Errorf("%s: the login was refused after %v; the lookup timeout is %v", fault.name, d, lookupTimeout)
+		}
+		if n := srv.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent); n != refusedBefore+1 {
+			t.Errorf("%s: error-checking-ident went from %d to %d, want one more", fault.name, refusedBefore, n)
+		}
+		before.roundTrip(t, fault.name)
+		proxy.Restore()
+		Eventually(t, fault.name+": logins recovering once the server is back", func() error {
+			return TryLogin(srv.Addr, ident, secret, channel)
+		})
+		before.roundTrip(t, fault.name+", restored")
+	}
+}
+
+// loggedIn is a raw client subscribed to its own channel.
+type loggedIn struct {
+	nc             net.Conn
+	rd             *wire.Reader
+	ident, channel string
+	sent           int
+}
+
+func dialLoggedIn(t *testing.T, addr, ident, secret, channel string) *loggedIn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &loggedIn{nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(1<<20)), ident: ident, channel: channel}
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	info, err := c.rd.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
+	a, _ = wire.AppendSubscribe(a, []byte(ident), []byte(channel))
+	if _, err := nc.Write(a); err != nil {
+		t.Fatal(err)
+	}
+	c.roundTrip(t, "before the outage")
+	return c
+}
+
+// roundTrip publishes a numbered message and reads it back.
+func (c *loggedIn) roundTrip(t *testing.T, when string) {
+	t.Helper()
+	c.sent++
+	want := fmt.Sprintf("message %d", c.sent)
+	p, _ := wire.AppendPublish(nil, []byte(c.ident), []byte(c.channel), []byte(want))
+	c.nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.nc.Write(p); err != nil {
+		t.Fatalf("%s: a client logged in before could not publish: %v", when, err)
+	}
+	f, err := c.rd.Next()
+	for err == nil && f.Op == wire.OpPublish && string(f.Payload) == probe {
+		f, err = c.rd.Next() // a recovery probe's message on the same channel
+	}
+	if err != nil || f.Op != wire.OpPublish || string(f.Payload) != want {
+		t.Fatalf("%s: a client logged in before got %v %q (%v), want its %q", when, f.Op, f.Payload, err, want)
+	}
+}
+
+// Eventually calls f until it returns nil, failing the test if it has not
+// within 30 s.
+func Eventually(t testing.TB, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for err := f(); err != nil; err = f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+const probe = "recovery probe"
+
+// TryLogin logs ident in, subscribes to channel and publishes on it, and
+// reports why it did not get its own message back (nil when it did).
+func TryLogin(addr, ident, secret, channel string) error {
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	rd := wire.NewReader(nc, wire.UniformLimits(1<<20))
+	info, err := rd.Next()
+	if err != nil {
+		return err
+	}
+	a, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
+	a, _ = wire.AppendSubscribe(a, []byte(ident), []byte(channel))
+	a, _ = wire.AppendPublish(a, []byte(ident), []byte(channel), []byte(probe))
+	if _, err := nc.Write(a); err != nil {
+		return err
+	}
+	f, err := rd.Next()
+	switch {
+	case err != nil:
+		return err
+	case f.Op == wire.OpError:
+		return errors.New(string(f.Payload))
+	}
+	return nil
 }
 
 // NewProxy forwards a free loopback port to target until the test ends;

@@ -1,19 +1,21 @@
-// Package tcpproxy forwards TCP connections to a server and can cut them,
-// to simulate a credential database going away in tests and the soak run.
+// Package tcpproxy forwards TCP connections to a server and can cut or
+// stall them, to simulate a credential database going away in tests and the
+// soak run.
 package tcpproxy
 
 import (
-	"io"
 	"net"
 	"sync"
 )
 
-// Proxy forwards connections to a target until cut, refusing and dropping
-// connections while cut.
+// Proxy forwards connections to a target. Cut makes the server go away
+// loudly (connections dropped, new ones refused); Stall makes it go silent,
+// as behind a firewall that drops packets.
 type Proxy struct {
 	l     net.Listener
 	mu    sync.Mutex
 	down  bool
+	stall chan struct{} // non-nil while stalled; closed when the stall ends
 	conns []net.Conn
 }
 
@@ -31,24 +33,49 @@ func New(target string) (*Proxy, error) {
 				return
 			}
 			p.mu.Lock()
-			if p.down {
-				p.mu.Unlock()
+			switch {
+			case p.down:
 				c.Close()
-				continue
+			case p.stall != nil:
+				// Accepted but never answered, until Restore drops it.
+				p.conns = append(p.conns, c)
+			default:
+				s, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Close()
+					break
+				}
+				p.conns = append(p.conns, c, s)
+				go p.pipe(s, c)
+				go p.pipe(c, s)
 			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.conns = append(p.conns, c, s)
 			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
 		}
 	}()
 	return p, nil
+}
+
+// pipe copies src to dst, holding bytes back while the proxy is stalled.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			stall := p.stall
+			p.mu.Unlock()
+			if stall != nil {
+				<-stall
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // Addr is the proxy's host:port.
@@ -59,22 +86,43 @@ func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.down = true
+	p.dropLocked()
+}
+
+// Stall stops forwarding without closing anything: bytes sent either way
+// are held, and new connections are accepted but never answered.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stall == nil {
+		p.stall = make(chan struct{})
+	}
+}
+
+// Restore forwards new connections again. Connections that lived through a
+// stall are dropped, as their peers would have given up on them.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
+	if p.stall != nil {
+		p.dropLocked()
+		close(p.stall)
+		p.stall = nil
+	}
+}
+
+func (p *Proxy) dropLocked() {
 	for _, c := range p.conns {
 		c.Close()
 	}
 	p.conns = nil
 }
 
-// Restore forwards new connections again.
-func (p *Proxy) Restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
-}
-
 // Close stops listening and drops every connection.
 func (p *Proxy) Close() error {
 	err := p.l.Close()
 	p.Cut()
+	p.Restore()
 	return err
 }
