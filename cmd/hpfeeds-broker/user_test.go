@@ -2,13 +2,17 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
 // user runs `hpfeeds-broker user …` in-process.
@@ -27,12 +31,18 @@ func TestUserCommands(t *testing.T) {
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "users.json")
 	os.WriteFile(jsonPath, []byte("{}"), 0o600)
-	for _, spec := range []string{filepath.Join(dir, "users.db"), "database+sqlite:///" + filepath.Join(dir, "db.sqlite"), jsonPath, "mongodb"} {
+	for _, spec := range []string{filepath.Join(dir, "users.db"), "database+sqlite:///" + filepath.Join(dir, "db.sqlite"), jsonPath,
+		"mongodb", storetest.PostgreSQL.Name, storetest.MariaDB.Name} {
 		t.Run(filepath.Base(spec), func(t *testing.T) {
-			if spec == "mongodb" {
+			switch spec {
+			case "mongodb":
 				spec, _ = storetest.MongoURI(t)
+			case storetest.PostgreSQL.Name:
+				spec, _ = storetest.PostgreSQL.NewUserTable(t)
+			case storetest.MariaDB.Name:
+				spec, _ = storetest.MariaDB.NewUserTable(t)
 			}
-			if strings.HasPrefix(spec, "database+") {
+			if strings.HasPrefix(spec, "database+sqlite") {
 				// database+ stores do not create their table.
 				if out, err := user(t, "add", "--auth="+spec, "--ident=x"); err == nil {
 					t.Fatalf("add without a table succeeded: %s", out)
@@ -44,7 +54,16 @@ func TestUserCommands(t *testing.T) {
 					t.Fatalf("%v: %s", err, out)
 				}
 			}
-			out, err := user(t, "add", "--auth="+spec, "--ident=sensor1", "--pubchans=a, b", "--subchans=c")
+			// A broker running on the same store sees each change at the
+			// next login.
+			st, err := auth.Open(context.Background(), spec, auth.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			srv := brokertest.Start(t, st)
+
+			out, err := user(t, "add", "--auth="+spec, "--ident=sensor1", "--pubchans=a, b", "--subchans=a")
 			if err != nil {
 				t.Fatal(err, out)
 			}
@@ -57,6 +76,7 @@ func TestUserCommands(t *testing.T) {
 			if len(secret) < 20 {
 				t.Fatalf("no generated secret in %q", out)
 			}
+			storetest.Eventually(t, "the added user logging in", func() error { return storetest.TryLogin(srv.Addr, "sensor1", secret, "a") })
 			out, err = user(t, "add", "--auth="+spec, "--ident=sensor2", "--secret=given", "--owner=alice")
 			if err != nil || strings.Contains(out, "given") {
 				t.Fatalf("add with a secret printed it or failed: %v %q", err, out)
@@ -80,6 +100,12 @@ func TestUserCommands(t *testing.T) {
 			if _, err := user(t, "remove", "--auth="+spec, "--ident=sensor1"); err != nil {
 				t.Fatal(err)
 			}
+			storetest.Eventually(t, "the removed user refused", func() error {
+				if err := storetest.TryLogin(srv.Addr, "sensor1", secret, "a"); err == nil || err.Error() != "Authentication failed for sensor1" {
+					return fmt.Errorf("login: %v", err)
+				}
+				return nil
+			})
 			if _, err := user(t, "show", "--auth="+spec, "--ident=sensor1"); err == nil {
 				t.Fatal("removed user still shown")
 			}
