@@ -21,7 +21,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 )
@@ -32,7 +35,13 @@ func init() {
 		Match: func(spec string) bool {
 			return strings.HasPrefix(spec, "database+")
 		},
-		Open: func(_ context.Context, spec string, _ auth.Options) (auth.Store, error) {
+		Open: func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
+			if strings.HasPrefix(spec, "database+mysql") {
+				// The MySQL driver prints its own lines about dropped
+				// connections; the broker's one line per failed lookup says
+				// it already, so the driver's go to debug.
+				mysql.SetLogger(driverLog{opts.Logger})
+			}
 			return OpenDatabase(spec)
 		},
 	})
@@ -49,6 +58,11 @@ func init() {
 		},
 	})
 }
+
+// driverLog hands the MySQL driver's messages to the broker's logger.
+type driverLog struct{ log *slog.Logger }
+
+func (l driverLog) Print(v ...any) { l.log.Debug("mysql driver: " + fmt.Sprint(v...)) }
 
 // dialect is what differs between the databases behind one table layout.
 type dialect struct {
@@ -86,7 +100,7 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 		return auth.User{}, false, nil
 	}
 	if err != nil {
-		return auth.User{}, false, err
+		return auth.User{}, false, fmt.Errorf("reading table %s: %w", s.d.table, err)
 	}
 	u := auth.User{Ident: ident, Owner: owner.String, Secret: secret.String}
 	if u.Owner == "" {
