@@ -81,7 +81,17 @@ type Store struct {
 	sel  string
 }
 
+// poolSize bounds the connections a store holds open. Logins beyond it wait
+// for a free connection (within their lookup timeout) instead of opening
+// more: a reconnect storm of hundreds of sensors would otherwise exceed the
+// database's max_connections (PostgreSQL's default is 100) and half its
+// logins would fail. One lookup takes well under a millisecond, so ten
+// connections serve thousands of logins a second.
+const poolSize = 10
+
 func newStore(db *sql.DB, name string, d dialect) *Store {
+	db.SetMaxOpenConns(poolSize)
+	db.SetMaxIdleConns(poolSize)
 	owner := d.ownerCol
 	if owner == "" {
 		owner = d.identCol

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
@@ -125,6 +126,48 @@ func TestDatabaseOutage(t *testing.T) {
 			}
 			defer st.Close()
 			storetest.Outage(t, st, proxy, "sensor", "s3cret", "events")
+		})
+	}
+}
+
+// A reconnect storm larger than the database's max_connections (100 on
+// PostgreSQL, 151 on MariaDB by default) logs everyone in: logins queue for
+// the store's pooled connections rather than open one each.
+func TestLoginStorm(t *testing.T) {
+	for _, srv := range storetest.SQLServers {
+		t.Run(srv.Name, func(t *testing.T) {
+			spec, db := srv.NewUserTable(t)
+			srv.Exec(t, db, `INSERT INTO auth_keys (identifier, secret, publish, subscribe) VALUES ('sensor', 's3cret', '["events"]', '["events"]')`)
+			st, err := auth.Open(context.Background(), spec, auth.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			b := brokertest.Start(t, st)
+			const storm = 400
+			errs := make(chan error, storm)
+			var wg sync.WaitGroup
+			for range storm {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs <- storetest.TryLogin(b.Addr, "sensor", "s3cret", "events")
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			failed := 0
+			for err := range errs {
+				if err != nil {
+					if failed == 0 {
+						t.Errorf("first failure: %v", err)
+					}
+					failed++
+				}
+			}
+			if failed > 0 {
+				t.Errorf("%d of %d concurrent logins failed", failed, storm)
+			}
 		})
 	}
 }
