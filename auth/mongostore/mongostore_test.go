@@ -148,6 +148,15 @@ func TestMongoOutage(t *testing.T) {
 	storetest.Outage(t, open(t, "mongodb://"+proxy.Addr()+"/"+db, ""), proxy, "sensor", "x", "events")
 }
 
+// A reconnect storm logs everyone in: logins queue for the driver's pool.
+func TestMongoLoginStorm(t *testing.T) {
+	uri, db := storetest.MongoURI(t)
+	insert(t, writer(t, uri, db).Collection(DefaultCollection),
+		bson.M{"identifier": "sensor", "secret": "x", "publish": bson.A{"events"}, "subscribe": bson.A{"events"}})
+	srv := brokertest.Start(t, open(t, uri, ""))
+	storetest.LoginStorm(t, srv.Addr, "sensor", "x", "events", 400)
+}
+
 // A store that cannot be reached at start-up is not an open error (the
 // database may start after the broker), and no error shows the password.
 func TestMongoOpen(t *testing.T) {

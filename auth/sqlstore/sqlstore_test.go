@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
@@ -144,30 +143,7 @@ func TestLoginStorm(t *testing.T) {
 			}
 			defer st.Close()
 			b := brokertest.Start(t, st)
-			const storm = 400
-			errs := make(chan error, storm)
-			var wg sync.WaitGroup
-			for range storm {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs <- storetest.TryLogin(b.Addr, "sensor", "s3cret", "events")
-				}()
-			}
-			wg.Wait()
-			close(errs)
-			failed := 0
-			for err := range errs {
-				if err != nil {
-					if failed == 0 {
-						t.Errorf("first failure: %v", err)
-					}
-					failed++
-				}
-			}
-			if failed > 0 {
-				t.Errorf("%d of %d concurrent logins failed", failed, storm)
-			}
+			storetest.LoginStorm(t, b.Addr, "sensor", "s3cret", "events", 400)
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,6 +230,35 @@ func (c *loggedIn) roundTrip(t *testing.T, when string) {
 	}
 	if err != nil || f.Op != wire.OpPublish || string(f.Payload) != want {
 		t.Fatalf("%s: a client logged in before got %v %q (%v), want its %q", when, f.Op, f.Payload, err, want)
+	}
+}
+
+// LoginStorm logs ident in n times at once and fails the test unless every
+// login gets its own message back.
+func LoginStorm(t testing.TB, addr, ident, secret, channel string, n int) {
+	t.Helper()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- TryLogin(addr, ident, secret, channel)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			if failed == 0 {
+				t.Errorf("first failed login: %v", err)
+			}
+			failed++
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d concurrent logins failed", failed, n)
 	}
 }
 
