@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,40 +18,79 @@ import (
 
 var servingMetrics = regexp.MustCompile(`msg="serving metrics" addr=(\S+)`)
 
-// startBroker runs the binary until the test ends and returns the process
-// and the endpoint and exporter addresses it logged (exporter empty if
-// none is expected).
-func startBroker(t *testing.T, wantExporter bool, args ...string) (*exec.Cmd, string, string) {
+// brokerProcess is the binary running until the test ends.
+type brokerProcess struct {
+	cmd            *exec.Cmd
+	addr, exporter string // the endpoint and exporter addresses it logged
+	log            bytes.Buffer
+	logDone        chan struct{}
+	stopOnce       sync.Once
+}
+
+// startBroker runs the binary until the test ends, waiting until it has
+// logged its endpoint address and, if wantExporter, its exporter address.
+func startBroker(t *testing.T, wantExporter bool, args ...string) *brokerProcess {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "HPFEEDS_TEST_SECRET=s", "HPFEEDS_TEST_SUBCHANS=c")
-	cmd.Dir = t.TempDir()
-	stderr, err := cmd.StderrPipe()
+	p := &brokerProcess{cmd: exec.Command(binary, args...), logDone: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), "HPFEEDS_TEST_SECRET=s", "HPFEEDS_TEST_SUBCHANS=c")
+	p.cmd.Dir = t.TempDir()
+	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
+	t.Cleanup(p.stop)
+	// The whole log is kept; only this goroutine writes it until logDone.
+	// The first lines also go to the loop below, which reads them as they
+	// come: the addresses are logged long before the buffer could fill.
+	lines := make(chan string, 1024)
+	go func() {
+		defer close(p.logDone)
+		defer close(lines)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.log.WriteString(sc.Text() + "\n")
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	timeout := time.After(30 * time.Second)
+	for p.addr == "" || wantExporter && p.exporter == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("broker exited before logging its addresses (endpoint %q, exporter %q)", p.addr, p.exporter)
+			}
+			if m := listening.FindStringSubmatch(l); m != nil {
+				p.addr = m[1]
+			}
+			if m := servingMetrics.FindStringSubmatch(l); m != nil {
+				p.exporter = m[1]
+			}
+		case <-timeout:
+			t.Fatalf("broker never logged its addresses (endpoint %q, exporter %q)", p.addr, p.exporter)
+		}
+	}
+	return p
+}
+
+// stop sends SIGTERM and waits for the process and the end of its log.
+func (p *brokerProcess) stop() {
+	p.stopOnce.Do(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		<-p.logDone
+		p.cmd.Wait()
 	})
-	sc := bufio.NewScanner(stderr)
-	var addr, exporter string
-	for (addr == "" || wantExporter && exporter == "") && sc.Scan() {
-		if m := listening.FindStringSubmatch(sc.Text()); m != nil {
-			addr = m[1]
-		}
-		if m := servingMetrics.FindStringSubmatch(sc.Text()); m != nil {
-			exporter = m[1]
-		}
-	}
-	if addr == "" || wantExporter && exporter == "" {
-		t.Fatalf("broker never logged its addresses (endpoint %q, exporter %q)", addr, exporter)
-	}
-	go io.Copy(io.Discard, stderr)
-	return cmd, addr, exporter
+}
+
+// stopAndLog stops the broker and returns everything it logged.
+func (p *brokerProcess) stopAndLog() string {
+	p.stop()
+	return p.log.String()
 }
 
 func get(t *testing.T, url string) (*http.Response, string) {
@@ -68,7 +109,7 @@ func get(t *testing.T, url string) (*http.Response, string) {
 }
 
 func TestExporter(t *testing.T) {
-	_, _, exporter := startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0")
+	exporter := startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0").exporter
 
 	resp, body := get(t, "http://"+exporter+"/healthz")
 	if resp.StatusCode != 200 || body != "{}" || resp.Header.Get("Content-Type") != "application/json; charset=utf-8" {

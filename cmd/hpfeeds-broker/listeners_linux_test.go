@@ -45,12 +45,12 @@ func listeningSockets(t *testing.T, pid int) int {
 // Without --exporter the broker listens on its endpoints only (the Python
 // broker always opened 0.0.0.0:8080).
 func TestNoExporterNoListener(t *testing.T) {
-	cmd, _, _ := startBroker(t, false, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0")
-	if n := listeningSockets(t, cmd.Process.Pid); n != 1 {
+	p := startBroker(t, false, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0")
+	if n := listeningSockets(t, p.cmd.Process.Pid); n != 1 {
 		t.Errorf("without --exporter: %d listening sockets, want 1 (the endpoint)", n)
 	}
-	cmd, _, _ = startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0")
-	if n := listeningSockets(t, cmd.Process.Pid); n != 2 {
+	p = startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0")
+	if n := listeningSockets(t, p.cmd.Process.Pid); n != 2 {
 		t.Errorf("with --exporter: %d listening sockets, want 2", n)
 	}
 }
