@@ -58,11 +58,7 @@ func run(t *testing.T, name string, args ...string) {
 
 func TestSQLiteStore(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.db")
-	st, err := auth.Open(context.Background(), path, auth.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := open(t, path)
 	srv := brokertest.Start(t, st)
 	storetest.ExpectRefused(t, srv.Addr, "sensor", "s3cret")
 
@@ -83,18 +79,27 @@ func TestSQLiteStore(t *testing.T) {
 	storetest.Editor(t, st.(auth.Editor), srv.Addr)
 }
 
+const insertSensor = `INSERT INTO auth_keys (identifier, secret, publish, subscribe) VALUES ('sensor', 's3cret', '["events"]', '["events"]')`
+
+// open opens the store for spec until the test ends.
+func open(t *testing.T, spec string) auth.Store {
+	t.Helper()
+	st, err := auth.Open(context.Background(), spec, auth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 func TestDatabaseStores(t *testing.T) {
 	for _, srv := range storetest.SQLServers {
 		t.Run(srv.Name, func(t *testing.T) {
 			spec, db := srv.NewUserTable(t)
-			st, err := auth.Open(context.Background(), spec, auth.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
+			st := open(t, spec)
 			b := brokertest.Start(t, st)
 			storetest.ExpectRefused(t, b.Addr, "sensor", "s3cret")
-			srv.Exec(t, db, `INSERT INTO auth_keys (identifier, secret, publish, subscribe) VALUES ('sensor', 's3cret', '["events"]', '["events"]')`)
+			srv.Exec(t, db, insertSensor)
 			storetest.ExpectLogin(t, b.Addr, "sensor", "s3cret", "events")
 			storetest.ExpectRefused(t, b.Addr, "sensor", "wrong")
 			storetest.ExpectRefused(t, b.Addr, "unknown", "x")
@@ -117,13 +122,9 @@ func TestDatabaseOutage(t *testing.T) {
 	for _, srv := range storetest.SQLServers {
 		t.Run(srv.Name, func(t *testing.T) {
 			spec, db := srv.NewUserTable(t)
-			srv.Exec(t, db, `INSERT INTO auth_keys (identifier, secret, publish, subscribe) VALUES ('sensor', 's3cret', '["events"]', '["events"]')`)
+			srv.Exec(t, db, insertSensor)
 			proxy := storetest.NewProxy(t, srv.Addr)
-			st, err := auth.Open(context.Background(), strings.Replace(spec, srv.Addr, proxy.Addr(), 1), auth.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
+			st := open(t, strings.Replace(spec, srv.Addr, proxy.Addr(), 1))
 			storetest.Outage(t, st, proxy, "sensor", "s3cret", "events")
 		})
 	}
@@ -136,13 +137,8 @@ func TestLoginStorm(t *testing.T) {
 	for _, srv := range storetest.SQLServers {
 		t.Run(srv.Name, func(t *testing.T) {
 			spec, db := srv.NewUserTable(t)
-			srv.Exec(t, db, `INSERT INTO auth_keys (identifier, secret, publish, subscribe) VALUES ('sensor', 's3cret', '["events"]', '["events"]')`)
-			st, err := auth.Open(context.Background(), spec, auth.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			b := brokertest.Start(t, st)
+			srv.Exec(t, db, insertSensor)
+			b := brokertest.Start(t, open(t, spec))
 			storetest.LoginStorm(t, b.Addr, "sensor", "s3cret", "events", 400)
 		})
 	}
