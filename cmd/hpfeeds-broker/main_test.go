@@ -77,6 +77,11 @@ func TestStartupErrors(t *testing.T) {
 		{[]string{"-e", "tls:interface=127.0.0.1:port=0:cert=missing.crt:key=missing.key", "--auth=env"}, "missing.crt"},
 		{[]string{"--no-such-flag"}, "unknown flag"},
 		{[]string{"extra-argument", "--auth=env"}, "unknown command"},
+		// Two stores down: pgx names each address it tried on a line of
+		// its own, and each store has its own error.
+		{[]string{"-e", "tcp:interface=127.0.0.1:port=0", "--lookup-timeout=2s",
+			"--auth=database+postgresql://postgres:pw@127.0.0.1:1/x", "--auth=database+mysql://root@127.0.0.1:1/x"},
+			"credential store unreachable: database+postgresql://postgres:xxxxx@127.0.0.1:1/x"},
 	} {
 		code, out := run(t, nil, append([]string{"--check-config"}, c.args...)...)
 		lines := strings.Split(strings.TrimSpace(out), "\n")
