@@ -118,6 +118,16 @@ func TestMongoCollectionOption(t *testing.T) {
 	storetest.ExpectLogin(t, srv.Addr, "plural", "x", "c")
 }
 
+// Options after the database name are the driver's, not part of the name
+// (the Python broker split the URI at its last slash).
+func TestMongoURIOptions(t *testing.T) {
+	uri, db := storetest.MongoURI(t)
+	insert(t, writer(t, uri, db).Collection(DefaultCollection), bson.M{"identifier": "sensor", "secret": "x"})
+	if _, found := storetest.Lookup(t, open(t, uri+"?appName=sensor-net&connectTimeoutMS=5000&readPreference=primaryPreferred", ""), "sensor"); !found {
+		t.Errorf("sensor not found in %s with URI options", db)
+	}
+}
+
 // With no database in the URI path, users are read from hpfeeds.
 func TestMongoDefaultDatabase(t *testing.T) {
 	uri, _ := storetest.MongoURI(t)
