@@ -98,6 +98,7 @@ hpfeeds() {
 go() {
 	case "$1 ${2:-}" in
 	"run ./cmd/hpfeeds-broker") shift 2; hpfeeds-broker "$@" ;;
+	"run ./cmd/hpfeeds") shift 2; hpfeeds "$@" ;;
 	"install "*) local pkg=${2%@*}; (cd "$REPO" && command go build -o /dev/null "./${pkg#github.com/hpfeeds-go/hpfeeds/}") ;;
 	"test "*) (cd "$REPO" && command go "$@" -benchtime=1x -count=1) ;;
 	*) echo "go $1: not a command this test knows" >&2; return 1 ;;
