@@ -51,25 +51,37 @@ func Missing(t testing.TB, why string) {
 // returns a reader of what the broker answers.
 func Login(t testing.TB, addr, ident, secret string, frames ...[]byte) *wire.Reader {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
+	nc, rd, err := dialAuth(addr, ident, secret, frames...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
+	return rd
+}
+
+// dialAuth connects, reads INFO and sends AUTH with frames behind it; the
+// connection has 10 s to do all the caller wants of it.
+func dialAuth(addr, ident, secret string, frames ...[]byte) (net.Conn, *wire.Reader, error) {
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
 	rd := wire.NewReader(nc, wire.UniformLimits(1<<20))
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	info, err := rd.Next()
 	if err != nil {
-		t.Fatal(err)
+		nc.Close()
+		return nil, nil, fmt.Errorf("reading INFO: %w", err)
 	}
 	a, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
 	for _, f := range frames {
 		a = append(a, f...)
 	}
 	if _, err := nc.Write(a); err != nil {
-		t.Fatal(err)
+		nc.Close()
+		return nil, nil, err
 	}
-	return rd
+	return nc, rd, nil
 }
 
 // ExpectLogin checks that ident can log in, subscribe to and publish on
@@ -159,7 +171,6 @@ const lookupTimeout = 500 * time.Millisecond
 func Outage(t *testing.T, st auth.Store, proxy *tcpproxy.Proxy, ident, secret, channel string) {
 	t.Helper()
 	srv := brokertest.Start(t, st, func(c *broker.Config) { c.LookupTimeout = lookupTimeout })
-	ExpectLogin(t, srv.Addr, ident, secret, channel)
 	before := dialLoggedIn(t, srv.Addr, ident, secret, channel)
 	for _, fault := range []struct {
 		name  string
@@ -194,22 +205,13 @@ type loggedIn struct {
 
 func dialLoggedIn(t *testing.T, addr, ident, secret, channel string) *loggedIn {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
+	sub, _ := wire.AppendSubscribe(nil, []byte(ident), []byte(channel))
+	nc, rd, err := dialAuth(addr, ident, secret, sub)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	c := &loggedIn{nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(1<<20)), ident: ident, channel: channel}
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	info, err := c.rd.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
-	a, _ = wire.AppendSubscribe(a, []byte(ident), []byte(channel))
-	if _, err := nc.Write(a); err != nil {
-		t.Fatal(err)
-	}
+	c := &loggedIn{nc: nc, rd: rd, ident: ident, channel: channel}
 	c.roundTrip(t, "before the outage")
 	return c
 }
@@ -280,23 +282,13 @@ const probe = "recovery probe"
 // TryLogin logs ident in, subscribes to channel and publishes on it, and
 // reports why it did not get its own message back (nil when it did).
 func TryLogin(addr, ident, secret, channel string) error {
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	sub, _ := wire.AppendSubscribe(nil, []byte(ident), []byte(channel))
+	pub, _ := wire.AppendPublish(nil, []byte(ident), []byte(channel), []byte(probe))
+	nc, rd, err := dialAuth(addr, ident, secret, sub, pub)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
-	rd := wire.NewReader(nc, wire.UniformLimits(1<<20))
-	info, err := rd.Next()
-	if err != nil {
-		return err
-	}
-	a, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
-	a, _ = wire.AppendSubscribe(a, []byte(ident), []byte(channel))
-	a, _ = wire.AppendPublish(a, []byte(ident), []byte(channel), []byte(probe))
-	if _, err := nc.Write(a); err != nil {
-		return err
-	}
 	f, err := rd.Next()
 	switch {
 	case err != nil:
