@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strings"
@@ -46,13 +47,26 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 
 // OpenDatabase opens a database+ store. It does not connect: a database
 // that is down at start-up only fails logins until it answers.
-func OpenDatabase(spec string) (*Store, error) {
+// The MySQL driver's own messages (a dropped connection, say) go to log at
+// debug level: the broker's one line per failed lookup already says it.
+func OpenDatabase(spec string, log *slog.Logger) (*Store, error) {
 	driver, dsn, err := DSN(spec)
 	if err != nil {
 		return nil, err
 	}
-	db, err := sql.Open(driver, dsn)
-	if err != nil {
+	var db *sql.DB
+	if driver == "mysql" {
+		cfg, err := mysql.ParseDSN(dsn)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Logger = driverLog{log}
+		connector, err := mysql.NewConnector(cfg)
+		if err != nil {
+			return nil, err
+		}
+		db = sql.OpenDB(connector)
+	} else if db, err = sql.Open(driver, dsn); err != nil {
 		return nil, err
 	}
 	ph := question
@@ -161,3 +175,8 @@ func mysqlDSN(rest, spec string) (string, string, error) {
 	}
 	return "mysql", dsn, nil
 }
+
+// driverLog hands the MySQL driver's messages to the broker's logger.
+type driverLog struct{ log *slog.Logger }
+
+func (l driverLog) Print(v ...any) { l.log.Debug("mysql driver: " + fmt.Sprint(v...)) }

@@ -21,10 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
-
-	"github.com/go-sql-driver/mysql"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 )
@@ -36,13 +33,7 @@ func init() {
 			return strings.HasPrefix(spec, "database+")
 		},
 		Open: func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
-			if strings.HasPrefix(spec, "database+mysql") {
-				// The MySQL driver prints its own lines about dropped
-				// connections; the broker's one line per failed lookup says
-				// it already, so the driver's go to debug.
-				mysql.SetLogger(driverLog{opts.Logger})
-			}
-			return OpenDatabase(spec)
+			return OpenDatabase(spec, opts.Logger)
 		},
 	})
 	auth.Register(auth.Driver{
@@ -58,11 +49,6 @@ func init() {
 		},
 	})
 }
-
-// driverLog hands the MySQL driver's messages to the broker's logger.
-type driverLog struct{ log *slog.Logger }
-
-func (l driverLog) Print(v ...any) { l.log.Debug("mysql driver: " + fmt.Sprint(v...)) }
 
 // dialect is what differs between the databases behind one table layout.
 type dialect struct {
