@@ -97,41 +97,41 @@ func DSN(spec string) (driver, dsn string, err error) {
 	scheme, _, _ = strings.Cut(scheme, "+")
 	switch scheme {
 	case "postgresql", "postgres":
-		u, err := parseURL(rest, spec)
+		u, err := parseURL(rest)
 		if err != nil {
 			return "", "", err
 		}
 		u.Scheme = "postgres"
 		return "pgx", u.String(), nil
 	case "mysql":
-		return mysqlDSN(rest, spec)
+		return mysqlDSN(rest)
 	case "sqlite":
 		// sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy.
 		path := strings.TrimPrefix(rest[len(scheme)+len("://"):], "/")
 		path, _, _ = strings.Cut(path, "?")
 		if path == "" {
-			return "", "", fmt.Errorf("%s: no database file (want database+sqlite:///file.db)", auth.Redact(spec))
+			return "", "", errors.New("no database file (want database+sqlite:///file.db)")
 		}
 		return "sqlite", sqliteDSN(path), nil
 	}
-	return "", "", fmt.Errorf("%s: unsupported database %q (use postgresql, mysql or sqlite)", auth.Redact(spec), scheme)
+	return "", "", fmt.Errorf("unsupported database %q (use postgresql, mysql or sqlite)", scheme)
 }
 
 // parseURL parses the URL after "database+". url.Parse quotes the whole URL,
 // password included, in its errors: only the reason is kept.
-func parseURL(rest, spec string) (*url.URL, error) {
+func parseURL(rest string) (*url.URL, error) {
 	u, err := url.Parse(rest)
 	if uerr, ok := err.(*url.Error); ok {
 		err = uerr.Err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", auth.Redact(spec), err)
+		return nil, fmt.Errorf("not a URL: %w", err)
 	}
 	return u, nil
 }
 
-func mysqlDSN(rest, spec string) (string, string, error) {
-	u, err := parseURL(rest, spec)
+func mysqlDSN(rest string) (string, string, error) {
+	u, err := parseURL(rest)
 	if err != nil {
 		return "", "", err
 	}
@@ -171,7 +171,7 @@ func mysqlDSN(rest, spec string) (string, string, error) {
 		dsn += sep + pass.Encode()
 	}
 	if _, err := mysql.ParseDSN(dsn); err != nil {
-		return "", "", fmt.Errorf("%s: %w", auth.Redact(spec), err)
+		return "", "", err
 	}
 	return "mysql", dsn, nil
 }
