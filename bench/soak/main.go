@@ -5,8 +5,8 @@
 // message the publishers sent (lost must be 0). Meanwhile reconnect storms
 // log in, subscribe and leave; garbage connections send random bytes; and
 // the credential database (PostgreSQL, behind a proxy this program cuts or
-// stalls in turn) is taken away and restored, so storm logins during an outage are refused and
-// later ones succeed again. See docs/reliability.md.
+// stalls in turn) is taken away and restored, so storm logins during an
+// outage are refused and later ones succeed again. See docs/reliability.md.
 package main
 
 import (
