@@ -94,6 +94,29 @@ func TestConnectionLimits(t *testing.T) {
 	login(t, srv.Addr, "both", "bothsecret").sync("both")
 }
 
+// While a credential store is down, a flood of logins is refused one by
+// one and counted, but logged once: the line names the store and the cause.
+func TestStoreDownLogsOnce(t *testing.T) {
+	log := &syncLog{}
+	srv := brokertest.Start(t, failingStore{}, func(c *broker.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+	})
+	for i := 0; i < 50; i++ {
+		c := dial(t, srv.Addr)
+		c.send(c.auth("sensor", "s3cret"))
+		c.expectError("Authentication failed for sensor")
+	}
+	waitFor(t, "50 store errors counted", func() bool {
+		return srv.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent) == 50
+	})
+	if n := log.count("credential lookup failed"); n != 1 {
+		t.Errorf("%d log lines for 50 failed lookups:\n%s", n, log.b.String())
+	}
+	if n := log.count("store=failing err=\"connection refused\""); n != 1 {
+		t.Errorf("the line does not name the store and the cause:\n%s", log.b.String())
+	}
+}
+
 func TestConnectionLimitPerIP(t *testing.T) {
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.MaxConnectionsPerIP = 2 })
 	a := dialFrom(t, "127.0.0.1", srv.Addr)

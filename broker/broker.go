@@ -40,10 +40,11 @@ type Broker struct {
 	closing   bool
 	wg        sync.WaitGroup // one per live connection and accept loop
 
-	stats    stats
-	refusals refusals
-	settle   settler
-	retired  retired // guarded by mu
+	stats          stats
+	refusals       refusals
+	lookupFailures quietLog // the log lines of failed credential lookups
+	settle         settler
+	retired        retired // guarded by mu
 }
 
 // New checks cfg and returns a broker ready to Serve.

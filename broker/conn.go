@@ -273,7 +273,10 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	// authenticates must not be able to create label values.
 	switch {
 	case err != nil:
-		c.log().Warn("credential lookup failed", "ident", ident, "store", b.cfg.Auth.String(), "err", err)
+		if n, ok := b.lookupFailures.due(time.Now()); ok {
+			c.log().Warn("credential lookup failed; the login is refused (further failures are logged at most every 10 s)",
+				"ident", ident, "store", b.cfg.Auth.String(), "err", err, "failed", n)
+		}
 		c.fail("", CategoryErrorCheckingIdent, msgAuthFailed+ident)
 		return false
 	case !found:

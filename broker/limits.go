@@ -14,36 +14,57 @@ const (
 	RefusedMaxConnectionsPerIP = "max-connections-per-ip"
 )
 
-// refusalLogEvery is how often at most one limit is logged: a flood of
-// refused connections must not become a flood of log lines.
-const refusalLogEvery = 10 * time.Second
+// quietLogEvery is how often at most one line is logged for a kind of
+// event that clients can cause in floods (refused connections, logins
+// failing while a store is down): a flood must not become a flood of lines.
+const quietLogEvery = 10 * time.Second
+
+// quietLog rate-limits one kind of log line: the first event is logged at
+// once, later ones at most every quietLogEvery, with how many happened since.
+type quietLog struct {
+	mu      sync.Mutex
+	last    time.Time
+	pending uint64 // events since the last line, this one included
+}
+
+// due counts an event and reports whether to log it now, and how many
+// events the line stands for.
+func (q *quietLog) due(now time.Time) (uint64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.pending++
+	if !q.last.IsZero() && now.Sub(q.last) < quietLogEvery {
+		return 0, false
+	}
+	n := q.pending
+	q.pending, q.last = 0, now
+	return n, true
+}
 
 // refusals counts refused connections, and rate-limits their log lines.
 type refusals struct {
-	mu      sync.Mutex
-	total   map[string]uint64
-	logged  map[string]time.Time
-	pending map[string]uint64 // refused since the last line
+	mu    sync.Mutex
+	total map[string]uint64
+	logs  map[string]*quietLog
 }
 
 func (b *Broker) refuse(reason string, peer net.Addr) {
 	r := &b.refusals
-	now := time.Now()
 	r.mu.Lock()
 	if r.total == nil {
-		r.total, r.logged, r.pending = map[string]uint64{}, map[string]time.Time{}, map[string]uint64{}
+		r.total, r.logs = map[string]uint64{}, map[string]*quietLog{}
 	}
 	r.total[reason]++
-	r.pending[reason]++
-	if now.Sub(r.logged[reason]) < refusalLogEvery {
-		r.mu.Unlock()
+	q := r.logs[reason]
+	if q == nil {
+		q = &quietLog{}
+		r.logs[reason] = q
+	}
+	r.mu.Unlock()
+	n, ok := q.due(time.Now())
+	if !ok {
 		return
 	}
-	n := r.pending[reason]
-	r.pending[reason] = 0
-	r.logged[reason] = now
-	r.mu.Unlock()
-
 	limit := b.cfg.MaxConnections
 	if reason == RefusedMaxConnectionsPerIP {
 		limit = b.cfg.MaxConnectionsPerIP

@@ -97,7 +97,7 @@ func run(o options) (err error) {
 	_, port, _ := net.SplitHostPort(addr)
 	broker := exec.Command(o.broker, "-e", "tcp:interface=127.0.0.1:port="+port, "--lookup-timeout=2s",
 		"--auth=database+postgresql://postgres@"+proxy.Addr()+"/"+db+"?sslmode=disable")
-	// Thousands of refused storm logins are logged: keep them out of the report.
+	// The broker's log (storm logins, outages) stays out of the report.
 	logFile, err := os.CreateTemp("", "hpfeeds-soak-broker-*.log")
 	if err != nil {
 		return err
