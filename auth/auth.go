@@ -1,8 +1,9 @@
 // Package auth defines the credential store a broker asks on every AUTH, and
-// the registry that opens a store from an --auth spec.
+// the registry that opens a store from a spec (a URL, a path or a name).
 //
-// Stores register themselves by name from their own packages, the way
-// database/sql drivers do; a program imports the ones it wants to offer.
+// Stores register themselves by URL scheme or kind from their own packages,
+// the way database/sql drivers do; a program imports the ones it wants to
+// offer. Kind is the one place that decides which store a spec is for.
 package auth
 
 import (
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -32,6 +34,22 @@ type User struct {
 func (u *User) Verify(nonce, hash []byte) bool {
 	want := wire.Hash(nonce, []byte(u.Secret))
 	return subtle.ConstantTimeCompare(want[:], hash) == 1
+}
+
+// WithDefaults returns u as every store hands it out: the owner is the ident
+// when not given, and a missing channel list is an empty one (never nil, so
+// it is written as [] and not null).
+func (u User) WithDefaults() User {
+	if u.Owner == "" {
+		u.Owner = u.Ident
+	}
+	if u.PubChans == nil {
+		u.PubChans = []string{}
+	}
+	if u.SubChans == nil {
+		u.SubChans = []string{}
+	}
+	return u
 }
 
 // Store answers ident → user. It is safe for concurrent use.
@@ -59,21 +77,27 @@ type Editor interface {
 // Options are what a store may need besides its spec.
 type Options struct {
 	Logger *slog.Logger
-	// MongoCollection overrides the MongoDB collection (default auth_key).
-	MongoCollection string
+	// Settings are values of types that store packages define for their own
+	// settings (mongostore.Settings, say); a store finds its own with
+	// SettingOf and the others ignore it.
+	Settings []any
 }
 
-// Driver opens stores for the specs it claims.
-type Driver struct {
-	// Name is used in error messages and docs ("env", "json", "sqlite"…).
-	Name string
-	// Match reports whether spec is for this driver.
-	Match func(spec string) bool
-	// Open opens a store. It should not fail merely because a database is
-	// unreachable at start-up (the database may start after the broker); Ping
-	// is how a caller checks reachability.
-	Open func(ctx context.Context, spec string, opts Options) (Store, error)
+// SettingOf returns the first of opts.Settings of type T.
+func SettingOf[T any](opts Options) (T, bool) {
+	for _, s := range opts.Settings {
+		if v, ok := s.(T); ok {
+			return v, true
+		}
+	}
+	var zero T
+	return zero, false
 }
+
+// OpenFunc opens a store for a spec. It should not fail merely because a
+// database is unreachable at start-up (the database may start after the
+// broker); Ping is how a caller checks reachability.
+type OpenFunc func(ctx context.Context, spec string, opts Options) (Store, error)
 
 // Pinger is implemented by stores that can check they are reachable.
 type Pinger interface {
@@ -82,69 +106,183 @@ type Pinger interface {
 
 var (
 	mu      sync.RWMutex
-	drivers []Driver
+	openers = map[string]OpenFunc{}
 )
 
-// Register makes a driver available to Open. Drivers are tried in the order
-// they registered, so a catch-all must register last.
-func Register(d Driver) {
+// The kinds of spec that are not URLs. Kind says which one a spec is.
+const (
+	KindEnv    = "env"    // the literal name env
+	KindJSON   = "json"   // a path ending .json
+	KindSQLite = "sqlite" // the literal name sqlite, or a path ending .db or .sqlite
+)
+
+// Register makes open available to Open for the specs of one kind: a URL
+// scheme ("mongodb", "database+mysql") or one of the Kind constants. Like
+// database/sql's Register, it panics if kind is registered twice or open is
+// nil: two packages claiming one kind is a programming error.
+func Register(kind string, open OpenFunc) {
 	mu.Lock()
 	defer mu.Unlock()
-	drivers = append(drivers, d)
+	if open == nil {
+		panic("auth: Register of a nil OpenFunc for " + kind)
+	}
+	if _, dup := openers[kind]; dup {
+		panic("auth: Register called twice for " + kind)
+	}
+	openers[kind] = open
 }
 
-// Drivers lists the names of registered drivers.
-func Drivers() []string {
+// Kind classifies a spec: the URL scheme of a URL (scheme://…), else
+// KindJSON or KindSQLite by the path's suffix, else the spec itself (env,
+// sqlite). Only the spec's shape counts, so a Mongo URI whose query ends
+// in .json is still a mongodb URL.
+func Kind(spec string) string {
+	kind, _ := classify(spec)
+	return kind
+}
+
+func classify(spec string) (kind string, isURL bool) {
+	if scheme, _, ok := strings.Cut(spec, "://"); ok && isScheme(scheme) {
+		return scheme, true
+	}
+	switch {
+	case strings.HasSuffix(spec, ".json"):
+		return KindJSON, false
+	case strings.HasSuffix(spec, ".db"), strings.HasSuffix(spec, ".sqlite"):
+		return KindSQLite, false
+	}
+	return spec, false
+}
+
+// isScheme reports whether s is a URL scheme (RFC 3986: a letter, then
+// letters, digits, "+", "-" and ".").
+func isScheme(s string) bool {
+	for i, r := range s {
+		letter := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !letter && (i == 0 || !(r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.')) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// opener finds the OpenFunc for kind. A scheme with a driver suffix that is
+// not registered itself ("database+postgresql+asyncpg", as SQLAlchemy
+// spells a driver) falls back to the scheme before its last "+". URL
+// schemes never reach the literal kinds: "sqlite://x" is not a store.
+func opener(kind string, isURL bool) (OpenFunc, bool) {
 	mu.RLock()
 	defer mu.RUnlock()
-	var names []string
-	for _, d := range drivers {
-		names = append(names, d.Name)
+	for {
+		if open, ok := openers[kind]; ok && !(isURL && isLiteral(kind)) {
+			return open, true
+		}
+		i := strings.LastIndex(kind, "+")
+		if !isURL || i < 0 {
+			return nil, false
+		}
+		kind = kind[:i]
 	}
-	return names
 }
 
-// Open opens the store for one --auth spec.
+func isLiteral(kind string) bool {
+	return kind == KindEnv || kind == KindJSON || kind == KindSQLite
+}
+
+// Kinds describes the registered kinds of spec, for help and errors:
+// literal names as they are, suffix kinds by their suffix, URL schemes as
+// "scheme://…".
+func Kinds() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	var out []string
+	for kind := range openers {
+		switch {
+		case kind == KindJSON:
+			out = append(out, "a .json path")
+		case kind == KindSQLite:
+			out = append(out, "sqlite or a .db/.sqlite path")
+		case isLiteral(kind):
+			out = append(out, kind)
+		default:
+			out = append(out, kind+"://…")
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Open opens the store for one spec. Its errors do not repeat the spec: the
+// caller names it as its users know it (a flag, a config key).
 func Open(ctx context.Context, spec string, opts Options) (Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	mu.RLock()
-	ds := slices.Clone(drivers)
-	mu.RUnlock()
-	for _, d := range ds {
-		if d.Match(spec) {
-			s, err := d.Open(ctx, spec, opts)
-			if err != nil {
-				return nil, fmt.Errorf("--auth=%s: %w", Redact(spec), err)
-			}
-			return s, nil
-		}
+	open, ok := opener(classify(spec))
+	if !ok {
+		return nil, fmt.Errorf("not a credential store this broker knows (use %s)", strings.Join(Kinds(), ", "))
 	}
-	return nil, fmt.Errorf("--auth=%s: not a credential store this broker knows (use one of: %s)",
-		Redact(spec), strings.Join(Drivers(), ", "))
+	return open(ctx, spec, opts)
 }
 
 // Redact hides the password of a URL-shaped spec, for logs and errors.
 func Redact(spec string) string {
-	scheme, rest, ok := strings.Cut(spec, "://")
+	pw, start, ok := password(spec)
 	if !ok {
 		return spec
 	}
-	hostEnd := strings.IndexAny(rest, "/?")
-	if hostEnd < 0 {
-		hostEnd = len(rest)
-	}
-	at := strings.LastIndex(rest[:hostEnd], "@")
-	if at < 0 {
-		return spec
-	}
-	userinfo := rest[:at]
-	if user, _, hasPass := strings.Cut(userinfo, ":"); hasPass {
-		userinfo = user + ":xxxxx"
-	}
-	return scheme + "://" + userinfo + rest[at:]
+	return spec[:start] + "xxxxx" + spec[start+len(pw):]
 }
+
+// password finds the password of a URL-shaped spec and where it starts,
+// without parsing the URL (a mongodb+srv:// host would need DNS, a
+// database URL may not be valid for net/url).
+func password(spec string) (pw string, start int, ok bool) {
+	i := strings.Index(spec, "://")
+	if i < 0 {
+		return "", 0, false
+	}
+	start = i + len("://")
+	rest := spec[start:]
+	if end := strings.IndexAny(rest, "/?"); end >= 0 {
+		rest = rest[:end]
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return "", 0, false
+	}
+	colon := strings.Index(rest[:at], ":")
+	if colon < 0 {
+		return "", 0, false
+	}
+	return rest[colon+1 : at], start + colon + 1, true
+}
+
+// RedactError keeps the password of spec out of err's text, as written and
+// URL-unescaped (drivers quote either), while errors.Is and errors.As still
+// see the cause.
+func RedactError(err error, spec string) error {
+	pw, _, ok := password(spec)
+	if err == nil || !ok || pw == "" {
+		return err
+	}
+	msg := strings.ReplaceAll(err.Error(), pw, "xxxxx")
+	if u, uerr := url.PathUnescape(pw); uerr == nil && u != pw {
+		msg = strings.ReplaceAll(msg, u, "xxxxx")
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return redacted{msg, err}
+}
+
+type redacted struct {
+	msg string
+	err error
+}
+
+func (r redacted) Error() string { return r.msg }
+func (r redacted) Unwrap() error { return r.err }
 
 // Chain asks stores in order; the first that knows the ident answers.
 type Chain []Store

@@ -18,12 +18,8 @@ import (
 )
 
 func init() {
-	auth.Register(auth.Driver{
-		Name:  "env",
-		Match: func(spec string) bool { return spec == "env" },
-		Open: func(context.Context, string, auth.Options) (auth.Store, error) {
-			return Store{Getenv: os.Getenv}, nil
-		},
+	auth.Register(auth.KindEnv, func(context.Context, string, auth.Options) (auth.Store, error) {
+		return Store{Getenv: os.Getenv}, nil
 	})
 }
 
@@ -42,17 +38,13 @@ func (s Store) Lookup(_ context.Context, ident string) (auth.User, bool, error) 
 	if secret == "" {
 		return auth.User{}, false, nil
 	}
-	owner := s.get(ident, "OWNER")
-	if owner == "" {
-		owner = ident
-	}
 	return auth.User{
 		Ident:    ident,
-		Owner:    owner,
+		Owner:    s.get(ident, "OWNER"),
 		Secret:   secret,
 		PubChans: auth.SplitList(s.get(ident, "PUBCHANS")),
 		SubChans: auth.SplitList(s.get(ident, "SUBCHANS")),
-	}, true, nil
+	}.WithDefaults(), true, nil
 }
 
 func (Store) String() string { return "env" }

@@ -17,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -26,12 +25,8 @@ import (
 )
 
 func init() {
-	auth.Register(auth.Driver{
-		Name:  "json",
-		Match: func(spec string) bool { return strings.HasSuffix(spec, ".json") },
-		Open: func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
-			return Open(spec, opts.Logger)
-		},
+	auth.Register(auth.KindJSON, func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
+		return Open(spec, opts.Logger)
 	})
 }
 
@@ -116,10 +111,7 @@ func Parse(data []byte) (map[string]auth.User, error) {
 			return nil, fmt.Errorf("user %q has no secret", ident)
 		}
 		u.Ident = ident
-		if u.Owner == "" {
-			u.Owner = ident
-		}
-		users[ident] = u
+		users[ident] = u.WithDefaults()
 	}
 	return users, nil
 }
@@ -190,15 +182,7 @@ func (s *Store) edit(change func(map[string]auth.User)) error {
 
 // PutUser implements auth.Editor.
 func (s *Store) PutUser(_ context.Context, u auth.User) error {
-	if u.Owner == "" {
-		u.Owner = u.Ident
-	}
-	if u.PubChans == nil {
-		u.PubChans = []string{}
-	}
-	if u.SubChans == nil {
-		u.SubChans = []string{}
-	}
+	u = u.WithDefaults()
 	return s.edit(func(m map[string]auth.User) { m[u.Ident] = u })
 }
 

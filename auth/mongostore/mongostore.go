@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -36,15 +35,19 @@ const (
 )
 
 func init() {
-	auth.Register(auth.Driver{
-		Name: "mongodb://, mongodb+srv://",
-		Match: func(spec string) bool {
-			return strings.HasPrefix(spec, "mongodb://") || strings.HasPrefix(spec, "mongodb+srv://")
-		},
-		Open: func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
-			return Open(spec, opts.MongoCollection, opts.Logger)
-		},
-	})
+	open := func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
+		set, _ := auth.SettingOf[Settings](opts)
+		return Open(spec, set.Collection, opts.Logger)
+	}
+	auth.Register("mongodb", open)
+	auth.Register("mongodb+srv", open)
+}
+
+// Settings are the Mongo store's settings besides its URI; pass them to
+// auth.Open in Options.Settings.
+type Settings struct {
+	// Collection holding users (default auth_key).
+	Collection string
 }
 
 // Store is a credential store on a MongoDB collection.
@@ -85,7 +88,7 @@ func Open(spec, collection string, log *slog.Logger) (*Store, error) {
 func (s *Store) connect() (*mongo.Collection, error) {
 	cs, err := connstring.ParseAndValidate(s.spec)
 	if err != nil {
-		return nil, redact(err, s.spec)
+		return nil, auth.RedactError(err, s.spec)
 	}
 	db := cs.Database
 	if db == "" {
@@ -93,55 +96,10 @@ func (s *Store) connect() (*mongo.Collection, error) {
 	}
 	client, err := mongo.Connect(options.Client().ApplyURI(s.spec).SetAppName("hpfeeds-broker"))
 	if err != nil {
-		return nil, redact(err, s.spec)
+		return nil, auth.RedactError(err, s.spec)
 	}
 	return client.Database(db).Collection(s.coll), nil
 }
-
-// redact keeps a password that the driver quoted in an error out of logs,
-// while errors.Is still sees the cause (a deadline, say).
-func redact(err error, spec string) error {
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	for _, pw := range passwords(spec) {
-		msg = strings.ReplaceAll(msg, pw, "xxxxx")
-	}
-	if msg == err.Error() {
-		return err
-	}
-	return redacted{msg, err}
-}
-
-// passwords returns the URI's password as written and unescaped, found
-// without a DNS lookup (connstring.Parse resolves mongodb+srv:// hosts).
-func passwords(spec string) []string {
-	_, rest, _ := strings.Cut(spec, "://")
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		rest = rest[:i]
-	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return nil
-	}
-	_, pw, ok := strings.Cut(rest[:at], ":")
-	if !ok || pw == "" {
-		return nil
-	}
-	if u, err := url.PathUnescape(pw); err == nil && u != pw {
-		return []string{pw, u}
-	}
-	return []string{pw}
-}
-
-type redacted struct {
-	msg string
-	err error
-}
-
-func (r redacted) Error() string { return r.msg }
-func (r redacted) Unwrap() error { return r.err }
 
 // collection returns the collection, resolving the URI first if start-up
 // could not. Resolving a mongodb+srv:// URI is a DNS lookup the driver does
@@ -193,9 +151,6 @@ type doc struct {
 
 func (d *doc) user() (auth.User, error) {
 	u := auth.User{Ident: d.Identifier, Owner: d.Owner, Secret: d.Secret}
-	if u.Owner == "" {
-		u.Owner = u.Ident
-	}
 	var err error
 	if u.PubChans, err = channels(d.Publish); err != nil {
 		return auth.User{}, fmt.Errorf("document for %q: publish: %w", d.Identifier, err)
@@ -203,7 +158,7 @@ func (d *doc) user() (auth.User, error) {
 	if u.SubChans, err = channels(d.Subscribe); err != nil {
 		return auth.User{}, fmt.Errorf("document for %q: subscribe: %w", d.Identifier, err)
 	}
-	return u, nil
+	return u.WithDefaults(), nil
 }
 
 // channels reads a list of channel names; missing or null means none.
@@ -243,7 +198,7 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 		return auth.User{}, false, nil
 	}
 	if err != nil {
-		return auth.User{}, false, redact(err, s.spec)
+		return auth.User{}, false, auth.RedactError(err, s.spec)
 	}
 	u, err := d.user()
 	if err != nil {
@@ -264,7 +219,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return redact(c.Database().Client().Ping(ctx, readpref.Primary()), s.spec)
+	return auth.RedactError(c.Database().Client().Ping(ctx, readpref.Primary()), s.spec)
 }
 
 // Close disconnects the pool.
@@ -287,26 +242,16 @@ func (s *Store) PutUser(ctx context.Context, u auth.User) error {
 	if err != nil {
 		return err
 	}
-	owner := u.Owner
-	if owner == "" {
-		owner = u.Ident
-	}
+	u = u.WithDefaults()
 	d := bson.D{
 		{Key: "identifier", Value: u.Ident},
-		{Key: "owner", Value: owner},
+		{Key: "owner", Value: u.Owner},
 		{Key: "secret", Value: u.Secret},
-		{Key: "publish", Value: nonNil(u.PubChans)},
-		{Key: "subscribe", Value: nonNil(u.SubChans)},
+		{Key: "publish", Value: u.PubChans},
+		{Key: "subscribe", Value: u.SubChans},
 	}
 	_, err = c.ReplaceOne(ctx, bson.D{{Key: "identifier", Value: u.Ident}}, d, options.Replace().SetUpsert(true))
-	return redact(err, s.spec)
-}
-
-func nonNil(l []string) []string {
-	if l == nil {
-		return []string{}
-	}
-	return l
+	return auth.RedactError(err, s.spec)
 }
 
 // DeleteUser implements auth.Editor.
@@ -317,7 +262,7 @@ func (s *Store) DeleteUser(ctx context.Context, ident string) (bool, error) {
 	}
 	res, err := c.DeleteMany(ctx, bson.D{{Key: "identifier", Value: ident}})
 	if err != nil {
-		return false, redact(err, s.spec)
+		return false, auth.RedactError(err, s.spec)
 	}
 	return res.DeletedCount > 0, nil
 }
@@ -330,7 +275,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]auth.User, error) {
 	}
 	cur, err := c.Find(ctx, bson.D{}, options.Find().SetSort(bson.D{{Key: "identifier", Value: 1}}))
 	if err != nil {
-		return nil, redact(err, s.spec)
+		return nil, auth.RedactError(err, s.spec)
 	}
 	defer cur.Close(ctx)
 	var users []auth.User

@@ -27,26 +27,18 @@ import (
 )
 
 func init() {
-	auth.Register(auth.Driver{
-		Name: "database+postgresql://, database+mysql://, database+sqlite://",
-		Match: func(spec string) bool {
-			return strings.HasPrefix(spec, "database+")
-		},
-		Open: func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
-			return OpenDatabase(spec, opts.Logger)
-		},
-	})
-	auth.Register(auth.Driver{
-		Name: "sqlite (or a .db/.sqlite path)",
-		Match: func(spec string) bool {
-			return spec == "sqlite" || strings.HasSuffix(spec, ".db") || strings.HasSuffix(spec, ".sqlite")
-		},
-		Open: func(ctx context.Context, spec string, _ auth.Options) (auth.Store, error) {
-			if spec == "sqlite" {
-				spec = "sqlite.db"
-			}
-			return OpenSQLite(ctx, spec)
-		},
+	openDatabase := func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
+		return OpenDatabase(spec, opts.Logger)
+	}
+	// Driver suffixes (database+postgresql+asyncpg) fall back to these.
+	for _, scheme := range []string{"postgresql", "postgres", "mysql", "sqlite"} {
+		auth.Register("database+"+scheme, openDatabase)
+	}
+	auth.Register(auth.KindSQLite, func(ctx context.Context, spec string, _ auth.Options) (auth.Store, error) {
+		if spec == auth.KindSQLite {
+			spec = "sqlite.db"
+		}
+		return OpenSQLite(ctx, spec)
 	})
 }
 
@@ -99,9 +91,6 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 		return auth.User{}, false, fmt.Errorf("reading table %s: %w", s.d.table, err)
 	}
 	u := auth.User{Ident: ident, Owner: owner.String, Secret: secret.String}
-	if u.Owner == "" {
-		u.Owner = ident
-	}
 	if u.PubChans, err = parseList(pub); err != nil {
 		return auth.User{}, false, fmt.Errorf("row for %q: %s: %w", ident, s.d.pubCol, err)
 	}
@@ -112,7 +101,7 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 		// A row without a secret can never log in; treat it as unknown.
 		return auth.User{}, false, nil
 	}
-	return u, true, nil
+	return u.WithDefaults(), true, nil
 }
 
 // parseList reads a JSON list of channels; NULL or empty means none.
@@ -137,8 +126,9 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // PutUser implements auth.Editor: it replaces any row of the ident.
 func (s *Store) PutUser(ctx context.Context, u auth.User) error {
-	pub, _ := json.Marshal(nonNil(u.PubChans))
-	sub, _ := json.Marshal(nonNil(u.SubChans))
+	u = u.WithDefaults()
+	pub, _ := json.Marshal(u.PubChans)
+	sub, _ := json.Marshal(u.SubChans)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -150,12 +140,8 @@ func (s *Store) PutUser(ctx context.Context, u auth.User) error {
 	cols := []string{s.d.identCol, s.d.secretCol, s.d.pubCol, s.d.subCol}
 	args := []any{u.Ident, u.Secret, string(pub), string(sub)}
 	if s.d.ownerCol != "" {
-		owner := u.Owner
-		if owner == "" {
-			owner = u.Ident
-		}
 		cols = append(cols, s.d.ownerCol)
-		args = append(args, owner)
+		args = append(args, u.Owner)
 	}
 	ph := make([]string, len(cols))
 	for i := range ph {
@@ -166,13 +152,6 @@ func (s *Store) PutUser(ctx context.Context, u auth.User) error {
 		return err
 	}
 	return tx.Commit()
-}
-
-func nonNil(l []string) []string {
-	if l == nil {
-		return []string{}
-	}
-	return l
 }
 
 // DeleteUser implements auth.Editor.
@@ -207,7 +186,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]auth.User, error) {
 		u := auth.User{Ident: ident.String, Owner: owner.String, Secret: secret.String}
 		u.PubChans, _ = parseList(pub)
 		u.SubChans, _ = parseList(sub)
-		users = append(users, u)
+		users = append(users, u.WithDefaults())
 	}
 	return users, rows.Err()
 }

@@ -75,11 +75,9 @@ func NewUsers(users ...auth.User) *Users {
 	return s
 }
 
-// Put adds or replaces a user; Owner defaults to Ident.
+// Put adds or replaces a user, with the defaults every store applies.
 func (s *Users) Put(u auth.User) {
-	if u.Owner == "" {
-		u.Owner = u.Ident
-	}
+	u = u.WithDefaults()
 	s.mu.Lock()
 	s.users[u.Ident] = u
 	s.mu.Unlock()

@@ -19,7 +19,7 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/env"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
-	_ "github.com/hpfeeds-go/hpfeeds/auth/mongostore"
+	"github.com/hpfeeds-go/hpfeeds/auth/mongostore"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
@@ -141,7 +141,7 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 	}
 	var chain auth.Chain
 	for _, spec := range specs {
-		s, err := auth.Open(ctx, spec, auth.Options{Logger: log, MongoCollection: o.mongoColl})
+		s, err := openStore(ctx, spec, log, o.mongoColl)
 		if err != nil {
 			chain.Close()
 			return nil, err
@@ -162,6 +162,18 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", err)
 	}
 	return chain, nil
+}
+
+// openStore opens the store of one --auth spec, naming the flag in errors.
+func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl string) (auth.Store, error) {
+	s, err := auth.Open(ctx, spec, auth.Options{
+		Logger:   log,
+		Settings: []any{mongostore.Settings{Collection: mongoColl}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--auth=%s: %w", auth.Redact(spec), err)
+	}
+	return s, nil
 }
 
 func (o *options) run(ctx context.Context) error {

@@ -32,7 +32,7 @@ func newUserCmd() *cobra.Command {
 
 	open := func(ctx context.Context) (auth.Editor, error) {
 		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-		s, err := auth.Open(ctx, spec, auth.Options{Logger: quiet, MongoCollection: mongoColl})
+		s, err := openStore(ctx, spec, quiet, mongoColl)
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,123 @@
+package auth_test
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	_ "github.com/hpfeeds-go/hpfeeds/auth/env"
+	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
+	"github.com/hpfeeds-go/hpfeeds/auth/mongostore"
+	"github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
+)
+
+func TestKind(t *testing.T) {
+	for spec, want := range map[string]string{
+		"env":                                 auth.KindEnv,
+		"sqlite":                              auth.KindSQLite,
+		"users.json":                          auth.KindJSON,
+		"/etc/hpfeeds/users.json":             auth.KindJSON,
+		"/srv/a://b/users.json":               auth.KindJSON, // not a scheme before ://
+		"sqlite.db":                           auth.KindSQLite,
+		"var/users.sqlite":                    auth.KindSQLite,
+		"database+sqlite:///users.json":       "database+sqlite",
+		"database+postgresql://u:p@h/db.json": "database+postgresql",
+		"mongodb://h/hpfeeds?appName=a.json":  "mongodb",
+		"mongodb+srv://h/hpfeeds?x=users.db":  "mongodb+srv",
+		"nosuchstore":                         "nosuchstore",
+	} {
+		if got := auth.Kind(spec); got != want {
+			t.Errorf("Kind(%q) = %q, want %q", spec, got, want)
+		}
+	}
+}
+
+// The URL scheme decides, whatever the spec ends with: before the registry
+// was keyed by scheme, both of these opened the JSON store.
+func TestOpenBySchemeNotSuffix(t *testing.T) {
+	dir := t.TempDir()
+	st, err := auth.Open(context.Background(), "database+sqlite:///"+filepath.Join(dir, "users.json"), auth.Options{})
+	if err != nil {
+		t.Fatalf("database+sqlite with a .json file name: %v", err)
+	}
+	st.Close()
+	if _, ok := st.(*sqlstore.Store); !ok {
+		t.Errorf("database+sqlite:///…/users.json opened %T, want the SQL store", st)
+	}
+
+	st, err = auth.Open(context.Background(), "mongodb://127.0.0.1:1/hpfeeds?appName=users.json", auth.Options{})
+	if err != nil {
+		t.Fatalf("mongodb URI ending .json: %v", err)
+	}
+	st.Close()
+	if _, ok := st.(*mongostore.Store); !ok {
+		t.Errorf("a mongodb URI ending .json opened %T, want the Mongo store", st)
+	}
+}
+
+func TestOpenUnknown(t *testing.T) {
+	for _, spec := range []string{"nosuchstore", "sqlite:///x.db", "json://users.json", "database+oracle://h/db"} {
+		_, err := auth.Open(context.Background(), spec, auth.Options{})
+		if err == nil || !strings.Contains(err.Error(), "not a credential store") || !strings.Contains(err.Error(), "mongodb://") {
+			t.Errorf("%s: %v", spec, err)
+		}
+	}
+	// A Python driver suffix falls back to the database it is for.
+	_, err := auth.Open(context.Background(), "database+postgresql+asyncpg://u@127.0.0.1:1/db", auth.Options{})
+	if err != nil {
+		t.Errorf("database+postgresql+asyncpg: %v", err)
+	}
+}
+
+func TestRegisterTwicePanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Error("registering env twice did not panic")
+		}
+	}()
+	auth.Register(auth.KindEnv, func(context.Context, string, auth.Options) (auth.Store, error) { return nil, nil })
+}
+
+func TestRedact(t *testing.T) {
+	for spec, want := range map[string]string{
+		"mongodb://u:s3cret@h1,h2/db?authSource=admin": "mongodb://u:xxxxx@h1,h2/db?authSource=admin",
+		"database+mysql://root@h/db":                   "database+mysql://root@h/db",
+		"database+postgresql://u:@h/db":                "database+postgresql://u:xxxxx@h/db",
+		"nats://h:4222":                                "nats://h:4222",
+		"/etc/users.json":                              "/etc/users.json",
+	} {
+		if got := auth.Redact(spec); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", spec, got, want)
+		}
+	}
+}
+
+func TestRedactError(t *testing.T) {
+	spec := "mongodb://u:p%40ss@h1,h2/db?authSource=admin"
+	err := auth.RedactError(&fs.PathError{Op: "dial", Path: "u:p%40ss and p@ss", Err: fs.ErrNotExist}, spec)
+	if strings.Contains(err.Error(), "p%40ss") || strings.Contains(err.Error(), "p@ss") {
+		t.Errorf("password left in %q", err)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("cause lost: %v", err)
+	}
+	plain := errors.New("no password here")
+	if auth.RedactError(plain, spec) != plain {
+		t.Error("an error without the password was wrapped")
+	}
+}
+
+func TestWithDefaults(t *testing.T) {
+	u := auth.User{Ident: "a"}.WithDefaults()
+	if u.Owner != "a" || u.PubChans == nil || u.SubChans == nil || len(u.PubChans)+len(u.SubChans) != 0 {
+		t.Errorf("%+v", u)
+	}
+	u = auth.User{Ident: "a", Owner: "o", PubChans: []string{"p"}}.WithDefaults()
+	if u.Owner != "o" || u.PubChans[0] != "p" {
+		t.Errorf("%+v", u)
+	}
+}
