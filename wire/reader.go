@@ -65,10 +65,6 @@ func (r *Reader) Ready() bool {
 	return err != nil || len(b) >= n
 }
 
-// Buffered is the number of bytes read from the stream but not yet returned
-// as frames.
-func (r *Reader) Buffered() int { return r.end - r.start }
-
 // fill reads at least once, making room for a frame of want bytes.
 func (r *Reader) fill(want int) error {
 	if r.size == 0 {
