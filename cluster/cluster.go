@@ -45,7 +45,11 @@ type Options struct {
 	// MaxFrame is the largest PUBLISH frame the broker accepts; a NATS
 	// whose max_payload is smaller is reported when the bridge connects.
 	MaxFrame int
-	Logger   *slog.Logger
+	// QueueBytes bounds the messages waiting to be forwarded to NATS
+	// (default: the larger of 8 MiB and MaxFrame). Past it, messages for
+	// the cluster are dropped and counted; local delivery goes on.
+	QueueBytes int
+	Logger     *slog.Logger
 }
 
 // Subject is the NATS subject for an hpfeeds channel: the prefix, then "c"
@@ -66,11 +70,15 @@ func validPrefix(prefix string) bool {
 	return true
 }
 
-// Stats count what crossed the bridge.
+// Stats count what crossed the bridge. ForwardDropped counts messages
+// dropped because the forwarding queue was full (NATS not keeping up).
 type Stats struct {
-	Forwarded, ForwardFailed, Received, Rejected uint64
-	Connected                                    bool
+	Forwarded, ForwardFailed, ForwardDropped, Received, Rejected uint64
+	Connected                                                    bool
 }
+
+// DefaultQueueBytes is the smallest default of Options.QueueBytes.
+const DefaultQueueBytes = 8 << 20
 
 // Bridge is a broker.Bridge over NATS.
 type Bridge struct {
@@ -86,10 +94,33 @@ type Bridge struct {
 	done    chan struct{}
 	close   sync.Once
 
-	forwarded, forwardFailed, received, rejected atomic.Uint64
+	out     outbox
+	forward sync.WaitGroup // the forwarding goroutine
+
+	forwarded, forwardFailed, dropped, received, rejected atomic.Uint64
 	// failing is set by the first failed forward of an outage, so an
-	// outage is logged once rather than once per message.
-	failing atomic.Bool
+	// outage is logged once rather than once per message; dropping
+	// likewise for a full forwarding queue.
+	failing, dropping atomic.Bool
+	// connected follows nats.go's handlers: asking the connection takes
+	// its lock, which a write blocked on a stalled NATS holds.
+	connected atomic.Bool
+}
+
+// outbox holds the frames published here and not yet handed to NATS,
+// back to back in one buffer, so a forward costs a copy and no allocation.
+type outbox struct {
+	mu    sync.Mutex
+	buf   []byte
+	msgs  []outMsg
+	limit int
+	wake  chan struct{}
+}
+
+// outMsg is one queued frame: its channel and where it ends in buf.
+type outMsg struct {
+	channel string
+	end     int
 }
 
 // New connects to NATS. A NATS that is down at start is not fatal: the
@@ -105,8 +136,12 @@ func New(opts Options) (*Bridge, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = max(DefaultQueueBytes, opts.MaxFrame)
+	}
 	br := &Bridge{opts: opts, log: opts.Logger, subs: map[string]*nats.Subscription{},
 		pending: map[string]bool{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	br.out.limit, br.out.wake = opts.QueueBytes, make(chan struct{}, 1)
 	no := []nats.Option{
 		nats.Name(opts.Name),
 		nats.NoEcho(),
@@ -118,19 +153,23 @@ func New(opts Options) (*Bridge, error) {
 		// piling up in a buffer.
 		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			br.connected.Store(false)
 			if err != nil { // nil: Close
 				br.log.Warn("cluster: disconnected from NATS; local delivery continues, reconnecting", "err", err)
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			br.connected.Store(true)
 			br.log.Info("cluster: reconnected to NATS; channel interest restored", "server", nc.ConnectedUrlRedacted())
 			br.checkMaxPayload(nc)
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
+			br.connected.Store(true)
 			br.log.Info("cluster: connected to NATS", "server", nc.ConnectedUrlRedacted())
 			br.checkMaxPayload(nc)
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
+			br.connected.Store(false)
 			br.log.Info("cluster: NATS connection closed")
 		}),
 		// Slow consumer, permission violation: nats.go would otherwise print
@@ -170,7 +209,11 @@ func New(opts Options) (*Bridge, error) {
 		return nil, fmt.Errorf("--cluster=%s: %w (check the --cluster-* credential and TLS flags)", redact(opts.URLs), err)
 	}
 	br.nc = nc
+	// The connect handler runs asynchronously; the connection is up now.
+	br.connected.Store(nc.IsConnected())
 	go br.syncInterest()
+	br.forward.Add(1)
+	go br.forwardLoop()
 	return br, nil
 }
 
@@ -202,13 +245,75 @@ func (br *Bridge) Attach(b *broker.Broker) {
 	br.kick()
 }
 
-// Forward implements broker.Bridge. It never waits for NATS: while the
-// connection is down, Publish fails at once (no reconnect buffer) and the
-// message is counted as not forwarded.
+// Forward implements broker.Bridge. It never waits for NATS: the frame is
+// copied into a bounded queue that one goroutine hands to NATS, and
+// dropped (and counted) when the queue is full, so a NATS that stops
+// reading cannot hold a publisher.
 func (br *Bridge) Forward(channel string, frame []byte) {
-	// Publish copies frame into the connection's buffer before returning.
-	err := br.nc.Publish(Subject(br.opts.Prefix, channel), frame)
-	if err != nil {
+	o := &br.out
+	o.mu.Lock()
+	if len(o.buf)+len(frame) > o.limit {
+		o.mu.Unlock()
+		br.dropped.Add(1)
+		if br.dropping.CompareAndSwap(false, true) {
+			br.log.Warn("cluster: NATS is not keeping up; messages published here reach this broker's subscribers only until it does",
+				"queue_bytes", o.limit)
+		}
+		return
+	}
+	if cap(o.buf)-len(o.buf) < len(frame) {
+		// Grow by doubling, never past the limit: a burst must not
+		// leave twice the limit behind.
+		nb := make([]byte, len(o.buf), min(o.limit, max(2*cap(o.buf), len(o.buf)+len(frame), 64<<10)))
+		copy(nb, o.buf)
+		o.buf = nb
+	}
+	o.buf = append(o.buf, frame...)
+	o.msgs = append(o.msgs, outMsg{channel, len(o.buf)})
+	o.mu.Unlock()
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// forwardLoop is the only goroutine that publishes to NATS. It takes the
+// whole queue at once and gives the publishers an empty buffer to fill
+// meanwhile, so at most twice the limit is held.
+func (br *Bridge) forwardLoop() {
+	defer br.forward.Done()
+	o := &br.out
+	var buf []byte
+	var msgs []outMsg
+	subjects := map[string]string{} // channels are bounded by the configuration
+	for {
+		select {
+		case <-br.done:
+			return
+		case <-o.wake:
+		}
+		o.mu.Lock()
+		buf, o.buf = o.buf, buf[:0]
+		msgs, o.msgs = o.msgs, msgs[:0]
+		o.mu.Unlock()
+		start := 0
+		for _, m := range msgs {
+			subj, ok := subjects[m.channel]
+			if !ok {
+				subj = Subject(br.opts.Prefix, m.channel)
+				subjects[m.channel] = subj
+			}
+			br.publish(subj, buf[start:m.end])
+			start = m.end
+		}
+		clear(msgs)
+	}
+}
+
+// publish hands one frame to NATS and counts the outcome. While the
+// connection is down, Publish fails at once (no reconnect buffer).
+func (br *Bridge) publish(subject string, frame []byte) {
+	if err := br.nc.Publish(subject, frame); err != nil {
 		br.forwardFailed.Add(1)
 		// Too large for NATS is explained once at connect time.
 		if !errors.Is(err, nats.ErrMaxPayload) && br.failing.CompareAndSwap(false, true) {
@@ -216,9 +321,11 @@ func (br *Bridge) Forward(channel string, frame []byte) {
 		}
 		return
 	}
-	if br.failing.Load() {
-		br.failing.Store(false)
+	if br.failing.CompareAndSwap(true, false) {
 		br.log.Info("cluster: forwarding to NATS again")
+	}
+	if br.dropping.CompareAndSwap(true, false) {
+		br.log.Info("cluster: NATS keeps up again; forwarding every message")
 	}
 	br.forwarded.Add(1)
 }
@@ -289,18 +396,19 @@ func (br *Bridge) deliver(m *nats.Msg) {
 // Stats returns the counts so far.
 func (br *Bridge) Stats() Stats {
 	return Stats{
-		Forwarded: br.forwarded.Load(), ForwardFailed: br.forwardFailed.Load(),
+		Forwarded: br.forwarded.Load(), ForwardFailed: br.forwardFailed.Load(), ForwardDropped: br.dropped.Load(),
 		Received: br.received.Load(), Rejected: br.rejected.Load(),
-		Connected: br.nc.IsConnected(),
+		Connected: br.connected.Load(),
 	}
 }
 
-// Close leaves the cluster. NATS drops this broker's interest with the
-// connection.
+// Close leaves the cluster, dropping what is still queued. NATS drops this
+// broker's interest with the connection.
 func (br *Bridge) Close() {
 	br.close.Do(func() {
 		close(br.done)
 		br.nc.Close()
+		br.forward.Wait()
 	})
 }
 
@@ -313,11 +421,12 @@ func (br *Bridge) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		counter("hpfeeds_broker_cluster_messages_forwarded_total", "Messages published on this broker and forwarded to the cluster", &br.forwarded),
 		counter("hpfeeds_broker_cluster_messages_forward_failed_total", "Messages published on this broker that could not be forwarded to the cluster (NATS unreachable, or the message is over its max_payload)", &br.forwardFailed),
+		counter("hpfeeds_broker_cluster_messages_forward_dropped_total", "Messages published on this broker that were not forwarded to the cluster because NATS was not keeping up (the forwarding queue was full)", &br.dropped),
 		counter("hpfeeds_broker_cluster_messages_received_total", "Messages received from the cluster and delivered to local subscribers", &br.received),
 		counter("hpfeeds_broker_cluster_messages_rejected_total", "Messages received from the cluster that were not well-formed PUBLISH frames", &br.rejected),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hpfeeds_broker_cluster_connected", Help: "1 while connected to NATS, 0 otherwise"},
 			func() float64 {
-				if br.nc.IsConnected() {
+				if br.connected.Load() {
 					return 1
 				}
 				return 0

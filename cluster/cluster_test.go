@@ -28,6 +28,7 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
+	"github.com/hpfeeds-go/hpfeeds/internal/tcpproxy"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -721,4 +722,47 @@ func TestNATSLateAtStartUp(t *testing.T) {
 	if from, got := sub.next(); from != remote.ident || got != "remote" {
 		t.Fatalf("got %q from %s", got, from)
 	}
+}
+
+// A NATS peer that accepts but stops reading (here a proxy that stalls)
+// never holds a publisher: local delivery goes on at full speed, and what
+// the cluster cannot take is dropped and counted.
+func TestStalledNATSDoesNotBlockPublishers(t *testing.T) {
+	ns := startNATS(t, 0)
+	proxy, err := tcpproxy.New(ns.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startBroker(t, "nats://"+proxy.Addr())
+	// Registered after the bridge's Close, so it runs first: dropping the
+	// stalled connection ends any write NATS is blocked in.
+	t.Cleanup(func() { proxy.Close() })
+	eventually(t, "connected through the proxy", func() bool { return a.bridge.Stats().Connected })
+	pub := connect(t, a, ident("stall-pub"))
+	local := connect(t, a, ident("stall-local"), "events")
+	proxy.Stall()
+
+	// 64 MiB: far more than the kernel's socket buffers, nats.go's buffer
+	// and the bridge's 8 MiB queue can hold.
+	const n, size = 256, 256 << 10
+	payload := strings.Repeat("x", size)
+	frame, _ := wire.AppendPublish(nil, []byte(pub.ident), []byte("events"), []byte(payload))
+	go func() {
+		for range n {
+			if pub.write(frame) != nil {
+				return
+			}
+		}
+	}()
+	local.rd = wire.NewReader(local.nc, wire.UniformLimits(1<<20))
+	for i := range n {
+		if _, got := local.next(); len(got) != size {
+			t.Fatalf("message %d: %d bytes", i, len(got))
+		}
+	}
+	st := a.bridge.Stats()
+	if st.ForwardDropped == 0 {
+		t.Fatalf("nothing dropped for the cluster while NATS was stalled: %+v", st)
+	}
+	t.Logf("%d messages delivered locally while NATS was stalled; bridge %+v", n, st)
 }
