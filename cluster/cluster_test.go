@@ -709,6 +709,8 @@ func TestNATSLateAtStartUp(t *testing.T) {
 	if _, got := sub.next(); got != "local" {
 		t.Fatalf("got %q", got)
 	}
+	// Forwarding is asynchronous: the count follows the local delivery.
+	eventually(t, "3 messages not forwarded", func() bool { return br.Stats().ForwardFailed == 3 })
 	if st := br.Stats(); st.Connected || st.ForwardFailed != 3 {
 		t.Fatalf("stats %+v before NATS is up, want 3 messages not forwarded", st)
 	}
