@@ -32,7 +32,7 @@ func benchConns(b *testing.B, n int) (*Broker, *conn, []*discardConn) {
 	u := auth.User{Ident: "ident", PubChans: []string{"chan"}, SubChans: []string{"chan"}}
 	mk := func() (*conn, *discardConn) {
 		d := &discardConn{}
-		c := newConn(br, d, ModePubSub)
+		c := newConn(br, d, ModePubSub, "bench")
 		c.sess.Store(newSession(u))
 		return c, d
 	}
@@ -87,7 +87,7 @@ func BenchmarkPush(b *testing.B) {
 		b.Fatal(err)
 	}
 	d := &discardConn{}
-	c := newConn(br, d, ModePubSub)
+	c := newConn(br, d, ModePubSub, "bench")
 	defer func() { c.q.abort(); <-c.q.done }()
 	frame, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
 	b.ReportAllocs()

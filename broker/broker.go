@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/wire"
@@ -44,7 +45,14 @@ type Broker struct {
 	refusals       refusals
 	lookupFailures quietLog // the log lines of failed credential lookups
 	settle         settler
-	retired        retired // guarded by mu
+	retired        retired                 // guarded by mu
+	idents         map[string]*identRecord // every ident that logged in; guarded by mu
+
+	nextID atomic.Uint64 // the last connection id given
+	// clock is the time (Unix ns) to a quarter second, kept by the background
+	// loop, so a publish can stamp its channel without reading the clock.
+	clock atomic.Int64
+	rates rateWindow
 }
 
 // New checks cfg and returns a broker ready to Serve.
@@ -61,9 +69,18 @@ func New(cfg Config) (*Broker, error) {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
 		perIP:     map[netip.Addr]int{},
+		idents:    map[string]*identRecord{},
 	}
 	b.preAuth, b.postAuth = cfg.limits()
 	b.stats.init()
+	b.clock.Store(time.Now().UnixNano())
+	b.rates.add(time.Now(), nil)
+	b.wg.Add(1)
+	go b.background()
+	if cfg.RevalidateEvery > 0 {
+		b.wg.Add(1)
+		go b.revalidateLoop()
+	}
 	return b, nil
 }
 
@@ -84,6 +101,10 @@ func (b *Broker) Serve(l net.Listener, mode Mode) error {
 	b.mu.Unlock()
 	defer b.wg.Done()
 
+	endpoint := l.Addr().String()
+	if bl, ok := l.(*Listener); ok {
+		endpoint = bl.Endpoint.String()
+	}
 	var delay time.Duration
 	for {
 		nc, err := l.Accept()
@@ -107,7 +128,7 @@ func (b *Broker) Serve(l net.Listener, mode Mode) error {
 		}
 		delay = 0
 		b.settle.accepted()
-		c := newConn(b, nc, mode)
+		c := newConn(b, nc, mode, endpoint)
 		switch reason, ok := b.track(c); {
 		case !ok && reason == "":
 			nc.Close()
@@ -179,6 +200,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	for c := range b.conns {
+		c.setReason("broker shutting down")
 		c.nc.Close()
 	}
 	b.mu.Unlock()

@@ -22,6 +22,7 @@ const (
 	DefaultSendQueueHard        = 2 * DefaultSendQueueSoft
 	DefaultBackpressureDeadline = 60 * time.Second
 	DefaultFlushTimeout         = 5 * time.Second
+	DefaultRevalidateEvery      = time.Minute
 )
 
 // Config is what a Broker needs. Zero fields take the defaults above.
@@ -63,6 +64,11 @@ type Config struct {
 	// FlushTimeout bounds writing the last frames and the ERROR to a
 	// connection being closed.
 	FlushTimeout time.Duration
+
+	// RevalidateEvery is how often each live session's ident is looked up
+	// again, so a removed user, a changed secret or changed channels take
+	// effect without a new login. Negative: never.
+	RevalidateEvery time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -92,6 +98,9 @@ func (c *Config) setDefaults() error {
 	defd(&c.LookupTimeout, DefaultLookupTimeout)
 	defd(&c.BackpressureDeadline, DefaultBackpressureDeadline)
 	defd(&c.FlushTimeout, DefaultFlushTimeout)
+	if c.RevalidateEvery == 0 {
+		c.RevalidateEvery = DefaultRevalidateEvery
+	}
 	def(&c.PreAuthMaxSize, DefaultPreAuthMaxSize)
 	def(&c.MaxPublishSize, DefaultMaxPublishSize)
 	def(&c.MaxSubscribeSize, DefaultMaxSubscribeSize)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -60,7 +61,8 @@ const (
 	CategoryDeadlineTimerExpired = "deadline-timer-expired"
 )
 
-// session is what AUTH established. It never changes once stored.
+// session is what AUTH established. It never changes once stored; when
+// the store changes the user's channels, revalidation stores a new one.
 type session struct {
 	ident    []byte
 	identStr string
@@ -68,6 +70,7 @@ type session struct {
 	// Checked once per channel and connection (publish caches the
 	// result), so plain lists cost less memory than sets.
 	pub, sub []string
+	secret   [sha256.Size]byte // a digest, so a changed secret is noticed without keeping it
 }
 
 func newSession(u auth.User) *session {
@@ -77,6 +80,7 @@ func newSession(u auth.User) *session {
 		owner:    u.Owner,
 		pub:      u.PubChans,
 		sub:      u.SubChans,
+		secret:   sha256.Sum256([]byte(u.Secret)),
 	}
 }
 
@@ -99,7 +103,15 @@ type conn struct {
 	mode  Mode
 	nonce [wire.NonceLen]byte
 
-	sess atomic.Pointer[session] // nil until authenticated
+	id       uint64    // unique within the broker, in accept order
+	since    time.Time // accepted
+	endpoint string    // the listener's endpoint, for status pages and logs
+
+	sess   atomic.Pointer[session] // nil until authenticated
+	reason atomic.Pointer[string]  // why the connection ends; the first cause wins
+	// The session c.pubs and c.subs were last checked against: when
+	// revalidation stores another, the reader rechecks them (follow).
+	checked *session
 
 	// Owned by the reader goroutine; made on first use, as most
 	// connections only publish or only subscribe.
@@ -128,12 +140,13 @@ type connStats struct {
 	sentBytes        atomic.Uint64 // bytes written to the socket
 	sentFrames       atomic.Uint64 // frames written whole
 	writes           atomic.Uint64 // write syscalls (batches)
+	ctrlFrames       atomic.Uint64 // frames read other than PUBLISH (those count per channel)
 	deadlineStarts   atomic.Uint64
 	deadlineRecovers atomic.Uint64
 }
 
-func newConn(b *Broker, nc net.Conn, mode Mode) *conn {
-	c := &conn{b: b, nc: nc, mode: mode}
+func newConn(b *Broker, nc net.Conn, mode Mode, endpoint string) *conn {
+	c := &conn{b: b, nc: nc, mode: mode, endpoint: endpoint, since: time.Now(), id: b.nextID.Add(1)}
 	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		c.ip = a.AddrPort().Addr().Unmap()
 	}
@@ -164,6 +177,7 @@ func (c *conn) serve() {
 	if c.handshake() {
 		err := c.readLoop()
 		c.wakeWriters()
+		c.ended(err)
 		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			c.log().Debug("connection closed", "err", err)
 		}
@@ -180,8 +194,43 @@ func (c *conn) serve() {
 	ident := ""
 	if s := c.sess.Load(); s != nil {
 		ident = s.identStr
+		c.logDisconnect(s)
 	}
 	b.stats.connectionLost(ident)
+}
+
+// setReason records why the connection ends, unless a cause already was.
+func (c *conn) setReason(r string) {
+	c.reason.CompareAndSwap(nil, &r)
+}
+
+// ended records why the reader stopped, if nothing before it said why.
+func (c *conn) ended(err error) {
+	switch {
+	case err == nil:
+		c.setReason("closed by the broker")
+	case errors.Is(err, io.EOF):
+		c.setReason("closed by the client")
+	case errors.Is(err, net.ErrClosed):
+		c.setReason("closed by the broker")
+	default:
+		c.setReason(err.Error())
+	}
+}
+
+// Reason is why the connection ended, once it has.
+func (c *conn) Reason() string {
+	if r := c.reason.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+// logDisconnect writes the INFO line an operator reads next to the login's.
+func (c *conn) logDisconnect(s *session) {
+	c.b.cfg.Logger.Info("disconnect", "ident", s.identStr, "addr", c.nc.RemoteAddr().String(),
+		"duration", time.Since(c.since).Round(time.Millisecond), "reason", c.Reason(),
+		"frames_in", c.framesIn(), "frames_out", c.stats.sentFrames.Load())
 }
 
 // handshake completes TLS if needed and sends INFO in a single write (the
@@ -253,6 +302,7 @@ func (c *conn) readLoop() error {
 			// AUTH, INFO or ERROR from an authenticated client: the
 			// reference's session crashes on these; close it cleanly.
 			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
+			c.setReason("unexpected frame after authentication")
 		}
 		if len(c.later) > 0 && !rd.Ready() {
 			c.wakeWriters()
@@ -291,20 +341,27 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	u.Ident = ident
 	s := newSession(u)
 	c.stats.recvAtAuth.Store(c.stats.recvBytes.Load())
+	c.checked = s
 	c.sess.Store(s)
+	c.stats.ctrlFrames.Add(1)
 	b.stats.connectionReady(s.identStr)
-	c.log().Debug("authenticated", "owner", s.owner)
+	b.loggedIn(c, s)
+	b.cfg.Logger.Info("login", "ident", s.identStr, "owner", s.owner,
+		"addr", c.nc.RemoteAddr().String(), "endpoint", c.endpoint)
 	return true
 }
 
 func (c *conn) publish(f wire.Frame) bool {
 	s := c.sess.Load()
+	if s != c.checked {
+		c.follow(s)
+	}
 	if !bytes.Equal(f.Ident, s.ident) {
 		c.fail(s.identStr, CategoryIdentMismatchPub, "Invalid authkey in message, ident="+string(f.Ident))
 		return false
 	}
 	p := c.pubs[string(f.Channel)]
-	if p == nil {
+	if p == nil || p.revoked {
 		if !allowed(s.pub, f.Channel) || c.mode == ModeSubscribe {
 			c.fail(s.identStr, CategoryNoPubPermission,
 				"Authkey not allowed to pub here. ident="+s.identStr+", chan="+string(f.Channel))
@@ -318,7 +375,7 @@ func (c *conn) publish(f wire.Frame) bool {
 		c.pubs[p.t.name] = p
 		c.pubMu.Unlock()
 	}
-	p.observe(len(f.Payload))
+	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
 	p.t.publish(f.Raw, len(f.Payload), &c.later)
@@ -329,7 +386,11 @@ func (c *conn) publish(f wire.Frame) bool {
 }
 
 func (c *conn) subscribe(f wire.Frame) bool {
+	c.stats.ctrlFrames.Add(1)
 	s := c.sess.Load()
+	if s != c.checked {
+		c.follow(s)
+	}
 	if !allowed(s.sub, f.Channel) || c.mode == ModePublish {
 		c.fail(s.identStr, CategoryNoSubPermission,
 			"Authkey not allowed to sub here. ident="+s.identStr+", chan="+string(f.Channel))
@@ -341,6 +402,14 @@ func (c *conn) subscribe(f wire.Frame) bool {
 	t := c.b.topic(f.Channel, true)
 	if t.add(c) {
 		c.b.interestChanged(t.name)
+	}
+	// Revalidation may have narrowed the channels since s was loaded and
+	// missed this subscription; it stored the session before it looked.
+	if ns := c.sess.Load(); ns != s && !allowed(ns.sub, f.Channel) {
+		if t.remove(c) {
+			c.b.interestChanged(t.name)
+		}
+		return true
 	}
 	c.subs = append(c.subs, t)
 	return true
@@ -359,6 +428,7 @@ func (c *conn) subscribed(channel []byte) int {
 }
 
 func (c *conn) unsubscribe(f wire.Frame) {
+	c.stats.ctrlFrames.Add(1)
 	if i := c.subscribed(f.Channel); i >= 0 {
 		if c.subs[i].remove(c) {
 			c.b.interestChanged(c.subs[i].name)
@@ -371,6 +441,7 @@ func (c *conn) unsubscribe(f wire.Frame) {
 // connection; ident labels the metric and is empty before authentication.
 func (c *conn) fail(ident, category, msg string) {
 	c.b.stats.connectionError(ident, category)
+	c.setReason(msg)
 	c.log().Debug("closing connection with error", "category", category, "error", msg)
 	c.q.closeWith(wire.AppendError(nil, msg))
 }

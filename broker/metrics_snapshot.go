@@ -30,12 +30,26 @@ func publishBucket(n int) int {
 type pubChan struct {
 	t       *topic
 	sum     atomic.Uint64
+	last    atomic.Int64 // the broker's coarse clock at the last publish (Unix ns)
 	buckets [NumPublishBuckets]atomic.Uint64
+	// Set by the reader when revalidation took the channel away, so the
+	// next publish there is refused; the counters stay for the metrics.
+	revoked bool
 }
 
-func (p *pubChan) observe(payload int) {
+func (p *pubChan) observe(payload int, now int64) {
 	p.sum.Add(uint64(payload))
+	p.last.Store(now)
 	p.buckets[publishBucket(payload)].Add(1)
+}
+
+// count is the number of publishes.
+func (p *pubChan) count() uint64 {
+	var n uint64
+	for i := range p.buckets {
+		n += p.buckets[i].Load()
+	}
+	return n
 }
 
 // IdentStats sums one ident's connections. The buffer sizes and
@@ -67,6 +81,7 @@ type IdentOwner struct{ Ident, Owner string }
 type PublishStats struct {
 	Sum     uint64
 	Buckets [NumPublishBuckets]uint64
+	Last    int64 // Unix ns of the last publish, to the broker's coarse clock (a quarter second)
 }
 
 // Count is the number of publishes.
@@ -178,13 +193,7 @@ func (c *conn) snapshot(s *Snapshot) {
 	st := s.ident(sess.identStr)
 	st.Connections++
 	s.Owners[IdentOwner{sess.identStr, sess.owner}]++
-	c.q.mu.Lock()
-	queued := c.q.queued
-	c.q.mu.Unlock()
-	if c.q.dropped.Load() {
-		queued = 0 // closed for backpressure: what was queued is gone
-	}
-	st.SendBufferSize += uint64(max(queued, 0))
+	st.SendBufferSize += c.queuedBytes()
 	// Parsed before read: both only grow and read >= parsed, so this
 	// order never sees more parsed than read.
 	parsed := c.stats.parsedBytes.Load()
@@ -219,6 +228,7 @@ func (b *Broker) retire(c *conn) {
 	for name, p := range c.pubs {
 		addPublishes(r.pubs, IdentChan{sess.identStr, name}, p)
 	}
+	b.loggedOut(c, sess)
 }
 
 // addTo adds the connection's counters to st.
@@ -240,6 +250,7 @@ func addPublishes(m map[IdentChan]*PublishStats, k IdentChan, p *pubChan) {
 		m[k] = ps
 	}
 	ps.Sum += p.sum.Load()
+	ps.Last = max(ps.Last, p.last.Load())
 	for i := range p.buckets {
 		ps.Buckets[i] += p.buckets[i].Load()
 	}

@@ -146,6 +146,7 @@ func (q *sendQueue) failLocked(reason string) {
 		ident = s.identStr
 	}
 	c.b.stats.backpressureClose(ident, reason)
+	c.setReason("too slow: " + reason)
 }
 
 // closeWith writes what is queued, then frame, then closes.

@@ -65,6 +65,9 @@ var (
 	descBackpressureCloses = prometheus.NewDesc("hpfeeds_broker_backpressure_closes_total",
 		"Number of subscribers closed for being too slow: past the soft mark for longer than the deadline (reason=deadline) or at the hard bound (reason=hard-bound)",
 		[]string{"ident", "reason"}, nil)
+	descIdentLastPublish = prometheus.NewDesc("hpfeeds_broker_ident_last_publish_timestamp_seconds",
+		"Unix time of the ident's last publish to any channel, to a quarter second; for alerts on sensors that went quiet",
+		[]string{"ident"}, nil)
 	descConnectionsRefused = prometheus.NewDesc("hpfeeds_broker_connections_refused_total",
 		"Number of connections closed at accept because --max-connections (reason=max-connections) or --max-connections-per-ip (reason=max-connections-per-ip) was reached",
 		[]string{"reason"}, nil)
@@ -103,6 +106,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descSendBufferFill, descSendBufferDrain, descDeadlineStart, descDeadlineRecover,
 		descSubscriptions, descPublishCount, descPublishSize, descAuthenticated,
 		descDelivered, descFramesWritten, descWrites, descBackpressureCloses, descConnectionsRefused,
+		descIdentLastPublish,
 	} {
 		ch <- d
 	}
@@ -168,7 +172,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.mu.Unlock()
 
+	collectPublishes(ch, s)
+}
+
+// collectPublishes exports what each ident published: per channel, and the
+// time of its last publish anywhere.
+func collectPublishes(ch chan<- prometheus.Metric, s *broker.Snapshot) {
+	last := map[string]int64{}
 	for k, p := range s.Publishes {
+		last[k.Ident] = max(last[k.Ident], p.Last)
 		// The histogram keeps the map until it is written: one each.
 		buckets := make(map[float64]uint64, len(publishBuckets))
 		var cum uint64
@@ -177,7 +189,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			buckets[le] = cum
 		}
 		count := p.Count()
-		counter(descPublishCount, count, k.Ident, k.Chan)
+		ch <- prometheus.MustNewConstMetric(descPublishCount, prometheus.CounterValue, float64(count), k.Ident, k.Chan)
 		ch <- prometheus.MustNewConstHistogram(descPublishSize, count, float64(p.Sum), buckets, k.Ident, k.Chan)
+	}
+	for id, ns := range last {
+		if ns != 0 {
+			ch <- prometheus.MustNewConstMetric(descIdentLastPublish, prometheus.GaugeValue, float64(ns)/1e9, id)
+		}
 	}
 }

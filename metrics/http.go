@@ -26,8 +26,9 @@ func NewRegistry(b *broker.Broker, lookups *Lookups) *prometheus.Registry {
 }
 
 // Handler serves /metrics from reg and /healthz, which answers {} with 200
-// as the Python broker's does.
-func Handler(reg *prometheus.Registry) http.Handler {
+// as the Python broker's does. Other pages (the status package's) can be
+// added to the mux it returns.
+func Handler(reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -23,7 +23,9 @@ import (
 	_ "github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
+	"github.com/hpfeeds-go/hpfeeds/internal/version"
 	"github.com/hpfeeds-go/hpfeeds/metrics"
+	"github.com/hpfeeds-go/hpfeeds/status"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -36,6 +38,9 @@ type options struct {
 	tlsCert     string
 	tlsKey      string
 	debug       bool
+	logFormat   string
+	logLevel    string
+	staleAfter  time.Duration
 	checkConfig bool
 	mongoColl   string
 	cfg         broker.Config
@@ -55,16 +60,22 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.String(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.Context())
 		},
 	}
+	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
 	f.StringArrayVarP(&o.endpoints, "endpoint", "e", nil, "listen on `ENDPOINT`, e.g. tcp:port=10000 or tls:port=10000:cert=broker.crt:key=broker.key (repeatable; default tcp:port=10000)")
 	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory)")
-	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics and /healthz on `HOST:PORT` (off unless given)")
+	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics, /healthz, the status page / and /connz, /chanz, /identz on `HOST:PORT` (off unless given)")
+	f.DurationVar(&o.staleAfter, "stale-after", status.DefaultStaleAfter, "show a sensor as stale once it has published nothing for this `DURATION`")
+	f.DurationVar(&o.cfg.RevalidateEvery, "revalidate-every", broker.DefaultRevalidateEvery, "look up each live session's user again this often: removed users and changed secrets are disconnected, changed channels enforced (`DURATION`; 0: never)")
 	f.StringVar(&o.cfg.Name, "name", broker.DefaultName, "broker `NAME` sent to clients in INFO (at most 255 bytes)")
-	f.BoolVar(&o.debug, "debug", false, "log at debug level")
+	f.BoolVar(&o.debug, "debug", false, "log at debug level (same as --log-level=debug)")
+	f.StringVar(&o.logFormat, "log-format", "text", "log `FORMAT`: text or json")
+	f.StringVar(&o.logLevel, "log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	f.StringVar(&o.bind, "bind", "", "legacy: listen on `HOST:PORT` (use -e instead)")
 	f.StringVar(&o.tlsCert, "tlscert", "", "legacy: TLS certificate `FILE` for --bind (with --tlskey)")
 	f.StringVar(&o.tlsKey, "tlskey", "", "legacy: TLS private key `FILE` for --bind (with --tlscert)")
@@ -91,7 +102,7 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.IntVar(&o.cfg.MaxConnections, "max-connections", 0, "close new connections past this many open ones (0: no limit)")
 	f.IntVar(&o.cfg.MaxConnectionsPerIP, "max-connections-per-ip", 0, "close new connections past this many open ones from one address (0: no limit)")
 	f.DurationVar(&o.cfg.BackpressureDeadline, "backpressure-deadline", broker.DefaultBackpressureDeadline, "how long a subscriber may stay past the soft mark (`DURATION`)")
-	cmd.AddCommand(newUserCmd())
+	cmd.AddCommand(newUserCmd(), newStatusCmd())
 	return cmd
 }
 
@@ -123,12 +134,22 @@ func (o *options) endpointSpecs() ([]string, error) {
 	return specs, nil
 }
 
-func (o *options) logger() *slog.Logger {
-	level := slog.LevelInfo
+func (o *options) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
 	if o.debug {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	switch o.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
 }
 
 // openStores opens every --auth store in order. With check set, each store
@@ -177,7 +198,10 @@ func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl str
 }
 
 func (o *options) run(ctx context.Context) error {
-	log := o.logger()
+	log, err := o.logger()
+	if err != nil {
+		return err
+	}
 	specs, err := o.endpointSpecs()
 	if err != nil {
 		return err
@@ -207,6 +231,9 @@ func (o *options) run(ctx context.Context) error {
 	cfg := o.cfg
 	cfg.Auth = store
 	cfg.Logger = log
+	if cfg.RevalidateEvery == 0 {
+		cfg.RevalidateEvery = -1 // the flag's 0 is the library's "never"
+	}
 	var bridge *cluster.Bridge
 	if o.cluster.URLs != "" {
 		o.cluster.Logger = log
@@ -264,13 +291,15 @@ func (o *options) run(ctx context.Context) error {
 		go func() { errc <- b.Serve(l, l.Endpoint.Mode) }()
 	}
 	if exporter != nil {
+		mux := metrics.Handler(registry(b, lookups, bridge))
+		status.Mount(mux, b, status.Options{StaleAfter: o.staleAfter, Name: cfg.Name, Version: version.String()})
 		srv := &http.Server{
-			Handler:           metrics.Handler(registry(b, lookups, bridge)),
+			Handler:           mux,
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
 		defer srv.Close()
-		log.Info("serving metrics", "addr", exporter.Addr().String(), "paths", "/metrics /healthz")
+		log.Info("serving metrics", "addr", exporter.Addr().String(), "paths", "/metrics /healthz / /connz /chanz /identz")
 		go func() {
 			if err := srv.Serve(exporter); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics exporter stopped", "err", err)

@@ -1,0 +1,103 @@
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is what `hpfeeds-broker status` shows: the three JSON answers.
+type Report struct {
+	Identz *Identz `json:"identz"`
+	Chanz  *Chanz  `json:"chanz"`
+	Connz  *Connz  `json:"connz"`
+}
+
+// Fetch asks the exporter at base (http://host:port) for a Report.
+func Fetch(ctx context.Context, c *http.Client, base string) (*Report, error) {
+	base = strings.TrimRight(base, "/")
+	r := &Report{}
+	for _, g := range []struct {
+		path string
+		v    any
+	}{{"/identz", &r.Identz}, {"/chanz", &r.Chanz}, {"/connz", &r.Connz}} {
+		if err := getJSON(ctx, c, base+g.path, g.v); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("--url: %w", err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("exporter not reachable: %w (is the broker running with --exporter at that address?)", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("GET %s: not a status answer (is it an hpfeeds broker's exporter?): %w", url, err)
+	}
+	return nil
+}
+
+// WriteText writes r as the terminal tables of `hpfeeds-broker status`.
+func WriteText(w io.Writer, r *Report) error {
+	now := r.Connz.Now
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "SENSORS (%d idents, %d stale after %s without a publish)\n", len(r.Identz.Idents), r.Identz.Stale,
+		time.Duration(r.Identz.StaleAfterSeconds*float64(time.Second)))
+	fmt.Fprintln(tw, "IDENT\tOWNER\tSTATE\tCONNS\tLAST PUBLISH\tLAST LOGIN\tLAST DISCONNECT\t")
+	for _, in := range r.Identz.Idents {
+		state, last := "offline", ago(now, in.LastPublish)
+		switch {
+		case in.Stale:
+			state = "STALE"
+		case in.Connections > 0:
+			state = "connected"
+		}
+		if !in.Publisher {
+			last = "subscriber"
+		}
+		disc := "-"
+		if !in.LastDisconnect.IsZero() {
+			disc = ago(now, in.LastDisconnect) + " (" + in.LastReason + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", in.Ident, in.Owner, state, in.Connections,
+			last, ago(now, in.LastLogin)+" from "+in.LastAddr, disc)
+	}
+	fmt.Fprintf(tw, "\nCHANNELS (rates over the last minute)\n")
+	fmt.Fprintln(tw, "CHANNEL\tPUBS\tSUBS\tMSG/S\tBYTES/S\tMESSAGES\tBYTES\tLAST PUBLISH\t")
+	for _, c := range r.Chanz.Channels {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t\n", c.Name, c.Publishers, c.Subscribers,
+			c.MsgRate, c.ByteRate, c.Messages, humanBytes(c.Bytes), ago(now, c.LastPublish))
+	}
+	fmt.Fprintf(tw, "\nCONNECTIONS (%d of %d)\n", len(r.Connz.Connections), r.Connz.Total)
+	fmt.Fprintln(tw, "CID\tIDENT\tADDRESS\tENDPOINT\tTLS\tCONNECTED\tSUBSCRIPTIONS\tFRAMES IN/OUT\tBYTES IN/OUT\tQUEUED\tLAST PUBLISH\t")
+	for _, c := range r.Connz.Connections {
+		tls := "no"
+		if c.TLS {
+			tls = "yes"
+		}
+		ident := c.Ident
+		if ident == "" {
+			ident = "(authenticating)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s/%s\t%s\t%s\t\n", c.ID, ident, c.Addr, c.Endpoint, tls,
+			ago(now, c.Since), strings.Join(c.Subscriptions, ","), c.FramesIn, c.FramesOut,
+			humanBytes(c.BytesIn), humanBytes(c.BytesOut), humanBytes(c.BytesQueued), ago(now, c.LastPublish))
+	}
+	return tw.Flush()
+}
