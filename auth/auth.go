@@ -55,8 +55,11 @@ func (u User) WithDefaults() User {
 // Store answers ident → user. It is safe for concurrent use.
 type Store interface {
 	// Lookup returns the user, or found=false when the store does not know
-	// the ident. An error means the store could not answer (down, timed
-	// out, corrupt row); it is never cached by the caller.
+	// the ident. It matches as the store's database does (collations and
+	// all) and sets User.Ident to the identifier as stored; logins go
+	// through Find, which insists on the exact spelling. An error means the
+	// store could not answer (down, timed out, corrupt row); it is never
+	// cached by the caller.
 	Lookup(ctx context.Context, ident string) (u User, found bool, err error)
 	// String names the store for logs; it never includes a password.
 	String() string
@@ -284,7 +287,8 @@ type redacted struct {
 func (r redacted) Error() string { return r.msg }
 func (r redacted) Unwrap() error { return r.err }
 
-// Chain asks stores in order; the first that knows the ident answers.
+// Chain asks stores in order; the first that knows the ident, spelled
+// exactly so (see Find), answers.
 type Chain []Store
 
 // Lookup implements Store. A store that fails does not stop the chain: a
@@ -293,7 +297,7 @@ type Chain []Store
 func (c Chain) Lookup(ctx context.Context, ident string) (User, bool, error) {
 	var errs []error
 	for _, s := range c {
-		u, found, err := s.Lookup(ctx, ident)
+		u, found, err := Find(ctx, s, ident)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s, err))
 			continue

@@ -316,8 +316,14 @@ func (c *conn) readLoop() error {
 func (c *conn) authenticate(f wire.Frame) bool {
 	b := c.b
 	ident := string(f.Ident)
+	if err := auth.CheckIdent(ident); err != nil {
+		// Not a store failure: no store could hold this ident.
+		c.log().Info("authentication failed: "+err.Error(), "ident", ident)
+		c.fail("", CategoryInvalidIdent, msgAuthFailed+ident)
+		return false
+	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
-	u, found, err := b.cfg.Auth.Lookup(ctx, ident)
+	u, found, err := auth.Find(ctx, b.cfg.Auth, ident)
 	cancel()
 	// Failed logins are counted without their ident: a client that never
 	// authenticates must not be able to create label values.
@@ -338,8 +344,7 @@ func (c *conn) authenticate(f wire.Frame) bool {
 		c.fail("", CategoryInvalidSecret, msgAuthFailed+ident)
 		return false
 	}
-	u.Ident = ident
-	s := newSession(u)
+	s := newSession(u) // u.Ident is ident, byte for byte (auth.Find)
 	c.stats.recvAtAuth.Store(c.stats.recvBytes.Load())
 	c.checked = s
 	c.sess.Store(s)

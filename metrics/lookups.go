@@ -80,3 +80,12 @@ func (s *instrumented) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// DuplicateIdents keeps the wrapped store's duplicate check visible to the
+// start-up warning.
+func (s *instrumented) DuplicateIdents(ctx context.Context) ([]string, error) {
+	if d, ok := s.Store.(auth.DuplicateFinder); ok {
+		return d.DuplicateIdents(ctx)
+	}
+	return nil, nil
+}

@@ -1,12 +1,19 @@
 // Package env is the credential store that reads users from environment
 // variables, for throwaway and container deployments (--auth=env):
 //
-//	HPFEEDS_<IDENT>_SECRET    the secret; without it the ident is unknown
-//	HPFEEDS_<IDENT>_OWNER     defaults to the ident
-//	HPFEEDS_<IDENT>_PUBCHANS  comma-separated channels
-//	HPFEEDS_<IDENT>_SUBCHANS  comma-separated channels
+//	HPFEEDS_<NAME>_SECRET    the secret; without it the ident is unknown
+//	HPFEEDS_<NAME>_IDENT     the ident's spelling; defaults to NAME lower-cased
+//	HPFEEDS_<NAME>_OWNER     defaults to the ident
+//	HPFEEDS_<NAME>_PUBCHANS  comma-separated channels
+//	HPFEEDS_<NAME>_SUBCHANS  comma-separated channels
 //
-// IDENT is the ident upper-cased. Variables are read on every lookup.
+// NAME is the ident with its ASCII letters upper-cased, as the Python
+// broker's HPFEEDS_<ident.upper()>_SECRET (only ASCII: Unicode case rules
+// map many spellings, "ſ" and "s" among them, to one name). Each credential
+// has one spelling, so it logs in as one ident: HPFEEDS_SENSOR1_SECRET is
+// the user sensor1, and Sensor1 or SENSOR1 are unknown unless
+// HPFEEDS_SENSOR1_IDENT names one of them instead. Variables are read on
+// every lookup.
 package env
 
 import (
@@ -28,23 +35,50 @@ type Store struct {
 	Getenv func(string) string
 }
 
-func (s Store) get(ident, field string) string {
-	return s.Getenv("HPFEEDS_" + strings.ToUpper(ident) + "_" + field)
+// Name is the NAME of the variables of ident.
+func Name(ident string) string {
+	return strings.Map(func(r rune) rune {
+		if 'a' <= r && r <= 'z' {
+			return r - 'a' + 'A'
+		}
+		return r
+	}, ident)
 }
 
-// Lookup implements auth.Store.
+// spelling is the ident a NAME stands for when HPFEEDS_<NAME>_IDENT is unset.
+func spelling(name string) string {
+	return strings.Map(func(r rune) rune {
+		if 'A' <= r && r <= 'Z' {
+			return r - 'A' + 'a'
+		}
+		return r
+	}, name)
+}
+
+func (s Store) get(name, field string) string {
+	return s.Getenv("HPFEEDS_" + name + "_" + field)
+}
+
+// Lookup implements auth.Store. Any spelling of the NAME finds the
+// credential; the returned Ident is its one spelling, which auth.Find
+// holds the login to.
 func (s Store) Lookup(_ context.Context, ident string) (auth.User, bool, error) {
-	secret := s.get(ident, "SECRET")
+	name := Name(ident)
+	secret := s.get(name, "SECRET")
 	if secret == "" {
 		return auth.User{}, false, nil
 	}
-	return auth.User{
-		Ident:    ident,
-		Owner:    s.get(ident, "OWNER"),
+	u := auth.User{
+		Ident:    s.get(name, "IDENT"),
+		Owner:    s.get(name, "OWNER"),
 		Secret:   secret,
-		PubChans: auth.SplitList(s.get(ident, "PUBCHANS")),
-		SubChans: auth.SplitList(s.get(ident, "SUBCHANS")),
-	}.WithDefaults(), true, nil
+		PubChans: auth.SplitList(s.get(name, "PUBCHANS")),
+		SubChans: auth.SplitList(s.get(name, "SUBCHANS")),
+	}
+	if u.Ident == "" {
+		u.Ident = spelling(name)
+	}
+	return u.WithDefaults(), true, nil
 }
 
 func (Store) String() string { return "env" }

@@ -2,6 +2,7 @@ package env
 
 import (
 	"context"
+	"os"
 	"slices"
 	"testing"
 
@@ -33,5 +34,29 @@ func TestLookup(t *testing.T) {
 	}
 	if _, found, _ := s.Lookup(context.Background(), "nobody"); found {
 		t.Error("ident without a SECRET variable was found")
+	}
+}
+
+// One credential, one ident: HPFEEDS_<NAME>_SECRET logs in as NAME
+// lower-cased, or as HPFEEDS_<NAME>_IDENT spells it, and as nothing else.
+// Only ASCII letters are case-mapped, so "ſ" (which Unicode upper-cases to
+// "S") finds no variable at all.
+func TestOneSpellingPerCredential(t *testing.T) {
+	t.Setenv("HPFEEDS_SENSOR1_SECRET", "s3cret")
+	t.Setenv("HPFEEDS_HONEYPOT_SECRET", "s3cret")
+	t.Setenv("HPFEEDS_HONEYPOT_IDENT", "HoneyPot")
+	s := Store{Getenv: os.Getenv}
+	ctx := context.Background()
+	for ident, want := range map[string]bool{
+		"sensor1": true, "Sensor1": false, "SENSOR1": false, "ſensor1": false, "sensor1 ": false,
+		"HoneyPot": true, "honeypot": false, "HONEYPOT": false,
+	} {
+		u, found, err := auth.Find(ctx, s, ident)
+		if err != nil || found != want || found && (u.Ident != ident || u.Owner != ident) {
+			t.Errorf("%q: found=%v %+v %v, want found=%v", ident, found, u, err, want)
+		}
+	}
+	if n := Name("ſensör-1"); n != "ſENSöR-1" {
+		t.Errorf("Name mapped non-ASCII letters: %q", n)
 	}
 }

@@ -192,13 +192,12 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 	if err != nil {
 		return auth.User{}, false, err
 	}
-	var d doc
-	err = c.FindOne(ctx, bson.D{{Key: "identifier", Value: ident}}).Decode(&d)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return auth.User{}, false, nil
-	}
+	d, found, err := find(ctx, c, ident)
 	if err != nil {
 		return auth.User{}, false, auth.RedactError(err, s.spec)
+	}
+	if !found {
+		return auth.User{}, false, nil
 	}
 	u, err := d.user()
 	if err != nil {
@@ -209,6 +208,60 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 		return auth.User{}, false, nil
 	}
 	return u, true, nil
+}
+
+// find returns the document spelled exactly as ident if there is one, else
+// the first that matches: a collection with a collation that ignores case
+// matches several spellings, and auth.Find refuses any but the exact one.
+func find(ctx context.Context, c *mongo.Collection, ident string) (doc, bool, error) {
+	cur, err := c.Find(ctx, bson.D{{Key: "identifier", Value: ident}})
+	if err != nil {
+		return doc{}, false, err
+	}
+	defer cur.Close(ctx)
+	var d doc
+	found := false
+	for cur.Next(ctx) {
+		var next doc
+		if err := cur.Decode(&next); err != nil {
+			return doc{}, false, err
+		}
+		if !found || next.Identifier == ident {
+			d, found = next, true
+		}
+		if d.Identifier == ident {
+			break
+		}
+	}
+	return d, found, cur.Err()
+}
+
+// DuplicateIdents implements auth.DuplicateFinder; $group compares with
+// the collection's default collation, as lookups do.
+func (s *Store) DuplicateIdents(ctx context.Context) ([]string, error) {
+	c, err := s.collection(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := c.Aggregate(ctx, mongo.Pipeline{
+		{{Key: "$match", Value: bson.D{{Key: "identifier", Value: bson.D{{Key: "$type", Value: "string"}}}}}},
+		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$identifier"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
+		{{Key: "$match", Value: bson.D{{Key: "n", Value: bson.D{{Key: "$gt", Value: 1}}}}}},
+	})
+	if err != nil {
+		return nil, auth.RedactError(err, s.spec)
+	}
+	var groups []struct {
+		ID string `bson:"_id"`
+	}
+	if err := cur.All(ctx, &groups); err != nil {
+		return nil, auth.RedactError(err, s.spec)
+	}
+	idents := make([]string, len(groups))
+	for i, g := range groups {
+		idents[i] = g.ID
+	}
+	return idents, nil
 }
 
 func (s *Store) String() string { return auth.Redact(s.spec) }

@@ -210,3 +210,28 @@ func TestMongoSRVUnresolved(t *testing.T) {
 		t.Fatalf("lookup took %v despite its 1 s deadline", d)
 	}
 }
+
+// A collection with a case-insensitive default collation matches several
+// spellings: each document logs in only as itself, and the duplicates are
+// found as the collection compares them. FerretDB ignores collations, so
+// here that is shown with identical identifiers.
+func TestMongoExactIdentAndDuplicates(t *testing.T) {
+	uri, db := storetest.MongoURI(t)
+	coll := writer(t, uri, db).Collection(DefaultCollection)
+	insert(t, coll,
+		bson.M{"identifier": "Alice", "secret": "upper", "publish": bson.A{"events"}, "subscribe": bson.A{"events"}},
+		bson.M{"identifier": "alice", "secret": "lower", "publish": bson.A{"events"}, "subscribe": bson.A{"events"}},
+		bson.M{"identifier": "twice", "secret": "x"},
+		bson.M{"identifier": "twice", "secret": "y"},
+		bson.M{"secret": "no identifier"},
+	)
+	st := open(t, uri, "")
+	srv := brokertest.Start(t, st)
+	storetest.ExpectLogin(t, srv.Addr, "Alice", "upper", "events")
+	storetest.ExpectLogin(t, srv.Addr, "alice", "lower", "events")
+	storetest.ExpectRefused(t, srv.Addr, "ALICE", "upper")
+	dups, err := st.(auth.DuplicateFinder).DuplicateIdents(context.Background())
+	if err != nil || strings.Join(dups, ",") != "twice" {
+		t.Errorf("duplicates %q (%v), want [twice]", dups, err)
+	}
+}

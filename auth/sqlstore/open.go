@@ -17,10 +17,11 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 )
 
-// authkeysDDL is the Python broker's SQLite table.
+// authkeysDDL is the Python broker's SQLite table, with a UNIQUE ident
+// (SQLite compares text byte for byte) so no ident has two rows.
 const authkeysDDL = `CREATE TABLE IF NOT EXISTS authkeys (
 	id INTEGER PRIMARY KEY AUTOINCREMENT,
-	owner TEXT, ident TEXT, secret TEXT, pubchans TEXT, subchans TEXT)`
+	owner TEXT, ident TEXT UNIQUE, secret TEXT, pubchans TEXT, subchans TEXT)`
 
 // sqliteDSN opens a SQLite file so that the broker and an operator's
 // sqlite3 shell can both use it: writers wait rather than fail.

@@ -19,7 +19,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -74,32 +73,62 @@ func newStore(db *sql.DB, name string, d dialect) *Store {
 	if owner == "" {
 		owner = d.identCol
 	}
+	// No LIMIT 1: under a collation that ignores case or trailing spaces
+	// several rows may match, and the one spelled like the AUTH ident must
+	// win (see Lookup).
 	return &Store{db: db, name: name, d: d, sel: fmt.Sprintf(
-		"SELECT %s, %s, %s, %s FROM %s WHERE %s = %s LIMIT 1",
-		owner, d.secretCol, d.pubCol, d.subCol, d.table, d.identCol, d.placeholder(1))}
+		"SELECT %s, %s, %s, %s, %s FROM %s WHERE %s = %s",
+		d.identCol, owner, d.secretCol, d.pubCol, d.subCol, d.table, d.identCol, d.placeholder(1))}
 }
 
-// Lookup implements auth.Store.
+// row is one user's columns as read.
+type row struct {
+	ident, owner, secret sql.NullString
+	pub, sub             []byte
+}
+
+// Lookup implements auth.Store. The database compares with its collation,
+// so rows spelled differently may match: the row spelled exactly as ident
+// is returned if there is one, else the first, whose stored spelling makes
+// auth.Find refuse the login.
 func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, error) {
-	var owner, secret sql.NullString
-	var pub, sub []byte
-	err := s.db.QueryRowContext(ctx, s.sel, ident).Scan(&owner, &secret, &pub, &sub)
-	if errors.Is(err, sql.ErrNoRows) {
-		return auth.User{}, false, nil
-	}
+	rows, err := s.db.QueryContext(ctx, s.sel, ident)
 	if err != nil {
 		return auth.User{}, false, fmt.Errorf("reading table %s: %w", s.d.table, err)
 	}
-	u := auth.User{Ident: ident, Owner: owner.String, Secret: secret.String}
-	if u.PubChans, err = parseList(pub); err != nil {
-		return auth.User{}, false, fmt.Errorf("row for %q: %s: %w", ident, s.d.pubCol, err)
+	defer rows.Close()
+	var r row
+	found := false
+	for rows.Next() {
+		var next row
+		if err := rows.Scan(&next.ident, &next.owner, &next.secret, &next.pub, &next.sub); err != nil {
+			return auth.User{}, false, fmt.Errorf("reading table %s: %w", s.d.table, err)
+		}
+		if !found || next.ident.String == ident {
+			r, found = next, true
+		}
+		if r.ident.String == ident {
+			break
+		}
 	}
-	if u.SubChans, err = parseList(sub); err != nil {
-		return auth.User{}, false, fmt.Errorf("row for %q: %s: %w", ident, s.d.subCol, err)
+	if err := rows.Err(); err != nil {
+		return auth.User{}, false, fmt.Errorf("reading table %s: %w", s.d.table, err)
 	}
-	if !secret.Valid || secret.String == "" {
+	if !found || !r.secret.Valid || r.secret.String == "" {
 		// A row without a secret can never log in; treat it as unknown.
 		return auth.User{}, false, nil
+	}
+	return s.user(r)
+}
+
+func (s *Store) user(r row) (auth.User, bool, error) {
+	u := auth.User{Ident: r.ident.String, Owner: r.owner.String, Secret: r.secret.String}
+	var err error
+	if u.PubChans, err = parseList(r.pub); err != nil {
+		return auth.User{}, false, fmt.Errorf("row for %q: %s: %w", u.Ident, s.d.pubCol, err)
+	}
+	if u.SubChans, err = parseList(r.sub); err != nil {
+		return auth.User{}, false, fmt.Errorf("row for %q: %s: %w", u.Ident, s.d.subCol, err)
 	}
 	return u.WithDefaults(), true, nil
 }
@@ -114,6 +143,26 @@ func parseList(b []byte) ([]string, error) {
 		return nil, fmt.Errorf("not a JSON list of channel names: %w", err)
 	}
 	return l, nil
+}
+
+// DuplicateIdents implements auth.DuplicateFinder. GROUP BY compares
+// with the column's collation, so spellings it finds equal count as one.
+func (s *Store) DuplicateIdents(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, fmt.Sprintf("SELECT MIN(%s) FROM %s WHERE %[1]s IS NOT NULL GROUP BY %[1]s HAVING COUNT(*) > 1",
+		s.d.identCol, s.d.table))
+	if err != nil {
+		return nil, fmt.Errorf("reading table %s: %w", s.d.table, err)
+	}
+	defer rows.Close()
+	var idents []string
+	for rows.Next() {
+		var ident string
+		if err := rows.Scan(&ident); err != nil {
+			return nil, err
+		}
+		idents = append(idents, ident)
+	}
+	return idents, rows.Err()
 }
 
 func (s *Store) String() string { return s.name }

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +18,10 @@ type SQLServer struct {
 	Name string // postgresql or mariadb
 	Addr string
 	How  string // how to start it when it is down
-	DDL  string // the documented CREATE TABLE auth_keys
+	// DDL is the documented CREATE TABLE auth_keys, with its UNIQUE key;
+	// LegacyDDL the Python broker's, without; Migrate adds the key to a
+	// legacy table (docs/migration.md).
+	DDL, LegacyDDL, Migrate string
 	// URL is the --auth spec for database db on this server.
 	URL func(db string) string
 	// shell is the server's own client running one SQL text in db.
@@ -25,17 +29,28 @@ type SQLServer struct {
 	adminDriver, adminDB string
 }
 
-var (
-	PostgreSQL = SQLServer{
-		Name: "postgresql", Addr: "127.0.0.1:5432", How: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-		DDL: `CREATE SEQUENCE auth_keys_seq; CREATE TABLE auth_keys (
+const (
+	pgLegacyDDL = `CREATE SEQUENCE auth_keys_seq; CREATE TABLE auth_keys (
 			id int NOT NULL DEFAULT NEXTVAL ('auth_keys_seq'),
 			identifier varchar(36) DEFAULT NULL,
 			secret varchar(36) DEFAULT NULL,
 			publish json DEFAULT NULL,
 			subscribe json DEFAULT NULL,
-			PRIMARY KEY (id))`,
-		URL: func(db string) string { return "database+postgresql://postgres@127.0.0.1:5432/" + db },
+			PRIMARY KEY (id)`
+	mariaLegacyDDL = "CREATE TABLE `auth_keys` (`id` int AUTO_INCREMENT NOT NULL, `identifier` varchar(36) DEFAULT NULL, " +
+		"`secret` varchar(36) DEFAULT NULL, `publish` json DEFAULT NULL, `subscribe` json DEFAULT NULL, PRIMARY KEY (`id`)"
+	// utf8mb4_bin compares bytes (but for trailing spaces), so the key
+	// refuses a second "sensor" yet lets "Sensor" be another user.
+	mariaIdentifier = "`identifier` varchar(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL"
+)
+
+var (
+	PostgreSQL = SQLServer{
+		Name: "postgresql", Addr: "127.0.0.1:5432", How: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+		DDL:       pgLegacyDDL + ", UNIQUE (identifier))",
+		LegacyDDL: pgLegacyDDL + ")",
+		Migrate:   "ALTER TABLE auth_keys ADD UNIQUE (identifier)",
+		URL:       func(db string) string { return "database+postgresql://postgres@127.0.0.1:5432/" + db },
 		shell: func(db, sql string) []string {
 			return []string{"psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-c", sql}
 		},
@@ -43,9 +58,11 @@ var (
 	}
 	MariaDB = SQLServer{
 		Name: "mariadb", Addr: "127.0.0.1:3306", How: "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
-		DDL: "CREATE TABLE `auth_keys` (`id` int AUTO_INCREMENT NOT NULL, `identifier` varchar(36) DEFAULT NULL, " +
-			"`secret` varchar(36) DEFAULT NULL, `publish` json DEFAULT NULL, `subscribe` json DEFAULT NULL, PRIMARY KEY (`id`))",
-		URL: func(db string) string { return "database+mysql://root@127.0.0.1:3306/" + db },
+		DDL: strings.Replace(mariaLegacyDDL, "`identifier` varchar(36) DEFAULT NULL", mariaIdentifier, 1) +
+			", UNIQUE KEY `identifier` (`identifier`))",
+		LegacyDDL: mariaLegacyDDL + ")",
+		Migrate:   "ALTER TABLE `auth_keys` MODIFY " + mariaIdentifier + ", ADD UNIQUE KEY `identifier` (`identifier`)",
+		URL:       func(db string) string { return "database+mysql://root@127.0.0.1:3306/" + db },
 		shell: func(db, sql string) []string {
 			return []string{"mariadb", "-h", "127.0.0.1", "-u", "root", db, "-e", sql}
 		},

@@ -181,6 +181,8 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 		}
 		// The database may start after the broker: logins fail until it is up.
 		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", err)
+	} else {
+		warnDuplicates(pctx, log, chain)
 	}
 	return chain, nil
 }
@@ -195,6 +197,28 @@ func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl str
 		return nil, fmt.Errorf("--auth=%s: %w", auth.Redact(spec), err)
 	}
 	return s, nil
+}
+
+// warnDuplicates logs one line per store holding an identifier in several
+// rows (equal under the database's collation): the tables of the Python
+// broker's documentation have no UNIQUE key.
+func warnDuplicates(ctx context.Context, log *slog.Logger, chain auth.Chain) {
+	for _, s := range chain {
+		d, ok := s.(auth.DuplicateFinder)
+		if !ok {
+			continue
+		}
+		idents, err := d.DuplicateIdents(ctx)
+		if err != nil {
+			log.Debug("could not check the store for duplicate identifiers", "store", s.String(), "err", err)
+			continue
+		}
+		if len(idents) > 0 {
+			log.Warn("identifiers held by several rows the database finds equal: each logs in only when spelled exactly as stored; "+
+				"remove the extra rows and add a UNIQUE key on the identifier (see docs/migration.md)",
+				"store", s.String(), "count", len(idents), "first", fmt.Sprintf("%.64q", idents[:min(len(idents), 10)]))
+		}
+	}
 }
 
 func (o *options) run(ctx context.Context) error {
