@@ -36,23 +36,20 @@ type Store struct {
 }
 
 // Name is the NAME of the variables of ident.
-func Name(ident string) string {
-	return strings.Map(func(r rune) rune {
-		if 'a' <= r && r <= 'z' {
-			return r - 'a' + 'A'
-		}
-		return r
-	}, ident)
-}
+func Name(ident string) string { return mapASCII(ident, 'a', 'z', 'A'-'a') }
 
 // spelling is the ident a NAME stands for when HPFEEDS_<NAME>_IDENT is unset.
-func spelling(name string) string {
+func spelling(name string) string { return mapASCII(name, 'A', 'Z', 'a'-'A') }
+
+// mapASCII shifts the runes from lo to hi by delta: ASCII case mapping
+// only, whatever Unicode says of other letters.
+func mapASCII(s string, lo, hi, delta rune) string {
 	return strings.Map(func(r rune) rune {
-		if 'A' <= r && r <= 'Z' {
-			return r - 'A' + 'a'
+		if lo <= r && r <= hi {
+			return r + delta
 		}
 		return r
-	}, name)
+	}, s)
 }
 
 func (s Store) get(name, field string) string {
