@@ -85,8 +85,13 @@ type Client struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 
-	mu     sync.Mutex
-	nc     net.Conn // nil while disconnected
+	// wmu serialises writes to the connection and is never held by Close
+	// or the reader, so a broker that stops reading can block a Publish
+	// but not Close: closing the connection ends the blocked write.
+	wmu sync.Mutex
+
+	mu     sync.Mutex // guards what follows; never held during I/O
+	nc     net.Conn   // nil while disconnected
 	subs   map[string]bool
 	queue  [][]byte
 	broker string
@@ -241,10 +246,17 @@ func (c *Client) run(nc net.Conn, rd *wire.Reader) {
 	}
 }
 
-// resume restores subscriptions and sends queued publishes.
+// resume restores subscriptions and sends queued publishes, ahead of any
+// new send.
 func (c *Client) resume(nc net.Conn) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	if c.ctx.Err() != nil { // Close ran before nc was visible to it
+		c.mu.Unlock()
+		nc.Close()
+		return ErrClosed
+	}
 	var buf []byte
 	for ch := range c.subs {
 		buf, _ = wire.AppendSubscribe(buf, []byte(c.cfg.Ident), []byte(ch))
@@ -254,6 +266,7 @@ func (c *Client) resume(nc net.Conn) error {
 	}
 	c.queue = nil
 	c.nc = nc
+	c.mu.Unlock()
 	if len(buf) == 0 {
 		return nil
 	}
@@ -283,20 +296,28 @@ func (c *Client) read(rd *wire.Reader) error {
 
 // send writes a frame, or queues it while disconnected if queue is set.
 func (c *Client) send(frame []byte, queue bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	nc := c.nc
+	c.mu.Unlock()
 	if c.ctx.Err() != nil {
 		return ErrClosed
 	}
-	if c.nc != nil {
-		if _, err := c.nc.Write(frame); err == nil {
+	if nc != nil {
+		if _, err := nc.Write(frame); err == nil {
 			return nil
 		}
 		// The reader notices the broken connection and reconnects.
 	}
+	if c.ctx.Err() != nil {
+		return ErrClosed
+	}
 	if !queue {
 		return nil
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.cfg.QueueSize == 0 {
 		return ErrDisconnected
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/client"
+	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 var users = brokertest.NewUsers(
@@ -254,5 +256,74 @@ func TestTLS(t *testing.T) {
 	// An untrusted certificate fails the first connection.
 	if _, err := client.Dial(context.Background(), client.Config{Addr: srv.Addr, Ident: "sensor", Secret: "s3cret", TLS: &tls.Config{ServerName: "localhost"}}); err == nil {
 		t.Fatal("untrusted certificate accepted")
+	}
+}
+
+// stalledBroker accepts one client, sends INFO, then never reads again, so
+// the client's writes block once the socket buffers are full.
+func stalledBroker(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { nc.Close() })
+		info, _ := wire.AppendInfo(nil, "stalled", [wire.NonceLen]byte{})
+		nc.Write(info)
+	}()
+	return l.Addr().String()
+}
+
+// Close returns while a Publish is blocked writing to a broker that stopped
+// reading: it used to wait forever for the lock the blocked write held.
+func TestCloseWhilePublishBlocked(t *testing.T) {
+	c, err := client.Dial(context.Background(), client.Config{Addr: stalledBroker(t), Ident: "sensor", Secret: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent atomic.Int64
+	published := make(chan error, 1)
+	go func() {
+		payload := make([]byte, 1<<20)
+		for {
+			if err := c.Publish("events", payload); err != nil {
+				published <- err
+				return
+			}
+			sent.Add(1)
+		}
+	}()
+	// Blocked: nothing sent for a while after the socket buffers filled.
+	for last := int64(-1); ; {
+		time.Sleep(300 * time.Millisecond)
+		n := sent.Load()
+		if n == last && n > 0 {
+			break
+		}
+		last = n
+	}
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still blocked after 10 s behind a Publish to a broker that stopped reading")
+	}
+	select {
+	case err := <-published:
+		if !errors.Is(err, client.ErrClosed) {
+			t.Errorf("the blocked Publish returned %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the blocked Publish did not return after Close")
 	}
 }
