@@ -53,12 +53,20 @@ type Settings struct {
 // Store is a credential store on a MongoDB collection.
 type Store struct {
 	spec, coll string
-	name       string // for logs: the URI with its password hidden
 	log        *slog.Logger
 
-	mu sync.Mutex
-	c  *mongo.Collection // nil until the URI could be resolved
+	// dial resolves the URI and makes a client: connect, but for tests.
+	dial func() (*mongo.Collection, error)
+
+	mu     sync.Mutex
+	c      *mongo.Collection // nil until the URI could be resolved
+	dialed chan struct{}     // closed when the dial under way ends; nil if none
+	err    error             // the last dial's error
+	closed bool
 }
+
+// ErrClosed is returned by a store used after Close.
+var ErrClosed = errors.New("mongostore: store closed")
 
 // Open prepares the store for a mongodb:// or mongodb+srv:// URI. The driver
 // connects lazily, so a server that is down at start-up is not an error. A
@@ -72,6 +80,7 @@ func Open(spec, collection string, log *slog.Logger) (*Store, error) {
 		log = slog.Default()
 	}
 	s := &Store{spec: spec, coll: collection, log: log}
+	s.dial = s.connect
 	c, err := s.connect()
 	var dnsErr *net.DNSError
 	switch {
@@ -104,39 +113,67 @@ func (s *Store) connect() (*mongo.Collection, error) {
 // collection returns the collection, resolving the URI first if start-up
 // could not. Resolving a mongodb+srv:// URI is a DNS lookup the driver does
 // not bound, so it runs aside and ctx bounds the wait: a login never waits
-// past its lookup timeout.
+// past its lookup timeout. One dial runs at a time, however many logins
+// wait for it: a DNS outage during a login storm makes one client, not one
+// per login.
 func (s *Store) collection(ctx context.Context) (*mongo.Collection, error) {
 	s.mu.Lock()
-	c := s.c
-	s.mu.Unlock()
-	if c != nil {
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if s.c != nil {
+		c := s.c
+		s.mu.Unlock()
 		return c, nil
 	}
-	type result struct {
-		c   *mongo.Collection
-		err error
+	if s.dialed == nil {
+		s.dialed = make(chan struct{})
+		go s.resolve(s.dialed)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := s.connect()
-		if err == nil {
-			s.mu.Lock()
-			if s.c == nil {
-				s.c = c
-			} else { // another login resolved it first
-				c.Database().Client().Disconnect(context.Background())
-				c = s.c
-			}
-			s.mu.Unlock()
-		}
-		ch <- result{c, err}
-	}()
+	dialed := s.dialed
+	s.mu.Unlock()
 	select {
-	case r := <-ch:
-		return r.c, r.err
+	case <-dialed:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		switch {
+		case s.closed:
+			return nil, ErrClosed
+		case s.c == nil:
+			return nil, s.err
+		}
+		return s.c, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("resolving the MongoDB URI: %w", ctx.Err())
 	}
+}
+
+// resolve dials once and publishes the outcome to the logins waiting on
+// dialed. A client made after Close is disconnected here, not leaked.
+func (s *Store) resolve(dialed chan struct{}) {
+	c, err := s.dial()
+	s.mu.Lock()
+	closed := s.closed
+	switch {
+	case closed && err == nil:
+		err = ErrClosed
+	case err == nil:
+		s.c = c
+	}
+	s.err = err
+	s.dialed = nil
+	close(dialed)
+	s.mu.Unlock()
+	if closed && c != nil {
+		disconnect(c)
+	}
+}
+
+func disconnect(c *mongo.Collection) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.Database().Client().Disconnect(ctx)
 }
 
 // doc is one user as the Python broker and its tools write it. The channel
@@ -275,17 +312,17 @@ func (s *Store) Ping(ctx context.Context) error {
 	return auth.RedactError(c.Database().Client().Ping(ctx, readpref.Primary()), s.spec)
 }
 
-// Close disconnects the pool.
+// Close disconnects the pool. A dial still under way disconnects the
+// client it makes when it ends.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	c := s.c
+	s.c, s.closed = nil, true
 	s.mu.Unlock()
 	if c == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return c.Database().Client().Disconnect(ctx)
+	return disconnect(c)
 }
 
 // PutUser implements auth.Editor: it replaces the document of the ident,

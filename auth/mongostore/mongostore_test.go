@@ -2,7 +2,12 @@ package mongostore
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,5 +238,98 @@ func TestMongoExactIdentAndDuplicates(t *testing.T) {
 	dups, err := st.(auth.DuplicateFinder).DuplicateIdents(context.Background())
 	if err != nil || strings.Join(dups, ",") != "twice" {
 		t.Errorf("duplicates %q (%v), want [twice]", dups, err)
+	}
+}
+
+// unresolved is a store whose URI could not be resolved at start-up, with
+// dial standing in for the DNS lookup and the client it makes.
+func unresolved(dial func() (*mongo.Collection, error)) *Store {
+	return &Store{spec: "mongodb://127.0.0.1:1/hpfeeds", coll: DefaultCollection, dial: dial}
+}
+
+// lazyClient makes a client without a server: the driver connects lazily.
+func lazyClient(t *testing.T) *mongo.Client {
+	c, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// While the URI does not resolve, a login storm waits on one dial, not one
+// dial (and one client) per login.
+func TestMongoOneDialAtATime(t *testing.T) {
+	release := make(chan struct{})
+	var dials atomic.Int32
+	made := lazyClient(t)
+	defer made.Disconnect(context.Background())
+	st := unresolved(func() (*mongo.Collection, error) {
+		if dials.Add(1) == 1 {
+			<-release
+			return nil, &net.DNSError{Err: "no answer", Name: "cluster0.example", IsTimeout: true}
+		}
+		return made.Database("hpfeeds").Collection(DefaultCollection), nil
+	})
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			if _, _, err := st.Lookup(ctx, "sensor"); err == nil {
+				t.Error("a lookup succeeded while the URI did not resolve")
+			}
+		}()
+	}
+	wg.Wait()
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("50 logins during a DNS outage dialed %d times, want 1", n)
+	}
+	close(release)
+	storetest.Eventually(t, "dialing again once the first dial failed", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := st.collection(ctx)
+		return err
+	})
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d dials, want 2", n)
+	}
+	st.Close()
+}
+
+// A Close while a dial is under way leaks nothing: the client that dial
+// makes is disconnected, and the store answers ErrClosed.
+func TestMongoCloseDuringDial(t *testing.T) {
+	release := make(chan struct{})
+	dialing := make(chan struct{})
+	made := lazyClient(t)
+	st := unresolved(func() (*mongo.Collection, error) {
+		close(dialing)
+		<-release
+		return made.Database("hpfeeds").Collection(DefaultCollection), nil
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.collection(context.Background())
+		done <- err
+	}()
+	<-dialing
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; !errors.Is(err, ErrClosed) {
+		t.Errorf("a login waiting on the dial got %v, want ErrClosed", err)
+	}
+	storetest.Eventually(t, "disconnecting the client dialed during Close", func() error {
+		if err := made.Ping(context.Background(), nil); !errors.Is(err, mongo.ErrClientDisconnected) {
+			return fmt.Errorf("still connected (ping: %v)", err)
+		}
+		return nil
+	})
+	if _, err := st.collection(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Errorf("after Close: %v", err)
 	}
 }
