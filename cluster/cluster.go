@@ -91,7 +91,8 @@ type Bridge struct {
 	subs    map[string]*nats.Subscription
 	pending map[string]bool
 	wake    chan struct{}
-	done    chan struct{}
+	done    chan struct{} // closed by Close
+	synced  chan struct{} // closed when syncInterest has returned
 	close   sync.Once
 
 	out     outbox
@@ -140,7 +141,8 @@ func New(opts Options) (*Bridge, error) {
 		opts.QueueBytes = max(DefaultQueueBytes, opts.MaxFrame)
 	}
 	br := &Bridge{opts: opts, log: opts.Logger, subs: map[string]*nats.Subscription{},
-		pending: map[string]bool{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+		pending: map[string]bool{}, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		synced: make(chan struct{})}
 	br.out.limit, br.out.wake = opts.QueueBytes, make(chan struct{}, 1)
 	no := []nats.Option{
 		nats.Name(opts.Name),
@@ -350,6 +352,7 @@ func (br *Bridge) kick() {
 // drops the others, reading the broker's current state, so changes that
 // race each other settle on the truth.
 func (br *Bridge) syncInterest() {
+	defer close(br.synced)
 	for {
 		select {
 		case <-br.done:
@@ -403,10 +406,13 @@ func (br *Bridge) Stats() Stats {
 }
 
 // Close leaves the cluster, dropping what is still queued. NATS drops this
-// broker's interest with the connection.
+// broker's interest with the connection. It returns once the interest and
+// forwarding goroutines have stopped, so nothing touches NATS or the
+// broker afterwards.
 func (br *Bridge) Close() {
 	br.close.Do(func() {
 		close(br.done)
+		<-br.synced
 		br.nc.Close()
 		br.forward.Wait()
 	})

@@ -768,3 +768,32 @@ func TestStalledNATSDoesNotBlockPublishers(t *testing.T) {
 	}
 	t.Logf("%d messages delivered locally while NATS was stalled; bridge %+v", n, st)
 }
+
+// Close returns once the interest goroutine has stopped: nothing it does
+// afterwards can fail on the closed connection and log about it.
+func TestCloseStopsInterestSync(t *testing.T) {
+	ns := startNATS(t, 0)
+	var channels []string
+	for i := range 300 {
+		channels = append(channels, fmt.Sprintf("chan%d", i))
+	}
+	users.Put(auth.User{Ident: "many", Secret: "s", PubChans: []string{"many"}, SubChans: append(channels, "many")})
+	for round := range 10 {
+		log := &brokertest.Log{}
+		br, err := cluster.New(cluster.Options{URLs: natsURL(ns), Prefix: prefix, Name: "closing", Logger: log.Logger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := brokertest.Start(t, users, func(c *broker.Config) { c.Bridge = br })
+		// Not attached yet: the bridge notes the 300 channels and waits.
+		connect(t, &node{srv: srv, bridge: br}, "many", channels...)
+		br.Attach(srv.Broker) // one pass subscribing to all 300 starts
+		br.Close()
+		after := log.String()
+		time.Sleep(100 * time.Millisecond)
+		// (nats.go reports the closed connection itself, at info, later.)
+		if extra := strings.TrimPrefix(log.String(), after); strings.Contains(extra, "level=ERROR") || strings.Contains(extra, "level=WARN") {
+			t.Fatalf("round %d: errors logged after Close returned:\n%s", round, extra)
+		}
+	}
+}

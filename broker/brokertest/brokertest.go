@@ -3,6 +3,8 @@ package brokertest
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -95,3 +97,34 @@ func (s *Users) String() string { return "memory" }
 
 // Close implements auth.Store.
 func (s *Users) Close() error { return nil }
+
+// Log collects what a logger writes, for tests that count log lines. It is
+// safe for concurrent use.
+type Log struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+// Logger returns a text logger writing to l at the default level (info).
+func (l *Log) Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, nil))
+}
+
+func (l *Log) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// Count returns how many times s occurs in what was written.
+func (l *Log) Count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+func (l *Log) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
