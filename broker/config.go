@@ -14,7 +14,7 @@ const (
 	DefaultName                 = "hpfeeds"
 	DefaultAuthTimeout          = 10 * time.Second
 	DefaultLookupTimeout        = 5 * time.Second
-	DefaultMaxPublishSize       = 10 << 20
+	DefaultMaxPublishSize       = 1 << 20 // the reference's: its Python clients drop a larger frame
 	DefaultMaxSubscribeSize     = 1 << 20
 	DefaultPreAuthMaxSize       = wire.PreAuthMaxLen
 	DefaultSendQueueSoft        = 52_429_050 // the reference's 50 × (5 + 1 MiB)

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// rawLogin connects to addr, logs in as ident with secret "s" and
+// subscribes to channels; its reader accepts frames up to 8 MiB. The
+// SUBSCRIBE frames are followed by a PUBLISH to the ident's own channel,
+// awaited, so the broker has read them when rawLogin returns.
+func rawLogin(t *testing.T, addr, ident string, channels ...string) (net.Conn, *wire.Reader) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	rd := wire.NewReader(nc, wire.UniformLimits(8<<20))
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	info, err := rd.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := wire.AppendAuth(nil, info.Payload, ident, "s")
+	for _, ch := range append(channels, ident) {
+		b, _ = wire.AppendSubscribe(b, []byte(ident), []byte(ch))
+	}
+	b, _ = wire.AppendPublish(b, []byte(ident), []byte(ident), []byte("sync"))
+	nc.Write(b)
+	for {
+		f, err := rd.Next()
+		if err != nil {
+			t.Fatalf("%s: %v", ident, err)
+		}
+		if f.Op == wire.OpError {
+			t.Fatalf("%s: broker error %q", ident, f.Payload)
+		}
+		if string(f.Channel) == ident {
+			return nc, rd
+		}
+	}
+}
+
+// payloadFor returns a payload making a PUBLISH body of n bytes.
+func payloadFor(ident, channel string, n int) []byte {
+	return bytes.Repeat([]byte("x"), n-2-len(ident)-len(channel))
+}
+
+// By default a PUBLISH body may be 1 MiB, the reference's limit: a larger
+// one drops its publisher and reaches nobody (a Python subscriber would
+// drop its own connection on it); --max-publish-size raises the limit.
+func TestMaxPublishSizeDefault(t *testing.T) {
+	clusterUser("big")
+	clusterUser("bigsub")
+	for _, c := range []struct {
+		args      []string
+		delivered bool
+	}{{nil, false}, {[]string{"--max-publish-size=2097152"}, true}} {
+		b := startClusterBroker(t, c.args...)
+		sub, rd := rawLogin(t, b.addr, "bigsub", "events")
+		pub, _ := rawLogin(t, b.addr, "big")
+		for _, n := range []int{1 << 20, 1<<20 + 1} {
+			frame, _ := wire.AppendPublish(nil, []byte("big"), []byte("events"), payloadFor("big", "events", n))
+			pub.Write(frame)
+		}
+		// The marker follows on a connection whose frames come after
+		// those above: the publisher's own, or, once the broker has
+		// closed the publisher, the subscriber's.
+		marker, _ := wire.AppendPublish(nil, []byte("big"), []byte("events"), []byte("marker"))
+		if c.delivered {
+			pub.Write(marker)
+		} else {
+			pub.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(pub); err != nil && !strings.Contains(err.Error(), "reset") {
+				t.Fatalf("publisher of an oversized body not closed: %v", err)
+			}
+			marker, _ = wire.AppendPublish(nil, []byte("bigsub"), []byte("events"), []byte("marker"))
+			sub.Write(marker)
+		}
+		var sizes []int
+		sub.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			f, err := rd.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(f.Payload) == "marker" {
+				break
+			}
+			sizes = append(sizes, len(f.Payload)+2+len(f.Ident)+len(f.Channel))
+		}
+		want := []int{1 << 20}
+		if c.delivered {
+			want = append(want, 1<<20+1)
+		}
+		if !slices.Equal(sizes, want) {
+			t.Errorf("%v: delivered bodies of %v bytes, want %v", c.args, sizes, want)
+		}
+	}
+}
