@@ -44,6 +44,7 @@ type Broker struct {
 	stats          stats
 	refusals       refusals
 	lookupFailures quietLog // the log lines of failed credential lookups
+	plaintext      plaintextLogs
 	settle         settler
 	retired        retired                 // guarded by mu
 	idents         map[string]*identRecord // every ident that logged in; guarded by mu

@@ -240,7 +240,7 @@ func (c *conn) handshake() bool {
 	c.nc.SetDeadline(time.Now().Add(cfg.AuthTimeout))
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
-			c.log().Debug("TLS handshake failed", "err", err)
+			c.handshakeFailed(err)
 			return false
 		}
 	}

@@ -41,6 +41,13 @@ func (q *quietLog) due(now time.Time) (uint64, bool) {
 	return n, true
 }
 
+// lastLine is when the last line was logged.
+func (q *quietLog) lastLine() time.Time {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.last
+}
+
 // refusals counts refused connections, and rate-limits their log lines.
 type refusals struct {
 	mu    sync.Mutex

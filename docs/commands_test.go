@@ -85,15 +85,34 @@ hpfeeds-broker() {
 	esac
 }
 hpfeeds() {
-	local port=$HPFEEDS_PORT rc=0
-	case " $* " in *" --tlscert "*|*" --tls "*) port=$HPFEEDS_TLS_PORT ;; esac
-	if [ "$1" = subscribe ]; then
-		# A subscriber runs until interrupted: still running is success.
-		timeout 3 hpfeeds "$@" --host 127.0.0.1 -p "$port" || rc=$?
-		[ $rc = 124 ] || { echo "hpfeeds subscribe exited $rc" >&2; return 1; }
-	else
-		command hpfeeds "$@" --host 127.0.0.1 -p "$port"
-	fi
+	local port=$HPFEEDS_PORT rc=0 tries=1 name=() prev=
+	# The documented --host stands for the test's broker, as if DNS said
+	# so: TLS still checks the certificate for that name.
+	for a in "$@"; do
+		[ "$prev" = --host ] && name=(--tls-server-name "$a")
+		prev=$a
+	done
+	case " $* " in *" --tls-server-name "*|*" --insecure-skip-verify "*) name=() ;; esac
+	case " $* " in
+	*" --tlscert "*|*" --tls "*|*" --tls-ca "*|*" --tls-server-name "*|*" --insecure-skip-verify "*)
+		# The TLS broker serves broker.crt: a recipe that rewrites it is
+		# served once the broker's file watch has reloaded it.
+		port=$HPFEEDS_TLS_PORT tries=20 ;;
+	*) name=() ;;
+	esac
+	while :; do
+		rc=0
+		if [ "$1" = subscribe ]; then
+			# A subscriber runs until interrupted: still running is success.
+			timeout 3 hpfeeds "$@" --host 127.0.0.1 -p "$port" "${name[@]}" || rc=$?
+			[ $rc = 124 ] && return 0
+		else
+			command hpfeeds "$@" --host 127.0.0.1 -p "$port" "${name[@]}" && return 0 || rc=$?
+		fi
+		tries=$((tries - 1))
+		[ $tries -gt 0 ] || { echo "hpfeeds $1 exited $rc" >&2; return 1; }
+		sleep 0.25
+	done
 }
 go() {
 	case "$1 ${2:-}" in
@@ -123,7 +142,7 @@ func TestDocumentedCommands(t *testing.T) {
 	}
 	write(t, filepath.Join(work, "etc/hpfeeds/users.json"), "{}")
 	write(t, filepath.Join(work, "sample.bin"), "\x00\x01binary\xff")
-	certFile, keyFile := selfSigned(t, work)
+	selfSigned(t, work)
 	// The default store, as a first run in this directory leaves it.
 	first := exec.Command(filepath.Join(bin, "hpfeeds-broker"), "-e", "tcp:port=0", "--check-config")
 	first.Dir = work
@@ -141,7 +160,9 @@ func TestDocumentedCommands(t *testing.T) {
 		auth.User{Ident: "bench", Secret: "s3cret", PubChans: []string{"bench"}, SubChans: []string{"bench"}},
 	)
 	tcp := brokertest.Start(t, users)
-	tls := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+	// The TLS broker serves broker.crt, which the TLS recipe rewrites:
+	// its clients are served the certificate it makes.
+	tls := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+filepath.Join(work, "broker.crt")+":key="+filepath.Join(work, "broker.key"))
 
 	subst := []struct {
 		re   *regexp.Regexp
@@ -240,11 +261,11 @@ func write(t *testing.T, path, data string) {
 }
 
 // selfSigned writes broker.crt, broker.key and ca.crt (the same
-// certificate) for 127.0.0.1 into dir.
-func selfSigned(t *testing.T, dir string) (cert, key string) {
+// certificate) for broker.example and 127.0.0.1 into dir.
+func selfSigned(t *testing.T, dir string) {
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker.example"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker.example"}, DNSNames: []string{"broker.example"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
@@ -254,12 +275,8 @@ func selfSigned(t *testing.T, dir string) (cert, key string) {
 		t.Fatal(err)
 	}
 	kd, _ := x509.MarshalPKCS8PrivateKey(k)
-	cert, key = filepath.Join(dir, "test.crt"), filepath.Join(dir, "test.key")
 	c := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	write(t, cert, c)
 	write(t, filepath.Join(dir, "ca.crt"), c)
 	write(t, filepath.Join(dir, "broker.crt"), c)
-	write(t, key, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})))
 	write(t, filepath.Join(dir, "broker.key"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})))
-	return cert, key
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -104,5 +106,32 @@ func TestMaxPublishSizeDefault(t *testing.T) {
 		if !slices.Equal(sizes, want) {
 			t.Errorf("%v: delivered bodies of %v bytes, want %v", c.args, sizes, want)
 		}
+	}
+}
+
+// A plaintext client on a TLS endpoint is logged at INFO, once per
+// address within 10 s: one that waits for INFO in silence (as hpfeeds
+// clients do) and one that sends a frame.
+func TestPlaintextClientOnTLSEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, dir)
+	p := startBroker(t, false, "--auth=env", "--auth-timeout=1s",
+		"-e", "tls:interface=127.0.0.1:port=0:cert="+filepath.Join(dir, "broker.crt")+":key="+filepath.Join(dir, "broker.key"))
+	for _, send := range []string{"", "\x00\x00\x00\x05\x02"} {
+		nc, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Write([]byte(send))
+		nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(nc); err != nil {
+			t.Fatalf("not closed: %v", err)
+		}
+		nc.Close()
+	}
+	log := p.stopAndLog()
+	lines := regexp.MustCompile(`(?m)^.*plaintext client on a TLS endpoint.*$`).FindAllString(log, -1)
+	if len(lines) != 1 || !strings.Contains(lines[0], "level=INFO") || !strings.Contains(lines[0], "peer=127.0.0.1:") {
+		t.Fatalf("want one INFO line about the plaintext client, got %q in:\n%s", lines, log)
 	}
 }

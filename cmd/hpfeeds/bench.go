@@ -155,7 +155,7 @@ func (l *latencies) quantile(q float64) float64 {
 }
 
 func dialRaw(ctx context.Context, f *connFlags, frames func(nonce []byte) []byte) (net.Conn, *wire.Reader, error) {
-	cfg, err := f.config()
+	cfg, err := f.config(os.Stderr)
 	if err != nil {
 		return nil, nil, err
 	}

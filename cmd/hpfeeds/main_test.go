@@ -2,8 +2,16 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -225,4 +233,112 @@ func droppingBroker(t *testing.T, nth int) string {
 		}
 	}()
 	return l.Addr().String()
+}
+
+// selfSigned writes a self-signed certificate naming dnsNames (none: only
+// a common name, as the old recipes made) and its key into a temporary
+// directory.
+func selfSigned(t *testing.T, dnsNames ...string) (cert, key string) {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker.example"}, DNSNames: dnsNames,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, _ := x509.MarshalPKCS8PrivateKey(k)
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
+	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600)
+	return cert, key
+}
+
+// The TLS flags: --tls-ca with --tls-server-name for a certificate that
+// names the broker otherwise than --host; --insecure-skip-verify, which
+// says loudly what it gives up; and errors that say which flag helps.
+func TestTLSFlags(t *testing.T) {
+	cert, key := selfSigned(t, "broker.example")
+	srv := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+cert+":key="+key)
+	pub := func(more ...string) (string, int) {
+		return hpfeeds(t, args(srv.Addr, append([]string{"publish", "-c", "c1"}, append(more, "x")...)...)...)
+	}
+	if out, code := pub("--tls-ca", cert); code == 0 || !strings.Contains(out, "--tls-server-name") {
+		t.Errorf("wrong name: exit %d: %s", code, out)
+	}
+	if out, code := pub("--tls-ca", cert, "--tls-server-name", "broker.example"); code != 0 || strings.Contains(out, "WARNING") {
+		t.Errorf("--tls-server-name: exit %d: %s", code, out)
+	}
+	if out, code := pub("--tlscert", cert, "--tls-server-name", "broker.example"); code != 0 {
+		t.Errorf("--tlscert, the Python spelling: exit %d: %s", code, out)
+	}
+	if out, code := pub("--tls-server-name", "broker.example"); code == 0 || !strings.Contains(out, "--tls-ca") {
+		t.Errorf("unknown CA: exit %d: %s", code, out)
+	}
+	// A certificate naming nothing, as the old recipes made it.
+	bare, bareKey := selfSigned(t)
+	old := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+bare+":key="+bareKey)
+	out, code := hpfeeds(t, args(old.Addr, "publish", "-c", "c1", "--insecure-skip-verify", "x")...)
+	if code != 0 || !strings.Contains(out, "WARNING: --insecure-skip-verify: the broker's certificate is NOT verified") {
+		t.Errorf("--insecure-skip-verify: exit %d: %s", code, out)
+	}
+	if out, code := hpfeeds(t, args(old.Addr, "publish", "-c", "c1", "--insecure-skip-verify", "--tls-ca", bare, "x")...); code == 0 {
+		t.Errorf("--insecure-skip-verify with --tls-ca accepted: %s", out)
+	}
+}
+
+// subscribe -o appends messages to a file, keeping status lines on
+// standard output; --debug logs each step on standard error.
+func TestSubscribeOutputAndDebug(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	file := filepath.Join(t.TempDir(), "messages.log")
+	os.WriteFile(file, []byte("earlier\n"), 0o600)
+	cmd := exec.Command(cliBinary, args(srv.Addr, "subscribe", "-c", "c1", "-o", file, "--debug")...)
+	var stdout, stderr lockedBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	want := "earlier\n[feedcli] publish to c1 by cli: hello\n"
+	var got []byte
+	for i := 0; i < 100 && !strings.HasPrefix(string(got), want); i++ {
+		hpfeeds(t, args(srv.Addr, "publish", "-c", "c1", "hello")...)
+		time.Sleep(50 * time.Millisecond)
+		got, _ = os.ReadFile(file)
+	}
+	if !strings.HasPrefix(string(got), want) {
+		t.Fatalf("file holds %q", got)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	if o := stdout.String(); o != "[feedcli] connected to hpfeeds\n[feedcli] closing connection.\n" {
+		t.Errorf("stdout: %q", o)
+	}
+	for _, w := range []string{"level=DEBUG msg=connecting", "msg=subscribed", "msg=message channel=c1 ident=cli bytes=5"} {
+		if !strings.Contains(stderr.String(), w) {
+			t.Errorf("stderr lacks %q:\n%s", w, stderr.String())
+		}
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

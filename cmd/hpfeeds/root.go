@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -29,6 +30,9 @@ type connFlags struct {
 	port          int
 	tls           bool
 	caFile        string
+	serverName    string
+	insecure      bool
+	debug         bool
 }
 
 func (f *connFlags) add(cmd *cobra.Command) {
@@ -38,11 +42,16 @@ func (f *connFlags) add(cmd *cobra.Command) {
 	p.StringVarP(&f.secret, "secret", "s", "", "authkey `SECRET`")
 	p.StringVar(&f.host, "host", "localhost", "broker `HOST`")
 	p.IntVarP(&f.port, "port", "p", 10000, "broker `PORT`")
-	p.BoolVar(&f.tls, "tls", false, "use TLS")
-	p.StringVar(&f.caFile, "tlscert", "", "CA certificate `FILE` to verify the broker with (implies --tls)")
+	p.BoolVar(&f.tls, "tls", false, "use TLS, verifying the broker with the system's CAs")
+	p.StringVar(&f.caFile, "tls-ca", "", "CA certificate `FILE` to verify the broker with (implies --tls)")
+	p.StringVar(&f.caFile, "tlscert", "", "the Python command's name for --tls-ca (`FILE`)")
+	p.StringVar(&f.serverName, "tls-server-name", "", "`NAME` the broker's certificate must hold, when not --host (implies --tls)")
+	p.BoolVar(&f.insecure, "insecure-skip-verify", false, "use TLS without verifying the broker's certificate: anyone on the path can read and change the session (tests only)")
+	p.BoolVar(&f.debug, "debug", false, "log connection steps and every message on stderr")
 }
 
-func (f *connFlags) config() (client.Config, error) {
+// config returns the client's settings; warnings go to errw.
+func (f *connFlags) config(errw io.Writer) (client.Config, error) {
 	if f.ident == "" {
 		return client.Config{}, errors.New("--ident is required")
 	}
@@ -51,21 +60,63 @@ func (f *connFlags) config() (client.Config, error) {
 		Ident: f.ident, Secret: f.secret,
 		// One attempt: a command reports a lost connection and exits.
 		MinBackoff: time.Hour,
+		Logger:     f.logger(errw),
 	}
-	if f.tls || f.caFile != "" {
-		cfg.TLS = &tls.Config{ServerName: f.host}
-		if f.caFile != "" {
-			pem, err := os.ReadFile(f.caFile)
-			if err != nil {
-				return cfg, err
-			}
-			cfg.TLS.RootCAs = x509.NewCertPool()
-			if !cfg.TLS.RootCAs.AppendCertsFromPEM(pem) {
-				return cfg, fmt.Errorf("%s holds no PEM certificate", f.caFile)
-			}
+	if !f.tls && f.caFile == "" && f.serverName == "" && !f.insecure {
+		return cfg, nil
+	}
+	cfg.TLS = &tls.Config{ServerName: f.host}
+	if f.serverName != "" {
+		cfg.TLS.ServerName = f.serverName
+	}
+	if f.insecure {
+		if f.caFile != "" || f.serverName != "" {
+			return cfg, errors.New("--insecure-skip-verify checks nothing: leave out --tls-ca and --tls-server-name, or it")
+		}
+		cfg.TLS.InsecureSkipVerify = true
+		logf(errw, "WARNING: --insecure-skip-verify: the broker's certificate is NOT verified; anyone between here and %s can read and change this session. Use --tls-ca instead.", cfg.Addr)
+	}
+	if f.caFile != "" {
+		pem, err := os.ReadFile(f.caFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--tls-ca: %w", err)
+		}
+		cfg.TLS.RootCAs = x509.NewCertPool()
+		if !cfg.TLS.RootCAs.AppendCertsFromPEM(pem) {
+			return cfg, fmt.Errorf("--tls-ca %s holds no PEM certificate", f.caFile)
 		}
 	}
 	return cfg, nil
+}
+
+// logger logs on errw at debug level with --debug, and nothing otherwise.
+func (f *connFlags) logger(errw io.Writer) *slog.Logger {
+	if !f.debug {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// dial connects as the flags say, explaining certificate errors.
+func (f *connFlags) dial(ctx context.Context, errw io.Writer) (*client.Client, error) {
+	cfg, err := f.config(errw)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger.Debug("connecting", "addr", cfg.Addr, "tls", cfg.TLS != nil, "ident", cfg.Ident)
+	c, err := client.Dial(ctx, cfg)
+	var hostErr x509.HostnameError
+	var authErr x509.UnknownAuthorityError
+	switch {
+	case errors.As(err, &hostErr):
+		return nil, fmt.Errorf("%w (the certificate does not name %q: connect with --tls-server-name NAME, a name it holds, or reissue it with a subjectAltName for %q, see docs/broker.md)", err, hostErr.Host, hostErr.Host)
+	case errors.As(err, &authErr):
+		return nil, fmt.Errorf("%w (give the CA that signed the broker's certificate with --tls-ca FILE)", err)
+	case err != nil:
+		return nil, err
+	}
+	cfg.Logger.Debug("connected", "broker", c.BrokerName())
+	return c, nil
 }
 
 func newRootCmd(out io.Writer) *cobra.Command {
@@ -79,15 +130,26 @@ func newRootCmd(out io.Writer) *cobra.Command {
 	root.SetOut(out)
 	f.add(root)
 	var asJSON bool
+	var output string
 	sub := &cobra.Command{
 		Use:   "subscribe",
 		Short: "Print every message of the channels until interrupted",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return subscribe(cmd.Context(), f, cmd.OutOrStdout(), asJSON)
+			msgs := cmd.OutOrStdout()
+			if output != "" {
+				file, err := os.OpenFile(output, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+				if err != nil {
+					return fmt.Errorf("--output: %w", err)
+				}
+				defer file.Close()
+				msgs = file
+			}
+			return subscribe(cmd.Context(), f, cmd.OutOrStdout(), msgs, asJSON)
 		},
 	}
 	sub.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per message")
+	sub.Flags().StringVarP(&output, "output", "o", "", "append messages to `FILE` instead of standard output")
 	pub := &cobra.Command{
 		Use:   "publish [WORDS…]",
 		Short: "Publish the arguments, joined by spaces, to the channels",
@@ -131,17 +193,14 @@ func printable(p []byte) string {
 	return s
 }
 
-func subscribe(ctx context.Context, f *connFlags, out io.Writer, asJSON bool) error {
+// subscribe prints status lines on out and messages on msgs.
+func subscribe(ctx context.Context, f *connFlags, out, msgs io.Writer, asJSON bool) error {
 	if len(f.channels) == 0 {
 		return errors.New("give at least one -c/--chan")
 	}
-	cfg, err := f.config()
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c, err := client.Dial(ctx, cfg)
+	c, err := f.dial(ctx, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -150,7 +209,9 @@ func subscribe(ctx context.Context, f *connFlags, out io.Writer, asJSON bool) er
 	if err := c.Subscribe(f.channels...); err != nil {
 		return err
 	}
-	enc := json.NewEncoder(out)
+	log := f.logger(os.Stderr)
+	log.Debug("subscribed", "channels", f.channels)
+	enc := json.NewEncoder(msgs)
 	for {
 		select {
 		case <-ctx.Done():
@@ -159,6 +220,7 @@ func subscribe(ctx context.Context, f *connFlags, out io.Writer, asJSON bool) er
 		case err := <-c.Errors():
 			return brokerError(err)
 		case m := <-c.Messages():
+			log.Debug("message", "channel", m.Channel, "ident", m.Ident, "bytes", len(m.Payload))
 			if asJSON {
 				rec := map[string]any{"ident": m.Ident, "channel": m.Channel}
 				if utf8.Valid(m.Payload) {
@@ -168,7 +230,7 @@ func subscribe(ctx context.Context, f *connFlags, out io.Writer, asJSON bool) er
 				}
 				enc.Encode(rec)
 			} else {
-				logf(out, "publish to %s by %s: %s", m.Channel, m.Ident, printable(m.Payload))
+				logf(msgs, "publish to %s by %s: %s", m.Channel, m.Ident, printable(m.Payload))
 			}
 		}
 	}
@@ -188,20 +250,18 @@ func publish(ctx context.Context, f *connFlags, out io.Writer, payload []byte) e
 	if len(f.channels) == 0 {
 		return errors.New("give at least one -c/--chan")
 	}
-	cfg, err := f.config()
-	if err != nil {
-		return err
-	}
-	c, err := client.Dial(ctx, cfg)
+	c, err := f.dial(ctx, os.Stderr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	logf(out, "connected to %s", c.BrokerName())
+	log := f.logger(os.Stderr)
 	for _, ch := range f.channels {
 		if err := c.Publish(ch, payload); err != nil {
 			return err
 		}
+		log.Debug("published", "channel", ch, "bytes", len(payload))
 	}
 	select {
 	case err := <-c.Errors():
