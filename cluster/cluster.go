@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -202,10 +203,16 @@ func New(opts Options) (*Bridge, error) {
 	}
 	// A NATS that cannot be reached yet is retried in the background; one
 	// that answers but refuses us is a configuration error, reported now.
+	dialer := &recordingDialer{Dialer: net.Dialer{Timeout: nats.DefaultTimeout}}
+	no = append(no, nats.SetCustomDialer(dialer))
 	nc, err := nats.Connect(opts.URLs, no...)
 	if errors.Is(err, nats.ErrNoServers) && !opts.MustConnect {
-		br.log.Warn("cluster: NATS unreachable at start-up; local delivery works, retrying", "cluster", redact(opts.URLs))
+		br.log.Warn("cluster: NATS unreachable at start-up; local delivery works, retrying", "cluster", redact(opts.URLs), "err", dialer.lastErr())
 		nc, err = nats.Connect(opts.URLs, append(no, nats.RetryOnFailedConnect(true))...)
+	}
+	if errors.Is(err, nats.ErrNoServers) {
+		// nats.go says only "no servers available for connection".
+		return nil, fmt.Errorf("--cluster=%s: no NATS server reachable: %w (is nats-server running and listening there?)", redact(opts.URLs), dialer.lastErr())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("--cluster=%s: %w (check the --cluster-* credential and TLS flags)", redact(opts.URLs), err)
@@ -217,6 +224,33 @@ func New(opts Options) (*Bridge, error) {
 	br.forward.Add(1)
 	go br.forwardLoop()
 	return br, nil
+}
+
+// recordingDialer dials as nats.go does and keeps the last failure, which
+// nats.go reports only as "no servers available".
+type recordingDialer struct {
+	net.Dialer
+	mu   sync.Mutex
+	last error
+}
+
+func (d *recordingDialer) Dial(network, address string) (net.Conn, error) {
+	c, err := d.Dialer.Dial(network, address)
+	if err != nil {
+		d.mu.Lock()
+		d.last = err
+		d.mu.Unlock()
+	}
+	return c, err
+}
+
+func (d *recordingDialer) lastErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.last == nil {
+		return nats.ErrNoServers
+	}
+	return d.last
 }
 
 // redact hides the passwords in a list of NATS URLs.
@@ -319,7 +353,8 @@ func (br *Bridge) publish(subject string, frame []byte) {
 		br.forwardFailed.Add(1)
 		// Too large for NATS is explained once at connect time.
 		if !errors.Is(err, nats.ErrMaxPayload) && br.failing.CompareAndSwap(false, true) {
-			br.log.Warn("cluster: cannot forward to NATS; messages published here reach this broker's subscribers only until it returns", "err", err)
+			br.log.Warn("cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not queued), until forwarding resumes",
+				"reason", whyNotForwarded(err))
 		}
 		return
 	}
@@ -330,6 +365,16 @@ func (br *Bridge) publish(subject string, frame []byte) {
 		br.log.Info("cluster: NATS keeps up again; forwarding every message")
 	}
 	br.forwarded.Add(1)
+}
+
+// whyNotForwarded says what a failed publish to NATS means.
+func whyNotForwarded(err error) string {
+	if errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionReconnecting) {
+		// nats.go's "outbound buffer limit exceeded": the buffer for
+		// reconnection is off on purpose.
+		return "the NATS connection is down and being re-made"
+	}
+	return err.Error()
 }
 
 // InterestChanged implements broker.Bridge: it notes the channel and lets

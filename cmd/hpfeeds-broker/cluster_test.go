@@ -50,7 +50,7 @@ func TestClusterCheckConfig(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--cluster=nats://127.0.0.1:1"}, "--cluster=nats://127.0.0.1:1"},
+		{[]string{"--cluster=nats://127.0.0.1:1"}, "--cluster=nats://127.0.0.1:1: no NATS server reachable: dial tcp 127.0.0.1:1: connect: connection refused (is nats-server running"},
 		{[]string{"--cluster=nats://" + nats, "--cluster-prefix=a.*"}, "cluster subject prefix"},
 		{[]string{"--cluster=nats://" + nats, "--cluster-ca=/nonexistent/ca.pem"}, "ca.pem"},
 	} {

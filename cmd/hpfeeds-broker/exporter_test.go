@@ -32,7 +32,7 @@ type brokerProcess struct {
 func startBroker(t *testing.T, wantExporter bool, args ...string) *brokerProcess {
 	t.Helper()
 	p := &brokerProcess{cmd: exec.Command(binary, args...), logDone: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), "HPFEEDS_TEST_SECRET=s", "HPFEEDS_TEST_SUBCHANS=c")
+	p.cmd.Env = append(append(os.Environ(), clusterUsers...), "HPFEEDS_TEST_SECRET=s", "HPFEEDS_TEST_SUBCHANS=c")
 	p.cmd.Dir = t.TempDir()
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {

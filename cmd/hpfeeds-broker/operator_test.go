@@ -135,3 +135,24 @@ func TestPlaintextClientOnTLSEndpoint(t *testing.T) {
 		t.Fatalf("want one INFO line about the plaintext client, got %q in:\n%s", lines, log)
 	}
 }
+
+// While NATS is down, the log says what a failed forward means for
+// delivery, not nats.go's "outbound buffer limit exceeded".
+func TestClusterForwardFailureWording(t *testing.T) {
+	addr, nats := startNATS(t)
+	clusterUser("fwd")
+	p := startBroker(t, false, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--cluster=nats://"+addr)
+	pub, _ := rawLogin(t, p.addr, "fwd")
+	nats.Process.Kill()
+	nats.Wait()
+	frame, _ := wire.AppendPublish(nil, []byte("fwd"), []byte("events"), []byte("x"))
+	for range 20 {
+		pub.Write(frame)
+		time.Sleep(50 * time.Millisecond)
+	}
+	log := p.stopAndLog()
+	want := `msg="cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not queued), until forwarding resumes" reason="the NATS connection is down and being re-made"`
+	if !strings.Contains(log, want) || strings.Contains(log, "outbound buffer limit") {
+		t.Fatalf("log lacks %s:\n%s", want, log)
+	}
+}

@@ -233,6 +233,12 @@ func TestSystemdUnit(t *testing.T) {
 
 // natsAddr starts the machine's nats-server for the test.
 func natsAddr(t *testing.T) string {
+	addr, _ := startNATS(t)
+	return addr
+}
+
+// startNATS starts the machine's nats-server until the test ends.
+func startNATS(t *testing.T) (string, *exec.Cmd) {
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
 		t.Fatalf("nats-server not installed (apt-get install nats-server): %v", err)
@@ -252,10 +258,10 @@ func natsAddr(t *testing.T) string {
 	for i := 0; i < 200; i++ {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return addr
+			return addr, cmd
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
 	t.Fatal("nats-server did not start")
-	return ""
+	return "", nil
 }
