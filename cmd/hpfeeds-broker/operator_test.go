@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -154,5 +155,23 @@ func TestClusterForwardFailureWording(t *testing.T) {
 	want := `msg="cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not queued), until forwarding resumes" reason="the NATS connection is down and being re-made"`
 	if !strings.Contains(log, want) || strings.Contains(log, "outbound buffer limit") {
 		t.Fatalf("log lacks %s:\n%s", want, log)
+	}
+}
+
+// Bucket bounds are spelled as docs/metrics.md says client_golang writes
+// them: integers up to 524288, exponent form from 1 MiB on.
+func TestBucketSpelling(t *testing.T) {
+	clusterUser("buckets")
+	p := startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0")
+	rawLogin(t, p.addr, "buckets")
+	_, body := get(t, "http://"+p.exporter+"/metrics")
+	for _, le := range []string{"1024", "524288", "1.048576e+06", "4.194304e+06", "+Inf"} {
+		if !strings.Contains(body, `hpfeeds_broker_receive_publish_size_bucket{chan="buckets",ident="buckets",le="`+le+`"}`) {
+			t.Errorf("no bucket le=%q in:\n%s", le, body)
+		}
+	}
+	doc, _ := os.ReadFile("../../docs/metrics.md")
+	if !strings.Contains(string(doc), "`le=\"1.048576e+06\"`") {
+		t.Error("docs/metrics.md does not give the spelling of large bounds")
 	}
 }
