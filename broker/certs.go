@@ -27,45 +27,50 @@ type certReloader struct {
 
 func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
 	r := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
-	if err := r.load(); err != nil {
+	if _, err := r.load(); err != nil {
 		return nil, err
 	}
 	stop, err := watch.Files(log, []string{certFile, keyFile}, r.reload)
 	if err != nil {
-		log.Warn("cannot watch certificate files; renewals need a restart", "cert", certFile, "err", err)
+		log.Warn("cannot watch certificate files; renewals need a restart or SIGHUP", "cert", certFile, "err", err)
 		stop = func() {}
 	}
 	r.stop = stop
 	return r, nil
 }
 
-func (r *certReloader) load() error {
+// load reads the pair and swaps it in if it changed and is usable. It
+// logs nothing: its callers say what a change means.
+func (r *certReloader) load() (changed bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	certPEM, err := os.ReadFile(r.certFile)
 	if err != nil {
-		return fmt.Errorf("reading certificate: %w", err)
+		return false, fmt.Errorf("reading certificate: %w", err)
 	}
 	keyPEM, err := os.ReadFile(r.keyFile)
 	if err != nil {
-		return fmt.Errorf("reading private key: %w", err)
+		return false, fmt.Errorf("reading private key: %w", err)
 	}
 	if bytes.Equal(certPEM, r.lastCert) && bytes.Equal(keyPEM, r.lastKey) {
-		return nil
+		return false, nil
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return fmt.Errorf("loading %s and %s: %w", r.certFile, r.keyFile, err)
+		return false, fmt.Errorf("loading %s and %s: %w", r.certFile, r.keyFile, err)
 	}
 	r.cert.Store(&cert)
 	r.lastCert, r.lastKey = certPEM, keyPEM
-	r.log.Info("TLS certificate loaded", "cert", r.certFile, "key", r.keyFile)
-	return nil
+	return true, nil
 }
 
 func (r *certReloader) reload() {
-	if err := r.load(); err != nil {
+	changed, err := r.load()
+	switch {
+	case err != nil:
 		r.log.Error("new TLS certificate not usable; keeping the previous one", "err", err)
+	case changed:
+		r.log.Info("TLS certificate reloaded", "cert", r.certFile, "key", r.keyFile)
 	}
 }
 

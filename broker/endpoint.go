@@ -166,6 +166,17 @@ func (l *Listener) Close() error {
 	return l.Listener.Close()
 }
 
+// Reload re-reads the endpoint's certificate and key now (as on SIGHUP);
+// a pair that does not load keeps the previous one and is the error.
+// It does nothing for tcp endpoints.
+func (l *Listener) Reload() error {
+	if l.certs == nil {
+		return nil
+	}
+	_, err := l.certs.load()
+	return err
+}
+
 // Listen binds ep. For tls it loads the certificate and watches its files so
 // new handshakes get a renewed certificate without a restart.
 func Listen(ctx context.Context, ep Endpoint, log *slog.Logger) (*Listener, error) {

@@ -58,36 +58,52 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 	}
 	s.users.Store(&users)
 	s.last = data
-	log.Info("user file loaded", "path", path, "users", len(users))
 
 	stop, err := watch.Files(log, []string{path}, s.reload)
 	if err != nil {
-		log.Warn("cannot watch user file; changes need a restart", "path", path, "err", err)
+		log.Warn("cannot watch user file; changes need a restart or SIGHUP", "path", path, "err", err)
 		stop = func() {}
 	}
 	s.stop = stop
 	return s, nil
 }
 
+// reload is the watch's callback: it logs what changed.
 func (s *Store) reload() {
+	n, changed, err := s.load()
+	switch {
+	case err != nil:
+		s.log.Error("user file not loaded; keeping the last good users", "path", s.path, "err", err)
+	case changed:
+		s.log.Info("user file reloaded", "path", s.path, "users", n)
+	}
+}
+
+// Reload re-reads the file now (as on SIGHUP). A file that is unreadable
+// or broken keeps the last good users and is the error.
+func (s *Store) Reload() error {
+	_, _, err := s.load()
+	return err
+}
+
+// load reads the file and swaps in its users if it changed and parses.
+func (s *Store) load() (users int, changed bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	data, err := os.ReadFile(s.path)
 	if err != nil {
-		s.log.Error("user file unreadable; keeping the last good users", "path", s.path, "err", err)
-		return
+		return 0, false, fmt.Errorf("user file unreadable: %w", err)
 	}
 	if bytes.Equal(data, s.last) {
-		return
+		return len(*s.users.Load()), false, nil
 	}
-	users, err := Parse(data)
+	m, err := Parse(data)
 	if err != nil {
-		s.log.Error("user file is broken; keeping the last good users", "path", s.path, "err", err)
-		return
+		return 0, false, fmt.Errorf("user file is broken: %s: %w", s.path, err)
 	}
-	s.users.Store(&users)
+	s.users.Store(&m)
 	s.last = data
-	s.log.Info("user file reloaded", "path", s.path, "users", len(users))
+	return len(m), true, nil
 }
 
 // Parse decodes and validates a whole user file. Unlike the Python broker,
