@@ -353,7 +353,7 @@ func (br *Bridge) publish(subject string, frame []byte) {
 		br.forwardFailed.Add(1)
 		// Too large for NATS is explained once at connect time.
 		if !errors.Is(err, nats.ErrMaxPayload) && br.failing.CompareAndSwap(false, true) {
-			br.log.Warn("cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not queued), until forwarding resumes",
+			br.log.Warn("cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not kept for later), until forwarding resumes",
 				"reason", whyNotForwarded(err))
 		}
 		return

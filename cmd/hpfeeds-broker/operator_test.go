@@ -152,7 +152,7 @@ func TestClusterForwardFailureWording(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	log := p.stopAndLog()
-	want := `msg="cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not queued), until forwarding resumes" reason="the NATS connection is down and being re-made"`
+	want := `msg="cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not kept for later), until forwarding resumes" reason="the NATS connection is down and being re-made"`
 	if !strings.Contains(log, want) || strings.Contains(log, "outbound buffer limit") {
 		t.Fatalf("log lacks %s:\n%s", want, log)
 	}
