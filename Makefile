@@ -17,6 +17,7 @@ deps:
 	@command -v mariadb >/dev/null || { apt-get update -qq && apt-get install -y -qq mariadb-client; }
 	@command -v nats-server >/dev/null || { apt-get update -qq && apt-get install -y -qq nats-server; }
 	@command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd; }
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 # The MongoDB-wire server of the Mongo store tests: FerretDB v1 on SQLite, in
 # its own module so its dependencies stay out of the broker's go.mod.
@@ -69,13 +70,19 @@ bench-smoke:
 
 PLATFORMS := linux/amd64 linux/arm64 darwin/arm64 windows/amd64
 
+# What --version prints: the nearest tag (or the commit) and the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X github.com/hpfeeds-go/hpfeeds/internal/version.Version=$(VERSION) \
+	-X github.com/hpfeeds-go/hpfeeds/internal/version.Commit=$(COMMIT)
+
 # Static release binaries of both commands in dist/.
 release:
 	@for p in $(PLATFORMS); do \
 	  os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
 	  for c in hpfeeds-broker hpfeeds; do \
 	    echo "dist/$$c-$$os-$$arch$$ext"; \
-	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags="-s -w" -o dist/$$c-$$os-$$arch$$ext ./cmd/$$c || exit 1; \
+	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags="$(LDFLAGS)" -o dist/$$c-$$os-$$arch$$ext ./cmd/$$c || exit 1; \
 	  done; \
 	done
 

@@ -433,3 +433,30 @@ func TestConnectionsRefusedSeries(t *testing.T) {
 	}
 	e.waitValue(t, 3, "hpfeeds_broker_connections_refused_total", "reason", broker.RefusedMaxConnections)
 }
+
+// The time of each ident's last publish, for alerts on sensors that went
+// quiet: it survives the publisher's disconnect, and an ident that never
+// published has no series.
+func TestIdentLastPublish(t *testing.T) {
+	e := startExported(t, testUsers())
+	s := dial(t, e.Addr)
+	s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+	e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
+	before := float64(time.Now().Add(-clockSlack).UnixNano()) / 1e9
+	p := dial(t, e.Addr)
+	p.send(p.auth("pub", "pubsecret"), pub(t, "pub", "chan", []byte("event")))
+	s.expectMessage("pub", "chan", []byte("event"))
+	p.nc.Close()
+	e.waitValue(t, 1, "hpfeeds_broker_connection_lost_total", "ident", "pub")
+	sc := e.scrape(t)
+	got := sc.value("hpfeeds_broker_ident_last_publish_timestamp_seconds", "ident", "pub")
+	if now := float64(time.Now().UnixNano()) / 1e9; got < before || got > now {
+		t.Errorf("last publish %f, want within [%f, %f]", got, before, now)
+	}
+	if m := sc.metric("hpfeeds_broker_ident_last_publish_timestamp_seconds", "ident", "sub"); m != nil {
+		t.Errorf("an ident that never published has a last publish: %v", m)
+	}
+}
+
+// clockSlack is how far behind the broker's coarse clock may be.
+const clockSlack = 300 * time.Millisecond

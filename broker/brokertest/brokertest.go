@@ -85,6 +85,13 @@ func (s *Users) Put(u auth.User) {
 	s.mu.Unlock()
 }
 
+// Delete removes ident, as `hpfeeds-broker user delete` would.
+func (s *Users) Delete(ident string) {
+	s.mu.Lock()
+	delete(s.users, ident)
+	s.mu.Unlock()
+}
+
 // Lookup implements auth.Store.
 func (s *Users) Lookup(_ context.Context, ident string) (auth.User, bool, error) {
 	s.mu.RLock()

@@ -16,13 +16,14 @@ import (
 	"time"
 )
 
-var servingMetrics = regexp.MustCompile(`msg="serving metrics" addr=(\S+)`)
+var servingMetrics = regexp.MustCompile(`(?:msg="serving metrics" addr=|"msg":"serving metrics","addr":")([^"\s]+)`)
 
 // brokerProcess is the binary running until the test ends.
 type brokerProcess struct {
 	cmd            *exec.Cmd
 	addr, exporter string // the endpoint and exporter addresses it logged
 	log            bytes.Buffer
+	logMu          sync.Mutex // lets a test read log while the broker runs
 	logDone        chan struct{}
 	stopOnce       sync.Once
 }
@@ -51,7 +52,9 @@ func startBroker(t *testing.T, wantExporter bool, args ...string) *brokerProcess
 		defer close(lines)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			p.logMu.Lock()
 			p.log.WriteString(sc.Text() + "\n")
+			p.logMu.Unlock()
 			select {
 			case lines <- sc.Text():
 			default:

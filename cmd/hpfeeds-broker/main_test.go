@@ -91,7 +91,8 @@ func TestStartupErrors(t *testing.T) {
 	}
 }
 
-var listening = regexp.MustCompile(`msg=listening .* addr=(\S+)`)
+// The endpoint's address as logged, in --log-format=text or json.
+var listening = regexp.MustCompile(`(?:msg=listening .* addr=|"msg":"listening".*"addr":")([^"\s]+)`)
 
 // SIGTERM under load stops accepting, closes clients and exits 0: with
 // publishers flooding, a subscriber that never reads, and clients still

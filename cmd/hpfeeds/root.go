@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hpfeeds-go/hpfeeds/client"
+	"github.com/hpfeeds-go/hpfeeds/internal/version"
 )
 
 type connFlags struct {
@@ -126,7 +127,9 @@ func newRootCmd(out io.Writer) *cobra.Command {
 		Short:         "Subscribe, publish and benchmark against an hpfeeds broker",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.String(),
 	}
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetOut(out)
 	f.add(root)
 	var asJSON bool

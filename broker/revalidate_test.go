@@ -1,0 +1,210 @@
+package broker_test
+
+import (
+	"encoding/json"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+)
+
+// startRevalidating serves users with a short revalidation period, logging
+// into the returned log.
+func startRevalidating(t *testing.T, users *brokertest.Users) (*brokertest.Server, *syncLog) {
+	log := &syncLog{}
+	srv := brokertest.Start(t, users, func(c *broker.Config) {
+		c.RevalidateEvery = 20 * time.Millisecond
+		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+	})
+	return srv, log
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A user removed from the store loses its live sessions with the error a
+// failed login gets, and one log line says why.
+func TestRevalidateRemovedUser(t *testing.T) {
+	users := testUsers()
+	srv, log := startRevalidating(t, users)
+	c := login(t, srv.Addr, "sub", "subsecret")
+	c.sync("sub")
+	other := login(t, srv.Addr, "pub", "pubsecret")
+	other.sync("pub")
+
+	users.Delete("sub")
+	c.expectError("Authentication failed for sub")
+	waitFor(t, "the disconnect line", func() bool { return log.count("msg=disconnect ident=sub") == 1 })
+	if n := log.count(`msg="session closed: user removed from the store" ident=sub`); n != 1 {
+		t.Errorf("%d lines for the removal, want 1:\n%s", n, log)
+	}
+	if !strings.Contains(log.String(), `reason="user removed from the store"`) {
+		t.Errorf("the disconnect line does not give the reason:\n%s", log)
+	}
+	other.sync("pub") // other idents are untouched
+}
+
+func TestRevalidateChangedSecret(t *testing.T) {
+	users := testUsers()
+	srv, log := startRevalidating(t, users)
+	c := login(t, srv.Addr, "both", "bothsecret")
+	c.sync("both")
+	users.Put(auth.User{Ident: "both", Secret: "rotated", PubChans: []string{"chan", "sync"}, SubChans: []string{"chan", "sync"}})
+	c.expectError("Authentication failed for both")
+	if n := log.count(`msg="session closed: secret changed in the store" ident=both`); n != 1 {
+		t.Errorf("%d lines for the new secret, want 1:\n%s", n, log)
+	}
+	login(t, srv.Addr, "both", "rotated").sync("both")
+}
+
+// Narrowed channels are enforced on a live session: the subscription to a
+// channel taken away is dropped, and a publish there (allowed, and cached,
+// before) is refused.
+func TestRevalidateNarrowedChannels(t *testing.T) {
+	users := testUsers()
+	srv, log := startRevalidating(t, users)
+	both := login(t, srv.Addr, "both", "bothsecret")
+	both.send(sub(t, "both", "chan"), pub(t, "both", "chan", "before"))
+	both.expectMessage("both", "chan", "before")
+	both.sync("both")
+	p := login(t, srv.Addr, "pub", "pubsecret")
+
+	users.Put(auth.User{Ident: "both", Secret: "bothsecret", PubChans: []string{"sync"}, SubChans: []string{"sync"}})
+	waitFor(t, "the session to follow the store", func() bool {
+		return log.count(`msg="session follows changed user in the store" ident=both`) == 1
+	})
+	if !strings.Contains(log.String(), "dropped_subscriptions=[chan]") {
+		t.Errorf("the log line does not name the dropped subscription:\n%s", log)
+	}
+	p.send(pub(t, "pub", "chan", "after"))
+	p.sync("pub")
+	both.sync("both")
+	both.expectSilence()
+	for _, ci := range srv.Broker.Connections() {
+		if ci.Ident == "both" && slices.Contains(ci.Subscriptions, "chan") {
+			t.Errorf("both still subscribed to chan: %v", ci.Subscriptions)
+		}
+	}
+	both.send(pub(t, "both", "chan", "refused"))
+	both.expectError("Authkey not allowed to pub here. ident=both, chan=chan")
+	if n := log.count("session follows changed user"); n != 1 {
+		t.Errorf("%d lines for one change, want 1:\n%s", n, log)
+	}
+}
+
+// The reader and the revalidator change the same connection's
+// subscriptions at once (run with -race): while the store flips a channel
+// on and off, a client subscribes and unsubscribes to it as fast as it
+// can. Once the store settles on "forbidden", no subscription survives.
+func TestRevalidateRacesSubscribe(t *testing.T) {
+	users := testUsers()
+	srv, _ := startRevalidating(t, users)
+	full := auth.User{Ident: "both", Secret: "bothsecret", PubChans: []string{"sync"}, SubChans: []string{"chan", "sync"}}
+	narrow := auth.User{Ident: "both", Secret: "bothsecret", PubChans: []string{"sync"}, SubChans: []string{"sync"}}
+	users.Put(full)
+	c := login(t, srv.Addr, "both", "bothsecret")
+	c.sync("both")
+	stop := make(chan struct{})
+	flipped := make(chan struct{})
+	go func() {
+		defer close(flipped)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				users.Put(narrow)
+				return
+			case <-time.After(3 * time.Millisecond):
+			}
+			if i%2 == 0 {
+				users.Put(narrow)
+			} else {
+				users.Put(full)
+			}
+		}
+	}()
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		// A refused SUBSCRIBE closes the connection: log in again.
+		c.send(sub(t, "both", "chan"), unsub(t, "both", "chan"), sub(t, "both", "chan"))
+		if !syncOrClosed(c) {
+			c = login(t, srv.Addr, "both", "bothsecret")
+		}
+	}
+	close(stop)
+	<-flipped
+	waitFor(t, "no subscription to the forbidden channel", func() bool {
+		for _, ci := range srv.Broker.Connections() {
+			if slices.Contains(ci.Subscriptions, "chan") {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// syncOrClosed syncs, or reports that the broker closed the connection.
+func syncOrClosed(c *rawClient) bool {
+	c.send(pub(c.t, "both", "sync", "ping"))
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := c.rd.Next()
+		if err != nil {
+			return false
+		}
+		if isSync(f) {
+			return true
+		}
+	}
+}
+
+// An operator sees each login and each disconnect at INFO, in text and in
+// JSON, with the fields the issue names.
+func TestLoginAndDisconnectLogLines(t *testing.T) {
+	log := &syncLog{}
+	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(log, nil))
+	})
+	c := login(t, srv.Addr, "both", "bothsecret")
+	c.send(sub(t, "both", "chan"), pub(t, "both", "chan", "x"))
+	c.expectMessage("both", "chan", "x")
+	c.sync("both")
+	c.nc.Close()
+	waitFor(t, "the disconnect line", func() bool { return log.count(`"msg":"disconnect"`) == 1 })
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not a JSON line: %q", l)
+		}
+		lines = append(lines, m)
+	}
+	find := func(msg string) map[string]any {
+		for _, m := range lines {
+			if m["msg"] == msg {
+				return m
+			}
+		}
+		t.Fatalf("no %q line in:\n%s", msg, log)
+		return nil
+	}
+	in := find("login")
+	if in["level"] != "INFO" || in["ident"] != "both" || in["owner"] != "both" ||
+		!strings.HasPrefix(in["addr"].(string), "127.0.0.1:") || in["endpoint"] != "tcp:127.0.0.1:0" {
+		t.Errorf("login line %v", in)
+	}
+	out := find("disconnect")
+	// AUTH, SUBSCRIBE, PUBLISH, then sync's SUBSCRIBE and PUBLISH; out:
+	// the message and the sync ping.
+	if out["level"] != "INFO" || out["ident"] != "both" || out["reason"] != "closed by the client" ||
+		out["frames_in"] != 5.0 || out["frames_out"] != 2.0 || out["duration"] == nil || out["addr"] != in["addr"] {
+		t.Errorf("disconnect line %v", out)
+	}
+}
