@@ -178,7 +178,8 @@ func (s *Store) edit(change func(map[string]auth.User)) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(out, '\n')); err != nil {
+	out = append(out, '\n')
+	if _, err := tmp.Write(out); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -193,6 +194,7 @@ func (s *Store) edit(change func(map[string]auth.User)) error {
 		return err
 	}
 	s.users.Store(&users)
+	s.last = out // the watch sees this rename: nothing to reload
 	return nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/internal/watch"
 )
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -168,5 +170,32 @@ func TestEditorRewritesAtomically(t *testing.T) {
 		if !strings.Contains(string(data), k) {
 			t.Errorf("rewritten file lacks %s:\n%s", k, data)
 		}
+	}
+}
+
+// A user written through the store is not reloaded again when the watch
+// sees the file change: the store knows it already.
+func TestEditDoesNotReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users.json")
+	if err := os.WriteFile(path, []byte(`{"bob": {"secret": "one"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := &brokertest.Log{}
+	st, err := Open(path, log.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.PutUser(context.Background(), auth.User{Ident: "alice", Secret: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * watch.Debounce) // the watch's turn to see the rename
+	// An edit by another program is reloaded: once it is seen, so was ours.
+	if err := os.WriteFile(path, []byte(`{"carol": {"secret": "c"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the outside edit", func() bool { return secretOf(st, "carol") == "c" })
+	if n := log.Count("user file reloaded"); n != 1 {
+		t.Errorf("%d reloads for one edit through the store and one outside it, want 1:\n%s", n, log)
 	}
 }
