@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -456,4 +457,62 @@ func TestConnectionChurnLeaksNothing(t *testing.T) {
 	waitFor(t, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= baseline })
 	good.nc.Close()
 	waitFor(t, "file descriptors back to baseline", func() bool { return openFDs(t) <= fdsBefore+2 })
+}
+
+// stallingHandler blocks every log line whose message is msg until release
+// is closed, as a log sink that has stopped (a full pipe, a stuck disk)
+// does; entered is closed at the first.
+type stallingHandler struct {
+	slog.Handler
+	msg              string
+	entered, release chan struct{}
+	once             *sync.Once
+}
+
+func (h stallingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(func() { close(h.entered) })
+		<-h.release
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h stallingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	h.Handler = h.Handler.WithAttrs(as)
+	return h
+}
+
+// The fan-out logs a subscriber it closes only after releasing the
+// channel's lock: with a log sink that blocks, others still subscribe.
+func TestFanOutLogsWithoutTheTopicLock(t *testing.T) {
+	h := stallingHandler{Handler: slog.NewTextHandler(io.Discard, nil), msg: "subscriber too slow; closing it",
+		entered: make(chan struct{}), release: make(chan struct{}), once: &sync.Once{}}
+	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
+		c.MaxPublishSize = 64 << 10
+		c.SendQueueSoft, c.SendQueueLow, c.SendQueueHard = 1<<20, 1<<18, 2<<20
+		c.Logger = slog.New(h)
+	})
+	defer close(h.release)
+	stalled := login(t, srv.Addr, "sub", "subsecret")
+	stalled.send(sub(t, "sub", "chan"))
+	stalled.sync("sub")
+	p := login(t, srv.Addr, "pub", "pubsecret")
+	go func() {
+		frame := pub(t, "pub", "chan", strings.Repeat("x", 60<<10))
+		p.nc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		for range 2000 { // 120 MB: far past socket buffers and the hard bound
+			if _, err := p.nc.Write(frame); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-h.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stalled subscriber was never closed")
+	}
+	// The publisher is stuck logging; the channel must not be.
+	other := login(t, srv.Addr, "both", "bothsecret")
+	other.send(sub(t, "both", "chan"))
+	other.sync("both")
 }

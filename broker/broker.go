@@ -3,11 +3,14 @@
 // to the subscribers of its channel.
 //
 // The publish path is built for speed: a publisher's frame is copied once
-// and the same bytes are queued to every subscriber; the subscriber list of a
-// channel is an immutable slice swapped atomically, so publishers take no
-// lock but each subscriber's short queue mutex, which no I/O ever holds; and
-// each connection has one writer goroutine that coalesces its queue into as
-// few syscalls as possible.
+// and the same bytes are queued to every subscriber. A channel's
+// subscribers are a slice under a read-write lock: publishers share the
+// read lock while they queue, and each subscriber's queue has a mutex held
+// for a few instructions, never during I/O or logging; subscribing and
+// unsubscribing take the write lock for O(1) work. Each connection's queue
+// is bounded in bytes, and its writer goroutine, started only while there
+// is something to send, coalesces the queue into as few syscalls as
+// possible.
 package broker
 
 import (
@@ -256,20 +259,28 @@ func newTopic(name string) *topic {
 // to every subscriber and reports how many there were. The copy is made
 // once and shared: subscribers only read it.
 func (t *topic) publish(raw []byte, payload int, later *[]wakeup) int {
+	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()
-	defer t.mu.RUnlock()
-	if len(t.subs) == 0 {
-		return 0
+	n := len(t.subs)
+	if n > 0 {
+		frame := make([]byte, len(raw))
+		copy(frame, raw)
+		for _, s := range t.subs {
+			if s.q.push(frame, later) {
+				tooSlow = append(tooSlow, s)
+			}
+			// Counted even for a subscriber that is closing, as the
+			// reference does.
+			s.stats.sendFill.Add(uint64(payload))
+		}
 	}
-	frame := make([]byte, len(raw))
-	copy(frame, raw)
-	for _, s := range t.subs {
-		s.q.push(frame, later)
-		// Counted even for a subscriber that is closing, as the
-		// reference does.
-		s.stats.sendFill.Add(uint64(payload))
+	t.mu.RUnlock()
+	// Logged without the lock: a slow log sink must not hold up the
+	// channel's subscribes and unsubscribes.
+	for _, s := range tooSlow {
+		s.q.logTooSlow("send queue hard bound reached")
 	}
-	return len(t.subs)
+	return n
 }
 
 // add subscribes c and reports whether it is the channel's first

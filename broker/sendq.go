@@ -83,12 +83,14 @@ type wakeup struct {
 
 // push queues a frame shared with other subscribers; it never blocks on I/O.
 // The writer's wake-up is appended to later if it is not nil, else done now.
-func (q *sendQueue) push(frame []byte, later *[]wakeup) {
+// It reports whether the frame took the queue past its hard bound, closing
+// the subscriber: the caller logs it (logTooSlow) once it holds no lock.
+func (q *sendQueue) push(frame []byte, later *[]wakeup) (tooSlow bool) {
 	cfg := &q.c.b.cfg
 	q.mu.Lock()
 	if q.closing {
 		q.mu.Unlock()
-		return
+		return false
 	}
 	q.frames = append(q.frames, frame)
 	q.queued += len(frame)
@@ -108,9 +110,12 @@ func (q *sendQueue) push(frame []byte, later *[]wakeup) {
 		q.kick(start, wake)
 	}
 	q.c.stats.queuedFrames.Add(1)
-	if failed {
-		q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", "send queue hard bound reached")
-	}
+	return failed
+}
+
+// logTooSlow says why a subscriber is being closed for backpressure.
+func (q *sendQueue) logTooSlow(reason string) {
+	q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", reason)
 }
 
 func (q *sendQueue) deadlineExpired() {
@@ -123,7 +128,7 @@ func (q *sendQueue) deadlineExpired() {
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
 	q.kick(start, wake)
-	q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", "backpressure deadline expired")
+	q.logTooSlow("backpressure deadline expired")
 }
 
 // failLocked closes a subscriber that is too slow: what it has not been
