@@ -73,8 +73,7 @@ type Editor interface {
 	PutUser(ctx context.Context, u User) error
 	// DeleteUser removes ident, reporting whether it existed.
 	DeleteUser(ctx context.Context, ident string) (bool, error)
-	// ListUsers returns every user, sorted by ident.
-	ListUsers(ctx context.Context) ([]User, error)
+	Lister
 }
 
 // Options are what a store may need besides its spec.
@@ -105,6 +104,25 @@ type OpenFunc func(ctx context.Context, spec string, opts Options) (Store, error
 // Pinger is implemented by stores that can check they are reachable.
 type Pinger interface {
 	Ping(ctx context.Context) error
+}
+
+// Checker is implemented by stores that can check, creating nothing, that
+// their table (or collection) and its columns exist.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
+// Initializer is implemented by stores that can create their table (or
+// collection) as documented, for `hpfeeds-broker user init`. created is
+// false when it was already there.
+type Initializer interface {
+	Init(ctx context.Context) (created bool, err error)
+}
+
+// Lister is implemented by stores that can list their users.
+type Lister interface {
+	// ListUsers returns every user, sorted by ident.
+	ListUsers(ctx context.Context) ([]User, error)
 }
 
 var (
@@ -328,12 +346,30 @@ func (c Chain) Close() error {
 
 // Ping checks every store that can be checked.
 func (c Chain) Ping(ctx context.Context) error {
+	return c.each(func(s Store) error {
+		if p, ok := s.(Pinger); ok {
+			return p.Ping(ctx)
+		}
+		return nil
+	})
+}
+
+// Check checks every store that can check its table or collection.
+func (c Chain) Check(ctx context.Context) error {
+	return c.each(func(s Store) error {
+		if ch, ok := s.(Checker); ok {
+			return ch.Check(ctx)
+		}
+		return nil
+	})
+}
+
+// each calls f for every store and joins the errors, each named by its store.
+func (c Chain) each(f func(Store) error) error {
 	var errs []error
 	for _, s := range c {
-		if p, ok := s.(Pinger); ok {
-			if err := p.Ping(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", s, err))
-			}
+		if err := f(s); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s, err))
 		}
 	}
 	return errors.Join(errs...)

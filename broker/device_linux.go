@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"net"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -21,4 +22,12 @@ func bindToDevice(dev string) func(network, address string, c syscall.RawConn) e
 		}
 		return err
 	}
+}
+
+// checkDevice reports whether dev names a network interface of this host.
+func checkDevice(dev string) error {
+	if _, err := net.InterfaceByName(dev); err != nil {
+		return fmt.Errorf("device %s: %w", dev, err)
+	}
+	return nil
 }

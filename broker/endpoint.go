@@ -151,6 +151,57 @@ func (ep Endpoint) String() string {
 	return s
 }
 
+// Check verifies, without binding anything, what Listen would need: the
+// interface is an address of this host, the device exists, and the TLS
+// certificate and key are readable and match. Whether the port is free is
+// not checked: a broker being replaced still holds it.
+func (ep Endpoint) Check() error {
+	if err := CheckInterface(ep.Interface); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep, err)
+	}
+	if ep.Device != "" {
+		if err := checkDevice(ep.Device); err != nil {
+			return fmt.Errorf("endpoint %s: %w", ep, err)
+		}
+	}
+	if ep.Class == "tls" {
+		if _, err := tls.LoadX509KeyPair(ep.Cert, ep.Key); err != nil {
+			return fmt.Errorf("endpoint %s: loading cert=%s and key=%s: %w", ep, ep.Cert, ep.Key, err)
+		}
+	}
+	return nil
+}
+
+// CheckInterface reports whether host (an address or name; empty means
+// every interface) is one this host could bind.
+func CheckInterface(host string) error {
+	if host == "" {
+		return nil
+	}
+	ips := []net.IP{net.ParseIP(host)}
+	if ips[0] == nil {
+		var err error
+		if ips, err = net.LookupIP(host); err != nil {
+			return fmt.Errorf("interface %s: %w", host, err)
+		}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return fmt.Errorf("listing this host's addresses: %w", err)
+	}
+	for _, ip := range ips {
+		if ip.IsUnspecified() {
+			return nil
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("interface %s is not an address of this host", host)
+}
+
 // Listener is a bound endpoint.
 type Listener struct {
 	net.Listener

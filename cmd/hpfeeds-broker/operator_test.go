@@ -9,9 +9,11 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	filewatch "github.com/hpfeeds-go/hpfeeds/internal/watch"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -173,5 +175,104 @@ func TestBucketSpelling(t *testing.T) {
 	doc, _ := os.ReadFile("../../docs/metrics.md")
 	if !strings.Contains(string(doc), "`le=\"1.048576e+06\"`") {
 		t.Error("docs/metrics.md does not give the spelling of large bounds")
+	}
+}
+
+// SIGHUP (logrotate sends it) re-reads the user file and the TLS
+// certificates and logs one line each time; a broken file is kept out
+// with a warning; the broker never exits on it.
+func TestSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, dir)
+	users := filepath.Join(dir, "users.json")
+	os.WriteFile(users, []byte(`{"hup": {"secret": "s", "pubchans": ["events"]}}`), 0o600)
+	p := startBroker(t, false, "--auth="+users,
+		"-e", "tls:interface=127.0.0.1:port=0:cert="+filepath.Join(dir, "broker.crt")+":key="+filepath.Join(dir, "broker.key"))
+	for i := 1; i <= 2; i++ {
+		p.cmd.Process.Signal(syscall.SIGHUP)
+		waitLog(t, p, `msg="SIGHUP`, i)
+	}
+	os.WriteFile(users, []byte(`{broken`), 0o600)
+	waitLog(t, p, "user file not loaded", 1) // the watch's own line
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, p, `msg="SIGHUP`, 3)
+	if err := p.cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("broker gone after SIGHUP: %v", err)
+	}
+	log := p.stopAndLog()
+	if !strings.Contains(log, "msg=\"shutting down\"") {
+		t.Fatalf("broker did not run until SIGTERM:\n%s", log)
+	}
+	lines := regexp.MustCompile(`(?m)^.*msg="SIGHUP.*$`).FindAllString(log, -1)
+	ok := `level=INFO msg="SIGHUP: re-read user files and TLS certificates" reloaded="json:` + users + `, ` + filepath.Join(dir, "broker.crt") + `"`
+	if len(lines) != 3 || !strings.Contains(lines[0], ok) || !strings.Contains(lines[1], ok) ||
+		!strings.Contains(lines[2], "level=WARN") || !strings.Contains(lines[2], "user file is broken") {
+		t.Fatalf("want two lines with %s and a warning, got:\n%s", ok, strings.Join(lines, "\n"))
+	}
+}
+
+// waitLog waits until the running broker's log holds n lines containing s.
+func waitLog(t *testing.T, p *brokerProcess, s string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if strings.Count(p.logSoFar(), s) >= n {
+			return
+		}
+	}
+	t.Fatalf("log never had %d lines with %q:\n%s", n, s, p.logSoFar())
+}
+
+// A log file written beside a broken user file does not make the broker
+// re-read (and complain about) the user file at every write.
+func TestLogBesideBrokenUserFile(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users.json")
+	os.WriteFile(users, []byte(`{"a": {"secret": "s"}}`), 0o600)
+	p := startBroker(t, false, "--auth="+users, "-e", "tcp:interface=127.0.0.1:port=0")
+	os.WriteFile(users, []byte(`{broken`), 0o600)
+	waitLog(t, p, "user file is broken", 1)
+	f, err := os.Create(filepath.Join(dir, "broker.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		f.WriteString("a log line\n")
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.Close()
+	time.Sleep(5 * filewatch.Debounce)
+	if n := strings.Count(p.stopAndLog(), "user file is broken"); n != 1 {
+		t.Fatalf("%d lines about the broken file, want 1", n)
+	}
+}
+
+// --check-config binds nothing, so it passes beside the running broker it
+// is about to replace; it checks interfaces, devices and the certificate
+// pair instead; and it prints exactly one line, also with a JSON store
+// and a TLS endpoint whose loads used to log lines of their own.
+func TestCheckConfigBesideRunningBroker(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, dir)
+	crt, key := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
+	users := filepath.Join(dir, "users.json")
+	os.WriteFile(users, []byte(`{"a": {"secret": "s"}}`), 0o600)
+	tlsEP := func(port string) string { return "tls:interface=127.0.0.1:port=" + port + ":cert=" + crt + ":key=" + key }
+	p := startBroker(t, true, "--auth="+users, "-e", tlsEP("0"), "--exporter=127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(p.addr)
+	code, out := run(t, nil, "--check-config", "--auth="+users, "-e", tlsEP(port), "--exporter="+p.exporter)
+	if code != 0 || out != "configuration OK: 1 endpoint(s), credential stores: json:"+users+"\n" {
+		t.Fatalf("exit %d, output %q", code, out)
+	}
+	os.WriteFile(filepath.Join(dir, "other.key"), []byte("not a key"), 0o600)
+	for _, c := range []struct{ endpoint, want string }{
+		{"tcp:interface=192.0.2.1:port=1", "interface 192.0.2.1 is not an address of this host"},
+		{"tcp:port=1:device=nosuchnic0", "device nosuchnic0"},
+		{"tls:port=1:cert=" + crt + ":key=" + filepath.Join(dir, "other.key"), "other.key"},
+		{"tls:port=1:cert=" + crt + ":key=" + filepath.Join(dir, "missing.key"), "missing.key"},
+	} {
+		code, out := run(t, nil, "--check-config", "--auth=env", "-e", c.endpoint)
+		if code == 0 || strings.Count(out, "\n") != 1 || !strings.Contains(out, c.want) {
+			t.Errorf("%s: exit %d, want one line mentioning %q:\n%s", c.endpoint, code, c.want, out)
+		}
 	}
 }

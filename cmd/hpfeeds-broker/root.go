@@ -26,7 +26,6 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/internal/version"
 	"github.com/hpfeeds-go/hpfeeds/metrics"
 	"github.com/hpfeeds-go/hpfeeds/status"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // options are the command line's settings.
@@ -43,6 +42,7 @@ type options struct {
 	staleAfter  time.Duration
 	checkConfig bool
 	mongoColl   string
+	reloaders   []reloader // the stores SIGHUP re-reads
 	cfg         broker.Config
 	cluster     cluster.Options
 }
@@ -167,6 +167,9 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 			chain.Close()
 			return nil, err
 		}
+		if r, ok := s.(reloader); ok {
+			o.reloaders = append(o.reloaders, r)
+		}
 		if lookups != nil {
 			s = lookups.Instrument(auth.Redact(spec), s)
 		}
@@ -222,6 +225,11 @@ func warnDuplicates(ctx context.Context, log *slog.Logger, chain auth.Chain) {
 }
 
 func (o *options) run(ctx context.Context) error {
+	// Held from the start: logrotate's SIGHUP must never kill the broker,
+	// not even while it starts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log, err := o.logger()
 	if err != nil {
 		return err
@@ -243,11 +251,14 @@ func (o *options) run(ctx context.Context) error {
 			return fmt.Errorf("--exporter %q: want HOST:PORT: %w", o.exporter, err)
 		}
 	}
+	if o.checkConfig {
+		return o.check(ctx, eps)
+	}
 	var lookups *metrics.Lookups
 	if o.exporter != "" {
 		lookups = metrics.NewLookups()
 	}
-	store, err := o.openStores(ctx, log, o.checkConfig, lookups)
+	store, err := o.openStores(ctx, log, false, lookups)
 	if err != nil {
 		return err
 	}
@@ -258,15 +269,11 @@ func (o *options) run(ctx context.Context) error {
 	if cfg.RevalidateEvery == 0 {
 		cfg.RevalidateEvery = -1 // the flag's 0 is the library's "never"
 	}
-	var bridge *cluster.Bridge
-	if o.cluster.URLs != "" {
-		o.cluster.Logger = log
-		o.cluster.Name = "hpfeeds-broker " + cfg.Name
-		o.cluster.MaxFrame = wire.HeaderLen + cfg.MaxPublishSize
-		o.cluster.MustConnect = o.checkConfig
-		if bridge, err = cluster.New(o.cluster); err != nil {
-			return err
-		}
+	bridge, err := o.joinCluster(log, cfg, false)
+	if err != nil {
+		return err
+	}
+	if bridge != nil {
 		defer bridge.Close()
 		cfg.Bridge = bridge
 	}
@@ -298,17 +305,10 @@ func (o *options) run(ctx context.Context) error {
 		}
 		defer exporter.Close()
 	}
-	if o.checkConfig {
-		clustered := ""
-		if bridge != nil {
-			clustered = ", cluster: " + bridge.String()
-		}
-		fmt.Fprintf(os.Stdout, "configuration OK: %d endpoint(s), credential stores: %s%s\n", len(eps), store, clustered)
-		return nil
-	}
-
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go o.onHUP(ctx, log, hup, listeners)
+	log.Info("starting", "name", cfg.Name, "credential_stores", store.String())
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
 		log.Info("listening", "endpoint", l.Endpoint.String(), "addr", l.Addr().String())

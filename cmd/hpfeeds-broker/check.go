@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/cluster"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// check is --check-config: what the broker needs at start-up, checked
+// without binding a port or creating anything (as nginx -t and
+// nats-server -t do, so it runs beside the broker it is about to
+// replace), and one line on stdout, or one error. Warnings the broker
+// would log at start-up are put on that line.
+func (o *options) check(ctx context.Context, eps []broker.Endpoint) error {
+	var warnings bytes.Buffer
+	quiet := slog.New(slog.NewTextHandler(&warnings, &slog.HandlerOptions{
+		Level: slog.LevelWarn,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey) {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	for _, ep := range eps {
+		if err := ep.Check(); err != nil {
+			return err
+		}
+	}
+	if o.exporter != "" {
+		host, _, _ := net.SplitHostPort(o.exporter)
+		if err := broker.CheckInterface(host); err != nil {
+			return fmt.Errorf("--exporter %s: %w", o.exporter, err)
+		}
+	}
+	store, err := o.openStores(ctx, quiet, true, nil)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	cctx, cancel := context.WithTimeout(ctx, o.cfg.LookupTimeout)
+	defer cancel()
+	if err := store.Check(cctx); err != nil {
+		return fmt.Errorf("credential store not usable: %w", err)
+	}
+	cfg := o.cfg
+	cfg.Auth, cfg.Logger = store, quiet
+	bridge, err := o.joinCluster(quiet, cfg, true)
+	if err != nil {
+		return err
+	}
+	clustered := ""
+	if bridge != nil {
+		defer bridge.Close()
+		clustered = ", cluster: " + bridge.String()
+	}
+	b, err := broker.New(cfg) // checks the limits
+	if err != nil {
+		return err
+	}
+	b.Shutdown(ctx)
+	line := fmt.Sprintf("configuration OK: %d endpoint(s), credential stores: %s%s", len(eps), store, clustered)
+	if w := strings.TrimSpace(warnings.String()); w != "" {
+		line += "; warning: " + strings.ReplaceAll(w, "\n", "; warning: ")
+	}
+	fmt.Fprintln(os.Stdout, line)
+	return nil
+}
+
+// joinCluster connects to NATS if --cluster is given; mustConnect makes a
+// NATS that cannot be reached an error rather than something to retry.
+func (o *options) joinCluster(log *slog.Logger, cfg broker.Config, mustConnect bool) (*cluster.Bridge, error) {
+	if o.cluster.URLs == "" {
+		return nil, nil
+	}
+	opts := o.cluster
+	opts.Logger = log
+	opts.Name = "hpfeeds-broker " + cfg.Name
+	opts.MaxFrame = wire.HeaderLen + cfg.MaxPublishSize
+	opts.MustConnect = mustConnect
+	return cluster.New(opts)
+}
