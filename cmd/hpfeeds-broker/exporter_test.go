@@ -22,7 +22,6 @@ var servingMetrics = regexp.MustCompile(`(?:msg="serving metrics" addr=|"msg":"s
 type brokerProcess struct {
 	cmd            *exec.Cmd
 	addr, exporter string // the endpoint and exporter addresses it logged
-	logMu          sync.Mutex
 	log            bytes.Buffer
 	logMu          sync.Mutex // lets a test read log while the broker runs
 	logDone        chan struct{}

@@ -256,7 +256,9 @@ func TestCheckConfigBesideRunningBroker(t *testing.T) {
 	crt, key := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
 	users := filepath.Join(dir, "users.json")
 	os.WriteFile(users, []byte(`{"a": {"secret": "s"}}`), 0o600)
-	tlsEP := func(port string) string { return "tls:interface=127.0.0.1:port=" + port + ":cert=" + crt + ":key=" + key }
+	tlsEP := func(port string) string {
+		return "tls:interface=127.0.0.1:port=" + port + ":cert=" + crt + ":key=" + key
+	}
 	p := startBroker(t, true, "--auth="+users, "-e", tlsEP("0"), "--exporter=127.0.0.1:0")
 	_, port, _ := net.SplitHostPort(p.addr)
 	code, out := run(t, nil, "--check-config", "--auth="+users, "-e", tlsEP(port), "--exporter="+p.exporter)

@@ -194,17 +194,5 @@ func TestSessionsFollowTheStore(t *testing.T) {
 
 func waitForLog(t *testing.T, p *brokerProcess, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		p.logMu.Lock()
-		found := strings.Contains(p.log.String(), want)
-		p.logMu.Unlock()
-		if found {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the broker never logged %q", want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitLog(t, p, want, 1)
 }
