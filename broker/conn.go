@@ -42,13 +42,6 @@ func (m Mode) String() string {
 	return "pubsub"
 }
 
-// The error texts of the spec's table; clients and operators grep for them.
-const (
-	msgFirstNotAuth = "First message was not AUTH"
-	msgAuthFailed   = "Authentication failed for "
-	msgBackpressure = "Backpressure deadline timer expired"
-)
-
 // Error categories, as the metric hpfeeds_broker_connection_error labels them.
 const (
 	CategoryInvalidFirstMessage  = "invalid-first-message"
@@ -268,13 +261,13 @@ func (c *conn) readLoop() error {
 		// A too-large first frame that is not AUTH still gets the
 		// reference's answer: its header says enough.
 		if errors.Is(err, wire.ErrTooLarge) && f.Op.Valid() && f.Op != wire.OpAuth {
-			c.fail("", CategoryInvalidFirstMessage, msgFirstNotAuth)
+			c.fail("", CategoryInvalidFirstMessage, wire.ErrFirstNotAuth)
 			return nil
 		}
 		return err
 	}
 	if f.Op != wire.OpAuth {
-		c.fail("", CategoryInvalidFirstMessage, msgFirstNotAuth)
+		c.fail("", CategoryInvalidFirstMessage, wire.ErrFirstNotAuth)
 		return nil
 	}
 	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
@@ -319,7 +312,7 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	if err := auth.CheckIdent(ident); err != nil {
 		// Not a store failure: no store could hold this ident.
 		c.log().Info("authentication failed: "+err.Error(), "ident", ident)
-		c.fail("", CategoryInvalidIdent, msgAuthFailed+ident)
+		c.fail("", CategoryInvalidIdent, wire.AuthFailed(ident))
 		return false
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
@@ -333,15 +326,15 @@ func (c *conn) authenticate(f wire.Frame) bool {
 			c.log().Warn("credential lookup failed; the login is refused (further failures are logged at most every 10 s)",
 				"ident", ident, "store", b.cfg.Auth.String(), "err", err, "failed", n)
 		}
-		c.fail("", CategoryErrorCheckingIdent, msgAuthFailed+ident)
+		c.fail("", CategoryErrorCheckingIdent, wire.AuthFailed(ident))
 		return false
 	case !found:
 		c.log().Info("authentication failed: unknown ident", "ident", ident)
-		c.fail("", CategoryInvalidIdent, msgAuthFailed+ident)
+		c.fail("", CategoryInvalidIdent, wire.AuthFailed(ident))
 		return false
 	case !u.Verify(c.nonce[:], f.Payload):
 		c.log().Info("authentication failed: wrong secret", "ident", ident)
-		c.fail("", CategoryInvalidSecret, msgAuthFailed+ident)
+		c.fail("", CategoryInvalidSecret, wire.AuthFailed(ident))
 		return false
 	}
 	s := newSession(u) // u.Ident is ident, byte for byte (auth.Find)
@@ -362,14 +355,14 @@ func (c *conn) publish(f wire.Frame) bool {
 		c.follow(s)
 	}
 	if !bytes.Equal(f.Ident, s.ident) {
-		c.fail(s.identStr, CategoryIdentMismatchPub, "Invalid authkey in message, ident="+string(f.Ident))
+		c.fail(s.identStr, CategoryIdentMismatchPub, wire.IdentMismatch(string(f.Ident)))
 		return false
 	}
 	p := c.pubs[string(f.Channel)]
 	if p == nil || p.revoked {
 		if !allowed(s.pub, f.Channel) || c.mode == ModeSubscribe {
 			c.fail(s.identStr, CategoryNoPubPermission,
-				"Authkey not allowed to pub here. ident="+s.identStr+", chan="+string(f.Channel))
+				wire.NotAllowed(wire.ErrNoPublishPrefix, s.identStr, string(f.Channel)))
 			return false
 		}
 		p = &pubChan{t: c.b.topic(f.Channel, true)}
@@ -398,7 +391,7 @@ func (c *conn) subscribe(f wire.Frame) bool {
 	}
 	if !allowed(s.sub, f.Channel) || c.mode == ModePublish {
 		c.fail(s.identStr, CategoryNoSubPermission,
-			"Authkey not allowed to sub here. ident="+s.identStr+", chan="+string(f.Channel))
+			wire.NotAllowed(wire.ErrNoSubscribePrefix, s.identStr, string(f.Channel)))
 		return false
 	}
 	if c.subscribed(f.Channel) >= 0 {

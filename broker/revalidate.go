@@ -79,7 +79,7 @@ func (c *conn) revalidate(u auth.User, found bool) {
 func (c *conn) revoke(s *session, why string) {
 	c.setReason(why)
 	c.b.cfg.Logger.Info("session closed: "+why, "ident", s.identStr, "addr", c.nc.RemoteAddr().String())
-	c.q.closeWith(wire.AppendError(nil, msgAuthFailed+s.identStr))
+	c.q.closeWith(wire.AppendError(nil, wire.AuthFailed(s.identStr)))
 }
 
 // changeSession stores the session with the store's channels and takes the

@@ -115,7 +115,7 @@ func (q *sendQueue) push(frame []byte, later *[]wakeup) (tooSlow bool) {
 
 // logTooSlow says why a subscriber is being closed for backpressure.
 func (q *sendQueue) logTooSlow(reason string) {
-	q.c.log().Warn("subscriber too slow; closing it", "error", msgBackpressure, "reason", reason)
+	q.c.log().Warn("subscriber too slow; closing it", "error", wire.ErrBackpressure, "reason", reason)
 }
 
 func (q *sendQueue) deadlineExpired() {
@@ -140,7 +140,7 @@ func (q *sendQueue) failLocked(reason string) {
 	q.dropped.Store(true)
 	clear(q.frames)
 	q.frames = q.frames[:0]
-	q.last = wire.AppendError(nil, msgBackpressure)
+	q.last = wire.AppendError(nil, wire.ErrBackpressure)
 	if q.timer != nil {
 		q.timer.Stop()
 		q.timer = nil

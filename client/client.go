@@ -51,18 +51,14 @@ type BrokerError struct{ Text string }
 func (e *BrokerError) Error() string { return "hpfeeds broker: " + e.Text }
 
 // AuthFailed reports whether the broker refused the ident or secret.
-func (e *BrokerError) AuthFailed() bool {
-	return strings.HasPrefix(e.Text, "Authentication failed for ")
-}
+func (e *BrokerError) AuthFailed() bool { return strings.HasPrefix(e.Text, wire.ErrAuthFailedPrefix) }
 
 // PermissionDenied reports whether a PUBLISH or SUBSCRIBE was refused.
-func (e *BrokerError) PermissionDenied() bool {
-	return strings.HasPrefix(e.Text, "Authkey not allowed to ") || strings.HasPrefix(e.Text, "Invalid authkey in message")
-}
+func (e *BrokerError) PermissionDenied() bool { return wire.IsPermissionError(e.Text) }
 
 // Backpressure reports whether the broker dropped this client for reading
 // too slowly.
-func (e *BrokerError) Backpressure() bool { return e.Text == "Backpressure deadline timer expired" }
+func (e *BrokerError) Backpressure() bool { return e.Text == wire.ErrBackpressure }
 
 var (
 	// ErrClosed is returned after Close.

@@ -108,7 +108,7 @@ func ExpectRefused(t testing.TB, addr, ident, secret string) {
 	if err != nil {
 		t.Fatalf("%s: %v", ident, err)
 	}
-	if f.Op != wire.OpError || string(f.Payload) != "Authentication failed for "+ident {
+	if f.Op != wire.OpError || string(f.Payload) != wire.AuthFailed(ident) {
 		t.Fatalf("%s: got %v %q", ident, f.Op, f.Payload)
 	}
 }
