@@ -48,6 +48,8 @@ type Broker struct {
 	refusals       refusals
 	lookupFailures quietLog // the log lines of failed credential lookups
 	plaintext      plaintextLogs
+	failedLogins   quietLogs // the log lines of failed logins, per reason
+	throttle       throttle
 	settle         settler
 	retired        retired                 // guarded by mu
 	idents         map[string]*identRecord // every ident that logged in; guarded by mu
@@ -76,6 +78,7 @@ func New(cfg Config) (*Broker, error) {
 		idents:    map[string]*identRecord{},
 	}
 	b.preAuth, b.postAuth = cfg.limits()
+	b.throttle.cfg = cfg.LoginThrottle
 	b.stats.init()
 	b.clock.Store(time.Now().UnixNano())
 	b.rates.add(time.Now(), nil)

@@ -58,6 +58,9 @@ type Config struct {
 	MaxConnections      int
 	MaxConnectionsPerIP int
 
+	// LoginThrottle answers repeated failed logins from one source late.
+	LoginThrottle ThrottleConfig
+
 	// Bridge, if set, shares channels with other brokers.
 	Bridge Bridge
 
@@ -101,6 +104,7 @@ func (c *Config) setDefaults() error {
 	if c.RevalidateEvery == 0 {
 		c.RevalidateEvery = DefaultRevalidateEvery
 	}
+	c.LoginThrottle.setDefaults()
 	def(&c.PreAuthMaxSize, DefaultPreAuthMaxSize)
 	def(&c.MaxPublishSize, DefaultMaxPublishSize)
 	def(&c.MaxSubscribeSize, DefaultMaxSubscribeSize)

@@ -310,9 +310,7 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	b := c.b
 	ident := string(f.Ident)
 	if err := auth.CheckIdent(ident); err != nil {
-		// Not a store failure: no store could hold this ident.
-		c.log().Info("authentication failed: "+err.Error(), "ident", ident)
-		c.fail("", CategoryInvalidIdent, wire.AuthFailed(ident))
+		c.refuseLogin(ident, CategoryInvalidIdent, err.Error()) // no store could hold it: not a store failure
 		return false
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
@@ -324,17 +322,15 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	case err != nil:
 		if n, ok := b.lookupFailures.due(time.Now()); ok {
 			c.log().Warn("credential lookup failed; the login is refused (further failures are logged at most every 10 s)",
-				"ident", ident, "store", b.cfg.Auth.String(), "err", err, "failed", n)
+				"ident", logIdent(ident), "store", b.cfg.Auth.String(), "err", err, "failed", n)
 		}
 		c.fail("", CategoryErrorCheckingIdent, wire.AuthFailed(ident))
 		return false
 	case !found:
-		c.log().Info("authentication failed: unknown ident", "ident", ident)
-		c.fail("", CategoryInvalidIdent, wire.AuthFailed(ident))
+		c.refuseLogin(ident, CategoryInvalidIdent, "unknown ident")
 		return false
 	case !u.Verify(c.nonce[:], f.Payload):
-		c.log().Info("authentication failed: wrong secret", "ident", ident)
-		c.fail("", CategoryInvalidSecret, wire.AuthFailed(ident))
+		c.refuseLogin(ident, CategoryInvalidSecret, "wrong secret")
 		return false
 	}
 	s := newSession(u) // u.Ident is ident, byte for byte (auth.Find)
@@ -433,6 +429,47 @@ func (c *conn) unsubscribe(f wire.Frame) {
 		}
 		c.subs = slices.Delete(c.subs, i, i+1)
 	}
+}
+
+// logIdentMax bounds the bytes of an unauthenticated client's ident in a
+// log line; the handler quotes it, escaping what is not printable.
+const logIdentMax = 32
+
+// logIdent is an ident as a log line shows it.
+func logIdent(ident string) string {
+	if len(ident) <= logIdentMax {
+		return ident
+	}
+	return ident[:logIdentMax] + "…"
+}
+
+// refuseLogin answers a failed login. Its log line is rate-limited per
+// reason, as clients choose how many they cause; once the source has failed
+// too often, the answer waits (see throttle.go). The store is not to blame,
+// so lookups that fail do not come here.
+func (c *conn) refuseLogin(ident, category, reason string) {
+	b := c.b
+	now := time.Now()
+	if n, ok := b.failedLogins.due(reason, now); ok {
+		c.log().Info("authentication failed: "+reason+" (further failures for this reason are logged at most every 10 s)",
+			"ident", logIdent(ident), "failed", n)
+	}
+	delay, started := b.throttle.failed(c.ip, now)
+	if started {
+		if n, ok := b.throttle.started.due(now); ok {
+			c.log().Warn("repeated failed logins: this source's failed logins are now answered late, its good ones at once (further sources are logged at most every 10 s)",
+				"source", throttleSource(c.ip).String(), "max_delay", b.cfg.LoginThrottle.MaxDelay, "sources", n)
+		}
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-b.ctx.Done():
+			t.Stop()
+		}
+	}
+	c.fail("", category, wire.AuthFailed(ident))
 }
 
 // fail sends an ERROR after whatever is already queued and closes the

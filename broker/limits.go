@@ -48,27 +48,43 @@ func (q *quietLog) lastLine() time.Time {
 	return q.last
 }
 
+// quietLogs is a quietLog per kind of line.
+type quietLogs struct {
+	mu   sync.Mutex
+	logs map[string]*quietLog
+}
+
+// due counts an event of kind, as quietLog.due does.
+func (q *quietLogs) due(kind string, now time.Time) (uint64, bool) {
+	q.mu.Lock()
+	l := q.logs[kind]
+	if l == nil {
+		if q.logs == nil {
+			q.logs = map[string]*quietLog{}
+		}
+		l = &quietLog{}
+		q.logs[kind] = l
+	}
+	q.mu.Unlock()
+	return l.due(now)
+}
+
 // refusals counts refused connections, and rate-limits their log lines.
 type refusals struct {
 	mu    sync.Mutex
 	total map[string]uint64
-	logs  map[string]*quietLog
+	logs  quietLogs
 }
 
 func (b *Broker) refuse(reason string, peer net.Addr) {
 	r := &b.refusals
 	r.mu.Lock()
 	if r.total == nil {
-		r.total, r.logs = map[string]uint64{}, map[string]*quietLog{}
+		r.total = map[string]uint64{}
 	}
 	r.total[reason]++
-	q := r.logs[reason]
-	if q == nil {
-		q = &quietLog{}
-		r.logs[reason] = q
-	}
 	r.mu.Unlock()
-	n, ok := q.due(time.Now())
+	n, ok := r.logs.due(reason, time.Now())
 	if !ok {
 		return
 	}

@@ -3,6 +3,7 @@ package broker
 import (
 	"math/bits"
 	"sync/atomic"
+	"time"
 )
 
 // PublishSizeBuckets are the upper bounds, in bytes, of the reference's
@@ -108,6 +109,7 @@ type Snapshot struct {
 	Owners        map[IdentOwner]int // live authenticated connections
 	Subscriptions map[IdentChan]int  // live subscriptions
 	Publishes     map[IdentChan]*PublishStats
+	Throttle      ThrottleStats
 }
 
 // retired holds the counters of connections that have closed, folded once
@@ -148,6 +150,7 @@ func (b *Broker) Snapshot() *Snapshot {
 	b.mu.Unlock()
 
 	s.Made = b.stats.made.Load()
+	s.Throttle = b.throttle.stats(time.Now())
 	b.stats.mu.Lock()
 	for k, v := range b.stats.ready {
 		s.Ready[k] = v

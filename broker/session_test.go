@@ -35,6 +35,12 @@ func dial(t testing.TB, addr string) *rawClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
+	return newRawClient(t, nc)
+}
+
+// newRawClient reads INFO on a fresh connection.
+func newRawClient(t testing.TB, nc net.Conn) *rawClient {
+	t.Helper()
 	c := &rawClient{t: t, nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(64<<20))}
 	f := c.next()
 	if f.Op != wire.OpInfo {

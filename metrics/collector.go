@@ -68,6 +68,11 @@ var (
 	descIdentLastPublish = prometheus.NewDesc("hpfeeds_broker_ident_last_publish_timestamp_seconds",
 		"Unix time of the ident's last publish to any channel, to a quarter second; for alerts on sensors that went quiet",
 		[]string{"ident"}, nil)
+	descLoginThrottled = prometheus.NewDesc("hpfeeds_broker_login_throttled_total",
+		"Number of failed logins answered late because their source (an IPv4 address or IPv6 /64) had failed too many logins in a row",
+		nil, nil)
+	descLoginThrottledSources = prometheus.NewDesc("hpfeeds_broker_login_throttled_sources",
+		"Number of sources whose failed logins are answered late now", nil, nil)
 	descConnectionsRefused = prometheus.NewDesc("hpfeeds_broker_connections_refused_total",
 		"Number of connections closed at accept because --max-connections (reason=max-connections) or --max-connections-per-ip (reason=max-connections-per-ip) was reached",
 		[]string{"reason"}, nil)
@@ -106,7 +111,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descSendBufferFill, descSendBufferDrain, descDeadlineStart, descDeadlineRecover,
 		descSubscriptions, descPublishCount, descPublishSize, descAuthenticated,
 		descDelivered, descFramesWritten, descWrites, descBackpressureCloses, descConnectionsRefused,
-		descIdentLastPublish,
+		descIdentLastPublish, descLoginThrottled, descLoginThrottledSources,
 	} {
 		ch <- d
 	}
@@ -127,6 +132,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range c.b.Refused() {
 		counter(descConnectionsRefused, n, reason)
 	}
+	counter(descLoginThrottled, s.Throttle.Delayed)
+	gauge(descLoginThrottledSources, float64(s.Throttle.Sources))
 	for id, n := range s.Ready {
 		counter(descConnectionReady, n, id)
 	}

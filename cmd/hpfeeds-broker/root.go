@@ -101,6 +101,9 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.IntVar(&o.cfg.SendQueueHard, "send-queue-hard", broker.DefaultSendQueueHard, "`BYTES` queued to a subscriber that close it at once")
 	f.IntVar(&o.cfg.MaxConnections, "max-connections", 0, "close new connections past this many open ones (0: no limit)")
 	f.IntVar(&o.cfg.MaxConnectionsPerIP, "max-connections-per-ip", 0, "close new connections past this many open ones from one address (0: no limit)")
+	f.IntVar(&o.cfg.LoginThrottle.After, "login-throttle-after", broker.DefaultThrottleAfter, "answer failed logins late once one source (an IPv4 address or IPv6 /64) has failed this many in a row; good logins are never delayed (0: off)")
+	f.DurationVar(&o.cfg.LoginThrottle.Window, "login-throttle-window", broker.DefaultThrottleWindow, "failed logins further apart than this `DURATION` start a source's count again")
+	f.DurationVar(&o.cfg.LoginThrottle.MaxDelay, "login-throttle-max-delay", broker.DefaultThrottleMaxDelay, "the longest a failed login's answer waits (`DURATION`); the delay doubles from 100ms")
 	f.DurationVar(&o.cfg.BackpressureDeadline, "backpressure-deadline", broker.DefaultBackpressureDeadline, "how long a subscriber may stay past the soft mark (`DURATION`)")
 	cmd.AddCommand(newUserCmd(), newStatusCmd())
 	return cmd
@@ -269,6 +272,7 @@ func (o *options) run(ctx context.Context) error {
 	if cfg.RevalidateEvery == 0 {
 		cfg.RevalidateEvery = -1 // the flag's 0 is the library's "never"
 	}
+	cfg.LoginThrottle.Disabled = cfg.LoginThrottle.After == 0
 	bridge, err := o.joinCluster(log, cfg, false)
 	if err != nil {
 		return err

@@ -1,0 +1,148 @@
+package broker_test
+
+import (
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// Unauthenticated clients flooding failed logins with long, escape-laden
+// and impossible idents write a few lines, not one per login: each reason
+// is logged at once, then at most every 10 s with a count, and idents are
+// cut short. Before, 16 such clients wrote 15,479 lines (3 MiB/s) in 5 s.
+func TestFailedLoginLogFlood(t *testing.T) {
+	log := &syncLog{}
+	// Throttling off (brokertest's default): the most failures a second.
+	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+	})
+	idents := []string{
+		strings.Repeat("\x1b", 255), strings.Repeat("é", 127), "both", // unknown, unknown, wrong secret
+		"", "a\x00b", "\xff\xfe", // impossible: empty, NUL, not UTF-8
+	}
+	const workers, reasons = 16, 5
+	var logins atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; time.Since(start) < 2*time.Second; i++ {
+				c := dial(t, srv.Addr)
+				c.send(c.auth(idents[i%len(idents)], "guess"))
+				if f := c.next(); f.Op != wire.OpError {
+					t.Errorf("got %v, want the login refused", f.Op)
+					return
+				}
+				c.nc.Close()
+				logins.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	log.mu.Lock()
+	text := log.b.String()
+	log.mu.Unlock()
+	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+	t.Logf("%d failed logins in %v: %d log lines, %d bytes", logins.Load(), elapsed.Round(time.Millisecond), len(lines), len(text))
+	if logins.Load() < 1000 {
+		t.Fatalf("only %d failed logins: not a flood", logins.Load())
+	}
+	if max := reasons * (1 + int(elapsed/(10*time.Second))); len(lines) > max {
+		t.Errorf("%d log lines, want at most %d (one per reason per 10 s):\n%s", len(lines), max, text)
+	}
+	for _, l := range lines {
+		if len(l) > 400 {
+			t.Errorf("a %d-byte line: %s", len(l), l)
+		}
+	}
+}
+
+// throttledGuess opens a connection from local and sends a wrong AUTH;
+// the channel gets the time until the refusal came, or -1 if something
+// else did (held guesses are cut when the test ends).
+func throttledGuess(t *testing.T, local, addr string) <-chan time.Duration {
+	c := newRawClient(t, dialFrom(t, local, addr))
+	out := make(chan time.Duration, 1)
+	start := time.Now()
+	c.send(c.auth("both", "guess"))
+	go func() {
+		c.nc.SetReadDeadline(time.Now().Add(time.Minute))
+		if f, err := c.rd.Next(); err != nil || f.Op != wire.OpError {
+			out <- -1
+			return
+		}
+		out <- time.Since(start)
+	}()
+	return out
+}
+
+// goodLogin logs both in from local and round-trips a message.
+func goodLogin(t *testing.T, local, addr string) {
+	c := newRawClient(t, dialFrom(t, local, addr))
+	c.send(c.auth("both", "bothsecret"))
+	c.sync("both")
+}
+
+// Password guessing from one source is slowed: past After failures each
+// refusal waits, doubling from 100 ms. A client with the right secret, from
+// another source or from the very same one (sensors behind the guesser's
+// NAT), logs in and is served while the guesser's refusals are still held.
+func TestLoginThrottling(t *testing.T) {
+	log := &syncLog{}
+	const after = 3
+	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+		c.LoginThrottle = broker.ThrottleConfig{After: after, MaxDelay: time.Minute}
+	})
+	const attacker = "127.0.0.2"
+	for i := 1; i <= after+3; i++ {
+		took := <-throttledGuess(t, attacker, srv.Addr)
+		if took < 0 {
+			t.Fatalf("guess %d was not refused", i)
+		}
+		if want := time.Duration(0); i > after {
+			want = 100 * time.Millisecond << (i - after - 1)
+			if took < want {
+				t.Errorf("guess %d refused after %v, want at least %v", i, took, want)
+			}
+		}
+	}
+	// Four guesses at once: held 0.8, 1.6, 3.2 and 6.4 s.
+	var held []<-chan time.Duration
+	for range 4 {
+		held = append(held, throttledGuess(t, attacker, srv.Addr))
+	}
+	goodLogin(t, attacker, srv.Addr)
+	goodLogin(t, "127.0.0.3", srv.Addr)
+	answered := 0
+	for _, h := range held {
+		select {
+		case <-h:
+			answered++
+		default:
+		}
+	}
+	if answered == len(held) {
+		t.Errorf("every held guess was answered before the good logins were done: they waited behind the throttle")
+	}
+	st := srv.Broker.Snapshot().Throttle
+	if st.Delayed < 3 || st.Sources != 1 {
+		t.Errorf("throttle stats %+v, want at least 3 delayed and 1 source", st)
+	}
+	if n := log.count("repeated failed logins"); n != 1 {
+		t.Errorf("%d throttling lines, want one for the source:\n%s", n, log.b.String())
+	}
+	if n := srv.Broker.ErrorCount("", broker.CategoryInvalidSecret); n < after+3 {
+		t.Errorf("invalid-secret %d, want every guess counted", n)
+	}
+}
