@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,10 +17,10 @@ import (
 // is logged at once, then at most every 10 s with a count, and idents are
 // cut short. Before, 16 such clients wrote 15,479 lines (3 MiB/s) in 5 s.
 func TestFailedLoginLogFlood(t *testing.T) {
-	log := &syncLog{}
+	log := &brokertest.Log{}
 	// Throttling off (brokertest's default): the most failures a second.
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
-		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+		c.Logger = log.Logger()
 	})
 	idents := []string{
 		strings.Repeat("\x1b", 255), strings.Repeat("é", 127), "both", // unknown, unknown, wrong secret
@@ -36,22 +35,20 @@ func TestFailedLoginLogFlood(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := w; time.Since(start) < 2*time.Second; i++ {
-				c := dial(t, srv.Addr)
-				c.send(c.auth(idents[i%len(idents)], "guess"))
-				if f := c.next(); f.Op != wire.OpError {
+				c := brokertest.Dial(t, srv.Addr)
+				c.Send(c.Auth(idents[i%len(idents)], "guess"))
+				if f := c.Next(); f.Op != wire.OpError {
 					t.Errorf("got %v, want the login refused", f.Op)
 					return
 				}
-				c.nc.Close()
+				c.Conn.Close()
 				logins.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	log.mu.Lock()
-	text := log.b.String()
-	log.mu.Unlock()
+	text := log.String()
 	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
 	t.Logf("%d failed logins in %v: %d log lines, %d bytes", logins.Load(), elapsed.Round(time.Millisecond), len(lines), len(text))
 	if logins.Load() < 1000 {
@@ -71,13 +68,13 @@ func TestFailedLoginLogFlood(t *testing.T) {
 // the channel gets the time until the refusal came, or -1 if something
 // else did (held guesses are cut when the test ends).
 func throttledGuess(t *testing.T, local, addr string) <-chan time.Duration {
-	c := newRawClient(t, dialFrom(t, local, addr))
+	c := brokertest.Handshake(t, dialFrom(t, local, addr))
 	out := make(chan time.Duration, 1)
 	start := time.Now()
-	c.send(c.auth("both", "guess"))
+	c.Send(c.Auth("both", "guess"))
 	go func() {
-		c.nc.SetReadDeadline(time.Now().Add(time.Minute))
-		if f, err := c.rd.Next(); err != nil || f.Op != wire.OpError {
+		c.Conn.SetReadDeadline(time.Now().Add(time.Minute))
+		if f, err := c.R.Next(); err != nil || f.Op != wire.OpError {
 			out <- -1
 			return
 		}
@@ -88,9 +85,9 @@ func throttledGuess(t *testing.T, local, addr string) <-chan time.Duration {
 
 // goodLogin logs both in from local and round-trips a message.
 func goodLogin(t *testing.T, local, addr string) {
-	c := newRawClient(t, dialFrom(t, local, addr))
-	c.send(c.auth("both", "bothsecret"))
-	c.sync("both")
+	c := brokertest.Handshake(t, dialFrom(t, local, addr))
+	c.Send(c.Auth("both", "bothsecret"))
+	c.Sync("both")
 }
 
 // Password guessing from one source is slowed: past After failures each
@@ -98,10 +95,10 @@ func goodLogin(t *testing.T, local, addr string) {
 // another source or from the very same one (sensors behind the guesser's
 // NAT), logs in and is served while the guesser's refusals are still held.
 func TestLoginThrottling(t *testing.T) {
-	log := &syncLog{}
+	log := &brokertest.Log{}
 	const after = 3
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
-		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+		c.Logger = log.Logger()
 		c.LoginThrottle = broker.ThrottleConfig{After: after, MaxDelay: time.Minute}
 	})
 	const attacker = "127.0.0.2"
@@ -139,8 +136,8 @@ func TestLoginThrottling(t *testing.T) {
 	if st.Delayed < 3 || st.Sources != 1 {
 		t.Errorf("throttle stats %+v, want at least 3 delayed and 1 source", st)
 	}
-	if n := log.count("repeated failed logins"); n != 1 {
-		t.Errorf("%d throttling lines, want one for the source:\n%s", n, log.b.String())
+	if n := log.Count("repeated failed logins"); n != 1 {
+		t.Errorf("%d throttling lines, want one for the source:\n%s", n, log.String())
 	}
 	if n := srv.Broker.ErrorCount("", broker.CategoryInvalidSecret); n < after+3 {
 		t.Errorf("invalid-secret %d, want every guess counted", n)

@@ -33,7 +33,7 @@ func expectRefused(t *testing.T, nc net.Conn) {
 	t.Helper()
 	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	b, err := io.ReadAll(nc)
-	if len(b) != 0 || err != nil && !isReset(err) {
+	if len(b) != 0 || err != nil && !brokertest.IsReset(err) {
 		t.Fatalf("refused connection read %d bytes, err %v", len(b), err)
 	}
 }
@@ -49,35 +49,17 @@ func dialFrom(t *testing.T, local, addr string) net.Conn {
 	return nc
 }
 
-// syncLog is a log destination safe for the broker's goroutines.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
 func TestConnectionLimits(t *testing.T) {
-	log := &syncLog{}
+	log := &brokertest.Log{}
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
 		c.MaxConnections = 3
-		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+		c.Logger = log.Logger()
 	})
-	var open []*rawClient
+	var open []*brokertest.Client
 	for i := 0; i < 3; i++ {
-		open = append(open, login(t, srv.Addr, "both", "bothsecret"))
+		open = append(open, brokertest.Login(t, srv.Addr, "both", "bothsecret"))
 	}
-	open[2].sync("both")
+	open[2].Sync("both")
 	for i := 0; i < 50; i++ {
 		expectRefused(t, dialFrom(t, "127.0.0.1", srv.Addr))
 	}
@@ -85,36 +67,36 @@ func TestConnectionLimits(t *testing.T) {
 		t.Errorf("refused %d, want 50", got)
 	}
 	// 50 refusals, one log line: a flood cannot flood the log.
-	if n := log.count("connection refused: --max-connections reached"); n != 1 {
-		t.Errorf("%d log lines for 50 refusals:\n%s", n, log.b.String())
+	if n := log.Count("connection refused: --max-connections reached"); n != 1 {
+		t.Errorf("%d log lines for 50 refusals:\n%s", n, log.String())
 	}
 	// The connections already open are served throughout.
-	open[0].sync("both")
-	open[0].nc.Close()
-	waitFor(t, "a slot to free", func() bool { return srv.Broker.Snapshot().Connections == 2 })
-	login(t, srv.Addr, "both", "bothsecret").sync("both")
+	open[0].Sync("both")
+	open[0].Conn.Close()
+	brokertest.Eventually(t, "a slot to free", func() bool { return srv.Broker.Snapshot().Connections == 2 })
+	brokertest.Login(t, srv.Addr, "both", "bothsecret").Sync("both")
 }
 
 // While a credential store is down, a flood of logins is refused one by
 // one and counted, but logged once: the line names the store and the cause.
 func TestStoreDownLogsOnce(t *testing.T) {
-	log := &syncLog{}
+	log := &brokertest.Log{}
 	srv := brokertest.Start(t, failingStore{}, func(c *broker.Config) {
-		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+		c.Logger = log.Logger()
 	})
 	for i := 0; i < 50; i++ {
-		c := dial(t, srv.Addr)
-		c.send(c.auth("sensor", "s3cret"))
-		c.expectError("Authentication failed for sensor")
+		c := brokertest.Dial(t, srv.Addr)
+		c.Send(c.Auth("sensor", "s3cret"))
+		c.ExpectError("Authentication failed for sensor")
 	}
-	waitFor(t, "50 store errors counted", func() bool {
+	brokertest.Eventually(t, "50 store errors counted", func() bool {
 		return srv.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent) == 50
 	})
-	if n := log.count("credential lookup failed"); n != 1 {
-		t.Errorf("%d log lines for 50 failed lookups:\n%s", n, log.b.String())
+	if n := log.Count("credential lookup failed"); n != 1 {
+		t.Errorf("%d log lines for 50 failed lookups:\n%s", n, log.String())
 	}
-	if n := log.count("store=failing err=\"connection refused\""); n != 1 {
-		t.Errorf("the line does not name the store and the cause:\n%s", log.b.String())
+	if n := log.Count("store=failing err=\"connection refused\""); n != 1 {
+		t.Errorf("the line does not name the store and the cause:\n%s", log.String())
 	}
 }
 
@@ -122,7 +104,7 @@ func TestConnectionLimitPerIP(t *testing.T) {
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.MaxConnectionsPerIP = 2 })
 	a := dialFrom(t, "127.0.0.1", srv.Addr)
 	dialFrom(t, "127.0.0.1", srv.Addr)
-	waitFor(t, "two connections", func() bool { return srv.Broker.Snapshot().Connections == 2 })
+	brokertest.Eventually(t, "two connections", func() bool { return srv.Broker.Snapshot().Connections == 2 })
 	expectRefused(t, dialFrom(t, "127.0.0.1", srv.Addr))
 	// Another source address has its own allowance.
 	other := dialFrom(t, "127.0.0.2", srv.Addr)
@@ -134,8 +116,8 @@ func TestConnectionLimitPerIP(t *testing.T) {
 		t.Errorf("refused %d, want 1", got)
 	}
 	a.Close()
-	waitFor(t, "a slot to free", func() bool { return srv.Broker.Snapshot().Connections == 2 })
-	login(t, srv.Addr, "both", "bothsecret").sync("both")
+	brokertest.Eventually(t, "a slot to free", func() bool { return srv.Broker.Snapshot().Connections == 2 })
+	brokertest.Login(t, srv.Addr, "both", "bothsecret").Sync("both")
 }
 
 // A good subscriber gets every message of a good publisher, in order,
@@ -143,10 +125,10 @@ func TestConnectionLimitPerIP(t *testing.T) {
 // broker, before and after authenticating.
 func TestGarbageStorm(t *testing.T) {
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.AuthTimeout = time.Second })
-	s := login(t, srv.Addr, "sub", "subsecret")
-	s.send(sub(t, "sub", "chan"))
-	s.sync("sub")
-	p := login(t, srv.Addr, "pub", "pubsecret")
+	s := brokertest.Login(t, srv.Addr, "sub", "subsecret")
+	s.Send(brokertest.Subscribe(t, "sub", "chan"))
+	s.Sync("sub")
+	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -187,11 +169,11 @@ func TestGarbageStorm(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := 0; i < n; i++ {
-			s.expectMessage("pub", "chan", strings.Repeat("m", i%512)+"#")
+			s.ExpectMessage("pub", "chan", strings.Repeat("m", i%512)+"#")
 		}
 	}()
 	for i := 0; i < n; i++ {
-		p.send(pub(t, "pub", "chan", strings.Repeat("m", i%512)+"#"))
+		p.Send(brokertest.Publish(t, "pub", "chan", strings.Repeat("m", i%512)+"#"))
 	}
 	<-done
 	close(stop)
@@ -206,8 +188,8 @@ func TestGarbageStorm(t *testing.T) {
 // timeout, and the broker's connection count returns to its baseline.
 func TestSlowloris(t *testing.T) {
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.AuthTimeout = 300 * time.Millisecond })
-	good := login(t, srv.Addr, "both", "bothsecret")
-	good.sync("both")
+	good := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	good.Sync("both")
 	const n = 300
 	conns := make([]net.Conn, n)
 	for i := range conns {
@@ -222,19 +204,19 @@ func TestSlowloris(t *testing.T) {
 	for _, nc := range conns {
 		nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		// INFO, then the close: never an endless wait.
-		if _, err := io.ReadAll(nc); err != nil && !isReset(err) {
+		if _, err := io.ReadAll(nc); err != nil && !brokertest.IsReset(err) {
 			t.Fatalf("slow connection not closed: %v", err)
 		}
 	}
-	waitFor(t, "baseline", func() bool { return srv.Broker.Snapshot().Connections == 1 })
-	good.sync("both")
+	brokertest.Eventually(t, "baseline", func() bool { return srv.Broker.Snapshot().Connections == 1 })
+	good.Sync("both")
 }
 
 // 2,000 logins with a wrong secret are each refused with the spec's text,
 // counted without their ident, and a good client is served meanwhile.
 func TestAuthFlood(t *testing.T) {
 	srv := brokertest.Start(t, testUsers())
-	good := login(t, srv.Addr, "both", "bothsecret")
+	good := brokertest.Login(t, srv.Addr, "both", "bothsecret")
 	const n, workers = 2000, 50
 	var wg sync.WaitGroup
 	var refused atomic.Int64
@@ -243,17 +225,17 @@ func TestAuthFlood(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < n/workers; i++ {
-				c := login(t, srv.Addr, "both", "guess")
-				f := c.next()
+				c := brokertest.Login(t, srv.Addr, "both", "guess")
+				f := c.Next()
 				if f.Op == wire.OpError && string(f.Payload) == "Authentication failed for both" {
 					refused.Add(1)
 				}
-				c.nc.Close()
+				c.Conn.Close()
 			}
 		}()
 	}
 	for i := 0; i < 20; i++ {
-		good.sync("both")
+		good.Sync("both")
 	}
 	wg.Wait()
 	if refused.Load() != n {
@@ -310,13 +292,13 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 		c.SendQueueSoft = hard / 2
 		c.SendQueueHard = hard
 	})
-	stalled := login(t, srv.Addr, "sub", "subsecret")
-	stalled.send(sub(t, "sub", "chan"))
-	stalled.sync("sub")
-	healthy := login(t, srv.Addr, "sub", "subsecret")
-	healthy.send(sub(t, "sub", "chan"))
-	healthy.sync("sub")
-	p := login(t, srv.Addr, "pub", "pubsecret")
+	stalled := brokertest.Login(t, srv.Addr, "sub", "subsecret")
+	stalled.Send(brokertest.Subscribe(t, "sub", "chan"))
+	stalled.Sync("sub")
+	healthy := brokertest.Login(t, srv.Addr, "sub", "subsecret")
+	healthy.Send(brokertest.Subscribe(t, "sub", "chan"))
+	healthy.Sync("sub")
+	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 
 	// It reads nothing until the broker has dropped it: within the flush
 	// timeout of that, it gets the frames already on their way and the error.
@@ -330,9 +312,9 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 	var received atomic.Int64
 	done := make(chan error, 1)
 	go func() {
-		healthy.nc.SetReadDeadline(time.Now().Add(5 * time.Minute))
+		healthy.Conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
 		for i := 0; i < n; i++ {
-			f, err := healthy.rd.Next()
+			f, err := healthy.R.Next()
 			if err != nil {
 				done <- err
 				return
@@ -345,12 +327,12 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 		}
 		done <- nil
 	}()
-	frame := pub(t, "pub", "chan", string(payload))
+	frame := brokertest.Publish(t, "pub", "chan", string(payload))
 	for i := 0; i < n; i++ {
 		for int64(i)-received.Load() >= 20 {
 			runtime.Gosched()
 		}
-		p.send(frame)
+		p.Send(frame)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -371,7 +353,7 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 
 // expectBackpressureError waits until the broker has dropped c for
 // backpressure, then reads what was on its way, the error, and the close.
-func expectBackpressureError(t *testing.T, b *broker.Broker, c *rawClient) error {
+func expectBackpressureError(t *testing.T, b *broker.Broker, c *brokertest.Client) error {
 	deadline := time.Now().Add(time.Minute)
 	for b.ErrorCount("sub", broker.CategoryDeadlineTimerExpired) == 0 {
 		if time.Now().After(deadline) {
@@ -379,9 +361,9 @@ func expectBackpressureError(t *testing.T, b *broker.Broker, c *rawClient) error
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	c.Conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for {
-		f, err := c.rd.Next()
+		f, err := c.R.Next()
 		if err != nil {
 			return fmt.Errorf("stalled subscriber: %v before the error", err)
 		}
@@ -389,11 +371,11 @@ func expectBackpressureError(t *testing.T, b *broker.Broker, c *rawClient) error
 			continue
 		}
 		if f.Op != wire.OpError || string(f.Payload) != "Backpressure deadline timer expired" {
-			return fmt.Errorf("stalled subscriber got %v %s", f.Op, short(f.Payload))
+			return fmt.Errorf("stalled subscriber got %v %s", f.Op, brokertest.Short(f.Payload))
 		}
 		break
 	}
-	if _, err := c.rd.Next(); !errors.Is(err, io.EOF) && !isReset(err) {
+	if _, err := c.R.Next(); !errors.Is(err, io.EOF) && !brokertest.IsReset(err) {
 		return fmt.Errorf("stalled subscriber not closed after the error: %v", err)
 	}
 	return nil
@@ -416,9 +398,9 @@ func TestConnectionChurnLeaksNothing(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	fdsBefore := openFDs(t)
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.AuthTimeout = 2 * time.Second })
-	good := login(t, srv.Addr, "both", "bothsecret")
-	good.send(sub(t, "both", "chan"))
-	good.sync("both")
+	good := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	good.Send(brokertest.Subscribe(t, "both", "chan"))
+	good.Sync("both")
 	baseline := runtime.NumGoroutine()
 	const total, wave = 10000, 500
 	for done := 0; done < total; done += wave {
@@ -448,15 +430,15 @@ func TestConnectionChurnLeaksNothing(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		good.send(pub(t, "both", "chan", "still here"))
-		good.expectMessage("both", "chan", "still here")
+		good.Send(brokertest.Publish(t, "both", "chan", "still here"))
+		good.ExpectMessage("both", "chan", "still here")
 	}
-	waitFor(t, "connections to drain", func() bool { return srv.Broker.Snapshot().Connections == 1 })
+	brokertest.Eventually(t, "connections to drain", func() bool { return srv.Broker.Snapshot().Connections == 1 })
 	// Writer goroutines of closed connections exit at once; idle ones of
 	// live connections after their idle timeout.
-	waitFor(t, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= baseline })
-	good.nc.Close()
-	waitFor(t, "file descriptors back to baseline", func() bool { return openFDs(t) <= fdsBefore+2 })
+	brokertest.Eventually(t, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= baseline })
+	good.Conn.Close()
+	brokertest.Eventually(t, "file descriptors back to baseline", func() bool { return openFDs(t) <= fdsBefore+2 })
 }
 
 // stallingHandler blocks every log line whose message is msg until release
@@ -493,15 +475,15 @@ func TestFanOutLogsWithoutTheTopicLock(t *testing.T) {
 		c.Logger = slog.New(h)
 	})
 	defer close(h.release)
-	stalled := login(t, srv.Addr, "sub", "subsecret")
-	stalled.send(sub(t, "sub", "chan"))
-	stalled.sync("sub")
-	p := login(t, srv.Addr, "pub", "pubsecret")
+	stalled := brokertest.Login(t, srv.Addr, "sub", "subsecret")
+	stalled.Send(brokertest.Subscribe(t, "sub", "chan"))
+	stalled.Sync("sub")
+	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 	go func() {
-		frame := pub(t, "pub", "chan", strings.Repeat("x", 60<<10))
-		p.nc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		frame := brokertest.Publish(t, "pub", "chan", strings.Repeat("x", 60<<10))
+		p.Conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		for range 2000 { // 120 MB: far past socket buffers and the hard bound
-			if _, err := p.nc.Write(frame); err != nil {
+			if _, err := p.Conn.Write(frame); err != nil {
 				return
 			}
 		}
@@ -512,7 +494,7 @@ func TestFanOutLogsWithoutTheTopicLock(t *testing.T) {
 		t.Fatal("the stalled subscriber was never closed")
 	}
 	// The publisher is stuck logging; the channel must not be.
-	other := login(t, srv.Addr, "both", "bothsecret")
-	other.send(sub(t, "both", "chan"))
-	other.sync("both")
+	other := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	other.Send(brokertest.Subscribe(t, "both", "chan"))
+	other.Sync("both")
 }

@@ -15,19 +15,13 @@ import (
 
 // startRevalidating serves users with a short revalidation period, logging
 // into the returned log.
-func startRevalidating(t *testing.T, users *brokertest.Users) (*brokertest.Server, *syncLog) {
-	log := &syncLog{}
+func startRevalidating(t *testing.T, users *brokertest.Users) (*brokertest.Server, *brokertest.Log) {
+	log := &brokertest.Log{}
 	srv := brokertest.Start(t, users, func(c *broker.Config) {
 		c.RevalidateEvery = 20 * time.Millisecond
-		c.Logger = slog.New(slog.NewTextHandler(log, nil))
+		c.Logger = log.Logger()
 	})
 	return srv, log
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // A user removed from the store loses its live sessions with the error a
@@ -35,34 +29,34 @@ func (l *syncLog) String() string {
 func TestRevalidateRemovedUser(t *testing.T) {
 	users := testUsers()
 	srv, log := startRevalidating(t, users)
-	c := login(t, srv.Addr, "sub", "subsecret")
-	c.sync("sub")
-	other := login(t, srv.Addr, "pub", "pubsecret")
-	other.sync("pub")
+	c := brokertest.Login(t, srv.Addr, "sub", "subsecret")
+	c.Sync("sub")
+	other := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
+	other.Sync("pub")
 
 	users.Delete("sub")
-	c.expectError("Authentication failed for sub")
-	waitFor(t, "the disconnect line", func() bool { return log.count("msg=disconnect ident=sub") == 1 })
-	if n := log.count(`msg="session closed: user removed from the store" ident=sub`); n != 1 {
+	c.ExpectError("Authentication failed for sub")
+	brokertest.Eventually(t, "the disconnect line", func() bool { return log.Count("msg=disconnect ident=sub") == 1 })
+	if n := log.Count(`msg="session closed: user removed from the store" ident=sub`); n != 1 {
 		t.Errorf("%d lines for the removal, want 1:\n%s", n, log)
 	}
 	if !strings.Contains(log.String(), `reason="user removed from the store"`) {
 		t.Errorf("the disconnect line does not give the reason:\n%s", log)
 	}
-	other.sync("pub") // other idents are untouched
+	other.Sync("pub") // other idents are untouched
 }
 
 func TestRevalidateChangedSecret(t *testing.T) {
 	users := testUsers()
 	srv, log := startRevalidating(t, users)
-	c := login(t, srv.Addr, "both", "bothsecret")
-	c.sync("both")
+	c := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	c.Sync("both")
 	users.Put(auth.User{Ident: "both", Secret: "rotated", PubChans: []string{"chan", "sync"}, SubChans: []string{"chan", "sync"}})
-	c.expectError("Authentication failed for both")
-	if n := log.count(`msg="session closed: secret changed in the store" ident=both`); n != 1 {
+	c.ExpectError("Authentication failed for both")
+	if n := log.Count(`msg="session closed: secret changed in the store" ident=both`); n != 1 {
 		t.Errorf("%d lines for the new secret, want 1:\n%s", n, log)
 	}
-	login(t, srv.Addr, "both", "rotated").sync("both")
+	brokertest.Login(t, srv.Addr, "both", "rotated").Sync("both")
 }
 
 // Narrowed channels are enforced on a live session: the subscription to a
@@ -71,31 +65,31 @@ func TestRevalidateChangedSecret(t *testing.T) {
 func TestRevalidateNarrowedChannels(t *testing.T) {
 	users := testUsers()
 	srv, log := startRevalidating(t, users)
-	both := login(t, srv.Addr, "both", "bothsecret")
-	both.send(sub(t, "both", "chan"), pub(t, "both", "chan", "before"))
-	both.expectMessage("both", "chan", "before")
-	both.sync("both")
-	p := login(t, srv.Addr, "pub", "pubsecret")
+	both := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	both.Send(brokertest.Subscribe(t, "both", "chan"), brokertest.Publish(t, "both", "chan", "before"))
+	both.ExpectMessage("both", "chan", "before")
+	both.Sync("both")
+	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 
 	users.Put(auth.User{Ident: "both", Secret: "bothsecret", PubChans: []string{"sync"}, SubChans: []string{"sync"}})
-	waitFor(t, "the session to follow the store", func() bool {
-		return log.count(`msg="session follows changed user in the store" ident=both`) == 1
+	brokertest.Eventually(t, "the session to follow the store", func() bool {
+		return log.Count(`msg="session follows changed user in the store" ident=both`) == 1
 	})
 	if !strings.Contains(log.String(), "dropped_subscriptions=[chan]") {
 		t.Errorf("the log line does not name the dropped subscription:\n%s", log)
 	}
-	p.send(pub(t, "pub", "chan", "after"))
-	p.sync("pub")
-	both.sync("both")
-	both.expectSilence()
+	p.Send(brokertest.Publish(t, "pub", "chan", "after"))
+	p.Sync("pub")
+	both.Sync("both")
+	both.ExpectSilence()
 	for _, ci := range srv.Broker.Connections() {
 		if ci.Ident == "both" && slices.Contains(ci.Subscriptions, "chan") {
 			t.Errorf("both still subscribed to chan: %v", ci.Subscriptions)
 		}
 	}
-	both.send(pub(t, "both", "chan", "refused"))
-	both.expectError("Authkey not allowed to pub here. ident=both, chan=chan")
-	if n := log.count("session follows changed user"); n != 1 {
+	both.Send(brokertest.Publish(t, "both", "chan", "refused"))
+	both.ExpectError("Authkey not allowed to pub here. ident=both, chan=chan")
+	if n := log.Count("session follows changed user"); n != 1 {
 		t.Errorf("%d lines for one change, want 1:\n%s", n, log)
 	}
 }
@@ -110,8 +104,8 @@ func TestRevalidateRacesSubscribe(t *testing.T) {
 	full := auth.User{Ident: "both", Secret: "bothsecret", PubChans: []string{"sync"}, SubChans: []string{"chan", "sync"}}
 	narrow := auth.User{Ident: "both", Secret: "bothsecret", PubChans: []string{"sync"}, SubChans: []string{"sync"}}
 	users.Put(full)
-	c := login(t, srv.Addr, "both", "bothsecret")
-	c.sync("both")
+	c := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	c.Sync("both")
 	stop := make(chan struct{})
 	flipped := make(chan struct{})
 	go func() {
@@ -133,14 +127,14 @@ func TestRevalidateRacesSubscribe(t *testing.T) {
 	deadline := time.Now().Add(500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		// A refused SUBSCRIBE closes the connection: log in again.
-		c.send(sub(t, "both", "chan"), unsub(t, "both", "chan"), sub(t, "both", "chan"))
+		c.Send(brokertest.Subscribe(t, "both", "chan"), brokertest.Unsubscribe(t, "both", "chan"), brokertest.Subscribe(t, "both", "chan"))
 		if !syncOrClosed(c) {
-			c = login(t, srv.Addr, "both", "bothsecret")
+			c = brokertest.Login(t, srv.Addr, "both", "bothsecret")
 		}
 	}
 	close(stop)
 	<-flipped
-	waitFor(t, "no subscription to the forbidden channel", func() bool {
+	brokertest.Eventually(t, "no subscription to the forbidden channel", func() bool {
 		for _, ci := range srv.Broker.Connections() {
 			if slices.Contains(ci.Subscriptions, "chan") {
 				return false
@@ -151,15 +145,15 @@ func TestRevalidateRacesSubscribe(t *testing.T) {
 }
 
 // syncOrClosed syncs, or reports that the broker closed the connection.
-func syncOrClosed(c *rawClient) bool {
-	c.send(pub(c.t, "both", "sync", "ping"))
-	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+func syncOrClosed(c *brokertest.Client) bool {
+	c.Send(brokertest.Publish(c.T, "both", "sync", "ping"))
+	c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
-		f, err := c.rd.Next()
+		f, err := c.R.Next()
 		if err != nil {
 			return false
 		}
-		if isSync(f) {
+		if brokertest.IsSync(f) {
 			return true
 		}
 	}
@@ -168,16 +162,16 @@ func syncOrClosed(c *rawClient) bool {
 // An operator sees each login and each disconnect at INFO, in text and in
 // JSON, with the fields the issue names.
 func TestLoginAndDisconnectLogLines(t *testing.T) {
-	log := &syncLog{}
+	log := &brokertest.Log{}
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(log, nil))
 	})
-	c := login(t, srv.Addr, "both", "bothsecret")
-	c.send(sub(t, "both", "chan"), pub(t, "both", "chan", "x"))
-	c.expectMessage("both", "chan", "x")
-	c.sync("both")
-	c.nc.Close()
-	waitFor(t, "the disconnect line", func() bool { return log.count(`"msg":"disconnect"`) == 1 })
+	c := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	c.Send(brokertest.Subscribe(t, "both", "chan"), brokertest.Publish(t, "both", "chan", "x"))
+	c.ExpectMessage("both", "chan", "x")
+	c.Sync("both")
+	c.Conn.Close()
+	brokertest.Eventually(t, "the disconnect line", func() bool { return log.Count(`"msg":"disconnect"`) == 1 })
 	var lines []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
 		var m map[string]any

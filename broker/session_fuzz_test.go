@@ -15,12 +15,12 @@ import (
 // client: no byte stream may crash it, wedge it, or leave it deaf.
 func FuzzSession(f *testing.F) {
 	seeds := [][]byte{
-		pub(f, "both", "chan", "hello"), sub(f, "both", "chan"), unsub(f, "both", "chan"),
-		pub(f, "pub", "chan", "spoofed ident"), sub(f, "both", "forbidden"), pub(f, "both", "forbidden", "x"),
+		brokertest.Publish(f, "both", "chan", "hello"), brokertest.Subscribe(f, "both", "chan"), brokertest.Unsubscribe(f, "both", "chan"),
+		brokertest.Publish(f, "pub", "chan", "spoofed ident"), brokertest.Subscribe(f, "both", "forbidden"), brokertest.Publish(f, "both", "forbidden", "x"),
 		{0, 0, 0, 5, 3}, {0, 0, 0, 5, 2}, {0, 0, 0, 0, 0}, {0, 0, 0, 4, 1}, {0xff, 0xff, 0xff, 0xff, 3},
 		{0, 0, 0, 5, 9}, {0, 0, 0, 7, 3, 5, 'A'}, {0, 0, 0, 9, 3, 1, 'A', 9, 'B'}, {0, 0, 0, 6, 4, 0},
 		{0, 0, 0, 10, 4, 0xff, 'A'}, {0, 0, 0, 0x1f, 2, 4, 'b', 'o', 't', 'h'},
-		append(sub(f, "both", "chan"), pub(f, "both", "chan", "self")...),
+		append(brokertest.Subscribe(f, "both", "chan"), brokertest.Publish(f, "both", "chan", "self")...),
 	}
 	for _, s := range seeds {
 		f.Add(s, false)
@@ -34,21 +34,21 @@ func FuzzSession(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, authFirst bool) {
 		var nc net.Conn
 		if authFirst {
-			nc = login(t, srv.Addr, "both", "bothsecret").nc
+			nc = brokertest.Login(t, srv.Addr, "both", "bothsecret").Conn
 		} else {
-			nc = dial(t, srv.Addr).nc
+			nc = brokertest.Dial(t, srv.Addr).Conn
 		}
 		nc.SetDeadline(time.Now().Add(2 * time.Second))
 		nc.Write(data)
 		// The end of the stream makes the broker finish the session; read
 		// what it answers until it closes (or the deadline, if it never does).
 		nc.(*net.TCPConn).CloseWrite()
-		if _, err := io.Copy(io.Discard, nc); err != nil && !isReset(err) {
+		if _, err := io.Copy(io.Discard, nc); err != nil && !brokertest.IsReset(err) {
 			t.Fatalf("the broker did not close the session after the stream ended: %v", err)
 		}
 		nc.Close()
 
-		c := login(t, srv.Addr, "both", "bothsecret")
-		c.sync("both")
+		c := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+		c.Sync("both")
 	})
 }

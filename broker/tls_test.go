@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // testCA issues certificates for 127.0.0.1.
@@ -90,20 +89,15 @@ func writeAtomic(t *testing.T, path string, data []byte) {
 
 // dialTLS connects, authenticates and returns the client and the serial of
 // the certificate the broker presented.
-func dialTLS(t *testing.T, addr string, ca *testCA) (*rawClient, int64) {
+func dialTLS(t *testing.T, addr string, ca *testCA) (*brokertest.Client, int64) {
 	t.Helper()
 	tc, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tc.Close() })
-	c := &rawClient{t: t, nc: tc, rd: wire.NewReader(tc, wire.UniformLimits(1<<20))}
-	f := c.next()
-	if f.Op != wire.OpInfo {
-		t.Fatalf("got %v, want INFO", f.Op)
-	}
-	c.nonce = append([]byte(nil), f.Payload...)
-	c.send(c.auth("both", "bothsecret"))
+	c := brokertest.Handshake(t, tc)
+	c.Send(c.Auth("both", "bothsecret"))
 	return c, tc.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
 }
 
@@ -120,23 +114,23 @@ func TestTLSAndCertificateRollover(t *testing.T) {
 	if serial != 100 {
 		t.Fatalf("serial %d", serial)
 	}
-	old.send(sub(t, "both", "chan"))
-	old.sync("both")
+	old.Send(brokertest.Subscribe(t, "both", "chan"))
+	old.Sync("both")
 
 	// A renewal: new key first, then the certificate, each atomically. In
 	// between the pair does not match and the old one must stay.
 	c2, k2 := ca.issue(t, 200)
 	writeAtomic(t, keyFile, k2)
 	writeAtomic(t, certFile, c2)
-	waitFor(t, "new certificate served", func() bool {
+	brokertest.Eventually(t, "new certificate served", func() bool {
 		c, s := dialTLS(t, srv.Addr, ca)
-		c.nc.Close()
+		c.Conn.Close()
 		return s == 200
 	})
 	// The connection made before the renewal still works.
 	fresh, _ := dialTLS(t, srv.Addr, ca)
-	fresh.send(pub(t, "both", "chan", "after renewal"))
-	old.expectMessage("both", "chan", "after renewal")
+	fresh.Send(brokertest.Publish(t, "both", "chan", "after renewal"))
+	old.ExpectMessage("both", "chan", "after renewal")
 
 	// A broken new pair keeps the last good one.
 	writeAtomic(t, certFile, []byte("not a certificate"))
@@ -178,9 +172,9 @@ func TestTLSCertificateSymlinkSwap(t *testing.T) {
 	}
 	link("key2.pem", "privkey.pem")
 	link("cert2.pem", "fullchain.pem")
-	waitFor(t, "swapped certificate served", func() bool {
+	brokertest.Eventually(t, "swapped certificate served", func() bool {
 		c, s := dialTLS(t, srv.Addr, ca)
-		c.nc.Close()
+		c.Conn.Close()
 		return s == 2
 	})
 }
@@ -206,8 +200,8 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 	srv := brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
 
 	s, _ := dialTLS(t, srv.Addr, ca)
-	s.send(sub(t, "both", "chan"))
-	s.sync("both")
+	s.Send(brokertest.Subscribe(t, "both", "chan"))
+	s.Sync("both")
 	p, _ := dialTLS(t, srv.Addr, ca)
 
 	stop := make(chan struct{})
@@ -241,16 +235,16 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 		c, k := ca.issue(t, round)
 		writeAtomic(t, keyFile, k)
 		for i := 0; i < perRound/2; i++ {
-			p.send(pub(t, "both", "chan", "m"))
+			p.Send(brokertest.Publish(t, "both", "chan", "m"))
 		}
 		writeAtomic(t, certFile, c)
 		for i := 0; i < perRound/2; i++ {
-			p.send(pub(t, "both", "chan", "m"))
+			p.Send(brokertest.Publish(t, "both", "chan", "m"))
 		}
 		for i := 0; i < perRound; i++ {
-			s.expectMessage("both", "chan", "m")
+			s.ExpectMessage("both", "chan", "m")
 		}
-		waitFor(t, "the new certificate", func() bool { return lastSerial.Load() == round })
+		brokertest.Eventually(t, "the new certificate", func() bool { return lastSerial.Load() == round })
 	}
 	close(stop)
 	wg.Wait()

@@ -176,10 +176,8 @@ func waitInterest(t testing.TB, ns *server.Server, want map[*node][]string) {
 }
 
 type client struct {
-	t     testing.TB
+	*brokertest.Client
 	ident string
-	nc    net.Conn
-	rd    *wire.Reader
 }
 
 var syncSeq atomic.Uint64
@@ -189,32 +187,17 @@ var syncSeq atomic.Uint64
 // channel and waits for the message to come back.
 func connect(t testing.TB, n *node, ident string, channels ...string) *client {
 	t.Helper()
-	nc, err := net.Dial("tcp", n.srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	c := &client{t: t, ident: ident, nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(1<<20))}
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	info, err := c.rd.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := wire.AppendAuth(nil, info.Payload, ident, "s")
+	c := &client{Client: brokertest.Dial(t, n.srv.Addr), ident: ident}
+	b := c.Auth(ident, "s")
 	for _, ch := range append(channels, ident) {
 		b, _ = wire.AppendSubscribe(b, []byte(ident), []byte(ch))
 	}
 	token := "sync" + strconv.FormatUint(syncSeq.Add(1), 10)
 	b, _ = wire.AppendPublish(b, []byte(ident), []byte(ident), []byte(token))
 	n.syncs.Add(1)
-	if _, err := nc.Write(b); err != nil {
-		t.Fatal(err)
-	}
+	c.Send(b)
 	for {
-		f, err := c.rd.Next()
-		if err != nil {
-			t.Fatalf("%s: waiting for the broker to read the SUBSCRIBE: %v", ident, err)
-		}
+		f := c.ReadFrame()
 		if f.Op == wire.OpError {
 			t.Fatalf("%s: broker error %q", ident, f.Payload)
 		}
@@ -225,29 +208,26 @@ func connect(t testing.TB, n *node, ident string, channels ...string) *client {
 }
 
 func (c *client) write(b []byte) error {
-	_, err := c.nc.Write(b)
+	_, err := c.Conn.Write(b)
 	return err
 }
 
 func (c *client) publish(channel, payload string) {
-	c.t.Helper()
-	b, _ := wire.AppendPublish(nil, []byte(c.ident), []byte(channel), []byte(payload))
-	if err := c.write(b); err != nil {
-		c.t.Fatal(err)
-	}
+	c.T.Helper()
+	c.Send(brokertest.Publish(c.T, c.ident, channel, payload))
 }
 
 // next returns the next message on events as ident and payload.
 func (c *client) next() (string, string) {
-	c.t.Helper()
+	c.T.Helper()
 	for {
-		c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-		f, err := c.rd.Next()
+		c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		f, err := c.R.Next()
 		if err != nil {
-			c.t.Fatalf("%s reading: %v", c.ident, err)
+			c.T.Fatalf("%s reading: %v", c.ident, err)
 		}
 		if f.Op != wire.OpPublish {
-			c.t.Fatalf("%s got %v %q", c.ident, f.Op, f.Payload)
+			c.T.Fatalf("%s got %v %q", c.ident, f.Op, f.Payload)
 		}
 		if string(f.Channel) == "events" {
 			return string(f.Ident), string(f.Payload)
@@ -260,9 +240,9 @@ func silent(t testing.TB, clients ...*client) {
 	t.Helper()
 	deadline := time.Now().Add(300 * time.Millisecond)
 	for _, c := range clients {
-		c.nc.SetReadDeadline(deadline)
+		c.Conn.SetReadDeadline(deadline)
 		for {
-			f, err := c.rd.Next()
+			f, err := c.R.Next()
 			if err != nil {
 				break
 			}
@@ -270,17 +250,6 @@ func silent(t testing.TB, clients ...*client) {
 				t.Fatalf("%s: unexpected %q from %s", c.ident, f.Payload, f.Ident)
 			}
 		}
-	}
-}
-
-// eventually waits up to ten seconds for cond.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	for i := 0; !cond(); i++ {
-		if i == 1000 {
-			t.Fatalf("still not %s after 10s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -399,7 +368,7 @@ func TestInterestFollowsLocalSubscribers(t *testing.T) {
 	silent(t, first)
 	waitInterest(t, ns, map[*node][]string{a: {"events", first.ident, second.ident}, b: {p.ident}})
 
-	second.nc.Close()
+	second.Conn.Close()
 	waitInterest(t, ns, map[*node][]string{a: {first.ident}, b: {p.ident}})
 }
 
@@ -424,7 +393,7 @@ func TestNATSRestart(t *testing.T) {
 
 	ns.Shutdown()
 	for _, n := range []*node{a, b} {
-		eventually(t, n.name+" disconnected", func() bool { return !n.bridge.Stats().Connected })
+		brokertest.Eventually(t, n.name+" disconnected", func() bool { return !n.bridge.Stats().Connected })
 	}
 	failedBefore := a.bridge.Stats().ForwardFailed
 	const outage = 50
@@ -443,7 +412,7 @@ func TestNATSRestart(t *testing.T) {
 
 	ns = startNATS(t, port)
 	for _, n := range []*node{a, b} {
-		eventually(t, n.name+" reconnected", func() bool { return n.bridge.Stats().Connected })
+		brokertest.Eventually(t, n.name+" reconnected", func() bool { return n.bridge.Stats().Connected })
 	}
 	waitInterest(t, ns, interest)
 	if got := a.bridge.Stats().ForwardFailed - failedBefore; got != outage {
@@ -528,8 +497,8 @@ func TestBrokerLoss(t *testing.T) {
 		}
 		// b's last messages may still be on their way through NATS.
 		for {
-			s.nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-			f, err := s.rd.Next()
+			s.Conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			f, err := s.R.Next()
 			if err != nil {
 				break
 			}
@@ -622,8 +591,8 @@ func BenchmarkAcrossTwoBrokers(bm *testing.B) {
 	bm.ResetTimer()
 	go func() {
 		for received.Load() < int64(bm.N) {
-			sub.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-			f, err := sub.rd.Next()
+			sub.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			f, err := sub.R.Next()
 			if err != nil {
 				done <- err
 				return
@@ -710,13 +679,13 @@ func TestNATSLateAtStartUp(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 	// Forwarding is asynchronous: the count follows the local delivery.
-	eventually(t, "3 messages not forwarded", func() bool { return br.Stats().ForwardFailed == 3 })
+	brokertest.Eventually(t, "3 messages not forwarded", func() bool { return br.Stats().ForwardFailed == 3 })
 	if st := br.Stats(); st.Connected || st.ForwardFailed != 3 {
 		t.Fatalf("stats %+v before NATS is up, want 3 messages not forwarded", st)
 	}
 
 	ns := startNATS(t, port)
-	eventually(t, "connected", func() bool { return br.Stats().Connected })
+	brokertest.Eventually(t, "connected", func() bool { return br.Stats().Connected })
 	b := startBroker(t, url)
 	remote := connect(t, b, ident("late-remote"))
 	waitInterest(t, ns, map[*node][]string{a: {"events", sub.ident, pub.ident}, b: {remote.ident}})
@@ -739,7 +708,7 @@ func TestStalledNATSDoesNotBlockPublishers(t *testing.T) {
 	// Registered after the bridge's Close, so it runs first: dropping the
 	// stalled connection ends any write NATS is blocked in.
 	t.Cleanup(func() { proxy.Close() })
-	eventually(t, "connected through the proxy", func() bool { return a.bridge.Stats().Connected })
+	brokertest.Eventually(t, "connected through the proxy", func() bool { return a.bridge.Stats().Connected })
 	pub := connect(t, a, ident("stall-pub"))
 	local := connect(t, a, ident("stall-local"), "events")
 	proxy.Stall()
@@ -756,7 +725,7 @@ func TestStalledNATSDoesNotBlockPublishers(t *testing.T) {
 			}
 		}
 	}()
-	local.rd = wire.NewReader(local.nc, wire.UniformLimits(1<<20))
+	local.R = wire.NewReader(local.Conn, wire.UniformLimits(1<<20))
 	for i := range n {
 		if _, got := local.next(); len(got) != size {
 			t.Fatalf("message %d: %d bytes", i, len(got))

@@ -58,32 +58,32 @@ func BenchmarkPublishExporter(b *testing.B) {
 
 			var readers sync.WaitGroup
 			for range subscribers {
-				s := dial(b, srv.Addr)
-				s.send(s.auth("sub", "subsecret"), sub(b, "sub", "chan"))
+				s := brokertest.Dial(b, srv.Addr)
+				s.Send(s.Auth("sub", "subsecret"), brokertest.Subscribe(b, "sub", "chan"))
 				readers.Add(1)
 				go func() {
 					defer readers.Done()
 					for i := 0; i < b.N; i++ {
-						s.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
-						if _, err := s.rd.Next(); err != nil {
+						s.Conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+						if _, err := s.R.Next(); err != nil {
 							b.Errorf("subscriber: %v after %d of %d", err, i, b.N)
 							return
 						}
 					}
 				}()
 			}
-			p := dial(b, srv.Addr)
-			p.send(p.auth("pub", "pubsecret"))
+			p := brokertest.Dial(b, srv.Addr)
+			p.Send(p.Auth("pub", "pubsecret"))
 			waitSubscribers(b, srv, subscribers)
 
-			frame := pub(b, "pub", "chan", make([]byte, 256))
+			frame := brokertest.Publish(b, "pub", "chan", string(make([]byte, 256)))
 			batch := bytes.Repeat(frame, 100)
 			b.SetBytes(int64(len(frame)))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for sent := 0; sent < b.N; {
 				n := min(100, b.N-sent)
-				p.send(batch[:n*len(frame)])
+				p.Send(batch[:n*len(frame)])
 				sent += n
 			}
 			readers.Wait()
@@ -123,9 +123,9 @@ func BenchmarkScrape(b *testing.B) {
 	defer hs.Close()
 	const conns = 1000
 	for i := range conns {
-		c := dial(b, srv.Addr)
+		c := brokertest.Dial(b, srv.Addr)
 		ident := fmt.Sprint("sensor", i%10)
-		c.send(c.auth(ident, "s"), sub(b, ident, []string{"chan", "other"}[i%2]))
+		c.Send(c.Auth(ident, "s"), brokertest.Subscribe(b, ident, []string{"chan", "other"}[i%2]))
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for srv.Broker.Snapshot().Connections != conns {

@@ -1,6 +1,8 @@
 package metrics_test
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"encoding/json"
 	"os"
 	"regexp"
@@ -126,15 +128,15 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 // exchange a message, and a login fails.
 func ordinaryTraffic(t *testing.T) *scrape {
 	e := startExported(t, brokenStore{testUsers()})
-	s := dial(t, e.Addr)
-	s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+	s := brokertest.Dial(t, e.Addr)
+	s.Send(s.Auth("sub", "subsecret"), brokertest.Subscribe(t, "sub", "chan"))
 	e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
-	p := dial(t, e.Addr)
-	p.send(p.auth("pub", "pubsecret"), pub(t, "pub", "chan", []byte("event")))
-	s.expectMessage("pub", "chan", []byte("event"))
-	bad := dial(t, e.Addr)
-	bad.send(bad.auth("broken", "x"))
-	bad.expectError("Authentication failed for broken")
+	p := brokertest.Dial(t, e.Addr)
+	p.Send(p.Auth("pub", "pubsecret"), brokertest.Publish(t, "pub", "chan", "event"))
+	s.ExpectMessage("pub", "chan", "event")
+	bad := brokertest.Dial(t, e.Addr)
+	bad.Send(bad.Auth("broken", "x"))
+	bad.ExpectError("Authentication failed for broken")
 	e.waitValue(t, 1, "hpfeeds_broker_connection_lost_total", "ident", "")
 	return e.scrape(t)
 }

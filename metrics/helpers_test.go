@@ -3,9 +3,7 @@ package metrics_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -21,109 +19,7 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/metrics"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
-
-// rawClient speaks the wire protocol by hand so tests know every byte.
-type rawClient struct {
-	t     testing.TB
-	nc    net.Conn
-	rd    *wire.Reader
-	nonce []byte
-}
-
-func dial(t testing.TB, addr string) *rawClient {
-	t.Helper()
-	return dialWith(t, addr, &net.Dialer{Timeout: 5 * time.Second})
-}
-
-func dialWith(t testing.TB, addr string, d *net.Dialer) *rawClient {
-	t.Helper()
-	nc, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	c := &rawClient{t: t, nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(64<<20))}
-	f := c.next()
-	if f.Op != wire.OpInfo {
-		t.Fatalf("first frame is %v, want INFO", f.Op)
-	}
-	c.nonce = append([]byte(nil), f.Payload...)
-	return c
-}
-
-func (c *rawClient) auth(ident, secret string) []byte {
-	b, err := wire.AppendAuth(nil, c.nonce, ident, secret)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return b
-}
-
-func (c *rawClient) send(frames ...[]byte) {
-	c.t.Helper()
-	c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	for _, f := range frames {
-		if _, err := c.nc.Write(f); err != nil {
-			c.t.Fatalf("write: %v", err)
-		}
-	}
-}
-
-func (c *rawClient) next() wire.Frame {
-	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	f, err := c.rd.Next()
-	if err != nil {
-		c.t.Fatalf("reading a frame: %v", err)
-	}
-	return f
-}
-
-// expectError reads frames until an ERROR, checks its text, then waits
-// for the close.
-func (c *rawClient) expectError(want string) {
-	c.t.Helper()
-	for {
-		f := c.next()
-		if f.Op == wire.OpPublish {
-			continue // deliveries queued before the error
-		}
-		if f.Op != wire.OpError || string(f.Payload) != want {
-			c.t.Fatalf("got %v %q, want ERROR %q", f.Op, f.Payload, want)
-		}
-		break
-	}
-	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.rd.Next(); !errors.Is(err, io.EOF) && !strings.Contains(fmt.Sprint(err), "reset") {
-		c.t.Fatalf("want the connection closed, got %v", err)
-	}
-}
-
-func pub(t testing.TB, ident, channel string, payload []byte) []byte {
-	b, err := wire.AppendPublish(nil, []byte(ident), []byte(channel), payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func sub(t testing.TB, ident, channel string) []byte {
-	b, err := wire.AppendSubscribe(nil, []byte(ident), []byte(channel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func unsub(t testing.TB, ident, channel string) []byte {
-	b, err := wire.AppendUnsubscribe(nil, []byte(ident), []byte(channel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 func testUsers() *brokertest.Users {
 	return brokertest.NewUsers(

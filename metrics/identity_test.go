@@ -1,6 +1,8 @@
 package metrics_test
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"context"
 	"os"
 	"strings"
@@ -70,7 +72,7 @@ func TestSpellingsAddNoSeries(t *testing.T) {
 func spellingsAddNoSeries(t *testing.T, st auth.Store, others []string) {
 	e := startExported(t, st)
 	// A subscriber stays, so its gauge is in every scrape.
-	storetest.Login(t, e.Addr, "sensor", "s3cret", sub(t, "sensor", "events"))
+	storetest.Login(t, e.Addr, "sensor", "s3cret", brokertest.Subscribe(t, "sensor", "events"))
 	e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sensor", "chan", "events")
 	if err := storetest.TryLogin(e.Addr, "sensor", "s3cret", "events"); err != nil {
 		t.Fatal(err)

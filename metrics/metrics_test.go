@@ -1,6 +1,8 @@
 package metrics_test
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"bytes"
 	"io"
 	"net"
@@ -10,7 +12,6 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/broker"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // expect checks that a series has exactly the value want (-1: absent).
@@ -21,29 +22,20 @@ func expect(t *testing.T, sc *scrape, want float64, name string, labels ...strin
 	}
 }
 
-func (c *rawClient) expectMessage(ident, channel string, payload []byte) {
-	c.t.Helper()
-	f := c.next()
-	if f.Op != wire.OpPublish || string(f.Ident) != ident || string(f.Channel) != channel || !bytes.Equal(f.Payload, payload) {
-		c.t.Fatalf("got %v %q %q (%d bytes), want PUBLISH %q %q (%d bytes)",
-			f.Op, f.Ident, f.Channel, len(f.Payload), ident, channel, len(payload))
-	}
-}
-
 // The reference's series after real traffic, then after everyone leaves.
 func TestSeriesAfterTraffic(t *testing.T) {
 	e := startExported(t, testUsers())
 	expect(t, e.scrape(t), 0, "hpfeeds_broker_client_connections")
 
-	var subs []*rawClient
+	var subs []*brokertest.Client
 	for range 2 {
-		s := dial(t, e.Addr)
-		s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+		s := brokertest.Dial(t, e.Addr)
+		s.Send(s.Auth("sub", "subsecret"), brokertest.Subscribe(t, "sub", "chan"))
 		subs = append(subs, s)
 	}
 	e.waitValue(t, 2, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
-	p := dial(t, e.Addr)
-	p.send(p.auth("pub", "pubsecret"))
+	p := brokertest.Dial(t, e.Addr)
+	p.Send(p.Auth("pub", "pubsecret"))
 	// Only bytes read after authentication count as received: wait for it,
 	// so the PUBLISH below cannot share a read with the AUTH.
 	e.waitValue(t, 1, "hpfeeds_client_authenticated_connections", "ident", "pub", "owner", "sensors")
@@ -60,11 +52,11 @@ func TestSeriesAfterTraffic(t *testing.T) {
 
 	// One 12-byte publish to each subscriber: the send buffer fills by the
 	// payload and drains by the frame, as in the reference.
-	payload1 := []byte("twelve bytes")
-	frame1 := pub(t, "pub", "chan", payload1)
-	p.send(frame1)
+	payload1 := "twelve bytes"
+	frame1 := brokertest.Publish(t, "pub", "chan", payload1)
+	p.Send(frame1)
 	for _, s := range subs {
-		s.expectMessage("pub", "chan", payload1)
+		s.ExpectMessage("pub", "chan", payload1)
 	}
 	e.waitValue(t, float64(2*len(frame1)), "hpfeeds_broker_connection_send_buffer_drain_total", "ident", "sub")
 	sc = e.scrape(t)
@@ -77,24 +69,24 @@ func TestSeriesAfterTraffic(t *testing.T) {
 	expect(t, sc, 0, "hpfeeds_broker_connection_send_buffer_size", "ident", "sub")
 
 	// Half a frame waits in the receive buffer until the rest arrives.
-	payload2 := bytes.Repeat([]byte{'x'}, 2000)
-	frame2 := pub(t, "pub", "chan", payload2)
-	p.send(frame2[:10])
+	payload2 := strings.Repeat("x", 2000)
+	frame2 := brokertest.Publish(t, "pub", "chan", payload2)
+	p.Send(frame2[:10])
 	e.waitValue(t, 10, "hpfeeds_broker_connection_receive_buffer_size", "ident", "pub")
-	p.send(frame2[10:])
+	p.Send(frame2[10:])
 	for _, s := range subs {
-		s.expectMessage("pub", "chan", payload2)
+		s.ExpectMessage("pub", "chan", payload2)
 	}
 	e.waitValue(t, float64(2*len(frame1)+2*len(frame2)), "hpfeeds_broker_connection_send_buffer_drain_total", "ident", "sub")
 	sc = e.scrape(t)
 	expect(t, sc, 0, "hpfeeds_broker_connection_receive_buffer_size", "ident", "pub")
 
-	subs[1].send(unsub(t, "sub", "chan"))
+	subs[1].Send(brokertest.Unsubscribe(t, "sub", "chan"))
 	e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
 
 	// Everyone leaves: gauges go back to zero, counters stay.
 	for _, c := range append(subs, p) {
-		c.nc.Close()
+		c.Conn.Close()
 	}
 	e.waitValue(t, 0, "hpfeeds_broker_client_connections")
 	sc = e.scrape(t)
@@ -138,37 +130,37 @@ func TestErrorCategories(t *testing.T) {
 	e := startExported(t, brokenStore{testUsers()})
 	cases := []struct {
 		name     string
-		frames   func(c *rawClient) [][]byte
+		frames   func(c *brokertest.Client) [][]byte
 		want     string
 		ident    string
 		category string
 	}{
-		{"first message not AUTH", func(c *rawClient) [][]byte {
-			return [][]byte{pub(t, "first-not-auth", "chan", []byte("x"))}
+		{"first message not AUTH", func(c *brokertest.Client) [][]byte {
+			return [][]byte{brokertest.Publish(t, "first-not-auth", "chan", "x")}
 		}, "First message was not AUTH", "", broker.CategoryInvalidFirstMessage},
-		{"unknown ident", func(c *rawClient) [][]byte {
-			return [][]byte{c.auth("attacker-chosen", "x")}
+		{"unknown ident", func(c *brokertest.Client) [][]byte {
+			return [][]byte{c.Auth("attacker-chosen", "x")}
 		}, "Authentication failed for attacker-chosen", "", broker.CategoryInvalidIdent},
-		{"wrong secret", func(c *rawClient) [][]byte {
-			return [][]byte{c.auth("pub", "wrong")}
+		{"wrong secret", func(c *brokertest.Client) [][]byte {
+			return [][]byte{c.Auth("pub", "wrong")}
 		}, "Authentication failed for pub", "", broker.CategoryInvalidSecret},
-		{"store failure", func(c *rawClient) [][]byte {
-			return [][]byte{c.auth("broken", "x")}
+		{"store failure", func(c *brokertest.Client) [][]byte {
+			return [][]byte{c.Auth("broken", "x")}
 		}, "Authentication failed for broken", "", broker.CategoryErrorCheckingIdent},
-		{"publish ident mismatch", func(c *rawClient) [][]byte {
-			return [][]byte{c.auth("pub", "pubsecret"), pub(t, "forged-ident", "chan", []byte("x"))}
+		{"publish ident mismatch", func(c *brokertest.Client) [][]byte {
+			return [][]byte{c.Auth("pub", "pubsecret"), brokertest.Publish(t, "forged-ident", "chan", "x")}
 		}, "Invalid authkey in message, ident=forged-ident", "pub", broker.CategoryIdentMismatchPub},
-		{"publish not allowed", func(c *rawClient) [][]byte {
-			return [][]byte{c.auth("sub", "subsecret"), pub(t, "sub", "forbidden-pub-chan", []byte("x"))}
+		{"publish not allowed", func(c *brokertest.Client) [][]byte {
+			return [][]byte{c.Auth("sub", "subsecret"), brokertest.Publish(t, "sub", "forbidden-pub-chan", "x")}
 		}, "Authkey not allowed to pub here. ident=sub, chan=forbidden-pub-chan", "sub", broker.CategoryNoPubPermission},
-		{"subscribe not allowed", func(c *rawClient) [][]byte {
-			return [][]byte{c.auth("pub", "pubsecret"), sub(t, "forged-sub-ident", "forbidden-sub-chan")}
+		{"subscribe not allowed", func(c *brokertest.Client) [][]byte {
+			return [][]byte{c.Auth("pub", "pubsecret"), brokertest.Subscribe(t, "forged-sub-ident", "forbidden-sub-chan")}
 		}, "Authkey not allowed to sub here. ident=pub, chan=forbidden-sub-chan", "pub", broker.CategoryNoSubPermission},
 	}
 	for _, tc := range cases {
-		c := dial(t, e.Addr)
-		c.send(tc.frames(c)...)
-		c.expectError(tc.want)
+		c := brokertest.Dial(t, e.Addr)
+		c.Send(tc.frames(c)...)
+		c.ExpectError(tc.want)
 		e.waitValue(t, 1, "hpfeeds_broker_connection_error_total", "ident", tc.ident, "category", tc.category)
 	}
 	e.waitValue(t, 0, "hpfeeds_broker_client_connections")
@@ -203,17 +195,17 @@ func TestBackpressureSeries(t *testing.T) {
 			c.BackpressureDeadline = deadline
 		}
 	}
-	payload := bytes.Repeat([]byte{'y'}, 60<<10)
+	payload := strings.Repeat("y", 60<<10)
 
 	// stall subscribes a client that does not read, then publishes until
 	// cond holds; it returns the subscriber and how many frames were sent.
-	stall := func(t *testing.T, e *exported, cond func(*scrape) bool) (*rawClient, int) {
-		s := dial(t, e.Addr)
-		s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+	stall := func(t *testing.T, e *exported, cond func(*scrape) bool) (*brokertest.Client, int) {
+		s := brokertest.Dial(t, e.Addr)
+		s.Send(s.Auth("sub", "subsecret"), brokertest.Subscribe(t, "sub", "chan"))
 		e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
-		p := dial(t, e.Addr)
-		p.send(p.auth("pub", "pubsecret"))
-		frame := pub(t, "pub", "chan", payload)
+		p := brokertest.Dial(t, e.Addr)
+		p.Send(p.Auth("pub", "pubsecret"))
+		frame := brokertest.Publish(t, "pub", "chan", payload)
 		// Socket buffers on loopback hold a few MB; 1000 frames are 60 MB.
 		n := 0
 		for ; n < 1000; n += 8 {
@@ -221,7 +213,7 @@ func TestBackpressureSeries(t *testing.T) {
 				return s, n
 			}
 			for range 8 {
-				p.send(frame)
+				p.Send(frame)
 			}
 		}
 		// A fast machine publishes it all before a deadline can expire.
@@ -243,7 +235,7 @@ func TestBackpressureSeries(t *testing.T) {
 			return sc.value("hpfeeds_broker_connection_send_buffer_size", "ident", "sub") > 256<<10
 		})
 		for range n {
-			s.expectMessage("pub", "chan", payload)
+			s.ExpectMessage("pub", "chan", payload)
 		}
 		e.waitValue(t, 0, "hpfeeds_broker_connection_send_buffer_size", "ident", "sub")
 		sc := e.scrape(t)
@@ -260,7 +252,7 @@ func TestBackpressureSeries(t *testing.T) {
 		s, _ := stall(t, e, func(sc *scrape) bool {
 			return sc.value("hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "deadline") == 1
 		})
-		s.expectError("Backpressure deadline timer expired")
+		s.ExpectError("Backpressure deadline timer expired")
 		sc := e.scrape(t)
 		expect(t, sc, 1, "hpfeeds_broker_connection_error_total", "ident", "sub", "category", broker.CategoryDeadlineTimerExpired)
 		starts := sc.value("hpfeeds_broker_connection_send_buffer_deadline_start_total", "ident", "sub")
@@ -276,7 +268,7 @@ func TestBackpressureSeries(t *testing.T) {
 		s, _ := stall(t, e, func(sc *scrape) bool {
 			return sc.value("hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "hard-bound") == 1
 		})
-		s.expectError("Backpressure deadline timer expired")
+		s.ExpectError("Backpressure deadline timer expired")
 		sc := e.scrape(t)
 		expect(t, sc, 1, "hpfeeds_broker_connection_error_total", "ident", "sub", "category", broker.CategoryDeadlineTimerExpired)
 		expect(t, sc, 0, "hpfeeds_broker_backpressure_closes_total", "ident", "sub", "reason", "deadline")
@@ -356,22 +348,22 @@ func TestCountersMonotonicUnderChurn(t *testing.T) {
 	}()
 
 	const rounds, messages = 20, 50
-	payload := []byte("churn")
+	payload := "churn"
 	for range rounds {
-		s := dial(t, e.Addr)
-		s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+		s := brokertest.Dial(t, e.Addr)
+		s.Send(s.Auth("sub", "subsecret"), brokertest.Subscribe(t, "sub", "chan"))
 		e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
-		p := dial(t, e.Addr)
-		frames := [][]byte{p.auth("pub", "pubsecret")}
+		p := brokertest.Dial(t, e.Addr)
+		frames := [][]byte{p.Auth("pub", "pubsecret")}
 		for range messages {
-			frames = append(frames, pub(t, "pub", "chan", payload))
+			frames = append(frames, brokertest.Publish(t, "pub", "chan", payload))
 		}
-		p.send(bytes.Join(frames, nil))
+		p.Send(bytes.Join(frames, nil))
 		for range messages {
-			s.expectMessage("pub", "chan", payload)
+			s.ExpectMessage("pub", "chan", payload)
 		}
-		s.nc.Close()
-		p.nc.Close()
+		s.Conn.Close()
+		p.Conn.Close()
 		e.waitValue(t, 0, "hpfeeds_broker_client_connections")
 	}
 	close(done)
@@ -421,8 +413,8 @@ func TestReferenceNamesTypesHelp(t *testing.T) {
 // Connections refused for a limit are counted by reason.
 func TestConnectionsRefusedSeries(t *testing.T) {
 	e := startExported(t, testUsers(), func(c *broker.Config) { c.MaxConnections = 1 })
-	s := dial(t, e.Addr)
-	s.send(s.auth("sub", "subsecret"))
+	s := brokertest.Dial(t, e.Addr)
+	s.Send(s.Auth("sub", "subsecret"))
 	for i := 0; i < 3; i++ {
 		nc, err := net.Dial("tcp", e.Addr)
 		if err != nil {
@@ -439,14 +431,14 @@ func TestConnectionsRefusedSeries(t *testing.T) {
 // published has no series.
 func TestIdentLastPublish(t *testing.T) {
 	e := startExported(t, testUsers())
-	s := dial(t, e.Addr)
-	s.send(s.auth("sub", "subsecret"), sub(t, "sub", "chan"))
+	s := brokertest.Dial(t, e.Addr)
+	s.Send(s.Auth("sub", "subsecret"), brokertest.Subscribe(t, "sub", "chan"))
 	e.waitValue(t, 1, "hpfeeds_broker_subscriptions", "ident", "sub", "chan", "chan")
 	before := float64(time.Now().Add(-clockSlack).UnixNano()) / 1e9
-	p := dial(t, e.Addr)
-	p.send(p.auth("pub", "pubsecret"), pub(t, "pub", "chan", []byte("event")))
-	s.expectMessage("pub", "chan", []byte("event"))
-	p.nc.Close()
+	p := brokertest.Dial(t, e.Addr)
+	p.Send(p.Auth("pub", "pubsecret"), brokertest.Publish(t, "pub", "chan", "event"))
+	s.ExpectMessage("pub", "chan", "event")
+	p.Conn.Close()
 	e.waitValue(t, 1, "hpfeeds_broker_connection_lost_total", "ident", "pub")
 	sc := e.scrape(t)
 	got := sc.value("hpfeeds_broker_ident_last_publish_timestamp_seconds", "ident", "pub")

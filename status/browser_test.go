@@ -1,6 +1,8 @@
 package status_test
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"bytes"
 	"context"
 	"html"
@@ -101,7 +103,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	}()
-	waitFor(t, "quiet to go stale", func() bool {
+	brokertest.Eventually(t, "quiet to go stale", func() bool {
 		for _, in := range f.srv.Broker.Idents(staleAfter) {
 			if in.Ident == "quiet" {
 				return in.Stale

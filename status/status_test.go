@@ -50,12 +50,12 @@ func start(t *testing.T, staleAfter time.Duration) *fixture {
 	if err := f.logger.Subscribe("events"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the subscription", func() bool { return channel(srv.Broker, "events").Subscribers == 1 })
+	brokertest.Eventually(t, "the subscription", func() bool { return channel(srv.Broker, "events").Subscribers == 1 })
 	quiet := dialClient(t, srv.Addr, "quiet")
 	quiet.Publish("events", []byte("once"))
 	f.receive(t, "once")
 	quiet.Close()
-	waitFor(t, "quiet to leave", func() bool { return len(srv.Broker.Connections()) == 1 })
+	brokertest.Eventually(t, "quiet to leave", func() bool { return len(srv.Broker.Connections()) == 1 })
 	f.sensor = dialClient(t, srv.Addr, "sensor")
 	for range 3 {
 		f.sensor.Publish("events", []byte(payload))
@@ -63,7 +63,7 @@ func start(t *testing.T, staleAfter time.Duration) *fixture {
 	}
 	// The writer counts a frame once its write call returns, which can
 	// be after the logger has read it.
-	waitFor(t, "the writes counted", func() bool {
+	brokertest.Eventually(t, "the writes counted", func() bool {
 		lg := byIdent(srv.Broker.Connections(), "logger")
 		return lg.FramesOut == 4 && lg.BytesQueued == 0
 	})
@@ -101,17 +101,6 @@ func channel(b *broker.Broker, name string) broker.ChannelInfo {
 		}
 	}
 	return broker.ChannelInfo{}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // get fetches path and decodes its JSON into v, or returns the status and
@@ -176,7 +165,7 @@ func TestConnzPagingAndSorting(t *testing.T) {
 	for range 5 {
 		dialClient(t, f.srv.Addr, "logger")
 	}
-	waitFor(t, "7 connections", func() bool { return len(f.srv.Broker.Connections()) == 7 })
+	brokertest.Eventually(t, "7 connections", func() bool { return len(f.srv.Broker.Connections()) == 7 })
 	var seen []uint64
 	for off := 0; off < 8; off += 3 {
 		var z status.Connz

@@ -13,17 +13,6 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/internal/watch"
 )
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func secretOf(s *Store, ident string) string {
 	u, _, _ := s.Lookup(context.Background(), ident)
 	return u.Secret
@@ -67,7 +56,7 @@ func TestReloadAtomicRenameAndBrokenFile(t *testing.T) {
 		t.Fatal("initial load")
 	}
 	write(`{"bob": {"secret": "two"}, "eve": {"secret": "e"}}`)
-	waitFor(t, "reload after rename", func() bool { return secretOf(s, "bob") == "two" })
+	brokertest.Eventually(t, "reload after rename", func() bool { return secretOf(s, "bob") == "two" })
 
 	write(`{"bob": {"secret": `) // broken: the last good users stay
 	time.Sleep(4 * 100 * time.Millisecond)
@@ -78,7 +67,7 @@ func TestReloadAtomicRenameAndBrokenFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"bob": {"secret": "three"}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "reload after in-place write", func() bool { return secretOf(s, "bob") == "three" })
+	brokertest.Eventually(t, "reload after in-place write", func() bool { return secretOf(s, "bob") == "three" })
 	if _, found, _ := s.Lookup(context.Background(), "eve"); found {
 		t.Error("removed user still found")
 	}
@@ -116,7 +105,7 @@ func TestReloadKubernetesSymlinkSwap(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "reload after symlink swap", func() bool { return secretOf(s, "bob") == "new" })
+	brokertest.Eventually(t, "reload after symlink swap", func() bool { return secretOf(s, "bob") == "new" })
 }
 
 func TestOpenRefusesMissingOrBrokenFile(t *testing.T) {
@@ -152,7 +141,7 @@ func TestEditorRewritesAtomically(t *testing.T) {
 	if err := s.PutUser(ctx, auth.User{Ident: "eve", Secret: "e", PubChans: []string{"c"}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "broker reload after add", func() bool { return secretOf(broker, "eve") == "e" })
+	brokertest.Eventually(t, "broker reload after add", func() bool { return secretOf(broker, "eve") == "e" })
 	if info, _ := os.Stat(path); info.Mode().Perm() != 0o640 {
 		t.Errorf("mode %v, want 0640", info.Mode().Perm())
 	}
@@ -163,7 +152,7 @@ func TestEditorRewritesAtomically(t *testing.T) {
 	if found, err := s.DeleteUser(ctx, "bob"); !found || err != nil {
 		t.Fatal(found, err)
 	}
-	waitFor(t, "broker reload after remove", func() bool { _, found, _ := broker.Lookup(ctx, "bob"); return !found })
+	brokertest.Eventually(t, "broker reload after remove", func() bool { _, found, _ := broker.Lookup(ctx, "bob"); return !found })
 	// The rewritten file is one the Python broker reads: every key present.
 	data, _ := os.ReadFile(path)
 	for _, k := range []string{`"owner"`, `"secret"`, `"pubchans"`, `"subchans"`} {
@@ -194,7 +183,7 @@ func TestEditDoesNotReload(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"carol": {"secret": "c"}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the outside edit", func() bool { return secretOf(st, "carol") == "c" })
+	brokertest.Eventually(t, "the outside edit", func() bool { return secretOf(st, "carol") == "c" })
 	if n := log.Count("user file reloaded"); n != 1 {
 		t.Errorf("%d reloads for one edit through the store and one outside it, want 1:\n%s", n, log)
 	}

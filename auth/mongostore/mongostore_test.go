@@ -287,7 +287,7 @@ func TestMongoOneDialAtATime(t *testing.T) {
 		t.Fatalf("50 logins during a DNS outage dialed %d times, want 1", n)
 	}
 	close(release)
-	storetest.Eventually(t, "dialing again once the first dial failed", func() error {
+	brokertest.Eventually(t, "dialing again once the first dial failed", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := st.collection(ctx)
@@ -323,7 +323,7 @@ func TestMongoCloseDuringDial(t *testing.T) {
 	if err := <-done; !errors.Is(err, ErrClosed) {
 		t.Errorf("a login waiting on the dial got %v, want ErrClosed", err)
 	}
-	storetest.Eventually(t, "disconnecting the client dialed during Close", func() error {
+	brokertest.Eventually(t, "disconnecting the client dialed during Close", func() error {
 		if err := made.Ping(context.Background(), nil); !errors.Is(err, mongo.ErrClientDisconnected) {
 			return fmt.Errorf("still connected (ping: %v)", err)
 		}

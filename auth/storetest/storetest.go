@@ -188,7 +188,7 @@ func Outage(t *testing.T, st auth.Store, proxy *tcpproxy.Proxy, ident, secret, c
 		}
 		before.roundTrip(t, fault.name)
 		proxy.Restore()
-		Eventually(t, fault.name+": logins recovering once the server is back", func() error {
+		brokertest.Eventually(t, fault.name+": logins recovering once the server is back", func() error {
 			return TryLogin(srv.Addr, ident, secret, channel)
 		})
 		before.roundTrip(t, fault.name+", restored")
@@ -261,19 +261,6 @@ func LoginStorm(t testing.TB, addr, ident, secret, channel string, n int) {
 	}
 	if failed > 0 {
 		t.Errorf("%d of %d concurrent logins failed", failed, n)
-	}
-}
-
-// Eventually calls f until it returns nil, failing the test if it has not
-// within 30 s.
-func Eventually(t testing.TB, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for err := f(); err != nil; err = f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

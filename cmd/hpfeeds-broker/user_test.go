@@ -76,7 +76,7 @@ func TestUserCommands(t *testing.T) {
 			if len(secret) < 20 {
 				t.Fatalf("no generated secret in %q", out)
 			}
-			storetest.Eventually(t, "the added user logging in", func() error { return storetest.TryLogin(srv.Addr, "sensor1", secret, "a") })
+			brokertest.Eventually(t, "the added user logging in", func() error { return storetest.TryLogin(srv.Addr, "sensor1", secret, "a") })
 			out, err = user(t, "add", "--auth="+spec, "--ident=sensor2", "--secret=given", "--owner=alice")
 			if err != nil || strings.Contains(out, "given") {
 				t.Fatalf("add with a secret printed it or failed: %v %q", err, out)
@@ -100,7 +100,7 @@ func TestUserCommands(t *testing.T) {
 			if _, err := user(t, "remove", "--auth="+spec, "--ident=sensor1"); err != nil {
 				t.Fatal(err)
 			}
-			storetest.Eventually(t, "the removed user refused", func() error {
+			brokertest.Eventually(t, "the removed user refused", func() error {
 				if err := storetest.TryLogin(srv.Addr, "sensor1", secret, "a"); err == nil || err.Error() != "Authentication failed for sensor1" {
 					return fmt.Errorf("login: %v", err)
 				}
