@@ -180,31 +180,14 @@ type client struct {
 	ident string
 }
 
-var syncSeq atomic.Uint64
-
-// connect logs in as ident on n, subscribes to channels, and returns once
-// the broker has read the SUBSCRIBE: it publishes on the ident's own
-// channel and waits for the message to come back.
+// connect logs in as ident on n and subscribes to channels, returning once
+// the broker has read the SUBSCRIBE frames (see SubscribeOwn).
 func connect(t testing.TB, n *node, ident string, channels ...string) *client {
 	t.Helper()
-	c := &client{Client: brokertest.Dial(t, n.srv.Addr), ident: ident}
-	b := c.Auth(ident, "s")
-	for _, ch := range append(channels, ident) {
-		b, _ = wire.AppendSubscribe(b, []byte(ident), []byte(ch))
-	}
-	token := "sync" + strconv.FormatUint(syncSeq.Add(1), 10)
-	b, _ = wire.AppendPublish(b, []byte(ident), []byte(ident), []byte(token))
+	c := &client{Client: brokertest.Login(t, n.srv.Addr, ident, "s"), ident: ident}
 	n.syncs.Add(1)
-	c.Send(b)
-	for {
-		f := c.ReadFrame()
-		if f.Op == wire.OpError {
-			t.Fatalf("%s: broker error %q", ident, f.Payload)
-		}
-		if string(f.Channel) == ident && string(f.Payload) == token {
-			return c
-		}
-	}
+	c.SubscribeOwn(ident, channels...)
+	return c
 }
 
 func (c *client) write(b []byte) error {

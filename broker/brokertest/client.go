@@ -196,6 +196,30 @@ func (c *Client) Sync(ident string) {
 	}
 }
 
+// SubscribeOwn subscribes to channels and to the ident's own channel (a
+// channel named as the ident, which it must be allowed to publish and
+// subscribe to), then publishes a token there and reads until it is back:
+// the broker has handled the SUBSCRIBE frames. Unlike Sync it passes over
+// other deliveries, and nobody else hears its token, which suits clusters.
+func (c *Client) SubscribeOwn(ident string, channels ...string) {
+	c.T.Helper()
+	var b []byte
+	for _, ch := range append(channels, ident) {
+		b = append(b, Subscribe(c.T, ident, ch)...)
+	}
+	token := fmt.Sprint("own-", syncSeq.Add(1))
+	c.Send(b, Publish(c.T, ident, ident, token))
+	for {
+		f := c.ReadFrame()
+		if f.Op == wire.OpError {
+			c.T.Fatalf("%s: broker error %q", ident, f.Payload)
+		}
+		if string(f.Channel) == ident && string(f.Payload) == token {
+			return
+		}
+	}
+}
+
 // IsSync reports whether f is a ping of Sync.
 func IsSync(f wire.Frame) bool { return f.Op == wire.OpPublish && string(f.Channel) == SyncChannel }
 

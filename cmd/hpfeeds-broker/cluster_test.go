@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"bufio"
 	"crypto/rand"
 	"encoding/hex"
@@ -125,10 +127,8 @@ func (b *clusterBroker) metric(t *testing.T, name string) float64 {
 }
 
 type wireClient struct {
-	t     *testing.T
+	*brokertest.Client
 	ident string
-	nc    net.Conn
-	rd    *wire.Reader
 	mu    sync.Mutex // guards writes from publishing goroutines
 }
 
@@ -136,50 +136,24 @@ type wireClient struct {
 // own channel; it returns once the broker has read the SUBSCRIBE frames.
 func dialAs(t *testing.T, addr, ident string, channels ...string) *wireClient {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	c := &wireClient{t: t, ident: ident, nc: nc, rd: wire.NewReader(nc, wire.UniformLimits(1<<20))}
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	info, err := c.rd.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := wire.AppendAuth(nil, info.Payload, ident, "s")
-	for _, ch := range append(channels, ident) {
-		b, _ = wire.AppendSubscribe(b, []byte(ident), []byte(ch))
-	}
-	b, _ = wire.AppendPublish(b, []byte(ident), []byte(ident), []byte("sync"))
-	nc.Write(b)
-	for {
-		f, err := c.rd.Next()
-		if err != nil {
-			t.Fatalf("%s: %v", ident, err)
-		}
-		if f.Op == wire.OpError {
-			t.Fatalf("%s: broker error %q", ident, f.Payload)
-		}
-		if string(f.Channel) == ident {
-			return c
-		}
-	}
+	c := &wireClient{Client: brokertest.Login(t, addr, ident, "s"), ident: ident}
+	c.SubscribeOwn(ident, channels...)
+	return c
 }
 
 func (c *wireClient) publish(payload string) error {
 	b, _ := wire.AppendPublish(nil, []byte(c.ident), []byte("events"), []byte(payload))
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, err := c.nc.Write(b)
+	_, err := c.Conn.Write(b)
 	return err
 }
 
 // next returns the next message on events; wait bounds the wait.
 func (c *wireClient) next(wait time.Duration) (from, payload string, ok bool) {
 	for {
-		c.nc.SetReadDeadline(time.Now().Add(wait))
-		f, err := c.rd.Next()
+		c.Conn.SetReadDeadline(time.Now().Add(wait))
+		f, err := c.R.Next()
 		if err != nil {
 			return "", "", false
 		}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"bufio"
 	"errors"
 	"io"
@@ -121,19 +123,10 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	go io.Copy(io.Discard, stderr)
 
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	rd := wire.NewReader(nc, wire.UniformLimits(1024))
-	info, err := rd.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, _ := wire.AppendAuth(nil, info.Payload, "test", "s")
-	subscribe, _ := wire.AppendSubscribe(nil, []byte("test"), []byte("c"))
-	nc.Write(append(auth, subscribe...))
+	sub := brokertest.Login(t, addr, "test", "s")
+	sub.Send(brokertest.Subscribe(t, "test", "c"))
+	nc := sub.Conn
+	nc.SetReadDeadline(time.Time{}) // it reads until the broker closes it
 
 	stop := make(chan struct{})
 	defer close(stop)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"bytes"
 	"io"
 	"net"
@@ -18,40 +20,12 @@ import (
 )
 
 // rawLogin connects to addr, logs in as ident with secret "s" and
-// subscribes to channels; its reader accepts frames up to 8 MiB. The
-// SUBSCRIBE frames are followed by a PUBLISH to the ident's own channel,
-// awaited, so the broker has read them when rawLogin returns.
+// subscribes to channels, returning once the broker has read them.
 func rawLogin(t *testing.T, addr, ident string, channels ...string) (net.Conn, *wire.Reader) {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	rd := wire.NewReader(nc, wire.UniformLimits(8<<20))
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	info, err := rd.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := wire.AppendAuth(nil, info.Payload, ident, "s")
-	for _, ch := range append(channels, ident) {
-		b, _ = wire.AppendSubscribe(b, []byte(ident), []byte(ch))
-	}
-	b, _ = wire.AppendPublish(b, []byte(ident), []byte(ident), []byte("sync"))
-	nc.Write(b)
-	for {
-		f, err := rd.Next()
-		if err != nil {
-			t.Fatalf("%s: %v", ident, err)
-		}
-		if f.Op == wire.OpError {
-			t.Fatalf("%s: broker error %q", ident, f.Payload)
-		}
-		if string(f.Channel) == ident {
-			return nc, rd
-		}
-	}
+	c := brokertest.Login(t, addr, ident, "s")
+	c.SubscribeOwn(ident, channels...)
+	return c.Conn, c.R
 }
 
 // payloadFor returns a payload making a PUBLISH body of n bytes.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
 	"encoding/base64"
 	"encoding/hex"
 	"net"
@@ -8,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 	"github.com/hpfeeds-go/hpfeeds/wire"
@@ -46,29 +47,11 @@ func TestNoSecretInLogsOrMetrics(t *testing.T) {
 
 	login := func(ident, secret string, frames ...[]byte) (hash []byte, reply wire.Frame) {
 		t.Helper()
-		nc, err := net.Dial("tcp", p.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		nc.SetDeadline(time.Now().Add(10 * time.Second))
-		rd := wire.NewReader(nc, wire.UniformLimits(1<<20))
-		info, err := rd.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := wire.Hash(info.Payload, []byte(secret))
-		a, _ := wire.AppendAuth(nil, info.Payload, ident, secret)
-		for _, f := range frames {
-			a = append(a, f...)
-		}
-		if _, err := nc.Write(a); err != nil {
-			t.Fatal(err)
-		}
-		f, err := rd.Next()
-		if err != nil {
-			t.Fatalf("%s: %v", ident, err)
-		}
+		c := brokertest.Dial(t, p.addr)
+		defer c.Conn.Close()
+		h := wire.Hash(c.Nonce, []byte(secret))
+		c.Send(append([][]byte{c.Auth(ident, secret)}, frames...)...)
+		f := c.ReadFrame()
 		return h[:], wire.Frame{Op: f.Op, Payload: append([]byte(nil), f.Payload...)}
 	}
 	sub, _ := wire.AppendSubscribe(nil, []byte("sensor"), []byte("events"))

@@ -28,7 +28,7 @@ func TestStatusCommand(t *testing.T) {
 	url := "http://" + p.exporter
 	quiet := dialAs(t, p.addr, "quiet")
 	quiet.publish("once")
-	quiet.nc.Close()
+	quiet.Conn.Close()
 	logger := dialAs(t, p.addr, "logger", "events")
 	sensor := dialAs(t, p.addr, "sensor")
 
@@ -163,8 +163,8 @@ func TestSessionsFollowTheStore(t *testing.T) {
 	if code, out := run(t, nil, "user", "remove", "--auth="+db, "--ident=gone"); code != 0 {
 		t.Fatalf("user remove: %s", out)
 	}
-	gone.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if f, err := gone.rd.Next(); err != nil || string(f.Payload) != "Authentication failed for gone" {
+	gone.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if f, err := gone.R.Next(); err != nil || string(f.Payload) != "Authentication failed for gone" {
 		t.Errorf("the removed user's session got %v %q, want the ERROR", err, f.Payload)
 	}
 
