@@ -303,7 +303,7 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 	// It reads nothing until the broker has dropped it: within the flush
 	// timeout of that, it gets the frames already on their way and the error.
 	stalledDone := make(chan error, 1)
-	go func() { stalledDone <- expectBackpressureError(t, srv.Broker, stalled) }()
+	go func() { stalledDone <- expectBackpressureError(t, srv.Broker, stalled, "sub") }()
 
 	runtime.GC()
 	stop := make(chan struct{})
@@ -353,9 +353,9 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 
 // expectBackpressureError waits until the broker has dropped c for
 // backpressure, then reads what was on its way, the error, and the close.
-func expectBackpressureError(t *testing.T, b *broker.Broker, c *brokertest.Client) error {
+func expectBackpressureError(t *testing.T, b *broker.Broker, c *brokertest.Client, ident string) error {
 	deadline := time.Now().Add(time.Minute)
-	for b.ErrorCount("sub", broker.CategoryDeadlineTimerExpired) == 0 {
+	for b.ErrorCount(ident, broker.CategoryDeadlineTimerExpired) == 0 {
 		if time.Now().After(deadline) {
 			return errors.New("the stalled subscriber was never dropped")
 		}

@@ -45,6 +45,7 @@ type Broker struct {
 	wg        sync.WaitGroup // one per live connection and accept loop
 
 	stats          stats
+	mem            memBudget
 	refusals       refusals
 	lookupFailures quietLog // the log lines of failed credential lookups
 	plaintext      plaintextLogs
@@ -80,6 +81,11 @@ func New(cfg Config) (*Broker, error) {
 	b.preAuth, b.postAuth = cfg.limits()
 	b.throttle.cfg = cfg.LoginThrottle
 	b.stats.init()
+	b.mem.init(cfg.MemoryLimit)
+	if cfg.MemoryLimit > 0 {
+		b.wg.Add(1)
+		go func() { defer b.wg.Done(); b.enforceBudget() }()
+	}
 	b.clock.Store(time.Now().UnixNano())
 	b.rates.add(time.Now(), nil)
 	b.wg.Add(1)
@@ -260,8 +266,9 @@ func newTopic(name string) *topic {
 
 // publish queues a copy of raw, a PUBLISH with payload bytes of payload,
 // to every subscriber and reports how many there were. The copy is made
-// once and shared: subscribers only read it.
-func (t *topic) publish(raw []byte, payload int, later *[]wakeup) int {
+// once and shared: subscribers only read it. from is the publishing
+// connection, nil for frames from the cluster (see sendQueue.push).
+func (t *topic) publish(raw []byte, payload int, from *conn) int {
 	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()
 	n := len(t.subs)
@@ -269,7 +276,7 @@ func (t *topic) publish(raw []byte, payload int, later *[]wakeup) int {
 		frame := make([]byte, len(raw))
 		copy(frame, raw)
 		for _, s := range t.subs {
-			if s.q.push(frame, later) {
+			if s.q.push(frame, from) {
 				tooSlow = append(tooSlow, s)
 			}
 			// Counted even for a subscriber that is closing, as the

@@ -22,6 +22,8 @@ const (
 	DefaultSendQueueHard        = 2 * DefaultSendQueueSoft
 	DefaultBackpressureDeadline = 60 * time.Second
 	DefaultFlushTimeout         = 5 * time.Second
+	DefaultStallMark            = 4 << 20
+	DefaultFrameTimeout         = 60 * time.Second
 	DefaultRevalidateEvery      = time.Minute
 )
 
@@ -51,6 +53,18 @@ type Config struct {
 	SendQueueLow         int
 	SendQueueHard        int
 	BackpressureDeadline time.Duration
+	// A subscriber's queue past StallMark bytes pauses the connections
+	// publishing into it before their next read, for at most MaxStall
+	// each time, until it drains to half the mark (flow control).
+	StallMark int
+	// FrameTimeout closes an authenticated connection whose frame in
+	// progress is not complete within it.
+	FrameTimeout time.Duration
+	// MemoryLimit is the budget, in bytes, of every send queue and
+	// partially received frame together; zero means none. Past three
+	// quarters of it publishers and large partial frames are paused; past
+	// all of it the subscribers holding the most queued bytes are closed.
+	MemoryLimit int64
 	// MaxConnections bounds the connections open at once, authenticated or
 	// not, and MaxConnectionsPerIP those from one source address; zero
 	// means no bound. A connection past a bound is closed as soon as it is
@@ -111,6 +125,8 @@ func (c *Config) setDefaults() error {
 	def(&c.SendQueueSoft, DefaultSendQueueSoft)
 	def(&c.SendQueueLow, c.SendQueueSoft/4)
 	def(&c.SendQueueHard, 2*c.SendQueueSoft)
+	def(&c.StallMark, min(DefaultStallMark, c.SendQueueSoft/2))
+	defd(&c.FrameTimeout, DefaultFrameTimeout)
 
 	if c.PreAuthMaxSize < wire.HeaderLen+2+wire.HashLen {
 		return fmt.Errorf("pre-auth frame limit %d is too small for any AUTH", c.PreAuthMaxSize)
@@ -128,6 +144,10 @@ func (c *Config) setDefaults() error {
 	if c.SendQueueHard < wire.HeaderLen+c.MaxPublishSize {
 		return fmt.Errorf("send queue hard bound %d is under the largest PUBLISH frame %d: such a frame could never be delivered",
 			c.SendQueueHard, wire.HeaderLen+c.MaxPublishSize)
+	}
+	if c.MemoryLimit < 0 || c.MemoryLimit > 0 && c.MemoryLimit < 2*int64(wire.HeaderLen+c.MaxPublishSize) {
+		return fmt.Errorf("memory limit %d bytes: give 0 (none) or at least twice the largest PUBLISH frame (%d bytes)",
+			c.MemoryLimit, wire.HeaderLen+c.MaxPublishSize)
 	}
 	return nil
 }

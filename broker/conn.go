@@ -118,6 +118,19 @@ type conn struct {
 	// next blocks reading (see wakeWriters).
 	later []wakeup
 
+	// Flow control and the memory budget (flow.go), owned by the reader.
+	rd           *wire.Reader
+	memPending   int             // bytes queued to subscribers, not yet in the budget
+	held         atomic.Int64    // the reader's buffer, as counted in the budget
+	evicted      atomic.Bool     // closed by enforceBudget for its partial frame
+	stalls       []chan struct{} // stalled queues pushed to since the last read
+	pauseTimer   *time.Timer
+	framed       bool      // authenticated: the frame deadline applies
+	partialSince time.Time // when the frame in progress was first seen
+	partialAt    uint64    // parsedBytes then: a change means a new frame
+	headChecked  bool      // the large PUBLISH in progress passed its checks
+	readDeadline time.Time // armed for a frame in progress; zero if none
+
 	q     sendQueue
 	stats connStats
 }
@@ -136,6 +149,8 @@ type connStats struct {
 	ctrlFrames       atomic.Uint64 // frames read other than PUBLISH (those count per channel)
 	deadlineStarts   atomic.Uint64
 	deadlineRecovers atomic.Uint64
+	flowPauses       atomic.Uint64 // reads held for stalled subscribers
+	memoryPauses     atomic.Uint64 // reads held for the memory budget
 }
 
 func newConn(b *Broker, nc net.Conn, mode Mode, endpoint string) *conn {
@@ -153,13 +168,6 @@ func (c *conn) log() *slog.Logger {
 		l = l.With("ident", s.identStr)
 	}
 	return l
-}
-
-// Read counts what the frame reader pulls from the socket.
-func (c *conn) Read(p []byte) (int, error) {
-	n, err := c.nc.Read(p)
-	c.stats.recvBytes.Add(uint64(n))
-	return n, err
 }
 
 func (c *conn) serve() {
@@ -181,6 +189,7 @@ func (c *conn) serve() {
 		}
 		c.q.abort()
 		<-c.q.done
+		c.b.mem.addPartial(-c.held.Swap(0))
 	} else {
 		c.nc.Close()
 	}
@@ -256,6 +265,7 @@ func (c *conn) handshake() bool {
 func (c *conn) readLoop() error {
 	b := c.b
 	rd := wire.NewReader(c, b.preAuth)
+	c.rd = rd
 	f, err := rd.Next()
 	if err != nil {
 		// A too-large first frame that is not AUTH still gets the
@@ -276,6 +286,7 @@ func (c *conn) readLoop() error {
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	rd.Limits = b.postAuth
+	c.framed = true
 	for {
 		f, err := rd.Next()
 		if err != nil {
@@ -296,9 +307,6 @@ func (c *conn) readLoop() error {
 			// reference's session crashes on these; close it cleanly.
 			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
 			c.setReason("unexpected frame after authentication")
-		}
-		if len(c.later) > 0 && !rd.Ready() {
-			c.wakeWriters()
 		}
 		if !ok {
 			return nil
@@ -345,23 +353,25 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	return true
 }
 
-func (c *conn) publish(f wire.Frame) bool {
+// pubChan checks that c may publish to channel as ident, and returns the
+// channel; it fails the connection and returns nil if not.
+func (c *conn) pubChan(ident, channel []byte) *pubChan {
 	s := c.sess.Load()
 	if s != c.checked {
 		c.follow(s)
 	}
-	if !bytes.Equal(f.Ident, s.ident) {
-		c.fail(s.identStr, CategoryIdentMismatchPub, wire.IdentMismatch(string(f.Ident)))
-		return false
+	if !bytes.Equal(ident, s.ident) {
+		c.fail(s.identStr, CategoryIdentMismatchPub, wire.IdentMismatch(string(ident)))
+		return nil
 	}
-	p := c.pubs[string(f.Channel)]
+	p := c.pubs[string(channel)]
 	if p == nil || p.revoked {
-		if !allowed(s.pub, f.Channel) || c.mode == ModeSubscribe {
+		if !allowed(s.pub, channel) || c.mode == ModeSubscribe {
 			c.fail(s.identStr, CategoryNoPubPermission,
-				wire.NotAllowed(wire.ErrNoPublishPrefix, s.identStr, string(f.Channel)))
-			return false
+				wire.NotAllowed(wire.ErrNoPublishPrefix, s.identStr, string(channel)))
+			return nil
 		}
-		p = &pubChan{t: c.b.topic(f.Channel, true)}
+		p = &pubChan{t: c.b.topic(channel, true)}
 		c.pubMu.Lock()
 		if c.pubs == nil {
 			c.pubs = map[string]*pubChan{}
@@ -369,10 +379,18 @@ func (c *conn) publish(f wire.Frame) bool {
 		c.pubs[p.t.name] = p
 		c.pubMu.Unlock()
 	}
+	return p
+}
+
+func (c *conn) publish(f wire.Frame) bool {
+	p := c.pubChan(f.Ident, f.Channel)
+	if p == nil {
+		return false
+	}
 	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	p.t.publish(f.Raw, len(f.Payload), &c.later)
+	p.t.publish(f.Raw, len(f.Payload), c)
 	if br := c.b.cfg.Bridge; br != nil {
 		br.Forward(p.t.name, f.Raw)
 	}
@@ -482,12 +500,17 @@ func (c *conn) fail(ident, category, msg string) {
 }
 
 // wakeWriters wakes the writers of the subscribers this connection queued
-// frames for. The reader calls it whenever its next read could block, so
-// a burst of publishes costs each subscriber one wake-up.
+// frames for, and counts those frames in the memory budget. The reader
+// calls it before each read, so a burst of publishes costs each subscriber
+// one wake-up.
 func (c *conn) wakeWriters() {
 	for i, w := range c.later {
 		w.q.kick(w.start, !w.start)
 		c.later[i] = wakeup{}
 	}
 	c.later = c.later[:0]
+	if c.memPending != 0 {
+		c.b.mem.add(c.memPending)
+		c.memPending = 0
+	}
 }

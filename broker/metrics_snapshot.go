@@ -69,6 +69,8 @@ type IdentStats struct {
 	Delivered         uint64 // messages queued for sending
 	FramesWritten     uint64
 	Writes            uint64 // write calls, each carrying one or more frames
+	FlowPauses        uint64 // reads held for stalled subscribers (flow control)
+	MemoryPauses      uint64 // reads held because memory was tight
 }
 
 // IdentChan labels a count by ident and channel.
@@ -104,6 +106,11 @@ type Snapshot struct {
 	Lost         map[string]uint64
 	Errors       map[ErrorKey]uint64
 	Backpressure map[BackpressureKey]uint64
+
+	MemoryUsed    int64  // bytes in the memory budget: send queues and large reader buffers
+	MemoryLimit   int64  // the budget; zero if none
+	FrameTimeouts uint64 // connections closed for a frame not completed in time
+	PartialCloses uint64 // connections closed over the budget for the largest partial frame
 
 	Idents        map[string]*IdentStats
 	Owners        map[IdentOwner]int // live authenticated connections
@@ -151,6 +158,9 @@ func (b *Broker) Snapshot() *Snapshot {
 
 	s.Made = b.stats.made.Load()
 	s.Throttle = b.throttle.stats(time.Now())
+	s.MemoryUsed, s.MemoryLimit = b.mem.used.Load(), b.mem.limit
+	s.FrameTimeouts = b.mem.frameTimeouts.Load()
+	s.PartialCloses = b.mem.partialCloses.Load()
 	b.stats.mu.Lock()
 	for k, v := range b.stats.ready {
 		s.Ready[k] = v
@@ -241,6 +251,8 @@ func (cs *connStats) addTo(st *IdentStats) {
 	st.SendBufferDrain += cs.sentBytes.Load()
 	st.DeadlineStarts += cs.deadlineStarts.Load()
 	st.DeadlineRecovers += cs.deadlineRecovers.Load()
+	st.FlowPauses += cs.flowPauses.Load()
+	st.MemoryPauses += cs.memoryPauses.Load()
 	st.Delivered += cs.queuedFrames.Load()
 	st.FramesWritten += cs.sentFrames.Load()
 	st.Writes += cs.writes.Load()

@@ -28,6 +28,10 @@ type sendQueue struct {
 	closing bool        // no more pushes; the writer finishes and closes
 	last    []byte      // written after the queue, before closing (an ERROR)
 	timer   *time.Timer // the backpressure deadline, while past the soft mark
+	// stall is closed when the queue drains to half the stall mark; it
+	// exists while the queue is past the mark, and publishers into it
+	// wait on it (briefly) before reading more (see conn.waitStalls).
+	stall chan struct{}
 
 	dropped atomic.Bool // the queue was thrown away: stop writing it
 	wake    chan struct{}
@@ -82,10 +86,12 @@ type wakeup struct {
 }
 
 // push queues a frame shared with other subscribers; it never blocks on I/O.
-// The writer's wake-up is appended to later if it is not nil, else done now.
+// With a publishing connection from, the writer's wake-up, the queued
+// bytes and the queue's stall are left for from to act on before its next
+// read; without one (frames from the cluster) they are acted on now.
 // It reports whether the frame took the queue past its hard bound, closing
 // the subscriber: the caller logs it (logTooSlow) once it holds no lock.
-func (q *sendQueue) push(frame []byte, later *[]wakeup) (tooSlow bool) {
+func (q *sendQueue) push(frame []byte, from *conn) (tooSlow bool) {
 	cfg := &q.c.b.cfg
 	q.mu.Lock()
 	if q.closing {
@@ -102,11 +108,22 @@ func (q *sendQueue) push(frame []byte, later *[]wakeup) (tooSlow bool) {
 		q.timer = time.AfterFunc(cfg.BackpressureDeadline, q.deadlineExpired)
 		q.c.stats.deadlineStarts.Add(1)
 	}
+	if q.queued > cfg.StallMark && q.stall == nil && !failed {
+		q.stall = make(chan struct{})
+	}
+	stall := q.stall
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
-	if later != nil && (start || wake) {
-		*later = append(*later, wakeup{q, start})
+	if from != nil {
+		from.memPending += len(frame)
+		if start || wake {
+			from.later = append(from.later, wakeup{q, start})
+		}
+		if stall != nil {
+			from.noteStall(stall)
+		}
 	} else {
+		q.c.b.mem.add(len(frame))
 		q.kick(start, wake)
 	}
 	q.c.stats.queuedFrames.Add(1)
@@ -136,10 +153,7 @@ func (q *sendQueue) deadlineExpired() {
 // progress (if any) completes, within the flush timeout.
 func (q *sendQueue) failLocked(reason string) {
 	c := q.c
-	q.closing = true
-	q.dropped.Store(true)
-	clear(q.frames)
-	q.frames = q.frames[:0]
+	q.dropLocked()
 	q.last = wire.AppendError(nil, wire.ErrBackpressure)
 	if q.timer != nil {
 		q.timer.Stop()
@@ -152,6 +166,21 @@ func (q *sendQueue) failLocked(reason string) {
 	}
 	c.b.stats.backpressureClose(ident, reason)
 	c.setReason("too slow: " + reason)
+}
+
+// dropLocked throws the queue away: nothing more is pushed or written, its
+// bytes leave the memory budget, and publishers waiting on it go on.
+func (q *sendQueue) dropLocked() {
+	q.closing = true
+	q.dropped.Store(true)
+	clear(q.frames)
+	q.frames = q.frames[:0]
+	q.c.b.mem.add(-q.queued)
+	q.queued = 0
+	if q.stall != nil {
+		close(q.stall)
+		q.stall = nil
+	}
 }
 
 // closeWith writes what is queued, then frame, then closes.
@@ -174,10 +203,7 @@ func (q *sendQueue) closeWith(frame []byte) {
 func (q *sendQueue) abort() {
 	q.mu.Lock()
 	if !q.closing {
-		q.closing = true
-		q.dropped.Store(true)
-		clear(q.frames)
-		q.frames = q.frames[:0]
+		q.dropLocked()
 		q.c.nc.Close()
 	}
 	if q.timer != nil {
@@ -192,14 +218,24 @@ func (q *sendQueue) abort() {
 // written accounts for n bytes that left, cancelling the backpressure
 // deadline once the queue is back under the low mark.
 func (q *sendQueue) written(n int) {
+	cfg := &q.c.b.cfg
 	q.mu.Lock()
+	if q.dropped.Load() {
+		q.mu.Unlock()
+		return // dropLocked took the whole queue out of the budget
+	}
 	q.queued -= n
-	if q.timer != nil && q.queued <= q.c.b.cfg.SendQueueLow {
+	if q.timer != nil && q.queued <= cfg.SendQueueLow {
 		q.timer.Stop()
 		q.timer = nil
 		q.c.stats.deadlineRecovers.Add(1)
 	}
+	if q.stall != nil && q.queued <= cfg.StallMark/2 {
+		close(q.stall)
+		q.stall = nil
+	}
 	q.mu.Unlock()
+	q.c.b.mem.add(-n)
 }
 
 // writeLoop is the connection's only writer. It exits when the connection
@@ -259,8 +295,7 @@ func (c *conn) writeLoop() {
 			}
 			c.nc.Close()
 			q.mu.Lock()
-			q.closing = true // a failed write ends the connection too
-			clear(q.frames)
+			q.dropLocked() // a failed write ends the connection too
 			q.frames = nil
 			q.mu.Unlock()
 			if idle != nil {

@@ -28,6 +28,9 @@ type BackpressureKey struct{ Ident, Reason string }
 const (
 	BackpressureDeadline  = "deadline"
 	BackpressureHardBound = "hard-bound"
+	// The broker was over its memory budget and this subscriber held the
+	// most queued bytes.
+	BackpressureMemoryBudget = "memory-budget"
 )
 
 func (s *stats) init() {

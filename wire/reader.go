@@ -7,11 +7,12 @@ import (
 const (
 	// minReadBuf is small because most connections are idle sensors. The
 	// buffer doubles while reads fill it (a busy publisher gets many frames
-	// per syscall), halves while they don't, and grows to fit a large frame
-	// only until that frame is consumed.
+	// per syscall), halves while they don't, and grows for a large frame
+	// only as that frame's bytes arrive, and only until it is consumed.
 	minReadBuf = 256
-	// maxReadBuf is the largest buffer kept for batching reads.
-	maxReadBuf = 64 << 10
+	// MaxReadBuf is the largest buffer kept for batching reads; a buffer
+	// larger than this holds part of a frame that does not fit in it.
+	MaxReadBuf = 64 << 10
 )
 
 // Reader reads frames from a stream through one reusable buffer.
@@ -65,6 +66,15 @@ func (r *Reader) Ready() bool {
 	return err != nil || len(b) >= n
 }
 
+// Pending returns the bytes read from the stream but not yet returned as
+// frames: while Next reads, the start of the frame in progress, so a caller
+// can look at its header and first fields before its body has arrived. It
+// aliases the buffer and is valid until the Reader's next read.
+func (r *Reader) Pending() []byte { return r.buf[r.start:r.end] }
+
+// BufSize is the size of the Reader's buffer, the memory it holds.
+func (r *Reader) BufSize() int { return len(r.buf) }
+
 // fill reads at least once, making room for a frame of want bytes.
 func (r *Reader) fill(want int) error {
 	if r.size == 0 {
@@ -76,6 +86,13 @@ func (r *Reader) fill(want int) error {
 		if len(r.buf) != r.size && want <= r.size {
 			r.buf = make([]byte, r.size)
 		}
+	}
+	if want > MaxReadBuf {
+		// A large frame gets room only as its bytes arrive, half as
+		// much again each time: a header alone, however large its
+		// length, costs nothing, and the buffer is never more than 1.5
+		// times what arrived.
+		want = min(want, max(MaxReadBuf, (r.end-r.start)*3/2))
 	}
 	if r.start+want > len(r.buf) {
 		if want > len(r.buf) {
@@ -91,7 +108,7 @@ func (r *Reader) fill(want int) error {
 	n, err := r.r.Read(r.buf[r.end:])
 	r.end += n
 	switch {
-	case n == space && r.size < maxReadBuf:
+	case n == space && r.size < MaxReadBuf:
 		r.size *= 2
 	case n < r.size/8 && r.size > minReadBuf:
 		r.size /= 2

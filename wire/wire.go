@@ -169,6 +169,23 @@ func Decode(op Op, raw []byte) (Frame, error) {
 	return f, nil
 }
 
+// PublishHead returns the ident and channel of a PUBLISH from the start of
+// the frame (header included) once both have arrived, so a receiver can
+// check them before buffering the body. ok is false until then.
+func PublishHead(b []byte) (ident, channel []byte, ok bool) {
+	if len(b) < HeaderLen || Op(b[4]) != OpPublish {
+		return nil, nil, false
+	}
+	if n := binary.BigEndian.Uint32(b); uint64(n) < uint64(len(b)) {
+		b = b[:n] // the start of the next frame is not this one's body
+	}
+	if ident, b, ok = str8(b[HeaderLen:]); !ok {
+		return nil, nil, false
+	}
+	channel, _, ok = str8(b)
+	return ident, channel, ok
+}
+
 func str8(b []byte) (s, rest []byte, ok bool) {
 	if len(b) == 0 || int(b[0]) > len(b)-1 {
 		return nil, nil, false

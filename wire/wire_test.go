@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func unhex(t testing.TB, s string) []byte {
@@ -161,7 +162,7 @@ func TestReaderReassemblesAndShrinks(t *testing.T) {
 		if _, err := rd.Next(); err != io.EOF {
 			t.Fatalf("after last frame: %v", err)
 		}
-		if cap(rd.buf) > maxReadBuf {
+		if cap(rd.buf) > MaxReadBuf {
 			t.Errorf("buffer kept at %d bytes after large frames were consumed", cap(rd.buf))
 		}
 	}
@@ -238,5 +239,41 @@ func TestReaderReady(t *testing.T) {
 	bad.Next()
 	if !bad.Ready() {
 		t.Fatal("a bad header buffered must count as ready: Next will not block on it")
+	}
+}
+
+// A large frame's buffer grows with the bytes that arrived, not with the
+// length its header declares, and Pending shows its first fields before
+// its body is in.
+func TestReaderBuffersAsBytesArrive(t *testing.T) {
+	frame, _ := AppendPublish(nil, []byte("ident"), []byte("chan"), bytes.Repeat([]byte("x"), 10<<20))
+	errStop := errors.New("stop")
+	for _, got := range []int{HeaderLen, 100, 300 << 10, 3 << 20} {
+		r := io.MultiReader(bytes.NewReader(frame[:got]), iotest.ErrReader(errStop))
+		rd := NewReader(r, UniformLimits(11<<20))
+		if _, err := rd.Next(); err != errStop {
+			t.Fatalf("%d bytes: %v", got, err)
+		}
+		if max := max(MaxReadBuf, 2*got); rd.BufSize() > max {
+			t.Errorf("%d bytes of a 10 MiB frame in: buffer of %d bytes, want at most %d", got, rd.BufSize(), max)
+		}
+		if p := rd.Pending(); !bytes.Equal(p, frame[:got]) {
+			t.Errorf("%d bytes in: Pending has %d bytes", got, len(p))
+		}
+	}
+}
+
+func TestPublishHead(t *testing.T) {
+	frame, _ := AppendPublish(nil, []byte("ident"), []byte("chan"), []byte("payload"))
+	headLen := HeaderLen + 1 + 5 + 1 + 4
+	for n := 0; n <= len(frame); n++ {
+		ident, channel, ok := PublishHead(frame[:n])
+		if ok != (n >= headLen) || ok && (string(ident) != "ident" || string(channel) != "chan") {
+			t.Errorf("%d bytes: %q %q %v", n, ident, channel, ok)
+		}
+	}
+	sub, _ := AppendSubscribe(nil, []byte("ident"), []byte("chan"))
+	if _, _, ok := PublishHead(sub); ok {
+		t.Error("SUBSCRIBE read as a PUBLISH")
 	}
 }
