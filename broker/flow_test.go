@@ -35,35 +35,35 @@ func flowUsers(channels ...string) *brokertest.Users {
 // stalledSub subscribes ident to channel with a tiny receive buffer and
 // then reads nothing (until the test does): the broker's queue to it
 // fills after a few kilobytes in the kernel.
-func stalledSub(t *testing.T, addr, ident, channel string) *rawClient {
+func stalledSub(t *testing.T, addr, ident, channel string) *brokertest.Client {
 	t.Helper()
 	small := func(_, _ string, rc syscall.RawConn) error {
 		var err error
 		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
 		return err
 	}
-	c := dialWith(t, addr, &net.Dialer{Control: small})
-	c.send(c.auth(ident, "s"), sub(t, ident, channel))
-	c.sync(ident)
+	c := brokertest.DialWith(t, addr, &net.Dialer{Control: small})
+	c.Send(c.Auth(ident, "s"), brokertest.Subscribe(t, ident, channel))
+	c.Sync(ident)
 	return c
 }
 
-func subscriber(t *testing.T, addr, ident, channel string) *rawClient {
+func subscriber(t *testing.T, addr, ident, channel string) *brokertest.Client {
 	t.Helper()
-	c := login(t, addr, ident, "s")
-	c.send(sub(t, ident, channel))
-	c.sync(ident)
+	c := brokertest.Login(t, addr, ident, "s")
+	c.Send(brokertest.Subscribe(t, ident, channel))
+	c.Sync(ident)
 	return c
 }
 
 // readAll reads n messages of channel and reports the longest wait
 // between two of them.
-func (c *rawClient) readAll(n int, channel string) (time.Duration, error) {
+func readAll(c *brokertest.Client, n int, channel string) (time.Duration, error) {
 	var gap time.Duration
 	last := time.Now()
-	c.nc.SetReadDeadline(time.Now().Add(time.Minute))
+	c.Conn.SetReadDeadline(time.Now().Add(time.Minute))
 	for i := 0; i < n; {
-		f, err := c.rd.Next()
+		f, err := c.R.Next()
 		if err != nil {
 			return gap, fmt.Errorf("after %d of %d messages: %w", i, n, err)
 		}
@@ -96,23 +96,23 @@ func TestFlowControl(t *testing.T) {
 	slow := stalledSub(t, srv.Addr, "sa", "a")
 	healthy := subscriber(t, srv.Addr, "ta", "a")
 	other := subscriber(t, srv.Addr, "sb", "b")
-	pa, pb := login(t, srv.Addr, "pa", "s"), login(t, srv.Addr, "pb", "s")
+	pa, pb := brokertest.Login(t, srv.Addr, "pa", "s"), brokertest.Login(t, srv.Addr, "pb", "s")
 
 	const n = 256 // 16 MiB: well past the kernel's socket buffers
-	frameA := pub(t, "pa", "a", strings.Repeat("a", 64<<10))
+	frameA := brokertest.Publish(t, "pa", "a", strings.Repeat("a", 64<<10))
 	// B's queue can never reach the stall mark: any pause of its
 	// publisher would come from channel A.
-	frameB := pub(t, "pb", "b", strings.Repeat("b", 1<<10))
+	frameB := brokertest.Publish(t, "pb", "b", strings.Repeat("b", 1<<10))
 	var wg sync.WaitGroup
 	for _, w := range []struct {
-		c     *rawClient
+		c     *brokertest.Client
 		frame []byte
 	}{{pa, frameA}, {pb, frameB}} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for range n {
-				if _, err := w.c.nc.Write(w.frame); err != nil {
+				if _, err := w.c.Conn.Write(w.frame); err != nil {
 					t.Error(err)
 					return
 				}
@@ -120,8 +120,8 @@ func TestFlowControl(t *testing.T) {
 		}()
 	}
 	otherDone := make(chan error, 1)
-	go func() { _, err := other.readAll(n, "b"); otherDone <- err }()
-	gap, err := healthy.readAll(n, "a")
+	go func() { _, err := readAll(other, n, "b"); otherDone <- err }()
+	gap, err := readAll(healthy, n, "a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,17 +139,17 @@ func TestFlowControl(t *testing.T) {
 	if p := identStats(srv.Broker, "pb").FlowPauses; p != 0 {
 		t.Errorf("the publisher on another channel was paused %d times", p)
 	}
-	if _, err := slow.readAll(n, "a"); err != nil {
+	if _, err := readAll(slow, n, "a"); err != nil {
 		t.Fatalf("stalled subscriber, once reading: %v", err)
 	}
 	wg.Wait()
-	pa.sync("pa")
+	pa.Sync("pa")
 	pauses = identStats(srv.Broker, "pa").FlowPauses
 	// Drained: publishing goes on without pauses.
 	for range 20 {
-		pa.send(pub(t, "pa", "a", "small"))
+		pa.Send(brokertest.Publish(t, "pa", "a", "small"))
 	}
-	pa.sync("pa")
+	pa.Sync("pa")
 	if p := identStats(srv.Broker, "pa").FlowPauses; p != pauses {
 		t.Errorf("%d more pauses after the subscriber caught up", p-pauses)
 	}
@@ -167,17 +167,17 @@ func TestMemoryBudgetClosesLargestQueueFirst(t *testing.T) {
 	})
 	big := stalledSub(t, srv.Addr, "sa", "a")
 	small := stalledSub(t, srv.Addr, "sb", "b")
-	pa, pb := login(t, srv.Addr, "pa", "s"), login(t, srv.Addr, "pb", "s")
-	frameB := pub(t, "pb", "b", strings.Repeat("b", 64<<10))
+	pa, pb := brokertest.Login(t, srv.Addr, "pa", "s"), brokertest.Login(t, srv.Addr, "pb", "s")
+	frameB := brokertest.Publish(t, "pb", "b", strings.Repeat("b", 64<<10))
 	const nb = 24 // 1.5 MiB
 	for range nb {
-		pb.send(frameB)
+		pb.Send(frameB)
 	}
-	pb.sync("pb")
-	frameA := pub(t, "pa", "a", strings.Repeat("a", 64<<10))
+	pb.Sync("pb")
+	frameA := brokertest.Publish(t, "pa", "a", strings.Repeat("a", 64<<10))
 	go func() {
 		for range 1024 { // 64 MiB: far over the budget
-			if _, err := pa.nc.Write(frameA); err != nil {
+			if _, err := pa.Conn.Write(frameA); err != nil {
 				return
 			}
 		}
@@ -192,7 +192,7 @@ func TestMemoryBudgetClosesLargestQueueFirst(t *testing.T) {
 	if s.Errors[broker.ErrorKey{Ident: "sb", Category: broker.CategoryDeadlineTimerExpired}] != 0 {
 		t.Error("the smaller queue was closed too")
 	}
-	if _, err := small.readAll(nb, "b"); err != nil {
+	if _, err := readAll(small, nb, "b"); err != nil {
 		t.Fatalf("the subscriber with fewer bytes queued: %v", err)
 	}
 }
@@ -225,20 +225,20 @@ func TestEightStalledSubscribersWithinBudget(t *testing.T) {
 	peak, peakUsed := peakHeap(stop), peakBudget(srv.Broker, stop)
 	var wg sync.WaitGroup
 	for _, ch := range chans {
-		p := login(t, srv.Addr, "p"+ch, "s")
-		frame := pub(t, "p"+ch, ch, strings.Repeat("x", 64<<10))
+		p := brokertest.Login(t, srv.Addr, "p"+ch, "s")
+		frame := brokertest.Publish(t, "p"+ch, ch, strings.Repeat("x", 64<<10))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for range each {
-				if _, err := p.nc.Write(frame); err != nil {
+				if _, err := p.Conn.Write(frame); err != nil {
 					t.Error(err)
 					return
 				}
 			}
 		}()
 	}
-	if _, err := healthy.readAll(each, "h"); err != nil {
+	if _, err := readAll(healthy, each, "h"); err != nil {
 		t.Fatalf("healthy subscriber: %v", err)
 	}
 	wg.Wait()
@@ -292,30 +292,30 @@ func TestPartialFramesWithinBudget(t *testing.T) {
 		c.FrameTimeout = 2 * time.Second
 	})
 	healthy := subscriber(t, srv.Addr, "sb", "b")
-	pb := login(t, srv.Addr, "pb", "s")
-	frame := pub(t, "pa", "a", strings.Repeat("x", 10<<20-16))
+	pb := brokertest.Login(t, srv.Addr, "pb", "s")
+	frame := brokertest.Publish(t, "pa", "a", strings.Repeat("x", 10<<20-16))
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(broker.RuntimeMemoryLimit(limit)))
 	runtime.GC()
 	stop := make(chan struct{})
 	peak, peakUsed := peakHeap(stop), peakBudget(srv.Broker, stop)
 	var wg sync.WaitGroup
 	for range conns {
-		c := login(t, srv.Addr, "pa", "s")
+		c := brokertest.Login(t, srv.Addr, "pa", "s")
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.nc.SetWriteDeadline(time.Now().Add(time.Minute))
-			c.nc.Write(frame[:body]) // blocks once the broker stops reading
+			c.Conn.SetWriteDeadline(time.Now().Add(time.Minute))
+			c.Conn.Write(frame[:body]) // blocks once the broker stops reading
 		}()
 	}
 	// Others are served meanwhile.
 	for i := range 100 {
-		pb.send(pub(t, "pb", "b", fmt.Sprint("m", i)))
+		pb.Send(brokertest.Publish(t, "pb", "b", fmt.Sprint("m", i)))
 	}
-	if _, err := healthy.readAll(100, "b"); err != nil {
+	if _, err := readAll(healthy, 100, "b"); err != nil {
 		t.Fatalf("healthy subscriber: %v", err)
 	}
-	waitFor(t, "every partial frame to be closed", func() bool { return srv.Broker.Snapshot().Connections == 2 })
+	brokertest.Eventually(t, "every partial frame to be closed", func() bool { return srv.Broker.Snapshot().Connections == 2 })
 	s := srv.Broker.Snapshot()
 	t.Logf("closed: %d over the budget, %d at the frame deadline", s.PartialCloses, s.FrameTimeouts)
 	if s.FrameTimeouts+s.PartialCloses != conns {
@@ -328,9 +328,9 @@ func TestPartialFramesWithinBudget(t *testing.T) {
 	if heap > bound {
 		t.Errorf("peak heap %.1f MiB past %d MiB", float64(heap)/(1<<20), bound>>20)
 	}
-	pb.nc.Close()
-	healthy.nc.Close()
-	waitFor(t, "the budget to be empty", func() bool {
+	pb.Conn.Close()
+	healthy.Conn.Close()
+	brokertest.Eventually(t, "the budget to be empty", func() bool {
 		s := srv.Broker.Snapshot()
 		return s.Connections == 0 && s.MemoryUsed == 0
 	})
@@ -341,15 +341,15 @@ func TestPartialFramesWithinBudget(t *testing.T) {
 func TestLargePublishRefusedFromItsHead(t *testing.T) {
 	srv := brokertest.Start(t, flowUsers("a", "b"), func(c *broker.Config) { c.MaxPublishSize = 10 << 20 })
 	for _, tc := range []struct{ ident, channel, want string }{
-		{"pa", "b", "Authkey not allowed to pub here. ident=pa, chan=b"},
-		{"pb", "b", "Invalid authkey in message, ident=pb"},
+		{"pa", "b", wire.NotAllowed(wire.ErrNoPublishPrefix, "pa", "b")},
+		{"pb", "b", wire.IdentMismatch("pb")},
 	} {
-		c := login(t, srv.Addr, "pa", "s")
+		c := brokertest.Login(t, srv.Addr, "pa", "s")
 		head := binary.BigEndian.AppendUint32(nil, uint32(wire.HeaderLen+2+len(tc.ident)+len(tc.channel)+8<<20))
 		head = append(head, byte(wire.OpPublish), byte(len(tc.ident)))
 		head = append(append(head, tc.ident...), byte(len(tc.channel)))
 		head = append(head, tc.channel...)
-		c.send(append(head, bytes.Repeat([]byte("x"), 100<<10)...))
-		c.expectError(tc.want)
+		c.Send(append(head, bytes.Repeat([]byte("x"), 100<<10)...))
+		c.ExpectError(tc.want)
 	}
 }
