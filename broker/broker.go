@@ -78,6 +78,7 @@ func New(cfg Config) (*Broker, error) {
 		perIP:     map[netip.Addr]int{},
 		idents:    map[string]*identRecord{},
 	}
+	b.settle = settler{after: settleAfter, run: cfg.AfterAcceptBurst}
 	b.preAuth, b.postAuth = cfg.limits()
 	b.throttle.cfg = cfg.LoginThrottle
 	b.stats.init()

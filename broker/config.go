@@ -82,6 +82,13 @@ type Config struct {
 	// connection being closed.
 	FlushTimeout time.Duration
 
+	// AfterAcceptBurst, if set, runs on its own goroutine once accepts have
+	// paused for 5 s after a burst of connections. The command uses it to
+	// return a reconnect storm's memory to the OS: logging in grows each
+	// connection's goroutine stack and leaves garbage, and an idle broker
+	// runs no collection for minutes. It never runs after Shutdown.
+	AfterAcceptBurst func()
+
 	// RevalidateEvery is how often each live session's ident is looked up
 	// again, so a removed user, a changed secret or changed channels take
 	// effect without a new login. Negative: never.

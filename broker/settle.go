@@ -1,48 +1,49 @@
 package broker
 
 import (
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
 )
 
-// settleAfter is how long accepts must pause before the broker compacts
-// its memory after a burst of connections.
+// settleAfter is how long accepts must pause before Config.AfterAcceptBurst
+// runs.
 const settleAfter = 5 * time.Second
 
-// settler returns memory to the OS once a burst of connections is over.
-// Logging in grows each connection's goroutine stack and leaves garbage;
-// an idle broker runs no garbage collection for minutes, so without this a
-// reconnect storm (every sensor back after a network blip) would keep its
-// peak memory long after the connections went idle. One collection per
-// burst costs milliseconds.
+// settler runs a policy once a burst of connections is over: accepts have
+// paused for after. It is the command's to choose (returning memory to the
+// OS after a reconnect storm, say); a library user or a test broker that
+// sets none gets nothing. After stop it never runs again.
 type settler struct {
-	mu    sync.Mutex
-	timer *time.Timer
+	after time.Duration
+	run   func() // nil: no policy
+
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
 }
 
-// accepted notes a new connection, pushing the compaction back.
+// accepted notes a new connection, pushing the policy back.
 func (s *settler) accepted() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.timer == nil {
-		s.timer = time.AfterFunc(settleAfter, compact)
+	if s.run == nil {
 		return
 	}
-	s.timer.Reset(settleAfter)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.stopped:
+	case s.timer == nil:
+		s.timer = time.AfterFunc(s.after, s.run)
+	default:
+		s.timer.Reset(s.after)
+	}
 }
 
-// compact collects twice, since each collection at most halves a
-// goroutine's stack, then returns the freed memory to the OS.
-func compact() {
-	runtime.GC()
-	debug.FreeOSMemory()
-}
-
+// stop cancels the policy for good: an accept racing Shutdown cannot
+// re-arm it.
 func (s *settler) stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.stopped = true
 	if s.timer != nil {
 		s.timer.Stop()
 	}
