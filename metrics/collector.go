@@ -63,8 +63,18 @@ var (
 	descWrites = prometheus.NewDesc("hpfeeds_broker_writes_total",
 		"Number of write calls to connections; each carries one or more frames", []string{"ident"}, nil)
 	descBackpressureCloses = prometheus.NewDesc("hpfeeds_broker_backpressure_closes_total",
-		"Number of subscribers closed for being too slow: past the soft mark for longer than the deadline (reason=deadline) or at the hard bound (reason=hard-bound)",
+		"Number of subscribers closed for being too slow: past the soft mark for longer than the deadline (reason=deadline), at the hard bound (reason=hard-bound), or holding the most queued bytes while the broker was over its memory budget (reason=memory-budget)",
 		[]string{"ident", "reason"}, nil)
+	descMemoryUsed = prometheus.NewDesc("hpfeeds_broker_memory_budget_used_bytes",
+		"Bytes in the memory budget: every send queue and every reader buffer larger than an idle connection's", nil, nil)
+	descMemoryLimit = prometheus.NewDesc("hpfeeds_broker_memory_budget_bytes",
+		"The memory budget (0: none)", nil, nil)
+	descPublisherPauses = prometheus.NewDesc("hpfeeds_broker_publisher_pauses_total",
+		"Number of times a connection's next read was held back: for subscribers past their stall mark (reason=flow-control, 5 ms at most), or because memory was tight (reason=memory)",
+		[]string{"ident", "reason"}, nil)
+	descPartialCloses = prometheus.NewDesc("hpfeeds_broker_partial_frame_closes_total",
+		"Number of connections closed while receiving a frame: not completed within the frame timeout (reason=frame-timeout), or holding the largest partial frame while the broker was over its memory budget (reason=memory-budget)",
+		[]string{"reason"}, nil)
 	descIdentLastPublish = prometheus.NewDesc("hpfeeds_broker_ident_last_publish_timestamp_seconds",
 		"Unix time of the ident's last publish to any channel, to a quarter second; for alerts on sensors that went quiet",
 		[]string{"ident"}, nil)
@@ -112,6 +122,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descSubscriptions, descPublishCount, descPublishSize, descAuthenticated,
 		descDelivered, descFramesWritten, descWrites, descBackpressureCloses, descConnectionsRefused,
 		descIdentLastPublish, descLoginThrottled, descLoginThrottledSources,
+		descMemoryUsed, descMemoryLimit, descPublisherPauses, descPartialCloses,
 	} {
 		ch <- d
 	}
@@ -162,7 +173,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		// Every authenticated ident, both reasons: a dashboard's increase()
 		// shows 0 rather than no data. Only authenticated connections
 		// subscribe, so no close is left out.
-		for _, r := range []string{broker.BackpressureDeadline, broker.BackpressureHardBound} {
+		for _, r := range []string{broker.BackpressureDeadline, broker.BackpressureHardBound, broker.BackpressureMemoryBudget} {
 			counter(descBackpressureCloses, s.Backpressure[broker.BackpressureKey{Ident: id, Reason: r}], id, r)
 		}
 	}
@@ -180,6 +191,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Unlock()
 
 	collectPublishes(ch, s)
+	collectFlow(s, gauge, counter)
+}
+
+// collectFlow exports the memory budget and what flow control did.
+func collectFlow(s *broker.Snapshot, gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, uint64, ...string)) {
+	gauge(descMemoryUsed, float64(s.MemoryUsed))
+	gauge(descMemoryLimit, float64(s.MemoryLimit))
+	counter(descPartialCloses, s.FrameTimeouts, "frame-timeout")
+	counter(descPartialCloses, s.PartialCloses, "memory-budget")
+	for id, st := range s.Idents {
+		counter(descPublisherPauses, st.FlowPauses, id, "flow-control")
+		counter(descPublisherPauses, st.MemoryPauses, id, "memory")
+	}
 }
 
 // collectPublishes exports what each ident published: per channel, and the

@@ -78,6 +78,8 @@ func TestStartupErrors(t *testing.T) {
 		{[]string{"--exporter", "9431", "--auth=env"}, "--exporter"},
 		{[]string{"-e", "tls:interface=127.0.0.1:port=0:cert=missing.crt:key=missing.key", "--auth=env"}, "missing.crt"},
 		{[]string{"--no-such-flag"}, "unknown flag"},
+		{[]string{"--memory-limit=lots", "--auth=env"}, "not a size"},
+		{[]string{"--memory-limit=1MiB", "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0"}, "memory limit 1048576 bytes"},
 		{[]string{"extra-argument", "--auth=env"}, "unknown command"},
 		// Two stores down: pgx names each address it tried on a line of
 		// its own, and each store has its own error.

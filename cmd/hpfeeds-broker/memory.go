@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/hpfeeds-go/hpfeeds/broker"
+)
+
+// byteSize is a flag taking a size in bytes, with or without a suffix
+// (256MiB, 1GB, 1048576).
+type byteSize struct{ v *int64 }
+
+func (b byteSize) String() string {
+	if b.v == nil {
+		return ""
+	}
+	return strings.ReplaceAll(humanize.IBytes(uint64(*b.v)), " ", "")
+}
+
+func (b byteSize) Set(s string) error {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n > math.MaxInt64/2 {
+		return fmt.Errorf("%q is not a size: give bytes, or a number with a suffix such as 256MiB or 1GB", s)
+	}
+	*b.v = int64(n)
+	return nil
+}
+
+func (b byteSize) Type() string { return "BYTES" }
+
+// defaultMemoryLimit is the smaller of 1 GiB and a quarter of the memory
+// the broker may use: the machine's, or its cgroup's if that is smaller.
+func defaultMemoryLimit() int64 {
+	total := meminfoTotal()
+	if cg := cgroupLimit(); cg > 0 && (total == 0 || cg < total) {
+		total = cg
+	}
+	if total <= 0 {
+		return 1 << 30
+	}
+	return min(1<<30, total/4)
+}
+
+// meminfoTotal is MemTotal from /proc/meminfo, or 0.
+func meminfoTotal() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if kb, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(kb, "kB")), 10, 64)
+			return n << 10
+		}
+	}
+	return 0
+}
+
+// cgroupLimit is the memory limit of the broker's cgroup (v2, then v1),
+// or 0 if it has none.
+func cgroupLimit() int64 {
+	for _, p := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || n >= 1<<60 { // "max", or v1's "no limit"
+			return 0
+		}
+		return n
+	}
+	return 0
+}
+
+// applyMemoryLimit makes the Go runtime collect garbage before the heap
+// outgrows the broker's budget, unless GOMEMLIMIT says otherwise.
+func applyMemoryLimit(log *slog.Logger, budget int64) {
+	if budget <= 0 {
+		return
+	}
+	soft := broker.RuntimeMemoryLimit(budget)
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(soft)
+	} else {
+		soft = debug.SetMemoryLimit(-1)
+	}
+	log.Info("memory budget", "queues_and_partial_frames", byteSize{&budget}.String(), "go_memory_limit", byteSize{&soft}.String())
+}
