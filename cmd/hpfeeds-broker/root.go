@@ -292,7 +292,6 @@ func (o *options) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	applyMemoryLimit(log, cfg.MemoryLimit)
 	if bridge != nil {
 		bridge.Attach(b)
 	}
@@ -317,6 +316,7 @@ func (o *options) run(ctx context.Context) error {
 		}
 		defer exporter.Close()
 	}
+	applyMemoryLimit(log, cfg.MemoryLimit)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go o.onHUP(ctx, log, hup, listeners)
