@@ -239,6 +239,9 @@ func Open(ctx context.Context, spec string, opts Options) (Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if spec == KindJSON {
+		return nil, errors.New("json is not a file: give the JSON user file's path, ending .json (e.g. /etc/hpfeeds/users.json)")
+	}
 	open, ok := opener(classify(spec))
 	if !ok {
 		return nil, fmt.Errorf("not a credential store this broker knows (use %s)", strings.Join(Kinds(), ", "))

@@ -143,15 +143,16 @@ func TestDocumentedCommands(t *testing.T) {
 	write(t, filepath.Join(work, "etc/hpfeeds/users.json"), "{}")
 	write(t, filepath.Join(work, "sample.bin"), "\x00\x01binary\xff")
 	selfSigned(t, work)
-	// The default store, as a first run in this directory leaves it.
-	first := exec.Command(filepath.Join(bin, "hpfeeds-broker"), "-e", "tcp:port=0", "--check-config")
-	first.Dir = work
-	if out, err := first.CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
+	// The default stores, as `user init` (docs/stores.md) leaves them: in
+	// the working directory, the image's volume and systemd's state.
+	for _, dir := range []string{work, filepath.Join(work, "app/var"), filepath.Join(work, "var/lib/hpfeeds")} {
+		first := exec.Command(filepath.Join(bin, "hpfeeds-broker"), "user", "init")
+		first.Dir = dir
+		if out, err := first.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
 	}
 
-	pg, my := storetest.PostgreSQL.NewDatabase(t), storetest.MariaDB.NewDatabase(t)
-	mongoURI, _ := storetest.MongoURI(t)
 	storetest.RequireService(t, "127.0.0.1:4222", "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server")
 
 	users := brokertest.NewUsers(
@@ -168,9 +169,6 @@ func TestDocumentedCommands(t *testing.T) {
 		re   *regexp.Regexp
 		with string
 	}{
-		{regexp.MustCompile(`database\+postgresql://[^'"\s]*`), "database+postgresql://postgres@127.0.0.1:5432/" + pg + "?sslmode=disable"},
-		{regexp.MustCompile(`database\+mysql://[^'"\s]*`), "database+mysql://root@127.0.0.1:3306/" + my},
-		{regexp.MustCompile(`mongodb://[^'"\s]*`), mongoURI},
 		{regexp.MustCompile(`nats://[^'"\s]*`), "nats://127.0.0.1:4222"},
 		{regexp.MustCompile(`\bport=\d+`), "port=0"},
 		{regexp.MustCompile(`--exporter[= ](0\.0\.0\.0|127\.0\.0\.1):\d+`), "--exporter=127.0.0.1:0"},
@@ -181,11 +179,9 @@ func TestDocumentedCommands(t *testing.T) {
 		{regexp.MustCompile(`--count 1000000`), "--count 1000"},
 		{regexp.MustCompile(`--duration 10s`), "--duration 1s"},
 	}
-	sqlShell := map[string][]string{
-		"postgresql": {"psql", "-h", "127.0.0.1", "-U", "postgres", "-d", pg, "-v", "ON_ERROR_STOP=1", "-f", "-"},
-		"mariadb":    {"mariadb", "-h", "127.0.0.1", "-u", "root", my},
-		"sqlite":     {"sqlite3", filepath.Join(work, "ddl.db")},
-	}
+	// Each document gets databases of its own, so each can create the
+	// tables its commands need, as a reader following it would.
+	dbs := map[string]*docDatabases{}
 
 	ran := 0
 	for _, b := range blocks(t) {
@@ -195,6 +191,12 @@ func TestDocumentedCommands(t *testing.T) {
 			continue
 		}
 		text := b.text
+		d := dbs[b.file]
+		if d == nil {
+			d = newDocDatabases(t, work)
+			dbs[b.file] = d
+		}
+		text = d.subst(text)
 		for _, s := range subst {
 			text = s.re.ReplaceAllString(text, s.with)
 		}
@@ -205,7 +207,7 @@ func TestDocumentedCommands(t *testing.T) {
 		case strings.HasPrefix(b.lang, "sql:"):
 			for _, db := range strings.Split(strings.TrimPrefix(b.lang, "sql:"), ",") {
 				db = strings.TrimSpace(db)
-				sh, ok := sqlShell[db]
+				sh, ok := d.sqlShell()[db]
 				if !ok {
 					t.Fatalf("%s: run on %q: no such database here", name, db)
 				}
@@ -222,6 +224,62 @@ func TestDocumentedCommands(t *testing.T) {
 	}
 	if ran < 20 {
 		t.Errorf("ran only %d blocks; the extraction is broken", ran)
+	}
+}
+
+// docDatabases are one document's databases, made at its first use.
+type docDatabases struct {
+	t                   *testing.T
+	work, pg, my, mongo string
+}
+
+func newDocDatabases(t *testing.T, work string) *docDatabases {
+	return &docDatabases{t: t, work: work}
+}
+
+var (
+	pgURL    = regexp.MustCompile(`database\+postgresql://[^'"\s]*`)
+	myURL    = regexp.MustCompile(`database\+mysql://[^'"\s]*`)
+	mongoURL = regexp.MustCompile(`mongodb://[^'"\s]*`)
+)
+
+// subst points the database URLs of text at the document's databases.
+func (d *docDatabases) subst(text string) string {
+	if pgURL.MatchString(text) {
+		text = pgURL.ReplaceAllString(text, "database+postgresql://postgres@127.0.0.1:5432/"+d.postgres()+"?sslmode=disable")
+	}
+	if myURL.MatchString(text) {
+		text = myURL.ReplaceAllString(text, "database+mysql://root@127.0.0.1:3306/"+d.mariadb())
+	}
+	if mongoURL.MatchString(text) {
+		if d.mongo == "" {
+			d.mongo, _ = storetest.MongoURI(d.t)
+		}
+		text = mongoURL.ReplaceAllString(text, d.mongo)
+	}
+	return text
+}
+
+func (d *docDatabases) postgres() string {
+	if d.pg == "" {
+		d.pg = storetest.PostgreSQL.NewDatabase(d.t)
+	}
+	return d.pg
+}
+
+func (d *docDatabases) mariadb() string {
+	if d.my == "" {
+		d.my = storetest.MariaDB.NewDatabase(d.t)
+	}
+	return d.my
+}
+
+// sqlShell is each database's shell reading SQL from standard input.
+func (d *docDatabases) sqlShell() map[string][]string {
+	return map[string][]string{
+		"postgresql": {"psql", "-h", "127.0.0.1", "-U", "postgres", "-d", d.postgres(), "-v", "ON_ERROR_STOP=1", "-f", "-"},
+		"mariadb":    {"mariadb", "-h", "127.0.0.1", "-u", "root", d.mariadb()},
+		"sqlite":     {"sqlite3", filepath.Join(d.work, "ddl.db")},
 	}
 }
 

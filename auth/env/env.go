@@ -19,6 +19,7 @@ package env
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
@@ -26,13 +27,14 @@ import (
 
 func init() {
 	auth.Register(auth.KindEnv, func(context.Context, string, auth.Options) (auth.Store, error) {
-		return Store{Getenv: os.Getenv}, nil
+		return Store{Getenv: os.Getenv, Environ: os.Environ}, nil
 	})
 }
 
-// Store looks users up with Getenv.
+// Store looks users up with Getenv, and lists them from Environ.
 type Store struct {
-	Getenv func(string) string
+	Getenv  func(string) string
+	Environ func() []string
 }
 
 // Name is the NAME of the variables of ident.
@@ -76,6 +78,25 @@ func (s Store) Lookup(_ context.Context, ident string) (auth.User, bool, error) 
 		u.Ident = spelling(name)
 	}
 	return u.WithDefaults(), true, nil
+}
+
+// ListUsers implements auth.Lister: every HPFEEDS_<NAME>_SECRET names a
+// user. Listing writes nothing, so the read-only store can list.
+func (s Store) ListUsers(ctx context.Context) ([]auth.User, error) {
+	var users []auth.User
+	for _, kv := range s.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		name, prefixed := strings.CutPrefix(k, "HPFEEDS_")
+		name, suffixed := strings.CutSuffix(name, "_SECRET")
+		if !prefixed || !suffixed || name == "" {
+			continue
+		}
+		if u, found, _ := s.Lookup(ctx, name); found {
+			users = append(users, u)
+		}
+	}
+	slices.SortFunc(users, func(a, b auth.User) int { return strings.Compare(a.Ident, b.Ident) })
+	return users, nil
 }
 
 func (Store) String() string { return "env" }

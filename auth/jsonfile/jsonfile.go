@@ -47,6 +47,11 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// Named by its absolute path in logs and `user` output: a relative one
+	// says nothing about which file a command or broker used.
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
 	s := &Store{path: path, log: log}
 	data, err := os.ReadFile(path)
 	if err != nil {

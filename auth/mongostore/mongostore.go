@@ -312,6 +312,41 @@ func (s *Store) Ping(ctx context.Context) error {
 	return auth.RedactError(c.Database().Client().Ping(ctx, readpref.Primary()), s.spec)
 }
 
+// Check implements auth.Checker: the collection exists. MongoDB creates
+// one at the first insert, but a broker reading a collection nobody wrote
+// to is reading the wrong one (see --mongo-collection).
+func (s *Store) Check(ctx context.Context) error {
+	c, err := s.collection(ctx)
+	if err != nil {
+		return err
+	}
+	names, err := c.Database().ListCollectionNames(ctx, bson.D{{Key: "name", Value: s.coll}})
+	if err != nil {
+		return auth.RedactError(err, s.spec)
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("no collection %s in database %s (pick another with --mongo-collection, or create it with `hpfeeds-broker user init --auth=…`)",
+			s.coll, c.Database().Name())
+	}
+	return nil
+}
+
+// Init implements auth.Initializer: the collection, with a unique index on
+// identifier so no ident has two documents. created reports whether the
+// collection was new.
+func (s *Store) Init(ctx context.Context) (bool, error) {
+	c, err := s.collection(ctx)
+	if err != nil {
+		return false, err
+	}
+	existed := s.Check(ctx) == nil
+	_, err = c.Indexes().CreateOne(ctx, mongo.IndexModel{
+		Keys:    bson.D{{Key: "identifier", Value: 1}},
+		Options: options.Index().SetUnique(true),
+	})
+	return !existed, auth.RedactError(err, s.spec)
+}
+
 // Close disconnects the pool. A dial still under way disconnects the
 // client it makes when it ends.
 func (s *Store) Close() error {

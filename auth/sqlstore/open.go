@@ -5,9 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/go-sql-driver/mysql"
@@ -19,41 +22,117 @@ import (
 
 // authkeysDDL is the Python broker's SQLite table, with a UNIQUE ident
 // (SQLite compares text byte for byte) so no ident has two rows.
-const authkeysDDL = `CREATE TABLE IF NOT EXISTS authkeys (
-	id INTEGER PRIMARY KEY AUTOINCREMENT,
-	owner TEXT, ident TEXT UNIQUE, secret TEXT, pubchans TEXT, subchans TEXT)`
+const authkeysDDL = `CREATE TABLE authkeys (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT, ident TEXT UNIQUE, secret TEXT, pubchans TEXT, subchans TEXT)`
 
-// sqliteDSN opens a SQLite file so that the broker and an operator's
-// sqlite3 shell can both use it: writers wait rather than fail.
-func sqliteDSN(path string) string {
-	return "file:" + path + "?_pragma=busy_timeout(5000)"
+// The documented auth_keys tables of docs/stores.md, with the UNIQUE key
+// on identifier (binary collation on MySQL/MariaDB), one statement each;
+// `hpfeeds-broker user init` runs them. A test holds the docs to them.
+var (
+	PostgreSQLDDL = []string{"CREATE SEQUENCE auth_keys_seq", `CREATE TABLE auth_keys (
+  id int NOT NULL DEFAULT NEXTVAL ('auth_keys_seq'),
+  identifier varchar(36) DEFAULT NULL,
+  secret varchar(36) DEFAULT NULL,
+  publish json DEFAULT NULL,
+  subscribe json DEFAULT NULL,
+  PRIMARY KEY (id),
+  UNIQUE (identifier)
+)`}
+	MySQLDDL = []string{"CREATE TABLE `auth_keys` (\n" +
+		"  `id` int AUTO_INCREMENT NOT NULL,\n" +
+		"  `identifier` varchar(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL,\n" +
+		"  `secret` varchar(36) DEFAULT NULL,\n" +
+		"  `publish` json DEFAULT NULL,\n" +
+		"  `subscribe` json DEFAULT NULL,\n" +
+		"  PRIMARY KEY (`id`),\n" +
+		"  UNIQUE KEY `identifier` (`identifier`)\n" +
+		")"}
+	// SQLiteDDL is auth_keys for database+sqlite: INTEGER PRIMARY KEY is
+	// what makes SQLite number the rows (the MySQL DDL's "int
+	// AUTO_INCREMENT" does not, so its INSERTs fail on a NULL id).
+	SQLiteDDL = []string{`CREATE TABLE auth_keys (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  identifier varchar(36) DEFAULT NULL,
+  secret varchar(36) DEFAULT NULL,
+  publish json DEFAULT NULL,
+  subscribe json DEFAULT NULL,
+  UNIQUE (identifier)
+)`}
+	AuthkeysDDL = []string{authkeysDDL}
+)
+
+// Settings are the SQL stores' settings; pass them to auth.Open in
+// Options.Settings.
+type Settings struct {
+	// Create lets a SQLite store create its database file, and the
+	// authkeys table of --auth=sqlite. Only `hpfeeds-broker user add` and
+	// `user init` set it: a broker started in the wrong directory must
+	// not leave an empty database its operator then fills in vain.
+	Create bool
 }
 
-// OpenSQLite opens (creating if needed) the SQLite file at path with the
-// authkeys table.
-func OpenSQLite(ctx context.Context, path string) (*Store, error) {
-	db, err := sql.Open("sqlite", sqliteDSN(path))
+// sqliteDSN opens a SQLite file so that the broker and an operator's
+// sqlite3 shell can both use it: writers wait rather than fail. Only with
+// create does opening make a missing file.
+func sqliteDSN(path string, create bool) string {
+	mode := "rw"
+	if create {
+		mode = "rwc"
+	}
+	return "file:" + path + "?mode=" + mode + "&_pragma=busy_timeout(5000)"
+}
+
+// OpenSQLite opens the SQLite file at path. Without create, the file and
+// its authkeys table must exist; with create, the file is made at the
+// first use if missing, and Init makes the table. The store is named by
+// the file's absolute path.
+func OpenSQLite(ctx context.Context, path string, create bool) (*Store, error) {
+	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := db.ExecContext(ctx, authkeysDDL); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("creating table authkeys in %s: %w", path, err)
+	if _, err := os.Stat(abs); err != nil && !create {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("no SQLite database at %s: create it with `hpfeeds-broker user init --auth=%s`, or add a first user with `hpfeeds-broker user add --auth=%[2]s --ident=…`", abs, path)
+		}
+		return nil, fmt.Errorf("SQLite database %s: %w", abs, err)
 	}
-	return newStore(db, "sqlite:"+path, dialect{
+	db, err := sql.Open("sqlite", sqliteDSN(abs, create))
+	if err != nil {
+		return nil, err
+	}
+	s := newStore(db, "sqlite:"+abs, dialect{
 		table: "authkeys", identCol: "ident", ownerCol: "owner", secretCol: "secret",
-		pubCol: "pubchans", subCol: "subchans", placeholder: question,
-	}), nil
+		pubCol: "pubchans", subCol: "subchans", placeholder: question, ddl: AuthkeysDDL,
+	})
+	s.file = abs
+	if !create {
+		if err := s.Check(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // OpenDatabase opens a database+ store. It does not connect: a database
 // that is down at start-up only fails logins until it answers.
 // The MySQL driver's own messages (a dropped connection, say) go to log at
 // debug level: the broker's one line per failed lookup already says it.
-func OpenDatabase(spec string, log *slog.Logger) (*Store, error) {
+func OpenDatabase(spec string, log *slog.Logger, create bool) (*Store, error) {
 	driver, dsn, err := DSN(spec)
 	if err != nil {
 		return nil, err
+	}
+	name, file := auth.Redact(spec), ""
+	if driver == "sqlite" {
+		path := sqlitePath(spec)
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, err
+		}
+		// Named by the absolute path, as SQLAlchemy writes it: four slashes.
+		name, dsn, file = "database+sqlite:///"+abs, sqliteDSN(abs, create), abs
 	}
 	var db *sql.DB
 	if driver == "mysql" {
@@ -70,14 +149,21 @@ func OpenDatabase(spec string, log *slog.Logger) (*Store, error) {
 	} else if db, err = sql.Open(driver, dsn); err != nil {
 		return nil, err
 	}
-	ph := question
-	if driver == "pgx" {
-		ph = dollar
-	}
-	return newStore(db, auth.Redact(spec), dialect{
+	d := dialect{
 		table: "auth_keys", identCol: "identifier", secretCol: "secret",
-		pubCol: "publish", subCol: "subscribe", placeholder: ph,
-	}), nil
+		pubCol: "publish", subCol: "subscribe", placeholder: question,
+	}
+	switch driver {
+	case "pgx":
+		d.placeholder, d.ddl = dollar, PostgreSQLDDL
+	case "mysql":
+		d.ddl = MySQLDDL
+	case "sqlite":
+		d.ddl = SQLiteDDL
+	}
+	s := newStore(db, name, d)
+	s.file = file
+	return s, nil
 }
 
 // DSN translates a database+ URL, as the Python broker's databases library
@@ -107,15 +193,21 @@ func DSN(spec string) (driver, dsn string, err error) {
 	case "mysql":
 		return mysqlDSN(rest)
 	case "sqlite":
-		// sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy.
-		path := strings.TrimPrefix(rest[len(scheme)+len("://"):], "/")
-		path, _, _ = strings.Cut(path, "?")
+		path := sqlitePath(spec)
 		if path == "" {
 			return "", "", errors.New("no database file (want database+sqlite:///file.db)")
 		}
-		return "sqlite", sqliteDSN(path), nil
+		return "sqlite", sqliteDSN(path, false), nil
 	}
 	return "", "", fmt.Errorf("unsupported database %q (use postgresql, mysql or sqlite)", scheme)
+}
+
+// sqlitePath is the file of a database+sqlite URL: sqlite:///relative.db
+// and sqlite:////absolute.db, as SQLAlchemy has them.
+func sqlitePath(spec string) string {
+	_, rest, _ := strings.Cut(spec, "://")
+	path, _, _ := strings.Cut(strings.TrimPrefix(rest, "/"), "?")
+	return path
 }
 
 // parseURL parses the URL after "database+". url.Parse quotes the whole URL,

@@ -2,8 +2,9 @@
 //
 //   - the SQLite store (--auth=sqlite, or a path ending .db or .sqlite; the
 //     default is sqlite.db in the working directory): table
-//     authkeys(id, owner, ident, secret, pubchans, subchans), created when
-//     missing, channel lists as JSON text;
+//     authkeys(id, owner, ident, secret, pubchans, subchans), created with
+//     its file only when Settings.Create says so, channel lists as JSON
+//     text;
 //   - the database+ stores (--auth=database+postgresql://…,
 //     database+mysql://…, database+sqlite:///rel.db,
 //     database+sqlite:////abs.db): table auth_keys(id, identifier, secret,
@@ -19,7 +20,10 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
@@ -27,17 +31,19 @@ import (
 
 func init() {
 	openDatabase := func(_ context.Context, spec string, opts auth.Options) (auth.Store, error) {
-		return OpenDatabase(spec, opts.Logger)
+		set, _ := auth.SettingOf[Settings](opts)
+		return OpenDatabase(spec, opts.Logger, set.Create)
 	}
 	// Driver suffixes (database+postgresql+asyncpg) fall back to these.
 	for _, scheme := range []string{"postgresql", "postgres", "mysql", "sqlite"} {
 		auth.Register("database+"+scheme, openDatabase)
 	}
-	auth.Register(auth.KindSQLite, func(ctx context.Context, spec string, _ auth.Options) (auth.Store, error) {
+	auth.Register(auth.KindSQLite, func(ctx context.Context, spec string, opts auth.Options) (auth.Store, error) {
 		if spec == auth.KindSQLite {
 			spec = "sqlite.db"
 		}
-		return OpenSQLite(ctx, spec)
+		set, _ := auth.SettingOf[Settings](opts)
+		return OpenSQLite(ctx, spec, set.Create)
 	})
 }
 
@@ -45,6 +51,7 @@ func init() {
 type dialect struct {
 	table, identCol, ownerCol, secretCol, pubCol, subCol string
 	placeholder                                          func(n int) string
+	ddl                                                  []string // creates the table, as documented
 }
 
 func question(int) string { return "?" }
@@ -54,6 +61,7 @@ func dollar(n int) string { return fmt.Sprintf("$%d", n) }
 type Store struct {
 	db   *sql.DB
 	name string // for logs: the spec with the password hidden
+	file string // a SQLite store's absolute path, which opening never creates
 	d    dialect
 	sel  string
 }
@@ -167,8 +175,49 @@ func (s *Store) DuplicateIdents(ctx context.Context) ([]string, error) {
 
 func (s *Store) String() string { return s.name }
 
+// Check implements auth.Checker: the table and every column the broker
+// reads exist. It reads no row and changes nothing.
+func (s *Store) Check(ctx context.Context) error {
+	cols := []string{s.d.identCol, s.d.secretCol, s.d.pubCol, s.d.subCol}
+	if s.d.ownerCol != "" {
+		cols = append(cols, s.d.ownerCol)
+	}
+	rows, err := s.db.QueryContext(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE 1 = 0", strings.Join(cols, ", "), s.d.table))
+	if err != nil {
+		return fmt.Errorf("table %s with columns %s: %w (create it as docs/stores.md shows, or with `hpfeeds-broker user init --auth=…`)",
+			s.d.table, strings.Join(cols, ", "), err)
+	}
+	return rows.Close()
+}
+
+// Init implements auth.Initializer: it creates the documented table unless
+// Check finds one already.
+func (s *Store) Init(ctx context.Context) (bool, error) {
+	if s.Check(ctx) == nil {
+		return false, nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	for _, stmt := range s.d.ddl {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return false, fmt.Errorf("creating table %s: %w", s.d.table, err)
+		}
+	}
+	return true, tx.Commit()
+}
+
 // Ping checks the database answers.
-func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+func (s *Store) Ping(ctx context.Context) error {
+	if s.file != "" {
+		if _, err := os.Stat(s.file); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("no SQLite database at %s: create it with `hpfeeds-broker user init --auth=%s`", s.file, s.name)
+		}
+	}
+	return s.db.PingContext(ctx)
+}
 
 // Close closes the pool.
 func (s *Store) Close() error { return s.db.Close() }

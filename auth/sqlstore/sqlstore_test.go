@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -23,8 +24,8 @@ func TestDSN(t *testing.T) {
 		{"database+mysql://u@h/hp?ssl=true", "mysql", "u@tcp(h:3306)/hp?tls=true"},
 		{"database+mysql://u@h/hp?unix_socket=/run/mysqld/mysqld.sock", "mysql", "u@unix(/run/mysqld/mysqld.sock)/hp"},
 		{"database+mysql+aiomysql://u@h/hp?timeout=2s", "mysql", "u@tcp(h:3306)/hp?timeout=2s"},
-		{"database+sqlite:///relative.db", "sqlite", "file:relative.db?_pragma=busy_timeout(5000)"},
-		{"database+sqlite:////var/lib/hpfeeds/abs.db", "sqlite", "file:/var/lib/hpfeeds/abs.db?_pragma=busy_timeout(5000)"},
+		{"database+sqlite:///relative.db", "sqlite", "file:relative.db?mode=rw&_pragma=busy_timeout(5000)"},
+		{"database+sqlite:////var/lib/hpfeeds/abs.db", "sqlite", "file:/var/lib/hpfeeds/abs.db?mode=rw&_pragma=busy_timeout(5000)"},
 	} {
 		d, dsn, err := DSN(c.spec)
 		if err != nil {
@@ -58,6 +59,7 @@ func run(t *testing.T, name string, args ...string) {
 
 func TestSQLiteStore(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.db")
+	initSQLite(t, path)
 	st := open(t, path)
 	srv := brokertest.Start(t, st)
 	storetest.ExpectRefused(t, srv.Addr, "sensor", "s3cret")
@@ -140,6 +142,86 @@ func TestLoginStorm(t *testing.T) {
 			srv.Exec(t, db, insertSensor)
 			b := brokertest.Start(t, open(t, spec))
 			storetest.LoginStorm(t, b.Addr, "sensor", "s3cret", "events", 400)
+		})
+	}
+}
+
+// initSQLite creates the SQLite store at path as `user init` does.
+func initSQLite(t *testing.T, path string) {
+	t.Helper()
+	st, err := auth.Open(context.Background(), path, auth.Options{Settings: []any{Settings{Create: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if created, err := st.(auth.Initializer).Init(context.Background()); err != nil || !created {
+		t.Fatalf("init: created %v, %v", created, err)
+	}
+}
+
+// Opening, pinging and checking a SQLite store create nothing: a broker
+// (or --check-config) run in the wrong directory says so and leaves no
+// empty database behind. Init creates the documented table once.
+func TestSQLiteCreatesNothing(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := auth.Open(ctx, filepath.Join(dir, "sqlite.db"), auth.Options{}); err == nil ||
+		!strings.Contains(err.Error(), "no SQLite database at "+filepath.Join(dir, "sqlite.db")) {
+		t.Errorf("missing default store: %v", err)
+	}
+	st := open(t, "database+sqlite:///"+filepath.Join(dir, "db.sqlite"))
+	if err := st.(auth.Pinger).Ping(ctx); err == nil {
+		t.Error("ping of a missing database+sqlite file succeeded")
+	}
+	if err := st.(auth.Checker).Check(ctx); err == nil {
+		t.Error("check of a missing database+sqlite file succeeded")
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("opening created %v", entries)
+	}
+	// A file without the table: named in the error, and not fixed.
+	run(t, "sqlite3", filepath.Join(dir, "db.sqlite"), "CREATE TABLE other (x)")
+	if err := st.(auth.Checker).Check(ctx); err == nil || !strings.Contains(err.Error(), "auth_keys") {
+		t.Errorf("check without the table: %v", err)
+	}
+	for i, want := range []bool{true, false} {
+		created, err := st.(auth.Initializer).Init(ctx)
+		if err != nil || created != want {
+			t.Fatalf("init %d: created %v, %v", i, created, err)
+		}
+	}
+	if err := st.(auth.Checker).Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "sqlite3", filepath.Join(dir, "db.sqlite"), insertSensor)
+	if _, found := storetest.Lookup(t, st, "sensor"); !found {
+		t.Fatal("the documented INSERT did not make a user")
+	}
+}
+
+// Init makes the documented table on each server: checked, with its
+// UNIQUE key refusing a second row for an identifier.
+func TestInitDatabases(t *testing.T) {
+	ctx := context.Background()
+	for _, srv := range storetest.SQLServers {
+		t.Run(srv.Name, func(t *testing.T) {
+			db := srv.NewDatabase(t)
+			st := open(t, srv.URL(db))
+			if err := st.(auth.Checker).Check(ctx); err == nil {
+				t.Fatal("check passed without a table")
+			}
+			for i, want := range []bool{true, false} {
+				if created, err := st.(auth.Initializer).Init(ctx); err != nil || created != want {
+					t.Fatalf("init %d: created %v, %v", i, created, err)
+				}
+			}
+			if err := st.(auth.Checker).Check(ctx); err != nil {
+				t.Fatal(err)
+			}
+			srv.Exec(t, db, insertSensor)
+			if _, err := st.(*Store).db.Exec(insertSensor); err == nil {
+				t.Fatal("a second row for sensor was accepted")
+			}
 		})
 	}
 }

@@ -20,6 +20,8 @@ import (
 
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"gopkg.in/yaml.v3"
+
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 )
 
 // The image, as the Dockerfile builds it. No Docker engine runs here, so
@@ -146,6 +148,7 @@ func TestComposeExamples(t *testing.T) {
 				}
 				dir := t.TempDir()
 				writeCert(t, dir)
+				initSQLite(t, dir) // as the operator does on a new volume (docs/deployment.md)
 				var argv []string
 				for _, a := range args[1:] {
 					a = strings.ReplaceAll(a, "/app/var", dir)
@@ -153,7 +156,9 @@ func TestComposeExamples(t *testing.T) {
 					a = exporter.ReplaceAllString(a, "--exporter=127.0.0.1:0")
 					a = strings.ReplaceAll(a, "device=lan0", "device=lo")
 					// The cluster example's services, as this machine has them.
-					a = strings.ReplaceAll(a, "hpfeeds:${POSTGRES_PASSWORD}@postgres:5432/hpfeeds", "postgres@127.0.0.1:5432/test")
+					if pg := "hpfeeds:${POSTGRES_PASSWORD}@postgres:5432/hpfeeds"; strings.Contains(a, pg) {
+						a = strings.ReplaceAll(a, pg, "postgres@127.0.0.1:5432/"+exampleDB(t))
+					}
 					if strings.HasPrefix(a, "--cluster=") {
 						a = "--cluster=nats://" + natsAddr(t)
 					}
@@ -175,6 +180,27 @@ func TestComposeExamples(t *testing.T) {
 			}
 		})
 	}
+}
+
+// initSQLite creates dir/sqlite.db as `hpfeeds-broker user init` does.
+func initSQLite(t *testing.T, dir string) {
+	t.Helper()
+	if code, out := run(t, nil, "user", "init", "--auth="+filepath.Join(dir, "sqlite.db")); code != 0 {
+		t.Fatalf("user init: %s", out)
+	}
+}
+
+// exampleDB is a database holding the table the cluster example's
+// PostgreSQL creates from examples/cluster/auth_keys.sql.
+func exampleDB(t *testing.T) string {
+	t.Helper()
+	ddl, err := os.ReadFile("../../examples/cluster/auth_keys.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := storetest.PostgreSQL.NewDatabase(t)
+	storetest.PostgreSQL.Exec(t, db, string(ddl))
+	return db
 }
 
 func writeCert(t *testing.T, dir string) {
@@ -215,7 +241,9 @@ func TestSystemdUnit(t *testing.T) {
 	// Its command line is one the broker accepts.
 	for _, l := range strings.Split(unit, "\n") {
 		if rest, ok := strings.CutPrefix(l, "ExecStart=/usr/local/bin/hpfeeds-broker "); ok {
-			argv := strings.Fields(strings.ReplaceAll(rest, "/var/lib/hpfeeds", t.TempDir()))
+			state := t.TempDir()
+			initSQLite(t, state)
+			argv := strings.Fields(strings.ReplaceAll(rest, "/var/lib/hpfeeds", state))
 			for i, a := range argv {
 				argv[i] = regexp.MustCompile(`port=\d+|:9431`).ReplaceAllStringFunc(a, func(m string) string {
 					if m == ":9431" {

@@ -22,7 +22,7 @@ import (
 	_ "github.com/hpfeeds-go/hpfeeds/auth/env"
 	_ "github.com/hpfeeds-go/hpfeeds/auth/jsonfile"
 	"github.com/hpfeeds-go/hpfeeds/auth/mongostore"
-	_ "github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
+	"github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
 	"github.com/hpfeeds-go/hpfeeds/internal/version"
@@ -171,7 +171,7 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 	}
 	var chain auth.Chain
 	for _, spec := range specs {
-		s, err := openStore(ctx, spec, log, o.mongoColl)
+		s, err := openStore(ctx, spec, log, o.mongoColl, false)
 		if err != nil {
 			chain.Close()
 			return nil, err
@@ -200,10 +200,10 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 }
 
 // openStore opens the store of one --auth spec, naming the flag in errors.
-func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl string) (auth.Store, error) {
+func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl string, create bool) (auth.Store, error) {
 	s, err := auth.Open(ctx, spec, auth.Options{
 		Logger:   log,
-		Settings: []any{mongostore.Settings{Collection: mongoColl}},
+		Settings: []any{mongostore.Settings{Collection: mongoColl}, sqlstore.Settings{Create: create}},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--auth=%s: %w", auth.Redact(spec), err)

@@ -7,5 +7,6 @@ CREATE TABLE auth_keys (
   secret varchar(36) DEFAULT NULL,
   publish json DEFAULT NULL,
   subscribe json DEFAULT NULL,
-  PRIMARY KEY (id)
+  PRIMARY KEY (id),
+  UNIQUE (identifier)
 );
