@@ -172,7 +172,7 @@ func TestSessionsFollowTheStore(t *testing.T) {
 	if _, payload, ok := logger.next(5 * time.Second); !ok || payload != "before" {
 		t.Fatalf("logger got %q before the change", payload)
 	}
-	if out, err := exec.Command("sqlite3", db, `UPDATE authkeys SET subchans='["logger"]' WHERE ident='logger'`).CombinedOutput(); err != nil {
+	if out, err := exec.Command("sqlite3", "-cmd", ".timeout 5000", db, `UPDATE authkeys SET subchans='["logger"]' WHERE ident='logger'`).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	waitForLog(t, p, `msg="session follows changed user in the store" ident=logger`)
