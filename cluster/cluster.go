@@ -145,8 +145,37 @@ func New(opts Options) (*Bridge, error) {
 		pending: map[string]bool{}, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		synced: make(chan struct{})}
 	br.out.limit, br.out.wake = opts.QueueBytes, make(chan struct{}, 1)
+	no := br.natsOptions()
+	// A NATS that cannot be reached yet is retried in the background; one
+	// that answers but refuses us is a configuration error, reported now.
+	dialer := &recordingDialer{Dialer: net.Dialer{Timeout: nats.DefaultTimeout}}
+	no = append(no, nats.SetCustomDialer(dialer))
+	nc, err := nats.Connect(opts.URLs, no...)
+	if errors.Is(err, nats.ErrNoServers) && !opts.MustConnect {
+		br.log.Warn("cluster: NATS unreachable at start-up; local delivery works, retrying", "cluster", redact(opts.URLs), "err", dialer.lastErr())
+		nc, err = nats.Connect(opts.URLs, append(no, nats.RetryOnFailedConnect(true))...)
+	}
+	if errors.Is(err, nats.ErrNoServers) {
+		// nats.go says only "no servers available for connection".
+		return nil, fmt.Errorf("--cluster=%s: no NATS server reachable: %w (is nats-server running and listening there?)", redact(opts.URLs), dialer.lastErr())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--cluster=%s: %w (check the --cluster-* credential and TLS flags)", redact(opts.URLs), err)
+	}
+	br.nc = nc
+	// The connect handler runs asynchronously; the connection is up now.
+	br.connected.Store(nc.IsConnected())
+	go br.syncInterest()
+	br.forward.Add(1)
+	go br.forwardLoop()
+	return br, nil
+}
+
+// natsOptions are the connection's settings: its handlers log and track
+// the connection, and the credential and TLS options.
+func (br *Bridge) natsOptions() []nats.Option {
 	no := []nats.Option{
-		nats.Name(opts.Name),
+		nats.Name(br.opts.Name),
 		nats.NoEcho(),
 		nats.MaxReconnects(-1),
 		// Credentials refused later (say, while being rotated) are logged
@@ -186,44 +215,22 @@ func New(opts Options) (*Bridge, error) {
 			br.log.Warn("cluster: NATS error", "err", err)
 		}),
 	}
-	if opts.CredsFile != "" {
-		no = append(no, nats.UserCredentials(opts.CredsFile))
+	if br.opts.CredsFile != "" {
+		no = append(no, nats.UserCredentials(br.opts.CredsFile))
 	}
-	if opts.User != "" {
-		no = append(no, nats.UserInfo(opts.User, opts.Password))
+	if br.opts.User != "" {
+		no = append(no, nats.UserInfo(br.opts.User, br.opts.Password))
 	}
-	if opts.Token != "" {
-		no = append(no, nats.Token(opts.Token))
+	if br.opts.Token != "" {
+		no = append(no, nats.Token(br.opts.Token))
 	}
-	if opts.CAFile != "" {
-		no = append(no, nats.RootCAs(opts.CAFile))
+	if br.opts.CAFile != "" {
+		no = append(no, nats.RootCAs(br.opts.CAFile))
 	}
-	if opts.CertFile != "" {
-		no = append(no, nats.ClientCert(opts.CertFile, opts.KeyFile))
+	if br.opts.CertFile != "" {
+		no = append(no, nats.ClientCert(br.opts.CertFile, br.opts.KeyFile))
 	}
-	// A NATS that cannot be reached yet is retried in the background; one
-	// that answers but refuses us is a configuration error, reported now.
-	dialer := &recordingDialer{Dialer: net.Dialer{Timeout: nats.DefaultTimeout}}
-	no = append(no, nats.SetCustomDialer(dialer))
-	nc, err := nats.Connect(opts.URLs, no...)
-	if errors.Is(err, nats.ErrNoServers) && !opts.MustConnect {
-		br.log.Warn("cluster: NATS unreachable at start-up; local delivery works, retrying", "cluster", redact(opts.URLs), "err", dialer.lastErr())
-		nc, err = nats.Connect(opts.URLs, append(no, nats.RetryOnFailedConnect(true))...)
-	}
-	if errors.Is(err, nats.ErrNoServers) {
-		// nats.go says only "no servers available for connection".
-		return nil, fmt.Errorf("--cluster=%s: no NATS server reachable: %w (is nats-server running and listening there?)", redact(opts.URLs), dialer.lastErr())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("--cluster=%s: %w (check the --cluster-* credential and TLS flags)", redact(opts.URLs), err)
-	}
-	br.nc = nc
-	// The connect handler runs asynchronously; the connection is up now.
-	br.connected.Store(nc.IsConnected())
-	go br.syncInterest()
-	br.forward.Add(1)
-	go br.forwardLoop()
-	return br, nil
+	return no
 }
 
 // recordingDialer dials as nats.go does and keeps the last failure, which

@@ -243,22 +243,9 @@ func (o *options) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	specs, err := o.endpointSpecs()
+	eps, err := o.parseEndpoints()
 	if err != nil {
 		return err
-	}
-	var eps []broker.Endpoint
-	for _, s := range specs {
-		ep, err := broker.ParseEndpoint(s)
-		if err != nil {
-			return err
-		}
-		eps = append(eps, ep)
-	}
-	if o.exporter != "" {
-		if _, _, err := net.SplitHostPort(o.exporter); err != nil {
-			return fmt.Errorf("--exporter %q: want HOST:PORT: %w", o.exporter, err)
-		}
 	}
 	if o.checkConfig {
 		return o.check(ctx, eps)
@@ -296,19 +283,15 @@ func (o *options) run(ctx context.Context) error {
 		bridge.Attach(b)
 	}
 
-	var listeners []*broker.Listener
+	listeners, err := listenAll(ctx, eps, log)
+	if err != nil {
+		return err
+	}
 	defer func() {
 		for _, l := range listeners {
 			l.Close()
 		}
 	}()
-	for _, ep := range eps {
-		l, err := broker.Listen(ctx, ep, log)
-		if err != nil {
-			return err
-		}
-		listeners = append(listeners, l)
-	}
 	var exporter net.Listener
 	if o.exporter != "" {
 		if exporter, err = net.Listen("tcp", o.exporter); err != nil {
@@ -321,26 +304,20 @@ func (o *options) run(ctx context.Context) error {
 	defer stop()
 	go o.onHUP(ctx, log, hup, listeners)
 	log.Info("starting", "name", cfg.Name, "credential_stores", store.String())
+	if exporter != nil {
+		srv := o.serveExporter(log, exporter, b, registry(b, lookups, bridge))
+		defer srv.Close()
+	}
+	return serve(ctx, log, b, listeners)
+}
+
+// serve serves the listeners until ctx ends or one fails, then shuts the
+// broker down.
+func serve(ctx context.Context, log *slog.Logger, b *broker.Broker, listeners []*broker.Listener) error {
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
 		log.Info("listening", "endpoint", l.Endpoint.String(), "addr", l.Addr().String())
 		go func() { errc <- b.Serve(l, l.Endpoint.Mode) }()
-	}
-	if exporter != nil {
-		mux := metrics.Handler(registry(b, lookups, bridge))
-		status.Mount(mux, b, status.Options{StaleAfter: o.staleAfter, Name: cfg.Name, Version: version.String()})
-		srv := &http.Server{
-			Handler:           mux,
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}
-		defer srv.Close()
-		log.Info("serving metrics", "addr", exporter.Addr().String(), "paths", "/metrics /healthz / /connz /chanz /identz")
-		go func() {
-			if err := srv.Serve(exporter); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics exporter stopped", "err", err)
-			}
-		}()
 	}
 	var serveErr error
 	select {
@@ -355,6 +332,64 @@ func (o *options) run(ctx context.Context) error {
 		log.Warn("connections still open at exit", "err", err)
 	}
 	return serveErr
+}
+
+// parseEndpoints parses the endpoints to serve and checks the exporter
+// address's syntax.
+func (o *options) parseEndpoints() ([]broker.Endpoint, error) {
+	specs, err := o.endpointSpecs()
+	if err != nil {
+		return nil, err
+	}
+	var eps []broker.Endpoint
+	for _, s := range specs {
+		ep, err := broker.ParseEndpoint(s)
+		if err != nil {
+			return nil, err
+		}
+		eps = append(eps, ep)
+	}
+	if o.exporter != "" {
+		if _, _, err := net.SplitHostPort(o.exporter); err != nil {
+			return nil, fmt.Errorf("--exporter %q: want HOST:PORT: %w", o.exporter, err)
+		}
+	}
+	return eps, nil
+}
+
+// listenAll binds every endpoint, or none.
+func listenAll(ctx context.Context, eps []broker.Endpoint, log *slog.Logger) ([]*broker.Listener, error) {
+	var listeners []*broker.Listener
+	for _, ep := range eps {
+		l, err := broker.Listen(ctx, ep, log)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return nil, err
+		}
+		listeners = append(listeners, l)
+	}
+	return listeners, nil
+}
+
+// serveExporter serves /metrics, /healthz and the status pages on l until
+// the returned server is closed.
+func (o *options) serveExporter(log *slog.Logger, l net.Listener, b *broker.Broker, reg *prometheus.Registry) *http.Server {
+	mux := metrics.Handler(reg)
+	status.Mount(mux, b, status.Options{StaleAfter: o.staleAfter, Name: o.cfg.Name, Version: version.String()})
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("serving metrics", "addr", l.Addr().String(), "paths", "/metrics /healthz / /connz /chanz /identz")
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics exporter stopped", "err", err)
+		}
+	}()
+	return srv
 }
 
 func registry(b *broker.Broker, lookups *metrics.Lookups, bridge *cluster.Bridge) *prometheus.Registry {
