@@ -98,6 +98,7 @@ type conn struct {
 
 	id       uint64    // unique within the broker, in accept order
 	since    time.Time // accepted
+	addr     string    // the peer's address, for status pages and logs
 	endpoint string    // the listener's endpoint, for status pages and logs
 
 	sess   atomic.Pointer[session] // nil until authenticated
@@ -154,7 +155,8 @@ type connStats struct {
 }
 
 func newConn(b *Broker, nc net.Conn, mode Mode, endpoint string) *conn {
-	c := &conn{b: b, nc: nc, mode: mode, endpoint: endpoint, since: time.Now(), id: b.nextID.Add(1)}
+	c := &conn{b: b, nc: nc, mode: mode, endpoint: endpoint, since: time.Now(), id: b.nextID.Add(1),
+		addr: nc.RemoteAddr().String()}
 	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		c.ip = a.AddrPort().Addr().Unmap()
 	}
@@ -163,7 +165,7 @@ func newConn(b *Broker, nc net.Conn, mode Mode, endpoint string) *conn {
 }
 
 func (c *conn) log() *slog.Logger {
-	l := c.b.cfg.Logger.With("peer", c.nc.RemoteAddr().String())
+	l := c.b.cfg.Logger.With("peer", c.addr)
 	if s := c.sess.Load(); s != nil {
 		l = l.With("ident", s.identStr)
 	}
@@ -230,7 +232,7 @@ func (c *conn) Reason() string {
 
 // logDisconnect writes the INFO line an operator reads next to the login's.
 func (c *conn) logDisconnect(s *session) {
-	c.b.cfg.Logger.Info("disconnect", "ident", s.identStr, "addr", c.nc.RemoteAddr().String(),
+	c.b.cfg.Logger.Info("disconnect", "ident", s.identStr, "addr", c.addr,
 		"duration", time.Since(c.since).Round(time.Millisecond), "reason", c.Reason(),
 		"frames_in", c.framesIn(), "frames_out", c.stats.sentFrames.Load())
 }
@@ -349,7 +351,7 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	b.stats.connectionReady(s.identStr)
 	b.loggedIn(c, s)
 	b.cfg.Logger.Info("login", "ident", s.identStr, "owner", s.owner,
-		"addr", c.nc.RemoteAddr().String(), "endpoint", c.endpoint)
+		"addr", c.addr, "endpoint", c.endpoint)
 	return true
 }
 

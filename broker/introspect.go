@@ -72,6 +72,7 @@ type identRecord struct {
 // loggedIn records a successful login.
 func (b *Broker) loggedIn(c *conn, s *session) {
 	now := time.Now()
+	b.clock.Store(now.UnixNano()) // so no publish of this session is stamped before it began
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	r := b.idents[s.identStr]
@@ -82,7 +83,7 @@ func (b *Broker) loggedIn(c *conn, s *session) {
 	r.owner, r.publisher = s.owner, len(s.pub) > 0
 	r.logins++
 	r.lastLogin = now
-	r.lastAddr = c.nc.RemoteAddr().String()
+	r.lastAddr = c.addr
 }
 
 // loggedOut records an authenticated connection's end. Called with b.mu held.
@@ -130,7 +131,7 @@ func (c *conn) framesIn() uint64 {
 
 func (c *conn) info(subs []string) ConnInfo {
 	i := ConnInfo{
-		ID: c.id, Addr: c.nc.RemoteAddr().String(), Endpoint: c.endpoint, Since: c.since,
+		ID: c.id, Addr: c.addr, Endpoint: c.endpoint, Since: c.since,
 		Subscriptions: subs,
 		FramesOut:     c.stats.sentFrames.Load(),
 		BytesIn:       c.stats.recvBytes.Load(),
@@ -172,10 +173,16 @@ func (b *Broker) Connections() []ConnInfo {
 		}
 		t.mu.RUnlock()
 	}
+	// Only the list is taken under the lock accepts need; a connection
+	// closing meanwhile is still shown, with its final counters.
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := make([]ConnInfo, 0, len(b.conns))
+	conns := make([]*conn, 0, len(b.conns))
 	for c := range b.conns {
+		conns = append(conns, c)
+	}
+	b.mu.Unlock()
+	out := make([]ConnInfo, 0, len(conns))
+	for _, c := range conns {
 		s := subs[c]
 		slices.Sort(s)
 		out = append(out, c.info(s))
@@ -332,7 +339,8 @@ func (b *Broker) background() {
 		select {
 		case <-b.ctx.Done():
 			return
-		case now := <-tick.C:
+		case <-tick.C:
+			now := time.Now()
 			b.clock.Store(now.UnixNano())
 			if n%sampleEvery == 0 {
 				b.rates.add(now, b.channelTotals())

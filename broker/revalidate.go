@@ -78,7 +78,7 @@ func (c *conn) revalidate(u auth.User, found bool) {
 // revoke closes the session with the error a failed login gets.
 func (c *conn) revoke(s *session, why string) {
 	c.setReason(why)
-	c.b.cfg.Logger.Info("session closed: "+why, "ident", s.identStr, "addr", c.nc.RemoteAddr().String())
+	c.b.cfg.Logger.Info("session closed: "+why, "ident", s.identStr, "addr", c.addr)
 	c.q.closeWith(wire.AppendError(nil, wire.AuthFailed(s.identStr)))
 }
 
@@ -104,7 +104,7 @@ func (c *conn) changeSession(old, ns *session) {
 	}
 	c.b.mu.Unlock()
 	c.b.cfg.Logger.Info("session follows changed user in the store", "ident", ns.identStr,
-		"addr", c.nc.RemoteAddr().String(), "owner", ns.owner, "pubchans", ns.pub, "subchans", ns.sub,
+		"addr", c.addr, "owner", ns.owner, "pubchans", ns.pub, "subchans", ns.sub,
 		"dropped_subscriptions", dropped)
 }
 

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,8 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/metrics"
+	"github.com/hpfeeds-go/hpfeeds/status"
 )
 
 // A block is one fenced block of a document that the test must run, or that
@@ -77,7 +80,7 @@ const prelude = `
 set -euo pipefail
 hpfeeds-broker() {
 	case "${1:-}" in
-	user|help|--help|completion) command hpfeeds-broker "$@" ;;
+	user|status|help|--help|--version|completion) command hpfeeds-broker "$@" ;;
 	*)
 		local ep=()
 		case " $* " in *" -e "*|*" --endpoint"*|*" --bind"*) ;; *) ep=(-e tcp:port=0) ;; esac
@@ -161,6 +164,11 @@ func TestDocumentedCommands(t *testing.T) {
 		auth.User{Ident: "bench", Secret: "s3cret", PubChans: []string{"bench"}, SubChans: []string{"bench"}},
 	)
 	tcp := brokertest.Start(t, users)
+	// The TCP broker's exporter, which the status commands read.
+	mux := metrics.Handler(metrics.NewRegistry(tcp.Broker, nil))
+	status.Mount(mux, tcp.Broker, status.Options{})
+	exporter := httptest.NewServer(mux)
+	t.Cleanup(exporter.Close)
 	// The TLS broker serves broker.crt, which the TLS recipe rewrites:
 	// its clients are served the certificate it makes.
 	tls := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+filepath.Join(work, "broker.crt")+":key="+filepath.Join(work, "broker.key"))
@@ -169,6 +177,7 @@ func TestDocumentedCommands(t *testing.T) {
 		re   *regexp.Regexp
 		with string
 	}{
+		{regexp.MustCompile(`http://(127\.0\.0\.1|localhost):9431`), exporter.URL},
 		{regexp.MustCompile(`nats://[^'"\s]*`), "nats://127.0.0.1:4222"},
 		{regexp.MustCompile(`\bport=\d+`), "port=0"},
 		{regexp.MustCompile(`--exporter[= ](0\.0\.0\.0|127\.0\.0\.1):\d+`), "--exporter=127.0.0.1:0"},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -14,24 +15,32 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/metrics"
+	"github.com/hpfeeds-go/hpfeeds/status"
 )
 
 // BenchmarkPublishExporter publishes through a real broker on loopback to
-// subscribers, with no exporter and with the collector registered and
-// scraped over HTTP every 10 ms (far more often than any Prometheus). The
-// broker counts the same way in both; the difference is what scrapes cost.
-// allocs/op counts every goroutine of the process: broker, clients and
-// scraper.
+// subscribers: with no exporter; with the collector registered and scraped
+// over HTTP every 10 ms (far more often than any Prometheus); and with, in
+// the same 10 ms, the status pages requested too (/connz, /chanz, /identz
+// and /, far more often than any person or script). The broker counts the
+// same way in all; the difference is what requests cost. allocs/op counts
+// every goroutine of the process: broker, clients and scraper.
 func BenchmarkPublishExporter(b *testing.B) {
 	const subscribers = 10
-	for _, exporter := range []bool{false, true} {
-		b.Run(fmt.Sprintf("exporter=%v", exporter), func(b *testing.B) {
-			srv := brokertest.Start(b, testUsers())
+	for _, exporter := range []string{"none", "metrics", "metrics+status"} {
+		paths := map[string][]string{
+			"metrics":        {"/metrics"},
+			"metrics+status": {"/metrics", "/connz", "/chanz", "/identz", "/"},
+		}[exporter]
+		b.Run("exporter="+exporter, func(b *testing.B) {
+			srv := brokertest.Start(b, testUsers(), quiet)
 			stop := make(chan struct{})
 			var scrapes sync.WaitGroup
 			nscrapes := 0
-			if exporter {
-				hs := httptest.NewServer(metrics.Handler(metrics.NewRegistry(srv.Broker, nil)))
+			if paths != nil {
+				mux := metrics.Handler(metrics.NewRegistry(srv.Broker, nil))
+				status.Mount(mux, srv.Broker, status.Options{})
+				hs := httptest.NewServer(mux)
 				defer hs.Close()
 				scrapes.Add(1)
 				go func() {
@@ -44,13 +53,15 @@ func BenchmarkPublishExporter(b *testing.B) {
 							return
 						case <-t.C:
 						}
-						resp, err := http.Get(hs.URL + "/metrics")
-						if err != nil {
-							b.Error(err)
-							return
+						for _, path := range paths {
+							resp, err := http.Get(hs.URL + path)
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							io.Copy(io.Discard, resp.Body)
+							resp.Body.Close()
 						}
-						io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
 						nscrapes++
 					}
 				}()
@@ -91,7 +102,7 @@ func BenchmarkPublishExporter(b *testing.B) {
 			close(stop)
 			scrapes.Wait()
 			b.ReportMetric(float64(b.N*subscribers)/b.Elapsed().Seconds(), "deliveries/s")
-			if exporter {
+			if paths != nil {
 				b.ReportMetric(float64(nscrapes), "scrapes")
 			}
 		})
@@ -118,7 +129,7 @@ func BenchmarkScrape(b *testing.B) {
 	for i := range 10 {
 		users.Put(auth.User{Ident: fmt.Sprint("sensor", i), Secret: "s", SubChans: []string{"chan", "other"}})
 	}
-	srv := brokertest.Start(b, users)
+	srv := brokertest.Start(b, users, quiet)
 	hs := httptest.NewServer(metrics.Handler(metrics.NewRegistry(srv.Broker, nil)))
 	defer hs.Close()
 	const conns = 1000
@@ -151,3 +162,6 @@ func BenchmarkScrape(b *testing.B) {
 	}
 	b.ReportMetric(float64(time.Since(start).Microseconds())/100, "µs/snapshot")
 }
+
+// quiet keeps the login and disconnect lines out of benchmark output.
+func quiet(c *broker.Config) { c.Logger = slog.New(slog.DiscardHandler) }

@@ -165,14 +165,23 @@ func parseConnQuery(r *http.Request) (connQuery, error) {
 
 func connz(b *broker.Broker, q connQuery) *Connz {
 	all := b.Connections()
+	// Sorted by pointer: ConnInfo is large, and comparing copies would
+	// allocate two per comparison.
+	ptrs := make([]*broker.ConnInfo, len(all))
+	for i := range all {
+		ptrs[i] = &all[i]
+	}
 	by := sorts[q.sort]
-	slices.SortFunc(all, func(x, y broker.ConnInfo) int {
+	slices.SortFunc(ptrs, func(x, y *broker.ConnInfo) int {
 		// Ties in cid order, so pages do not overlap.
-		return cmp.Or(by(&x, &y), cmp.Compare(x.ID, y.ID))
+		return cmp.Or(by(x, y), cmp.Compare(x.ID, y.ID))
 	})
 	z := &Connz{Now: time.Now(), Total: len(all), Offset: q.offset, Limit: q.limit, Sort: q.sort}
 	lo := min(q.offset, len(all))
 	hi := min(lo+q.limit, len(all))
-	z.Connections = nonNil(all[lo:hi])
+	z.Connections = make([]broker.ConnInfo, 0, hi-lo)
+	for _, c := range ptrs[lo:hi] {
+		z.Connections = append(z.Connections, *c)
+	}
 	return z
 }
