@@ -9,17 +9,20 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/hpfeeds-broker ./c
 
 # Run: the Python image's layout, so its compose files work with the image
 # name swapped. The sqlite3 shell is there for
-# `docker-compose run --rm hpfeeds sqlite3 sqlite.db`.
+# `docker-compose run --rm hpfeeds sqlite3 sqlite.db`. The entrypoint starts
+# as root only to give /app/var to the user hpfeeds (a Python image's
+# volume is root's), then runs the command as hpfeeds (setpriv).
 FROM alpine:3.20
-RUN apk --no-cache add sqlite ca-certificates \
+RUN apk --no-cache add sqlite ca-certificates setpriv \
  && adduser -D -H -u 10001 hpfeeds \
  && mkdir -p /app/bin /app/var \
  && chown hpfeeds:hpfeeds /app/var
 COPY --from=build /out/ /app/bin/
+COPY packaging/docker-entrypoint.sh /app/bin/
 ENV PATH=/app/bin:$PATH
 WORKDIR /app/var
 VOLUME /app/var
-USER hpfeeds
+ENTRYPOINT ["/app/bin/docker-entrypoint.sh"]
 EXPOSE 10000/tcp
 EXPOSE 9431/tcp
 CMD ["/app/bin/hpfeeds-broker", "--endpoint=tcp:port=10000", "--exporter=0.0.0.0:9431", "--auth=/app/var/sqlite.db"]

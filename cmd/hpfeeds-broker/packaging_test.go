@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +28,8 @@ import (
 // The image, as the Dockerfile builds it. No Docker engine runs here, so
 // the Dockerfile is checked by parsing.
 type image struct {
-	cmd     []string
+	cmd        []string
+	entrypoint []string
 	workdir string
 	volumes []string
 	expose  []string
@@ -58,6 +60,8 @@ func parseDockerfile(t *testing.T) image {
 			img = image{} // only the last stage is the image
 		case "cmd":
 			img.cmd = args
+		case "entrypoint":
+			img.entrypoint = args
 		case "workdir":
 			img.workdir = args[0]
 		case "volume":
@@ -88,8 +92,10 @@ func TestDockerfileLayout(t *testing.T) {
 	if !slices.Contains(img.expose, "10000/tcp") || !slices.Contains(img.expose, "9431/tcp") {
 		t.Errorf("expose %v", img.expose)
 	}
-	if img.user == "" || img.user == "root" || img.user == "0" {
-		t.Errorf("runs as %q", img.user)
+	// The entrypoint starts as root to fix the volume's ownership, then
+	// drops to hpfeeds (TestDockerEntrypoint).
+	if img.user != "" || !slices.Equal(img.entrypoint, []string{"/app/bin/docker-entrypoint.sh"}) {
+		t.Errorf("USER %q, ENTRYPOINT %v", img.user, img.entrypoint)
 	}
 	if len(img.cmd) == 0 || img.cmd[0] != "/app/bin/hpfeeds-broker" ||
 		!slices.Contains(img.cmd, "--endpoint=tcp:port=10000") || !slices.Contains(img.cmd, "--exporter=0.0.0.0:9431") ||
@@ -97,8 +103,10 @@ func TestDockerfileLayout(t *testing.T) {
 		t.Errorf("CMD %v", img.cmd)
 	}
 	data, _ := os.ReadFile("../../Dockerfile")
-	if !strings.Contains(string(data), "sqlite") {
-		t.Error("the runtime image lacks the sqlite3 shell")
+	for _, want := range []string{"apk --no-cache add sqlite ca-certificates setpriv", "adduser -D -H -u 10001 hpfeeds", "COPY packaging/docker-entrypoint.sh /app/bin/"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the runtime image lacks %q", want)
+		}
 	}
 }
 
@@ -292,4 +300,49 @@ func startNATS(t *testing.T) (string, *exec.Cmd) {
 	}
 	t.Fatal("nats-server did not start")
 	return "", nil
+}
+
+// The image's entrypoint, run here with a fake /app/var: a volume left by
+// the Python image (root's sqlite.db, a 0600 broker.key) is given to the
+// broker's user, and the command runs as that user and can write the
+// database and read the key. nobody stands for the image's hpfeeds.
+func TestDockerEntrypoint(t *testing.T) {
+	if os.Getuid() != 0 {
+		msg := "the entrypoint's chown needs root"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	// Under /tmp itself: the command, as nobody, must reach the directory.
+	dir, err := os.MkdirTemp("", "app-var")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	initSQLite(t, dir) // as root, as the Python image left it
+	os.WriteFile(filepath.Join(dir, "broker.key"), []byte("key"), 0o600)
+	entrypoint := func(args ...string) (string, error) {
+		cmd := exec.Command("sh", append([]string{"../../packaging/docker-entrypoint.sh"}, args...)...)
+		cmd.Env = append(os.Environ(), "HPFEEDS_USER=nobody", "HPFEEDS_GROUP=nogroup", "HPFEEDS_STATE_DIR="+dir)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := entrypoint(binary, "user", "add", "--auth="+filepath.Join(dir, "sqlite.db"), "--ident=sensor1")
+	if err != nil || !strings.Contains(out, "user sensor1 added") {
+		t.Fatalf("user add through the entrypoint: %v\n%s", err, out)
+	}
+	out, err = entrypoint("sh", "-c", "id -un; cat "+filepath.Join(dir, "broker.key"))
+	if err != nil || out != "nobody\nkey" {
+		t.Fatalf("command ran as, and read: %q (%v)", out, err)
+	}
+	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if st, ok := info.Sys().(*syscall.Stat_t); !ok || st.Uid != 65534 {
+			t.Errorf("%s not given to nobody", p)
+		}
+		return nil
+	})
+	if code, out := run(t, nil, "--check-config", "--auth="+filepath.Join(dir, "sqlite.db")); code != 0 {
+		t.Fatalf("the database after the entrypoint: %s", out)
+	}
 }
