@@ -30,11 +30,11 @@ import (
 type image struct {
 	cmd        []string
 	entrypoint []string
-	workdir string
-	volumes []string
-	expose  []string
-	user    string
-	env     []string
+	workdir    string
+	volumes    []string
+	expose     []string
+	user       string
+	env        []string
 }
 
 func parseDockerfile(t *testing.T) image {
