@@ -4,7 +4,6 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 
 	"bufio"
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -37,21 +36,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// run runs the real binary and returns its exit code and output.
+// run runs the real binary in a directory of its own and returns its exit
+// code and output.
 func run(t *testing.T, env []string, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Dir = t.TempDir()
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), string(out)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, string(out)
+	return runIn(t, t.TempDir(), "", env, args...)
 }
 
 func TestCheckConfig(t *testing.T) {

@@ -341,13 +341,37 @@ func printUsers(out io.Writer, store string, users []auth.User, asJSON bool) err
 }
 
 func newUserShowCmd(us *userStore) *cobra.Command {
+	return newIdentCmd(us, "show", "Show one user (never its secret)", false, func(cmd *cobra.Command, s auth.Store, u auth.User) error {
+		fmt.Fprintf(cmd.OutOrStdout(), "store:    %s\nident:    %s\nowner:    %s\npubchans: %s\nsubchans: %s\n",
+			s, u.Ident, u.Owner, strings.Join(u.PubChans, ","), strings.Join(u.SubChans, ","))
+		return nil
+	})
+}
+
+func newUserRemoveCmd(us *userStore) *cobra.Command {
+	return newIdentCmd(us, "remove", "Remove a user", true, func(cmd *cobra.Command, s auth.Store, u auth.User) error {
+		if _, err := s.(auth.Editor).DeleteUser(cmd.Context(), u.Ident); err != nil {
+			return fmt.Errorf("removing %s from %s: %w", u.Ident, s, err)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "user %s removed from %s\n", u.Ident, s)
+		return nil
+	})
+}
+
+// newIdentCmd is a command on the one user --ident names, spelled as
+// stored; write needs a store that can be written.
+func newIdentCmd(us *userStore, use, short string, write bool, do func(*cobra.Command, auth.Store, auth.User) error) *cobra.Command {
 	var ident string
 	cmd := &cobra.Command{
-		Use:   "show",
-		Short: "Show one user (never its secret)",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := us.open(cmd.Context(), false)
+			open := us.open
+			if write {
+				open = func(ctx context.Context, create bool) (auth.Store, error) { return us.editor(ctx, create) }
+			}
+			s, err := open(cmd.Context(), false)
 			if err != nil {
 				return err
 			}
@@ -356,36 +380,7 @@ func newUserShowCmd(us *userStore) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "store:    %s\nident:    %s\nowner:    %s\npubchans: %s\nsubchans: %s\n",
-				s, u.Ident, u.Owner, strings.Join(u.PubChans, ","), strings.Join(u.SubChans, ","))
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&ident, "ident", "", "the user's `IDENT`")
-	cmd.MarkFlagRequired("ident")
-	return cmd
-}
-
-func newUserRemoveCmd(us *userStore) *cobra.Command {
-	var ident string
-	cmd := &cobra.Command{
-		Use:   "remove",
-		Short: "Remove a user",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := us.editor(cmd.Context(), false)
-			if err != nil {
-				return err
-			}
-			defer e.Close()
-			if _, err := exact(cmd.Context(), e, ident); err != nil {
-				return err
-			}
-			if _, err := e.DeleteUser(cmd.Context(), ident); err != nil {
-				return fmt.Errorf("removing %s from %s: %w", ident, e, err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "user %s removed from %s\n", ident, e)
-			return nil
+			return do(cmd, s, u)
 		},
 	}
 	cmd.Flags().StringVar(&ident, "ident", "", "the user's `IDENT`")
