@@ -32,21 +32,23 @@ import (
 
 // options are the command line's settings.
 type options struct {
-	endpoints   []string
-	auths       []string
-	exporter    string
-	bind        string
-	tlsCert     string
-	tlsKey      string
-	debug       bool
-	logFormat   string
-	logLevel    string
-	staleAfter  time.Duration
-	checkConfig bool
-	mongoColl   string
-	reloaders   []reloader // the stores SIGHUP re-reads
-	cfg         broker.Config
-	cluster     cluster.Options
+	endpoints        []string
+	auths            []string
+	exporter         string
+	webConfig        string
+	exporterMaxConns int
+	bind             string
+	tlsCert          string
+	tlsKey           string
+	debug            bool
+	logFormat        string
+	logLevel         string
+	staleAfter       time.Duration
+	checkConfig      bool
+	mongoColl        string
+	reloaders        []reloader // the stores SIGHUP re-reads
+	cfg              broker.Config
+	cluster          cluster.Options
 }
 
 func newRootCmd() *cobra.Command {
@@ -72,6 +74,8 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.StringArrayVarP(&o.endpoints, "endpoint", "e", nil, "listen on `ENDPOINT`, e.g. tcp:port=10000 or tls:port=10000:cert=broker.crt:key=broker.key (repeatable; default tcp:port=10000)")
 	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory)")
 	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics, /healthz, the status page / and /connz, /chanz, /identz on `HOST:PORT` (off unless given)")
+	f.StringVar(&o.webConfig, "web-config-file", "", "serve --exporter with TLS and/or basic authentication as this `FILE` says (the Prometheus exporter-toolkit web configuration format)")
+	f.IntVar(&o.exporterMaxConns, "exporter-max-connections", metrics.DefaultMaxConns, "connections the --exporter serves at once; more wait to be accepted")
 	f.DurationVar(&o.staleAfter, "stale-after", status.DefaultStaleAfter, "show a sensor as stale once it has published nothing for this `DURATION`")
 	f.DurationVar(&o.cfg.RevalidateEvery, "revalidate-every", broker.DefaultRevalidateEvery, "look up each live session's user again this often: removed users and changed secrets are disconnected, changed channels enforced (`DURATION`; 0: never)")
 	f.StringVar(&o.cfg.Name, "name", broker.DefaultName, "broker `NAME` sent to clients in INFO (at most 255 bytes)")
@@ -334,8 +338,8 @@ func serve(ctx context.Context, log *slog.Logger, b *broker.Broker, listeners []
 	return serveErr
 }
 
-// parseEndpoints parses the endpoints to serve and checks the exporter
-// address's syntax.
+// parseEndpoints parses the endpoints to serve and checks the exporter's
+// flags: its address's syntax and its web configuration file.
 func (o *options) parseEndpoints() ([]broker.Endpoint, error) {
 	specs, err := o.endpointSpecs()
 	if err != nil {
@@ -352,6 +356,14 @@ func (o *options) parseEndpoints() ([]broker.Endpoint, error) {
 	if o.exporter != "" {
 		if _, _, err := net.SplitHostPort(o.exporter); err != nil {
 			return nil, fmt.Errorf("--exporter %q: want HOST:PORT: %w", o.exporter, err)
+		}
+	}
+	if o.webConfig != "" {
+		if o.exporter == "" {
+			return nil, errors.New("--web-config-file applies to --exporter: give both or neither")
+		}
+		if err := metrics.CheckWebConfig(o.webConfig); err != nil {
+			return nil, fmt.Errorf("--web-config-file: %w", err)
 		}
 	}
 	return eps, nil
@@ -378,14 +390,13 @@ func listenAll(ctx context.Context, eps []broker.Endpoint, log *slog.Logger) ([]
 func (o *options) serveExporter(log *slog.Logger, l net.Listener, b *broker.Broker, reg *prometheus.Registry) *http.Server {
 	mux := metrics.Handler(reg)
 	status.Mount(mux, b, status.Options{StaleAfter: o.staleAfter, Name: o.cfg.Name, Version: version.String()})
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	log.Info("serving metrics", "addr", l.Addr().String(), "paths", "/metrics /healthz / /connz /chanz /identz")
+	srv, served := metrics.Server(l, mux, metrics.ServerOptions{
+		WebConfigFile: o.webConfig, MaxConns: o.exporterMaxConns, Logger: log,
+	})
+	log.Info("serving metrics", "addr", l.Addr().String(), "paths", "/metrics /healthz / /connz /chanz /identz",
+		"web_config", o.webConfig)
 	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics exporter stopped", "err", err)
 		}
 	}()
