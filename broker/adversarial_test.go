@@ -67,7 +67,7 @@ func TestConnectionLimits(t *testing.T) {
 		t.Errorf("refused %d, want 50", got)
 	}
 	// 50 refusals, one log line: a flood cannot flood the log.
-	if n := log.Count("connection refused: --max-connections reached"); n != 1 {
+	if n := log.Count("connection refused: connection limit reached (further refusals are logged at most every 10 s)\" reason=max-connections"); n != 1 {
 		t.Errorf("%d log lines for 50 refusals:\n%s", n, log.String())
 	}
 	// The connections already open are served throughout.

@@ -92,8 +92,8 @@ func (b *Broker) refuse(reason string, peer net.Addr) {
 	if reason == RefusedMaxConnectionsPerIP {
 		limit = b.cfg.MaxConnectionsPerIP
 	}
-	b.cfg.Logger.Warn("connection refused: --"+reason+" reached (further refusals are logged at most every 10 s)",
-		slog.Int("limit", limit), slog.String("peer", peer.String()), slog.Uint64("refused", n))
+	b.cfg.Logger.Warn("connection refused: connection limit reached (further refusals are logged at most every 10 s)",
+		slog.String("reason", reason), slog.Int("limit", limit), slog.String("peer", peer.String()), slog.Uint64("refused", n))
 }
 
 // Refused returns how many connections each limit refused.

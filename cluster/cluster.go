@@ -152,15 +152,15 @@ func New(opts Options) (*Bridge, error) {
 	no = append(no, nats.SetCustomDialer(dialer))
 	nc, err := nats.Connect(opts.URLs, no...)
 	if errors.Is(err, nats.ErrNoServers) && !opts.MustConnect {
-		br.log.Warn("cluster: NATS unreachable at start-up; local delivery works, retrying", "cluster", redact(opts.URLs), "err", dialer.lastErr())
+		br.log.Warn("cluster: NATS unreachable at start-up; local delivery works, retrying", "cluster", Redact(opts.URLs), "err", dialer.lastErr())
 		nc, err = nats.Connect(opts.URLs, append(no, nats.RetryOnFailedConnect(true))...)
 	}
 	if errors.Is(err, nats.ErrNoServers) {
 		// nats.go says only "no servers available for connection".
-		return nil, fmt.Errorf("--cluster=%s: no NATS server reachable: %w (is nats-server running and listening there?)", redact(opts.URLs), dialer.lastErr())
+		return nil, fmt.Errorf("%w: %w (is nats-server running and listening there?)", ErrUnreachable, dialer.lastErr())
 	}
 	if err != nil {
-		return nil, fmt.Errorf("--cluster=%s: %w (check the --cluster-* credential and TLS flags)", redact(opts.URLs), err)
+		return nil, fmt.Errorf("joining NATS: %w", err)
 	}
 	br.nc = nc
 	// The connect handler runs asynchronously; the connection is up now.
@@ -260,8 +260,13 @@ func (d *recordingDialer) lastErr() error {
 	return d.last
 }
 
-// redact hides the passwords in a list of NATS URLs.
-func redact(urls string) string {
+// ErrUnreachable is returned by New when no NATS server answered and
+// Options.MustConnect is set. Any other error of New means a NATS answered
+// and refused the connection (credentials, TLS).
+var ErrUnreachable = errors.New("no NATS server reachable")
+
+// Redact hides the passwords in a comma-separated list of NATS URLs.
+func Redact(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, u := range parts {
 		parts[i] = auth.Redact(strings.TrimSpace(u))
@@ -271,14 +276,14 @@ func redact(urls string) string {
 
 func (br *Bridge) checkMaxPayload(nc *nats.Conn) {
 	if max := nc.MaxPayload(); br.opts.MaxFrame > 0 && max < int64(br.opts.MaxFrame) {
-		br.log.Warn("cluster: NATS max_payload is below --max-publish-size: larger messages reach this broker's subscribers only (raise max_payload in the NATS configuration)",
+		br.log.Warn("cluster: NATS max_payload is below the largest PUBLISH this broker accepts: larger messages reach this broker's subscribers only (raise max_payload in the NATS configuration)",
 			"max_payload", max, "max_frame", br.opts.MaxFrame)
 	}
 }
 
 // String names the NATS servers and the subject prefix, without passwords.
 func (br *Bridge) String() string {
-	return redact(br.opts.URLs) + " (subjects " + br.opts.Prefix + ".>)"
+	return Redact(br.opts.URLs) + " (subjects " + br.opts.Prefix + ".>)"
 }
 
 // Attach sets the broker that receives messages from the cluster. Call it

@@ -84,7 +84,7 @@ var (
 	descLoginThrottledSources = prometheus.NewDesc("hpfeeds_broker_login_throttled_sources",
 		"Number of sources whose failed logins are answered late now", nil, nil)
 	descConnectionsRefused = prometheus.NewDesc("hpfeeds_broker_connections_refused_total",
-		"Number of connections closed at accept because --max-connections (reason=max-connections) or --max-connections-per-ip (reason=max-connections-per-ip) was reached",
+		"Number of connections closed at accept because the broker (reason=max-connections) or their source address (reason=max-connections-per-ip) had as many open as allowed",
 		[]string{"reason"}, nil)
 )
 

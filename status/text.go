@@ -3,6 +3,7 @@ package status
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -33,14 +34,17 @@ func Fetch(ctx context.Context, c *http.Client, base string) (*Report, error) {
 	return r, nil
 }
 
+// ErrUnreachable is returned by Fetch when the exporter does not answer.
+var ErrUnreachable = errors.New("exporter not reachable")
+
 func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return fmt.Errorf("--url: %w", err)
+		return fmt.Errorf("not a URL: %w", err)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return fmt.Errorf("exporter not reachable: %w (is the broker running with --exporter at that address?)", err)
+		return fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

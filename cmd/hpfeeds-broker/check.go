@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -86,5 +87,13 @@ func (o *options) joinCluster(log *slog.Logger, cfg broker.Config, mustConnect b
 	opts.Name = "hpfeeds-broker " + cfg.Name
 	opts.MaxFrame = wire.HeaderLen + cfg.MaxPublishSize
 	opts.MustConnect = mustConnect
-	return cluster.New(opts)
+	br, err := cluster.New(opts)
+	if err != nil {
+		hint := ""
+		if !errors.Is(err, cluster.ErrUnreachable) {
+			hint = " (check the --cluster-* credential and TLS flags)"
+		}
+		return nil, fmt.Errorf("--cluster=%s: %w%s", cluster.Redact(opts.URLs), err, hint)
+	}
+	return br, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -50,8 +51,11 @@ rates and connections, read from its exporter (--exporter).`,
 
 func showStatus(ctx context.Context, c *http.Client, url string, asJSON bool, w io.Writer) error {
 	r, err := status.Fetch(ctx, c, url)
+	if errors.Is(err, status.ErrUnreachable) {
+		return fmt.Errorf("%s: %w (is the broker running with --exporter at that address?)", url, err)
+	}
 	if err != nil {
-		return fmt.Errorf("%s: %w", url, err)
+		return fmt.Errorf("--url=%s: %w", url, err)
 	}
 	if asJSON {
 		enc := json.NewEncoder(w)
