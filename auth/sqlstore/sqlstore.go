@@ -178,6 +178,9 @@ func (s *Store) String() string { return s.name }
 // Check implements auth.Checker: the table and every column the broker
 // reads exist. It reads no row and changes nothing.
 func (s *Store) Check(ctx context.Context) error {
+	if err := s.missingFile(); err != nil {
+		return err
+	}
 	cols := []string{s.d.identCol, s.d.secretCol, s.d.pubCol, s.d.subCol}
 	if s.d.ownerCol != "" {
 		cols = append(cols, s.d.ownerCol)
@@ -211,12 +214,23 @@ func (s *Store) Init(ctx context.Context) (bool, error) {
 
 // Ping checks the database answers.
 func (s *Store) Ping(ctx context.Context) error {
-	if s.file != "" {
-		if _, err := os.Stat(s.file); errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("no SQLite database at %s: create it with `hpfeeds-broker user init --auth=%s`", s.file, s.name)
-		}
+	if err := s.missingFile(); err != nil {
+		return err
 	}
 	return s.db.PingContext(ctx)
+}
+
+// missingFile says so when a SQLite store's file is not there: opening it
+// creates nothing, and SQLite's own "unable to open database file" does
+// not say which or why.
+func (s *Store) missingFile() error {
+	if s.file == "" {
+		return nil
+	}
+	if _, err := os.Stat(s.file); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no SQLite database at %s: create it with `hpfeeds-broker user init --auth=%s`", s.file, s.name)
+	}
+	return nil
 }
 
 // Close closes the pool.

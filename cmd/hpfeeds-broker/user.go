@@ -203,7 +203,9 @@ generated and printed once. Creates the SQLite store's file and table if missing
 				rand.Read(b)
 				u.Secret = base64.RawURLEncoding.EncodeToString(b)
 			}
-			e, err := us.editor(cmd.Context(), true)
+			// Only the default SQLite store is created by add; a
+			// database+ file and table are made by init.
+			e, err := us.editor(cmd.Context(), auth.Kind(us.spec) == auth.KindSQLite)
 			if err != nil {
 				return err
 			}
@@ -227,6 +229,12 @@ generated and printed once. Creates the SQLite store's file and table if missing
 func addUser(ctx context.Context, spec string, e auth.Editor, u auth.User) error {
 	if in, ok := e.(auth.Initializer); ok && auth.Kind(spec) == auth.KindSQLite {
 		if _, err := in.Init(ctx); err != nil {
+			return fmt.Errorf("%s: %w", e, err)
+		}
+	}
+	// A database+ table is the operator's to create: say how.
+	if c, ok := e.(auth.Checker); ok && strings.HasPrefix(auth.Kind(spec), "database+") {
+		if err := c.Check(ctx); err != nil {
 			return fmt.Errorf("%s: %w", e, err)
 		}
 	}

@@ -63,6 +63,7 @@ func TestSQLiteCreatedOnlyByUserCommands(t *testing.T) {
 	mustFail(t, dir, "no SQLite database at "+db, "--check-config")
 	mustFail(t, dir, "no SQLite database at "+db, "user", "list")
 	mustFail(t, dir, "no SQLite database at "+filepath.Join(dir, "new.db"), "--check-config", "--auth=database+sqlite:///new.db")
+	mustFail(t, dir, "user init --auth=database+sqlite:///"+filepath.Join(dir, "new.db"), "user", "add", "--auth=database+sqlite:///new.db", "--ident=x")
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Fatalf("left behind: %v", entries)
 	}
