@@ -125,6 +125,7 @@ type conn struct {
 	held         atomic.Int64    // the reader's buffer, as counted in the budget
 	evicted      atomic.Bool     // closed by enforceBudget for its partial frame
 	stalls       []chan struct{} // stalled queues pushed to since the last read
+	readCap      int             // bytes the next read may take; 0: no cap
 	pauseTimer   *time.Timer
 	framed       bool      // authenticated: the frame deadline applies
 	partialSince time.Time // when the frame in progress was first seen

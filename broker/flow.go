@@ -25,6 +25,11 @@ const (
 	// maxStallWaits bounds the stalled subscribers one read waits on; as
 	// they share one deadline, more would not hold the publisher longer.
 	maxStallWaits = 16
+	// stalledRead caps the read after a wait that ran out while a
+	// subscriber was still past its mark: many publishers into one slow
+	// subscriber each get a read every MaxStall, and reads this size keep
+	// what they bring in below what the subscriber drains.
+	stalledRead = 4 << 10
 	// heldMin is the reader buffer size from which a connection's buffer
 	// counts in the memory budget: idle connections' small buffers don't.
 	heldMin = 4 << 10
@@ -209,6 +214,7 @@ func (c *conn) waitStalls() {
 	t := c.timer()
 	t.Reset(MaxStall)
 	paused := false
+	c.readCap = 0
 wait:
 	for _, ch := range c.stalls {
 		select {
@@ -220,6 +226,7 @@ wait:
 		select {
 		case <-ch:
 		case <-t.C:
+			c.readCap = stalledRead
 			break wait
 		}
 	}
@@ -245,6 +252,10 @@ func (c *conn) Read(p []byte) (int, error) {
 		if err := c.framePolicy(); err != nil {
 			return 0, err
 		}
+	}
+	if c.readCap > 0 && len(p) > c.readCap {
+		p = p[:c.readCap]
+		c.readCap = 0
 	}
 	for {
 		n, err := c.nc.Read(p)

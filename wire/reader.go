@@ -80,29 +80,33 @@ func (r *Reader) fill(want int) error {
 	if r.size == 0 {
 		r.size = minReadBuf
 	}
-	if r.start == r.end {
-		r.start, r.end = 0, 0
-		// Empty: the moment to resize without copying.
-		if len(r.buf) != r.size && want <= r.size {
-			r.buf = make([]byte, r.size)
-		}
-	}
+	pending := r.end - r.start
 	if want > MaxReadBuf {
-		// A large frame gets room only as its bytes arrive, half as
-		// much again each time: a header alone, however large its
-		// length, costs nothing, and the buffer is never more than 1.5
-		// times what arrived.
-		want = min(want, max(MaxReadBuf, (r.end-r.start)*3/2))
-	}
-	if r.start+want > len(r.buf) {
-		if want > len(r.buf) {
-			nb := make([]byte, max(want, r.size))
-			r.end = copy(nb, r.buf[r.start:r.end])
-			r.buf, r.start = nb, 0
+		// A large frame gets room only as its bytes arrive: once they
+		// fill the buffer, half as much again. A header alone, however
+		// large its length, costs nothing, and the buffer is never more
+		// than 1.5 times what arrived.
+		if pending < len(r.buf) {
+			want = len(r.buf)
 		} else {
-			r.end = copy(r.buf, r.buf[r.start:r.end])
-			r.start = 0
+			want = min(want, max(MaxReadBuf, pending*3/2))
 		}
+	}
+	if pending == 0 {
+		r.start, r.end = 0, 0
+	}
+	// The buffer takes its new size (or grows to fit the frame in
+	// progress) whenever moving what is pending is due anyway: frames
+	// that straddle every read would otherwise keep it small for ever.
+	if size := max(want, r.size); size != len(r.buf) && (pending == 0 || size > len(r.buf) || r.start+want > len(r.buf)) {
+		nb := make([]byte, size)
+		r.end = copy(nb, r.buf[r.start:r.end])
+		r.buf, r.start = nb, 0
+	} else if r.start+want > len(r.buf) || r.start > 0 && len(r.buf)-r.end < len(r.buf)/8 {
+		// Little room left: move the frame in progress to the front
+		// rather than read a few bytes.
+		r.end = copy(r.buf, r.buf[r.start:r.end])
+		r.start = 0
 	}
 	space := len(r.buf) - r.end
 	n, err := r.r.Read(r.buf[r.end:])

@@ -277,3 +277,31 @@ func TestPublishHead(t *testing.T) {
 		t.Error("SUBSCRIBE read as a PUBLISH")
 	}
 }
+
+// countingReader counts the reads a Reader makes.
+type countingReader struct {
+	r     io.Reader
+	reads int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) { c.reads++; return c.r.Read(p) }
+
+// Frames a little over the smallest buffer, straddling every read, still
+// get batched reads: the buffer grows while reads fill it.
+func TestReaderBatchesStraddlingFrames(t *testing.T) {
+	var stream []byte
+	const n = 2000
+	for range n {
+		stream, _ = AppendPublish(stream, []byte("bench"), []byte("bench"), make([]byte, 256))
+	}
+	cr := &countingReader{r: bytes.NewReader(stream)}
+	rd := NewReader(cr, UniformLimits(1<<20))
+	for i := range n {
+		if _, err := rd.Next(); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+	}
+	if cr.reads > n/20 {
+		t.Errorf("%d reads for %d frames of %d bytes", cr.reads, n, len(stream)/n)
+	}
+}
