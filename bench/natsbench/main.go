@@ -82,7 +82,7 @@ func main() {
 	count := flag.Int("count", 100000, "messages per publisher")
 	duration := flag.Duration("duration", 0, "publish for this long instead of -count")
 	rate := flag.Int("rate", 0, "total messages per second (0: as fast as subscribers keep up)")
-	window := flag.Int("window", 20000, "messages a publisher may be ahead of the subscribers")
+	window := flag.Int("window", 20000, "messages a publisher may be ahead of the subscribers (0: no window, publish as fast as TCP allows)")
 	drain := flag.Duration("drain", 10*time.Second, "")
 	subject := flag.String("subject", "bench", "")
 	flag.Parse()
@@ -158,6 +158,7 @@ func main() {
 			if *rate > 0 {
 				interval = time.Duration(float64(time.Second) * float64(*pubs) / float64(*rate))
 			}
+			paced := *window > 0
 			// Bound what is in flight in bytes too, as hpfeeds bench does.
 			window := int64(max(1, min(*window, (32<<20)/(*size+16))))
 			next := time.Now()
@@ -171,7 +172,7 @@ func main() {
 						time.Sleep(d)
 					}
 					next = next.Add(interval)
-				} else if k%int(min(256, window)) == 0 && *nsubs > 0 {
+				} else if paced && k%int(min(256, window)) == 0 && *nsubs > 0 {
 					for published.Load()-delivered()/int64(*nsubs) > window {
 						time.Sleep(100 * time.Microsecond)
 					}

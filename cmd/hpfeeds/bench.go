@@ -88,7 +88,7 @@ The ident needs permission to publish and subscribe on the channel.`,
 	fl.IntVar(&o.count, "count", 100000, "messages per publisher (unless --duration)")
 	fl.DurationVar(&o.duration, "duration", 0, "publish for this long instead of --count")
 	fl.IntVar(&o.rate, "rate", 0, "total messages per second across publishers (0: as fast as subscribers keep up)")
-	fl.IntVar(&o.window, "window", 20000, "messages a publisher may be ahead of the subscribers (and never more than 32 MiB)")
+	fl.IntVar(&o.window, "window", 20000, "messages a publisher may be ahead of the subscribers (and never more than 32 MiB); 0: no window, publish as fast as TCP allows")
 	fl.DurationVar(&o.drain, "drain", 10*time.Second, "how long to wait for deliveries to stop changing before counting losses")
 	fl.BoolVar(&o.json, "json", false, "print the result as one JSON object")
 	fl.IntVar(&o.subPort, "sub-port", 0, "connect subscribers to this `PORT` of --host instead (another broker of a cluster)")
@@ -364,7 +364,7 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*Ben
 						time.Sleep(d)
 					}
 					next = next.Add(interval)
-				} else if k%int(min(256, window)) == 0 && o.subscribers > 0 {
+				} else if o.window > 0 && k%int(min(256, window)) == 0 && o.subscribers > 0 {
 					for published.Load()-delivered()/int64(o.subscribers) > window {
 						w.Flush()
 						time.Sleep(100 * time.Microsecond)
