@@ -139,7 +139,7 @@ func TestLoginThrottling(t *testing.T) {
 	if n := log.Count("repeated failed logins"); n != 1 {
 		t.Errorf("%d throttling lines, want one for the source:\n%s", n, log.String())
 	}
-	if n := srv.Broker.ErrorCount("", broker.CategoryInvalidSecret); n < after+3 {
+	if n := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidSecret}]; n < after+3 {
 		t.Errorf("invalid-secret %d, want every guess counted", n)
 	}
 }

@@ -63,7 +63,7 @@ func TestConnectionLimits(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		expectRefused(t, dialFrom(t, "127.0.0.1", srv.Addr))
 	}
-	if got := srv.Broker.Refused()[broker.RefusedMaxConnections]; got != 50 {
+	if got := srv.Broker.Snapshot().Refused[broker.RefusedMaxConnections]; got != 50 {
 		t.Errorf("refused %d, want 50", got)
 	}
 	// 50 refusals, one log line: a flood cannot flood the log.
@@ -90,7 +90,7 @@ func TestStoreDownLogsOnce(t *testing.T) {
 		c.ExpectError("Authentication failed for sensor")
 	}
 	brokertest.Eventually(t, "50 store errors counted", func() bool {
-		return srv.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent) == 50
+		return srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryErrorCheckingIdent}] == 50
 	})
 	if n := log.Count("credential lookup failed"); n != 1 {
 		t.Errorf("%d log lines for 50 failed lookups:\n%s", n, log.String())
@@ -112,7 +112,7 @@ func TestConnectionLimitPerIP(t *testing.T) {
 	if _, err := wire.NewReader(other, wire.UniformLimits(1024)).Next(); err != nil {
 		t.Fatalf("127.0.0.2 got no INFO: %v", err)
 	}
-	if got := srv.Broker.Refused()[broker.RefusedMaxConnectionsPerIP]; got != 1 {
+	if got := srv.Broker.Snapshot().Refused[broker.RefusedMaxConnectionsPerIP]; got != 1 {
 		t.Errorf("refused %d, want 1", got)
 	}
 	a.Close()
@@ -241,7 +241,7 @@ func TestAuthFlood(t *testing.T) {
 	if refused.Load() != n {
 		t.Fatalf("%d of %d wrong logins refused with the spec's text", refused.Load(), n)
 	}
-	if got := srv.Broker.ErrorCount("", broker.CategoryInvalidSecret); got != n {
+	if got := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidSecret}]; got != n {
 		t.Errorf("invalid-secret count %d, want %d", got, n)
 	}
 }
@@ -343,7 +343,7 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 	if heap > bound {
 		t.Errorf("peak heap %.1f MiB past the bound %d MiB", float64(heap)/(1<<20), bound>>20)
 	}
-	if got := srv.Broker.ErrorCount("sub", broker.CategoryDeadlineTimerExpired); got != 1 {
+	if got := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "sub", Category: broker.CategoryDeadlineTimerExpired}]; got != 1 {
 		t.Fatalf("stalled subscriber closed %d times", got)
 	}
 	if err := <-stalledDone; err != nil {
@@ -355,7 +355,7 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 // backpressure, then reads what was on its way, the error, and the close.
 func expectBackpressureError(t *testing.T, b *broker.Broker, c *brokertest.Client, ident string) error {
 	deadline := time.Now().Add(time.Minute)
-	for b.ErrorCount(ident, broker.CategoryDeadlineTimerExpired) == 0 {
+	for b.Snapshot().Errors[broker.ErrorKey{Ident: ident, Category: broker.CategoryDeadlineTimerExpired}] == 0 {
 		if time.Now().After(deadline) {
 			return errors.New("the stalled subscriber was never dropped")
 		}

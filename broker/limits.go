@@ -96,8 +96,8 @@ func (b *Broker) refuse(reason string, peer net.Addr) {
 		slog.String("reason", reason), slog.Int("limit", limit), slog.String("peer", peer.String()), slog.Uint64("refused", n))
 }
 
-// Refused returns how many connections each limit refused.
-func (b *Broker) Refused() map[string]uint64 {
+// refused returns how many connections each limit refused.
+func (b *Broker) refused() map[string]uint64 {
 	r := &b.refusals
 	r.mu.Lock()
 	defer r.mu.Unlock()

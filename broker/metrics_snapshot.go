@@ -106,6 +106,7 @@ type Snapshot struct {
 	Lost         map[string]uint64
 	Errors       map[ErrorKey]uint64
 	Backpressure map[BackpressureKey]uint64
+	Refused      map[string]uint64 // connections refused at accept, by limit (RefusedMaxConnections…)
 
 	MemoryUsed    int64  // bytes in the memory budget: send queues and large reader buffers
 	MemoryLimit   int64  // the budget; zero if none
@@ -157,6 +158,7 @@ func (b *Broker) Snapshot() *Snapshot {
 	b.mu.Unlock()
 
 	s.Made = b.stats.made.Load()
+	s.Refused = b.refused()
 	s.Throttle = b.throttle.stats(time.Now())
 	s.MemoryUsed, s.MemoryLimit = b.mem.used.Load(), b.mem.limit
 	s.FrameTimeouts = b.mem.frameTimeouts.Load()

@@ -217,7 +217,9 @@ func TestErrorTable(t *testing.T) {
 			c := brokertest.Dial(t, srv.Addr)
 			c.Send(tc.frames(c)...)
 			c.ExpectError(tc.want)
-			brokertest.Eventually(t, "error counted", func() bool { return srv.Broker.ErrorCount(tc.ident, tc.category) == 1 })
+			brokertest.Eventually(t, "error counted", func() bool {
+				return srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: tc.ident, Category: tc.category}] == 1
+			})
 		})
 	}
 }
@@ -386,7 +388,7 @@ func TestSlowSubscriberHardBound(t *testing.T) {
 	}
 	<-done
 	brokertest.Eventually(t, "backpressure close", func() bool {
-		return srv.Broker.ErrorCount("sub", broker.CategoryDeadlineTimerExpired) == 1
+		return srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "sub", Category: broker.CategoryDeadlineTimerExpired}] == 1
 	})
 	// The stalled subscriber, reading at last, finds the frames that were
 	// already on their way, then the error, then the close.
@@ -428,7 +430,7 @@ func TestBackpressureDeadline(t *testing.T) {
 	}
 	p.Sync("pub")
 	brokertest.Eventually(t, "deadline expiry", func() bool {
-		return srv.Broker.ErrorCount("sub", broker.CategoryDeadlineTimerExpired) == 1
+		return srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "sub", Category: broker.CategoryDeadlineTimerExpired}] == 1
 	})
 	got := 0
 	for {

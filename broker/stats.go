@@ -68,11 +68,3 @@ func (s *stats) backpressureClose(ident, reason string) {
 	s.backpressure[BackpressureKey{ident, reason}]++
 	s.mu.Unlock()
 }
-
-// ErrorCount returns how many connections ended with an error of category
-// for ident ("" for failures before authentication).
-func (b *Broker) ErrorCount(ident, category string) uint64 {
-	b.stats.mu.Lock()
-	defer b.stats.mu.Unlock()
-	return b.stats.errors[ErrorKey{ident, category}]
-}

@@ -219,7 +219,7 @@ func TestBadSecretBacksOff(t *testing.T) {
 	c.Close()
 	// 50+100+200+400+800 ms of (jittered, at least halved) waits fit in
 	// 1.5 s at most about 7 times; a hot loop would be thousands.
-	n := srv.Broker.ErrorCount("", broker.CategoryInvalidSecret)
+	n := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidSecret}]
 	if n < 2 || n > 8 {
 		t.Fatalf("%d attempts in 1.5 s", n)
 	}

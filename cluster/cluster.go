@@ -23,7 +23,6 @@ import (
 	"unicode"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
@@ -473,26 +472,4 @@ func (br *Bridge) Close() {
 		br.nc.Close()
 		br.forward.Wait()
 	})
-}
-
-// Collectors are the bridge's Prometheus series.
-func (br *Bridge) Collectors() []prometheus.Collector {
-	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
-			func() float64 { return float64(v.Load()) })
-	}
-	return []prometheus.Collector{
-		counter("hpfeeds_broker_cluster_messages_forwarded_total", "Messages published on this broker and forwarded to the cluster", &br.forwarded),
-		counter("hpfeeds_broker_cluster_messages_forward_failed_total", "Messages published on this broker that could not be forwarded to the cluster (NATS unreachable, or the message is over its max_payload)", &br.forwardFailed),
-		counter("hpfeeds_broker_cluster_messages_forward_dropped_total", "Messages published on this broker that were not forwarded to the cluster because NATS was not keeping up (the forwarding queue was full)", &br.dropped),
-		counter("hpfeeds_broker_cluster_messages_received_total", "Messages received from the cluster and delivered to local subscribers", &br.received),
-		counter("hpfeeds_broker_cluster_messages_rejected_total", "Messages received from the cluster that were not well-formed PUBLISH frames", &br.rejected),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hpfeeds_broker_cluster_connected", Help: "1 while connected to NATS, 0 otherwise"},
-			func() float64 {
-				if br.connected.Load() {
-					return 1
-				}
-				return 0
-			}),
-	}
 }

@@ -140,7 +140,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 	gauge(descClientConnections, float64(s.Connections))
 	counter(descConnectionMade, s.Made)
-	for reason, n := range c.b.Refused() {
+	for reason, n := range s.Refused {
 		counter(descConnectionsRefused, n, reason)
 	}
 	counter(descLoginThrottled, s.Throttle.Delayed)

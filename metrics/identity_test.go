@@ -82,7 +82,7 @@ func spellingsAddNoSeries(t *testing.T, st auth.Store, others []string) {
 	}
 	e.waitValue(t, 1, "hpfeeds_broker_client_connections")
 	before := seriesCount(e.scrape(t))
-	invalid := e.Broker.ErrorCount("", broker.CategoryInvalidIdent)
+	invalid := e.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidIdent}]
 	for _, ident := range others {
 		err := storetest.TryLogin(e.Addr, ident, "s3cret", "events")
 		if err == nil || err.Error() != "Authentication failed for "+ident {
@@ -97,7 +97,7 @@ func spellingsAddNoSeries(t *testing.T, st auth.Store, others []string) {
 	if after := seriesCount(sc); after != before {
 		t.Errorf("%d series after %d spellings, %d before:\n%s", after, len(others), before, sc.text)
 	}
-	if n := e.Broker.ErrorCount("", broker.CategoryInvalidIdent); n != invalid+uint64(len(others)) {
+	if n := e.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidIdent}]; n != invalid+uint64(len(others)) {
 		t.Errorf("invalid-ident went from %d to %d, want %d more", invalid, n, len(others))
 	}
 	expect(t, sc, 3, "hpfeeds_broker_connection_ready_total", "ident", "sensor")

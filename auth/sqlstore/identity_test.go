@@ -36,12 +36,12 @@ func TestCollationCollision(t *testing.T) {
 			storetest.ExpectLogin(t, b.Addr, "Alice", "upper", "events")
 			storetest.ExpectLogin(t, b.Addr, "alice", "lower", "events")
 			storetest.ExpectRefused(t, b.Addr, "alice", "upper")
-			before := b.Broker.ErrorCount("", broker.CategoryInvalidIdent)
+			before := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidIdent}]
 			for _, spelling := range []string{"ALICE", "aLiCe", "alice ", "Alice  "} {
 				storetest.ExpectRefused(t, b.Addr, spelling, "upper")
 				storetest.ExpectRefused(t, b.Addr, spelling, "lower")
 			}
-			if n := b.Broker.ErrorCount("", broker.CategoryInvalidIdent); n != before+8 {
+			if n := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidIdent}]; n != before+8 {
 				t.Errorf("invalid-ident went from %d to %d, want 8 more: other spellings must fail as unknown idents", before, n)
 			}
 			dups, err := st.(auth.DuplicateFinder).DuplicateIdents(context.Background())
@@ -100,10 +100,10 @@ func TestImpossibleIdentsAreNotStoreErrors(t *testing.T) {
 			for _, ident := range []string{"", "sen\x00sor", "sensor\xff", "\xc3"} {
 				storetest.ExpectRefused(t, b.Addr, ident, "s3cret")
 			}
-			if n := b.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent); n != 0 {
+			if n := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryErrorCheckingIdent}]; n != 0 {
 				t.Errorf("%d store errors, want none", n)
 			}
-			if n := b.Broker.ErrorCount("", broker.CategoryInvalidIdent); n != 4 {
+			if n := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidIdent}]; n != 4 {
 				t.Errorf("invalid-ident %d, want 4", n)
 			}
 			storetest.ExpectLogin(t, b.Addr, "sensor", "s3cret", "events")

@@ -177,13 +177,13 @@ func Outage(t *testing.T, st auth.Store, proxy *tcpproxy.Proxy, ident, secret, c
 		apply func()
 	}{{"cut", proxy.Cut}, {"stall", proxy.Stall}} {
 		fault.apply()
-		refusedBefore := srv.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent)
+		refusedBefore := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryErrorCheckingIdent}]
 		start := time.Now()
 		ExpectRefused(t, srv.Addr, ident, secret)
 		if d := time.Since(start); d > lookupTimeout+2*time.Second {
 			t.Errorf("%s: the login was refused after %v; the lookup timeout is %v", fault.name, d, lookupTimeout)
 		}
-		if n := srv.Broker.ErrorCount("", broker.CategoryErrorCheckingIdent); n != refusedBefore+1 {
+		if n := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryErrorCheckingIdent}]; n != refusedBefore+1 {
 			t.Errorf("%s: error-checking-ident went from %d to %d, want one more", fault.name, refusedBefore, n)
 		}
 		before.roundTrip(t, fault.name)

@@ -406,7 +406,7 @@ func (o *options) serveExporter(log *slog.Logger, l net.Listener, b *broker.Brok
 func registry(b *broker.Broker, lookups *metrics.Lookups, bridge *cluster.Bridge) *prometheus.Registry {
 	reg := metrics.NewRegistry(b, lookups)
 	if bridge != nil {
-		reg.MustRegister(bridge.Collectors()...)
+		reg.MustRegister(metrics.NewClusterCollector(bridge.Stats))
 	}
 	return reg
 }
