@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
@@ -288,6 +289,21 @@ func TestTLSFlags(t *testing.T) {
 	}
 	if out, code := hpfeeds(t, args(old.Addr, "publish", "-c", "c1", "--insecure-skip-verify", "--tls-ca", bare, "x")...); code == 0 {
 		t.Errorf("--insecure-skip-verify with --tls-ca accepted: %s", out)
+	}
+}
+
+// Plain TCP against a TLS endpoint and TLS against a plain one: each
+// error says which flag to change.
+func TestTLSMismatchHints(t *testing.T) {
+	cert, key := selfSigned(t, "broker.example")
+	short := func(c *broker.Config) { c.AuthTimeout = time.Second }
+	tlsSrv := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+cert+":key="+key, short)
+	if out, code := hpfeeds(t, args(tlsSrv.Addr, "publish", "-c", "c1", "x")...); code == 0 || !strings.Contains(out, "connect with --tls or --tls-ca FILE") {
+		t.Errorf("plain TCP to TLS: exit %d: %s", code, out)
+	}
+	plain := brokertest.Start(t, users)
+	if out, code := hpfeeds(t, args(plain.Addr, "publish", "-c", "c1", "--tls-ca", cert, "x")...); code == 0 || !strings.Contains(out, "the endpoint speaks plain TCP") {
+		t.Errorf("TLS to plain TCP: exit %d: %s", code, out)
 	}
 }
 

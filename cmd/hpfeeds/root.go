@@ -108,7 +108,12 @@ func (f *connFlags) dial(ctx context.Context, errw io.Writer) (*client.Client, e
 	c, err := client.Dial(ctx, cfg)
 	var hostErr x509.HostnameError
 	var authErr x509.UnknownAuthorityError
+	var recErr tls.RecordHeaderError
 	switch {
+	case cfg.TLS == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
+		return nil, fmt.Errorf("%w (closed before INFO: if the endpoint is tls:, connect with --tls or --tls-ca FILE)", err)
+	case errors.As(err, &recErr):
+		return nil, fmt.Errorf("%w (the endpoint speaks plain TCP: leave out --tls and the --tls-* flags)", err)
 	case errors.As(err, &hostErr):
 		return nil, fmt.Errorf("%w (the certificate does not name %q: connect with --tls-server-name NAME, a name it holds, or reissue it with a subjectAltName for %q, see docs/broker.md)", err, hostErr.Host, hostErr.Host)
 	case errors.As(err, &authErr):
