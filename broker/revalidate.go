@@ -31,7 +31,10 @@ func (b *Broker) revalidateLoop() {
 }
 
 // revalidate looks up each live session's ident once and applies the
-// answer to its connections. A store that cannot answer changes nothing.
+// answer to its connections. A store that cannot answer changes nothing,
+// and ends the round: while it is down each lookup would wait for the
+// lookup timeout. Idents are taken in random order (a map's), so one whose
+// row is broken does not keep the others from their turn.
 func (b *Broker) revalidate() {
 	byIdent := map[string][]*conn{}
 	b.mu.Lock()
@@ -43,7 +46,7 @@ func (b *Broker) revalidate() {
 	b.mu.Unlock()
 	for ident, conns := range byIdent {
 		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
-		u, found, err := b.cfg.Auth.Lookup(ctx, ident)
+		u, found, err := auth.Find(ctx, b.cfg.Auth, ident) // as at login: the identifier byte for byte
 		cancel()
 		if b.ctx.Err() != nil {
 			return
@@ -53,9 +56,8 @@ func (b *Broker) revalidate() {
 				b.cfg.Logger.Warn("credential lookup failed while revalidating sessions; they stay as they are (further failures are logged at most every 10 s)",
 					"ident", ident, "store", b.cfg.Auth.String(), "err", err, "failed", n)
 			}
-			continue
+			return
 		}
-		u.Ident = ident
 		for _, c := range conns {
 			c.revalidate(u, found)
 		}

@@ -1,10 +1,13 @@
 package broker_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,7 +18,7 @@ import (
 
 // startRevalidating serves users with a short revalidation period, logging
 // into the returned log.
-func startRevalidating(t *testing.T, users *brokertest.Users) (*brokertest.Server, *brokertest.Log) {
+func startRevalidating(t *testing.T, users auth.Store) (*brokertest.Server, *brokertest.Log) {
 	log := &brokertest.Log{}
 	srv := brokertest.Start(t, users, func(c *broker.Config) {
 		c.RevalidateEvery = 20 * time.Millisecond
@@ -200,5 +203,38 @@ func TestLoginAndDisconnectLogLines(t *testing.T) {
 	if out["level"] != "INFO" || out["ident"] != "both" || out["reason"] != "closed by the client" ||
 		out["frames_in"] != 5.0 || out["frames_out"] != 2.0 || out["duration"] == nil || out["addr"] != in["addr"] {
 		t.Errorf("disconnect line %v", out)
+	}
+}
+
+// outageStore answers from users until down is set, then fails every
+// lookup, as a database that went away.
+type outageStore struct {
+	*brokertest.Users
+	down atomic.Bool
+}
+
+func (s *outageStore) Lookup(ctx context.Context, ident string) (auth.User, bool, error) {
+	if s.down.Load() {
+		return auth.User{}, false, errors.New("connection refused")
+	}
+	return s.Users.Lookup(ctx, ident)
+}
+
+// A store that cannot answer closes no session: an outage of the database
+// must not disconnect every sensor. Its failures are logged once.
+func TestRevalidateStoreDownKeepsSessions(t *testing.T) {
+	store := &outageStore{Users: testUsers()}
+	srv, log := startRevalidating(t, store)
+	c := brokertest.Login(t, srv.Addr, "both", "bothsecret")
+	c.Sync("both")
+	store.down.Store(true)
+	brokertest.Eventually(t, "a failed revalidation", func() bool {
+		return log.Count("credential lookup failed while revalidating sessions") == 1
+	})
+	time.Sleep(100 * time.Millisecond) // five more revalidations
+	c.Send(brokertest.Subscribe(t, "both", "chan"), brokertest.Publish(t, "both", "chan", "still here"))
+	c.ExpectMessage("both", "chan", "still here")
+	if n := log.Count("credential lookup failed while revalidating sessions"); n != 1 {
+		t.Errorf("%d lines for the outage, want 1 (then at most one per 10 s):\n%s", n, log)
 	}
 }

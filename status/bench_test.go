@@ -4,17 +4,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
-	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/status"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // BenchmarkStatusPages is one request to each status endpoint of a broker
@@ -38,16 +35,13 @@ func BenchmarkStatusPages(b *testing.B) {
 	hs := httptest.NewServer(mux)
 	defer hs.Close()
 	for i := range conns {
-		login(b, srv.Addr, fmt.Sprint("sensor", i%idents), chans[i%len(chans)])
+		ident := fmt.Sprint("sensor", i%idents)
+		c := brokertest.Login(b, srv.Addr, ident, "s")
+		c.Send(brokertest.Subscribe(b, ident, chans[i%len(chans)]), brokertest.Publish(b, ident, "events", "hello"))
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for srv.Broker.Snapshot().Owners[broker.IdentOwner{Ident: "sensor0", Owner: "sensor0"}] != conns/idents ||
-		len(srv.Broker.Connections()) != conns {
-		if time.Now().After(deadline) {
-			b.Fatal("connections never all arrived")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	brokertest.Eventually(b, "every connection authenticated", func() bool {
+		return srv.Broker.Snapshot().Owners[broker.IdentOwner{Ident: "sensor0", Owner: "sensor0"}] == conns/idents
+	})
 	for _, path := range []string{"/connz", "/connz?sort=last&limit=10", "/chanz", "/identz", "/"} {
 		b.Run(path, func(b *testing.B) {
 			b.ReportAllocs()
@@ -67,25 +61,4 @@ func BenchmarkStatusPages(b *testing.B) {
 			srv.Broker.Connections()
 		}
 	})
-}
-
-// login authenticates as ident, subscribes to channel and publishes once,
-// by hand: 5,000 clients of the client package would cost more goroutines
-// than the broker under test.
-func login(b *testing.B, addr, ident, channel string) {
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { nc.Close() })
-	info, err := wire.NewReader(nc, wire.UniformLimits(1<<10)).Next()
-	if err != nil {
-		b.Fatal(err)
-	}
-	f, _ := wire.AppendAuth(nil, info.Payload, ident, "s")
-	f, _ = wire.AppendSubscribe(f, []byte(ident), []byte(channel))
-	f, _ = wire.AppendPublish(f, []byte(ident), []byte("events"), []byte("hello"))
-	if _, err := nc.Write(f); err != nil {
-		b.Fatal(err)
-	}
 }

@@ -196,3 +196,36 @@ func waitForLog(t *testing.T, p *brokerProcess, want string) {
 	t.Helper()
 	waitLog(t, p, want, 1)
 }
+
+// --watch redraws until interrupted, then exits 0.
+func TestStatusWatch(t *testing.T) {
+	p := startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0")
+	cmd := exec.Command(binary, "status", "--url", "http://"+p.exporter, "--watch")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	const clear = "\033[H\033[2J"
+	var seen strings.Builder
+	buf := make([]byte, 4096)
+	for strings.Count(seen.String(), clear) < 3 {
+		n, err := out.Read(buf)
+		if err != nil {
+			t.Fatalf("status --watch stopped: %v after:\n%s", err, seen.String())
+		}
+		seen.Write(buf[:n])
+	}
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("interrupted: %v", err)
+	}
+	for _, frame := range strings.Split(seen.String(), clear)[1:3] {
+		if !strings.HasPrefix(frame, "SENSORS (0 idents") || !strings.Contains(frame, "CONNECTIONS (0 of 0)") {
+			t.Errorf("a redraw shows %q", frame)
+		}
+	}
+}
