@@ -49,10 +49,10 @@ func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("GET %s: %s: %s", req.URL.Redacted(), resp.Status, strings.TrimSpace(string(msg)))
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		return fmt.Errorf("GET %s: not a status answer (is it an hpfeeds broker's exporter?): %w", url, err)
+		return fmt.Errorf("GET %s: not a status answer (is it an hpfeeds broker's exporter?): %w", req.URL.Redacted(), err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hpfeeds-go/hpfeeds/status"
 )
@@ -227,5 +230,42 @@ func TestStatusWatch(t *testing.T) {
 		if !strings.HasPrefix(frame, "SENSORS (0 idents") || !strings.Contains(frame, "CONNECTIONS (0 of 0)") {
 			t.Errorf("a redraw shows %q", frame)
 		}
+	}
+}
+
+// An exporter behind --web-config-file (TLS and basic authentication):
+// the status command takes the password in the URL and the CA with
+// --tls-ca, and says in one line when the password is missing.
+func TestStatusBehindWebConfig(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "exporter.crt"), filepath.Join(dir, "exporter.key")
+	if out, err := exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+		"-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+		"-keyout", key, "-out", cert).CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "web.yml")
+	os.WriteFile(cfg, fmt.Appendf(nil, "tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  ops: %s\n", cert, key, hash), 0o600)
+	p := startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0", "--web-config-file", cfg)
+
+	code, out := run(t, nil, "status", "--url", "https://ops:s3cret@"+p.exporter, "--tls-ca", cert)
+	if code != 0 || !strings.Contains(out, "CONNECTIONS (0 of 0)") {
+		t.Errorf("with the password: exit %d:\n%s", code, out)
+	}
+	code, out = run(t, nil, "status", "--url", "https://"+p.exporter, "--tls-ca", cert)
+	if code != 1 || strings.Count(out, "\n") != 1 || !strings.Contains(out, "401 Unauthorized") {
+		t.Errorf("without the password: exit %d: %q", code, out)
+	}
+	code, out = run(t, nil, "status", "--url", "https://ops:wrong@"+p.exporter, "--tls-ca", cert)
+	if code != 1 || !strings.Contains(out, "401 Unauthorized") || strings.Contains(out, "wrong") {
+		t.Errorf("a wrong password: exit %d: %q (the password must not be shown)", code, out)
+	}
+	code, out = run(t, nil, "status", "--url", "https://ops:s3cret@"+p.exporter)
+	if code != 1 || strings.Count(out, "\n") != 1 || !strings.Contains(out, "certificate") {
+		t.Errorf("without --tls-ca: exit %d: %q", code, out)
 	}
 }
