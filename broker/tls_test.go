@@ -1,15 +1,8 @@
 package broker_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
+	"github.com/hpfeeds-go/hpfeeds/internal/testcert"
 	"os"
 	"path/filepath"
 	"sync"
@@ -21,62 +14,6 @@ import (
 )
 
 // testCA issues certificates for 127.0.0.1.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newCA(t *testing.T) *testCA {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-// issue returns PEM cert and key for 127.0.0.1 with the given serial.
-func (ca *testCA) issue(t *testing.T, serial int64) (certPEM, keyPEM []byte) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: "broker"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
 func writeAtomic(t *testing.T, path string, data []byte) {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
@@ -89,9 +26,9 @@ func writeAtomic(t *testing.T, path string, data []byte) {
 
 // dialTLS connects, authenticates and returns the client and the serial of
 // the certificate the broker presented.
-func dialTLS(t *testing.T, addr string, ca *testCA) (*brokertest.Client, int64) {
+func dialTLS(t *testing.T, addr string, ca *testcert.CA) (*brokertest.Client, int64) {
 	t.Helper()
-	tc, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1"})
+	tc, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,10 +39,10 @@ func dialTLS(t *testing.T, addr string, ca *testCA) (*brokertest.Client, int64) 
 }
 
 func TestTLSAndCertificateRollover(t *testing.T) {
-	ca := newCA(t)
+	ca := testcert.NewCA(t)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
-	c1, k1 := ca.issue(t, 100)
+	c1, k1 := ca.Issue(t, 100, "127.0.0.1")
 	writeAtomic(t, certFile, c1)
 	writeAtomic(t, keyFile, k1)
 
@@ -119,7 +56,7 @@ func TestTLSAndCertificateRollover(t *testing.T) {
 
 	// A renewal: new key first, then the certificate, each atomically. In
 	// between the pair does not match and the old one must stay.
-	c2, k2 := ca.issue(t, 200)
+	c2, k2 := ca.Issue(t, 200, "127.0.0.1")
 	writeAtomic(t, keyFile, k2)
 	writeAtomic(t, certFile, c2)
 	brokertest.Eventually(t, "new certificate served", func() bool {
@@ -143,10 +80,10 @@ func TestTLSAndCertificateRollover(t *testing.T) {
 // certbot's layout: live/broker.crt is a symlink into archive/, and a
 // renewal repoints the symlink.
 func TestTLSCertificateSymlinkSwap(t *testing.T) {
-	ca := newCA(t)
+	ca := testcert.NewCA(t)
 	dir := t.TempDir()
-	c1, k1 := ca.issue(t, 1)
-	c2, k2 := ca.issue(t, 2)
+	c1, k1 := ca.Issue(t, 1, "127.0.0.1")
+	c2, k2 := ca.Issue(t, 2, "127.0.0.1")
 	for name, data := range map[string][]byte{"cert1.pem": c1, "key1.pem": k1, "cert2.pem": c2, "key2.pem": k2} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			t.Fatal(err)
@@ -191,10 +128,10 @@ func TestTLSRefusesMissingCertificate(t *testing.T) {
 // subscriber keeps receiving: no handshake fails (each sees the old or the
 // new certificate, never a mismatched pair) and no message is lost.
 func TestTLSRotationUnderLoad(t *testing.T) {
-	ca := newCA(t)
+	ca := testcert.NewCA(t)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
-	c1, k1 := ca.issue(t, 1)
+	c1, k1 := ca.Issue(t, 1, "127.0.0.1")
 	writeAtomic(t, certFile, c1)
 	writeAtomic(t, keyFile, k1)
 	srv := brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
@@ -218,7 +155,7 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 					return
 				default:
 				}
-				tc, err := tls.Dial("tcp", srv.Addr, &tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1"})
+				tc, err := tls.Dial("tcp", srv.Addr, &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1"})
 				if err != nil {
 					failures.Add(1)
 					t.Errorf("handshake during rotation: %v", err)
@@ -232,7 +169,7 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 	}
 	const perRound = 200
 	for round := int64(2); round <= 6; round++ {
-		c, k := ca.issue(t, round)
+		c, k := ca.Issue(t, round, "127.0.0.1")
 		writeAtomic(t, keyFile, k)
 		for i := 0; i < perRound/2; i++ {
 			p.Send(brokertest.Publish(t, "both", "chan", "m"))

@@ -326,30 +326,32 @@ func (c *Client) send(frame []byte, queue bool) error {
 
 // Subscribe subscribes to channels, now and after every reconnection.
 func (c *Client) Subscribe(channels ...string) error {
-	for _, ch := range channels {
-		frame, err := wire.AppendSubscribe(nil, []byte(c.cfg.Ident), []byte(ch))
-		if err != nil {
-			return err
-		}
-		c.mu.Lock()
-		c.subs[ch] = true
-		c.mu.Unlock()
-		if err := c.send(frame, false); err != nil {
-			return err
-		}
-	}
-	return nil
+	return c.follow(true, channels)
 }
 
 // Unsubscribe stops receiving channels.
 func (c *Client) Unsubscribe(channels ...string) error {
+	return c.follow(false, channels)
+}
+
+// follow subscribes to or unsubscribes from channels, remembering which
+// are to be restored after a reconnection.
+func (c *Client) follow(subscribe bool, channels []string) error {
+	appendFrame := wire.AppendUnsubscribe
+	if subscribe {
+		appendFrame = wire.AppendSubscribe
+	}
 	for _, ch := range channels {
-		frame, err := wire.AppendUnsubscribe(nil, []byte(c.cfg.Ident), []byte(ch))
+		frame, err := appendFrame(nil, []byte(c.cfg.Ident), []byte(ch))
 		if err != nil {
 			return err
 		}
 		c.mu.Lock()
-		delete(c.subs, ch)
+		if subscribe {
+			c.subs[ch] = true
+		} else {
+			delete(c.subs, ch)
+		}
 		c.mu.Unlock()
 		if err := c.send(frame, false); err != nil {
 			return err

@@ -1,18 +1,11 @@
 package cluster_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	crand "crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
+	"github.com/hpfeeds-go/hpfeeds/internal/testcert"
 	"log/slog"
-	"math/big"
 	"math/rand/v2"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -535,7 +528,7 @@ func TestNATSCredentials(t *testing.T) {
 	})
 	t.Run("mutual TLS", func(t *testing.T) {
 		dir := t.TempDir()
-		ca, cert, key := writeCerts(t, dir)
+		ca, cert, key := testcert.NewCA(t).WriteFiles(t, dir, "nats", "127.0.0.1")
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cert, KeyFile: key, CaFile: ca, Verify: true})
 		if err != nil {
 			t.Fatal(err)
@@ -601,40 +594,6 @@ func BenchmarkAcrossTwoBrokers(bm *testing.B) {
 		bm.Fatal(err)
 	}
 	bm.ReportMetric(float64(bm.N)/bm.Elapsed().Seconds(), "msgs/s")
-}
-
-// writeCerts writes a CA and a certificate signed by it for 127.0.0.1,
-// good for both ends of a TLS connection.
-func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(crand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	caFile, certFile, keyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "nats.crt"), filepath.Join(dir, "nats.key")
-	for file, block := range map[string]*pem.Block{
-		caFile:   {Type: "CERTIFICATE", Bytes: caDER},
-		certFile: {Type: "CERTIFICATE", Bytes: der},
-		keyFile:  {Type: "EC PRIVATE KEY", Bytes: kder},
-	} {
-		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return caFile, certFile, keyFile
 }
 
 // A NATS not yet up when the broker starts is not fatal: local delivery

@@ -68,11 +68,7 @@ func Login(t testing.TB, addr, ident, secret string) *Client {
 // Auth is the AUTH frame answering this connection's nonce.
 func (c *Client) Auth(ident, secret string) []byte {
 	c.T.Helper()
-	b, err := wire.AppendAuth(nil, c.Nonce, ident, secret)
-	if err != nil {
-		c.T.Fatal(err)
-	}
-	return b
+	return built(c.T)(wire.AppendAuth(nil, c.Nonce, ident, secret))
 }
 
 // Send writes frames in one write.
@@ -234,31 +230,30 @@ func Short(b []byte) string {
 // Publish is a PUBLISH frame.
 func Publish(t testing.TB, ident, channel, payload string) []byte {
 	t.Helper()
-	b, err := wire.AppendPublish(nil, []byte(ident), []byte(channel), []byte(payload))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return built(t)(wire.AppendPublish(nil, []byte(ident), []byte(channel), []byte(payload)))
 }
 
 // Subscribe is a SUBSCRIBE frame.
 func Subscribe(t testing.TB, ident, channel string) []byte {
 	t.Helper()
-	b, err := wire.AppendSubscribe(nil, []byte(ident), []byte(channel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return built(t)(wire.AppendSubscribe(nil, []byte(ident), []byte(channel)))
 }
 
 // Unsubscribe is an UNSUBSCRIBE frame.
 func Unsubscribe(t testing.TB, ident, channel string) []byte {
 	t.Helper()
-	b, err := wire.AppendUnsubscribe(nil, []byte(ident), []byte(channel))
-	if err != nil {
-		t.Fatal(err)
+	return built(t)(wire.AppendUnsubscribe(nil, []byte(ident), []byte(channel)))
+}
+
+// built fails the test if a frame could not be built (a field too long).
+func built(t testing.TB) func([]byte, error) []byte {
+	return func(b []byte, err error) []byte {
+		if err != nil {
+			t.Helper()
+			t.Fatal(err)
+		}
+		return b
 	}
-	return b
 }
 
 // Eventually checks cond every 10 ms until it holds (true, or a nil error),
