@@ -93,6 +93,6 @@ func BenchmarkPush(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c.q.push(frame, nil)
+		c.q.push(frame, false, nil)
 	}
 }

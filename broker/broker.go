@@ -274,10 +274,15 @@ func (t *topic) publish(raw []byte, payload int, from *conn) int {
 	t.mu.RLock()
 	n := len(t.subs)
 	if n > 0 {
-		frame := make([]byte, len(raw))
-		copy(frame, raw)
+		// One subscriber (fan-in) gets a copy in its own chunk; more
+		// share one copy.
+		frame, own := raw, n == 1 && len(raw) <= copyMax
+		if !own {
+			frame = make([]byte, len(raw))
+			copy(frame, raw)
+		}
 		for _, s := range t.subs {
-			if s.q.push(frame, from) {
+			if s.q.push(frame, own, from) {
 				tooSlow = append(tooSlow, s)
 			}
 			// Counted even for a subscriber that is closing, as the

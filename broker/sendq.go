@@ -20,8 +20,13 @@ import (
 type sendQueue struct {
 	c *conn
 
-	mu      sync.Mutex
-	frames  [][]byte
+	mu     sync.Mutex
+	frames [][]byte
+	// Frames copied for this subscriber alone (copyLocked) are written
+	// side by side into chunk; chunks lists the pooled chunks that frames
+	// use, which the writer returns to the pool once it has written them.
+	chunk   []byte
+	chunks  []*[]byte
 	queued  int         // bytes pushed and not yet written
 	running bool        // a writer goroutine exists
 	awake   bool        // the writer has been signalled and not yet run
@@ -85,18 +90,22 @@ type wakeup struct {
 	start bool
 }
 
-// push queues a frame shared with other subscribers; it never blocks on I/O.
-// With a publishing connection from, the writer's wake-up, the queued
+// push queues frame, shared with other subscribers, or with own set a copy
+// of it for this subscriber alone; it never blocks on I/O. With a
+// publishing connection from, the writer's wake-up, the queued
 // bytes and the queue's stall are left for from to act on before its next
 // read; without one (frames from the cluster) they are acted on now.
 // It reports whether the frame took the queue past its hard bound, closing
 // the subscriber: the caller logs it (logTooSlow) once it holds no lock.
-func (q *sendQueue) push(frame []byte, from *conn) (tooSlow bool) {
+func (q *sendQueue) push(frame []byte, own bool, from *conn) (tooSlow bool) {
 	cfg := &q.c.b.cfg
 	q.mu.Lock()
 	if q.closing {
 		q.mu.Unlock()
 		return false
+	}
+	if own {
+		frame = q.copyLocked(frame)
 	}
 	q.frames = append(q.frames, frame)
 	q.queued += len(frame)
@@ -128,6 +137,34 @@ func (q *sendQueue) push(frame []byte, from *conn) (tooSlow bool) {
 	}
 	q.c.stats.queuedFrames.Add(1)
 	return failed
+}
+
+// chunkPool holds the chunks frames are copied into for one subscriber.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, scratchSize); return &b }}
+
+// copyLocked copies a frame of at most copyMax bytes into the queue's
+// chunk: fan-in to one subscriber allocates nothing per message, and the
+// writer sends the frames from the chunk, side by side, without copying
+// them again (see writeFrames).
+func (q *sendQueue) copyLocked(raw []byte) []byte {
+	if cap(q.chunk)-len(q.chunk) < len(raw) {
+		c := chunkPool.Get().(*[]byte)
+		q.chunk = (*c)[:0]
+		q.chunks = append(q.chunks, c)
+	}
+	start := len(q.chunk)
+	q.chunk = append(q.chunk, raw...)
+	// Its capacity runs to the chunk's end: writeFrames finds the frame
+	// that follows it there.
+	return q.chunk[start:len(q.chunk)]
+}
+
+// releaseChunks returns chunks to the pool; nothing may use them after.
+func releaseChunks(chunks []*[]byte) {
+	for i, c := range chunks {
+		chunkPool.Put(c)
+		chunks[i] = nil
+	}
 }
 
 // logTooSlow says why a subscriber is being closed for backpressure.
@@ -175,6 +212,8 @@ func (q *sendQueue) dropLocked() {
 	q.dropped.Store(true)
 	clear(q.frames)
 	q.frames = q.frames[:0]
+	releaseChunks(q.chunks)
+	q.chunks, q.chunk = q.chunks[:0], nil
 	q.c.b.mem.add(-q.queued)
 	q.queued = 0
 	if q.stall != nil {
@@ -244,11 +283,14 @@ func (q *sendQueue) written(n int) {
 func (c *conn) writeLoop() {
 	q := &c.q
 	var batch [][]byte
+	var chunks []*[]byte
 	var idle *time.Timer
 	expired := false
 	for {
 		q.mu.Lock()
 		batch, q.frames = q.frames, batch[:0]
+		// New frames go to a new chunk while these are written.
+		chunks, q.chunks, q.chunk = q.chunks, chunks[:0], nil
 		q.awake = false
 		closing, last := q.closing, q.last
 		if len(batch) == 0 && !closing {
@@ -280,6 +322,7 @@ func (c *conn) writeLoop() {
 			err = c.writeFrames(batch)
 			clear(batch)
 			batch = batch[:0]
+			releaseChunks(chunks)
 			if cap(batch) > 1024 && n < cap(batch)/8 {
 				batch = nil // the burst that grew it is over; don't pin it
 			}
@@ -320,6 +363,11 @@ const (
 
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, scratchSize); return &b }}
 
+// adjacent reports whether b starts where a ends, in the same array.
+func adjacent(a, b []byte) bool {
+	return len(b) > 0 && cap(a) > len(a) && &a[:len(a)+1][len(a)] == &b[0]
+}
+
 func (c *conn) writeFrames(frames [][]byte) error {
 	q := &c.q
 	sp := scratchPool.Get().(*[]byte)
@@ -330,17 +378,21 @@ func (c *conn) writeFrames(frames [][]byte) error {
 		seg, n, i := 0, 0, 0
 		for ; i < len(frames) && n < roundMax; i++ {
 			f := frames[i]
-			if len(f) <= copyMax {
+			if len(f) <= copyMax && cap(f) == len(f) { // small and shared
 				if len(scratch)+len(f) > cap(scratch) {
 					break
 				}
 				scratch = append(scratch, f...)
-			} else {
+			} else { // large, or in a chunk of this subscriber's
 				if len(scratch) > seg {
 					iov = append(iov, scratch[seg:])
 					seg = len(scratch)
 				}
-				iov = append(iov, f)
+				if k := len(iov) - 1; k >= 0 && adjacent(iov[k], f) {
+					iov[k] = iov[k][:len(iov[k])+len(f)]
+				} else {
+					iov = append(iov, f)
+				}
 			}
 			n += len(f)
 		}
