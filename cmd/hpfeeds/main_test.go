@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -357,4 +358,14 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// --version says the version, the commit and the Go version, as the
+// broker's does (internal/version; make release stamps it from git).
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(cliBinary, "--version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "hpfeeds ") || !strings.Contains(string(out), " (commit ") ||
+		!strings.HasSuffix(string(out), ", "+runtime.Version()+")\n") {
+		t.Errorf("--version: %v %q", err, out)
+	}
 }
