@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -126,8 +127,7 @@ func TestConnectionLimitPerIP(t *testing.T) {
 func TestGarbageStorm(t *testing.T) {
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.AuthTimeout = time.Second })
 	s := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s.Send(brokertest.Subscribe(t, "sub", "chan"))
-	s.Sync("sub")
+	s.SubscribeSync("sub", "chan")
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 
 	stop := make(chan struct{})
@@ -246,17 +246,16 @@ func TestAuthFlood(t *testing.T) {
 	}
 }
 
-// peakHeap samples the heap in use until stop is closed.
-func peakHeap(stop <-chan struct{}) <-chan uint64 {
-	out := make(chan uint64, 1)
+// peakOf samples f every interval until stop is closed, then sends the
+// largest value it saw.
+func peakOf[T cmp.Ordered](stop <-chan struct{}, every time.Duration, f func() T) <-chan T {
+	out := make(chan T, 1)
 	go func() {
-		var peak uint64
-		var ms runtime.MemStats
-		t := time.NewTicker(20 * time.Millisecond)
+		var peak T
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
-			runtime.ReadMemStats(&ms)
-			peak = max(peak, ms.HeapInuse)
+			peak = max(peak, f())
 			select {
 			case <-stop:
 				out <- peak
@@ -266,6 +265,15 @@ func peakHeap(stop <-chan struct{}) <-chan uint64 {
 		}
 	}()
 	return out
+}
+
+// peakHeap samples the heap in use until stop is closed.
+func peakHeap(stop <-chan struct{}) <-chan uint64 {
+	return peakOf(stop, 20*time.Millisecond, func() uint64 {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	})
 }
 
 // A subscriber that never reads while 1 GiB is published: the broker's
@@ -293,11 +301,9 @@ func TestStalledSubscriberMemoryBound(t *testing.T) {
 		c.SendQueueHard = hard
 	})
 	stalled := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	stalled.Send(brokertest.Subscribe(t, "sub", "chan"))
-	stalled.Sync("sub")
+	stalled.SubscribeSync("sub", "chan")
 	healthy := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	healthy.Send(brokertest.Subscribe(t, "sub", "chan"))
-	healthy.Sync("sub")
+	healthy.SubscribeSync("sub", "chan")
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 
 	// It reads nothing until the broker has dropped it: within the flush
@@ -399,8 +405,7 @@ func TestConnectionChurnLeaksNothing(t *testing.T) {
 	fdsBefore := openFDs(t)
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.AuthTimeout = 2 * time.Second })
 	good := brokertest.Login(t, srv.Addr, "both", "bothsecret")
-	good.Send(brokertest.Subscribe(t, "both", "chan"))
-	good.Sync("both")
+	good.SubscribeSync("both", "chan")
 	baseline := runtime.NumGoroutine()
 	const total, wave = 10000, 500
 	for done := 0; done < total; done += wave {
@@ -476,8 +481,7 @@ func TestFanOutLogsWithoutTheTopicLock(t *testing.T) {
 	})
 	defer close(h.release)
 	stalled := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	stalled.Send(brokertest.Subscribe(t, "sub", "chan"))
-	stalled.Sync("sub")
+	stalled.SubscribeSync("sub", "chan")
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 	go func() {
 		frame := brokertest.Publish(t, "pub", "chan", strings.Repeat("x", 60<<10))
@@ -495,6 +499,5 @@ func TestFanOutLogsWithoutTheTopicLock(t *testing.T) {
 	}
 	// The publisher is stuck logging; the channel must not be.
 	other := brokertest.Login(t, srv.Addr, "both", "bothsecret")
-	other.Send(brokertest.Subscribe(t, "both", "chan"))
-	other.Sync("both")
+	other.SubscribeSync("both", "chan")
 }

@@ -51,8 +51,7 @@ func stalledSub(t *testing.T, addr, ident, channel string) *brokertest.Client {
 func subscriber(t *testing.T, addr, ident, channel string) *brokertest.Client {
 	t.Helper()
 	c := brokertest.Login(t, addr, ident, "s")
-	c.Send(brokertest.Subscribe(t, ident, channel))
-	c.Sync(ident)
+	c.SubscribeSync(ident, channel)
 	return c
 }
 
@@ -258,22 +257,7 @@ func TestEightStalledSubscribersWithinBudget(t *testing.T) {
 // peakBudget samples the bytes in the broker's memory budget until stop is
 // closed.
 func peakBudget(b *broker.Broker, stop <-chan struct{}) <-chan int64 {
-	out := make(chan int64, 1)
-	go func() {
-		var peak int64
-		t := time.NewTicker(5 * time.Millisecond)
-		defer t.Stop()
-		for {
-			peak = max(peak, b.Snapshot().MemoryUsed)
-			select {
-			case <-stop:
-				out <- peak
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return out
+	return peakOf(stop, 5*time.Millisecond, func() int64 { return b.Snapshot().MemoryUsed })
 }
 
 // Many connections each hold most of a large PUBLISH and wait: the broker

@@ -15,7 +15,6 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 func testUsers() *brokertest.Users {
@@ -56,8 +55,7 @@ func TestInfoOnAccept(t *testing.T) {
 func TestPublishSubscribe(t *testing.T) {
 	srv := brokertest.Start(t, testUsers())
 	s := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s.Send(brokertest.Subscribe(t, "sub", "chan"))
-	s.Sync("sub")
+	s.SubscribeSync("sub", "chan")
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 	p.Send(brokertest.Publish(t, "pub", "chan", "hello"), brokertest.Publish(t, "pub", "other", "not subscribed"), brokertest.Publish(t, "pub", "chan", "world"))
 	s.ExpectMessage("pub", "chan", "hello")
@@ -125,13 +123,11 @@ func TestSelfDeliveryAndFanOut(t *testing.T) {
 	var subs []*brokertest.Client
 	for i := 0; i < 20; i++ {
 		s := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-		s.Send(brokertest.Subscribe(t, "sub", "chan"))
-		s.Sync("sub")
+		s.SubscribeSync("sub", "chan")
 		subs = append(subs, s)
 	}
 	both := brokertest.Login(t, srv.Addr, "both", "bothsecret")
-	both.Send(brokertest.Subscribe(t, "both", "chan"))
-	both.Sync("both")
+	both.SubscribeSync("both", "chan")
 	for i := 0; i < 50; i++ {
 		both.Send(brokertest.Publish(t, "both", "chan", fmt.Sprint(i)))
 	}
@@ -261,8 +257,7 @@ func TestAuthTimeout(t *testing.T) {
 func TestMalformedFrames(t *testing.T) {
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) { c.MaxPublishSize = 1000 })
 	watcher := brokertest.Login(t, srv.Addr, "both", "bothsecret")
-	watcher.Send(brokertest.Subscribe(t, "both", "chan"))
-	watcher.Sync("both")
+	watcher.SubscribeSync("both", "chan")
 
 	cases := []struct {
 		name    string
@@ -362,11 +357,9 @@ func TestSlowSubscriberHardBound(t *testing.T) {
 		c.SendQueueHard = 8 << 20
 	})
 	stalled := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	stalled.Send(brokertest.Subscribe(t, "sub", "chan"))
-	stalled.Sync("sub")
+	stalled.SubscribeSync("sub", "chan")
 	healthy := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	healthy.Send(brokertest.Subscribe(t, "sub", "chan"))
-	healthy.Sync("sub")
+	healthy.SubscribeSync("sub", "chan")
 
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 	payload := strings.Repeat("x", 60<<10)
@@ -392,22 +385,9 @@ func TestSlowSubscriberHardBound(t *testing.T) {
 	})
 	// The stalled subscriber, reading at last, finds the frames that were
 	// already on their way, then the error, then the close.
-	got := 0
-	for {
-		f := stalled.Next()
-		if f.Op == wire.OpPublish {
-			got++
-			continue
-		}
-		if f.Op != wire.OpError || string(f.Payload) != "Backpressure deadline timer expired" {
-			t.Fatalf("got %v %s", f.Op, brokertest.Short(f.Payload))
-		}
-		break
-	}
-	if got >= n {
+	if got := stalled.ExpectError("Backpressure deadline timer expired"); got >= n {
 		t.Fatalf("stalled subscriber got all %d frames", got)
 	}
-	stalled.ExpectClosed()
 }
 
 // Past the soft mark the deadline runs; draining cancels it, staying past
@@ -421,8 +401,7 @@ func TestBackpressureDeadline(t *testing.T) {
 		c.BackpressureDeadline = 300 * time.Millisecond
 	})
 	s := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s.Send(brokertest.Subscribe(t, "sub", "chan"))
-	s.Sync("sub")
+	s.SubscribeSync("sub", "chan")
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 	frame := brokertest.Publish(t, "pub", "chan", strings.Repeat("y", 60<<10))
 	for i := 0; i < 200; i++ { // 12 MB, past any socket buffer
@@ -432,22 +411,9 @@ func TestBackpressureDeadline(t *testing.T) {
 	brokertest.Eventually(t, "deadline expiry", func() bool {
 		return srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "sub", Category: broker.CategoryDeadlineTimerExpired}] == 1
 	})
-	got := 0
-	for {
-		f := s.Next()
-		if f.Op == wire.OpPublish {
-			got++
-			continue
-		}
-		if f.Op != wire.OpError || string(f.Payload) != "Backpressure deadline timer expired" {
-			t.Fatalf("got %v %s", f.Op, brokertest.Short(f.Payload))
-		}
-		break
-	}
-	if got >= 200 {
+	if got := s.ExpectError("Backpressure deadline timer expired"); got >= 200 {
 		t.Fatalf("all %d frames delivered despite the deadline", got)
 	}
-	s.ExpectClosed()
 }
 
 func TestShutdownClosesConnections(t *testing.T) {

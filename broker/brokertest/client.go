@@ -112,17 +112,19 @@ func (c *Client) ExpectMessage(ident, channel, payload string) {
 }
 
 // ExpectError reads an ERROR with text want, passing over deliveries
-// queued before it, then the end of the stream.
-func (c *Client) ExpectError(want string) {
+// queued before it, then the end of the stream. It returns how many
+// deliveries it passed over.
+func (c *Client) ExpectError(want string) (delivered int) {
 	c.T.Helper()
 	f := c.Next()
-	for f.Op == wire.OpPublish {
+	for ; f.Op == wire.OpPublish; delivered++ {
 		f = c.Next()
 	}
 	if f.Op != wire.OpError || string(f.Payload) != want {
 		c.T.Fatalf("got %v %q, want ERROR %q", f.Op, f.Payload, want)
 	}
 	c.ExpectClosed()
+	return delivered
 }
 
 // ExpectClosed reads until the broker closes the connection, passing over
@@ -190,6 +192,18 @@ func (c *Client) Sync(ident string) {
 			c.T.Fatalf("while syncing got %v %s", f.Op, Short(f.Payload))
 		}
 	}
+}
+
+// SubscribeSync subscribes to channels and waits, with Sync, until the
+// broker has handled that.
+func (c *Client) SubscribeSync(ident string, channels ...string) {
+	c.T.Helper()
+	var b []byte
+	for _, ch := range channels {
+		b = append(b, Subscribe(c.T, ident, ch)...)
+	}
+	c.Send(b)
+	c.Sync(ident)
 }
 
 // SubscribeOwn subscribes to channels and to the ident's own channel (a
