@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -237,4 +238,39 @@ func TestRevalidateStoreDownKeepsSessions(t *testing.T) {
 	if n := log.Count("credential lookup failed while revalidating sessions"); n != 1 {
 		t.Errorf("%d lines for the outage, want 1 (then at most one per 10 s):\n%s", n, log)
 	}
+}
+
+// foldStore matches idents ignoring case, as a MySQL collation does, and
+// answers with the identifier as stored.
+type foldStore struct {
+	mu    sync.Mutex
+	users map[string]auth.User // by lower-cased ident
+}
+
+func (s *foldStore) put(u auth.User) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users[strings.ToLower(u.Ident)] = u.WithDefaults()
+}
+
+func (s *foldStore) Lookup(_ context.Context, ident string) (auth.User, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u, ok := s.users[strings.ToLower(ident)]
+	return u, ok, nil
+}
+
+func (s *foldStore) String() string { return "fold" }
+func (s *foldStore) Close() error   { return nil }
+
+// Revalidation holds a session to its ident byte for byte, as a login is:
+// once the store spells the user otherwise, the session's spelling is gone.
+func TestRevalidateRespelledUser(t *testing.T) {
+	users := &foldStore{users: map[string]auth.User{}}
+	users.put(auth.User{Ident: "alice", Secret: "x", PubChans: []string{"sync"}, SubChans: []string{"sync"}})
+	srv := brokertest.Start(t, users, func(c *broker.Config) { c.RevalidateEvery = 20 * time.Millisecond })
+	c := brokertest.Login(t, srv.Addr, "alice", "x")
+	c.Sync("alice")
+	users.put(auth.User{Ident: "Alice", Secret: "x", PubChans: []string{"sync"}, SubChans: []string{"sync"}})
+	c.ExpectError("Authentication failed for alice")
 }
