@@ -102,3 +102,19 @@ func spellingsAddNoSeries(t *testing.T, st auth.Store, others []string) {
 	}
 	expect(t, sc, 3, "hpfeeds_broker_connection_ready_total", "ident", "sensor")
 }
+
+// Throttled failed logins and throttled sources are exported.
+func TestLoginThrottledSeries(t *testing.T) {
+	e := startExported(t, testUsers(), func(c *broker.Config) {
+		c.LoginThrottle = broker.ThrottleConfig{After: 1}
+	})
+	expect(t, e.scrape(t), 0, "hpfeeds_broker_login_throttled_total")
+	for range 2 {
+		if err := storetest.TryLogin(e.Addr, "pub", "wrong", "chan"); err == nil {
+			t.Fatal("a wrong secret logged in")
+		}
+	}
+	sc := e.scrape(t)
+	expect(t, sc, 1, "hpfeeds_broker_login_throttled_total")
+	expect(t, sc, 1, "hpfeeds_broker_login_throttled_sources")
+}
