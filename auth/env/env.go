@@ -37,8 +37,8 @@ type Store struct {
 	Environ func() []string
 }
 
-// Name is the NAME of the variables of ident.
-func Name(ident string) string { return mapASCII(ident, 'a', 'z', 'A'-'a') }
+// varName is the NAME of the variables of ident.
+func varName(ident string) string { return mapASCII(ident, 'a', 'z', 'A'-'a') }
 
 // spelling is the ident a NAME stands for when HPFEEDS_<NAME>_IDENT is unset.
 func spelling(name string) string { return mapASCII(name, 'A', 'Z', 'a'-'A') }
@@ -62,7 +62,7 @@ func (s Store) get(name, field string) string {
 // credential; the returned Ident is its one spelling, which auth.Find
 // holds the login to.
 func (s Store) Lookup(_ context.Context, ident string) (auth.User, bool, error) {
-	name := Name(ident)
+	name := varName(ident)
 	secret := s.get(name, "SECRET")
 	if secret == "" {
 		return auth.User{}, false, nil

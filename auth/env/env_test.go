@@ -56,7 +56,7 @@ func TestOneSpellingPerCredential(t *testing.T) {
 			t.Errorf("%q: found=%v %+v %v, want found=%v", ident, found, u, err, want)
 		}
 	}
-	if n := Name("ſensör-1"); n != "ſENSöR-1" {
-		t.Errorf("Name mapped non-ASCII letters: %q", n)
+	if n := varName("ſensör-1"); n != "ſENSöR-1" {
+		t.Errorf("varName mapped non-ASCII letters: %q", n)
 	}
 }
