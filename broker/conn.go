@@ -111,8 +111,11 @@ type conn struct {
 	// connections only publish or only subscribe.
 	subs []*topic
 	pubs map[string]*pubChan // pubchans already checked, with their topic
-	// pubMu orders the reader's additions to pubs with metrics scrapes;
-	// the reader itself reads pubs without it.
+	// The same pubChans in a slice, for scrapes and status requests, which
+	// walk every connection's: a slice costs less to iterate than a map.
+	pubList []*pubChan
+	// pubMu orders the reader's additions to pubs and pubList with metrics
+	// scrapes; the reader itself reads them without it.
 	pubMu sync.Mutex
 
 	// Writers this reader has queued frames for and must wake before it
@@ -380,6 +383,7 @@ func (c *conn) pubChan(ident, channel []byte) *pubChan {
 			c.pubs = map[string]*pubChan{}
 		}
 		c.pubs[p.t.name] = p
+		c.pubList = append(c.pubList, p)
 		c.pubMu.Unlock()
 	}
 	return p

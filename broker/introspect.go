@@ -117,7 +117,7 @@ func (c *conn) queuedBytes() uint64 {
 func (c *conn) published() (n uint64, last int64) {
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
-	for _, p := range c.pubs {
+	for _, p := range c.pubList {
 		n += p.count()
 		last = max(last, p.last.Load())
 	}
@@ -212,7 +212,8 @@ func (b *Broker) channelTotals() map[string]chanTotal {
 	}
 	for c := range b.conns {
 		c.pubMu.Lock()
-		for name, p := range c.pubs {
+		for _, p := range c.pubList {
+			name := p.t.name
 			t := m[name]
 			t.msgs += p.count()
 			t.bytes += p.sum.Load()

@@ -215,8 +215,8 @@ func (c *conn) snapshot(s *Snapshot) {
 	st.ReceiveBufferSize += c.stats.recvBytes.Load() - parsed
 	c.stats.addTo(st)
 	c.pubMu.Lock()
-	for name, p := range c.pubs {
-		addPublishes(s.Publishes, IdentChan{sess.identStr, name}, p)
+	for _, p := range c.pubList {
+		addPublishes(s.Publishes, IdentChan{sess.identStr, p.t.name}, p)
 	}
 	c.pubMu.Unlock()
 }
@@ -240,8 +240,8 @@ func (b *Broker) retire(c *conn) {
 		r.idents[sess.identStr] = st
 	}
 	c.stats.addTo(st)
-	for name, p := range c.pubs {
-		addPublishes(r.pubs, IdentChan{sess.identStr, name}, p)
+	for _, p := range c.pubList {
+		addPublishes(r.pubs, IdentChan{sess.identStr, p.t.name}, p)
 	}
 	b.loggedOut(c, sess)
 }
