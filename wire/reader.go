@@ -21,7 +21,8 @@ type Reader struct {
 	r          io.Reader
 	buf        []byte
 	start, end int
-	size       int // the buffer size reads are currently batched into
+	size       int  // the buffer size reads are currently batched into
+	full       bool // the last read filled the room it was given
 	// Limits bounds each frame's length by opcode; it may be changed
 	// between calls to Next (for instance once a client has authenticated).
 	Limits Limits
@@ -98,7 +99,10 @@ func (r *Reader) fill(want int) error {
 	// The buffer takes its new size (or grows to fit the frame in
 	// progress) whenever moving what is pending is due anyway: frames
 	// that straddle every read would otherwise keep it small for ever.
-	if size := max(want, r.size); size != len(r.buf) && (pending == 0 || size > len(r.buf) || r.start+want > len(r.buf)) {
+	// A large buffer is kept between frames while reads fill it (large
+	// frames streaming in), and let go as soon as the stream slows.
+	keep := pending == 0 && r.full && len(r.buf) > r.size
+	if size := max(want, r.size); size != len(r.buf) && (pending == 0 && !keep || size > len(r.buf) || r.start+want > len(r.buf)) {
 		nb := make([]byte, size)
 		r.end = copy(nb, r.buf[r.start:r.end])
 		r.buf, r.start = nb, 0
@@ -111,6 +115,7 @@ func (r *Reader) fill(want int) error {
 	space := len(r.buf) - r.end
 	n, err := r.r.Read(r.buf[r.end:])
 	r.end += n
+	r.full = n == space
 	switch {
 	case n == space && r.size < MaxReadBuf:
 		r.size *= 2
@@ -119,6 +124,9 @@ func (r *Reader) fill(want int) error {
 	}
 	if n > 0 {
 		return nil
+	}
+	if r.end == r.start {
+		r.buf = nil // the stream ended or failed: hold nothing
 	}
 	if err == nil {
 		err = io.ErrNoProgress
