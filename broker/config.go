@@ -61,9 +61,10 @@ type Config struct {
 	// progress is not complete within it.
 	FrameTimeout time.Duration
 	// MemoryLimit is the budget, in bytes, of every send queue and
-	// partially received frame together; zero means none. Past three
-	// quarters of it publishers and large partial frames are paused; past
-	// all of it the subscribers holding the most queued bytes are closed.
+	// partially received frame together; zero means none. Past a quarter
+	// of it large partial frames are paused, past three quarters
+	// publishers (see MaxStall); past all of it the subscribers holding
+	// the most queued bytes are closed.
 	MemoryLimit int64
 	// MaxConnections bounds the connections open at once, authenticated or
 	// not, and MaxConnectionsPerIP those from one source address; zero

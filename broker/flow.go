@@ -47,7 +47,7 @@ var errRefusedEarly = errors.New("PUBLISH refused before its body was read")
 type memBudget struct {
 	limit     int64 // zero: no budget, bytes are only counted
 	pauseAt   int64 // publishers pause from here (three quarters)
-	partialAt int64 // large partial frames pause from here (half)
+	partialAt int64 // large partial frames pause from here (a quarter)
 	used      atomic.Int64
 	partial   atomic.Int64 // the part of used in reader buffers
 
@@ -59,7 +59,7 @@ type memBudget struct {
 }
 
 func (m *memBudget) init(limit int64) {
-	m.limit, m.pauseAt, m.partialAt = limit, limit/4*3, limit/2
+	m.limit, m.pauseAt, m.partialAt = limit, limit/4*3, limit/4
 	m.over = make(chan struct{}, 1)
 }
 
@@ -188,7 +188,7 @@ func (b *Broker) closeLargestPartial() bool {
 // The hpfeeds-broker command sets it (debug.SetMemoryLimit); a program
 // embedding the broker decides for itself.
 func RuntimeMemoryLimit(budget int64) int64 {
-	return budget + budget/8 + 16<<20
+	return budget + budget/8
 }
 
 // timer is the reader's reusable timer for its pauses.
@@ -316,7 +316,7 @@ func (c *conn) accountHeld() {
 }
 
 // memoryPause holds a reader while memory is tight. A large partial frame
-// waits from half the budget, for as long as partial frames hold most of
+// waits from a quarter of the budget, for as long as partial frames hold most of
 // it, until it has room, its frame deadline passes or enforceBudget closes
 // it; otherwise (the send queues hold most of it: only closing the largest
 // ones helps) it waits at most MaxStall, like a publisher from three

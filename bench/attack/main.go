@@ -33,6 +33,8 @@ var (
 	pid    = flag.Int("pid", 0, "the broker's process id")
 	attack = flag.String("attack", "partial", "partial, subscribe or stalled")
 	hold   = flag.Duration("hold", 10*time.Second, "how long the attack goes on")
+
+	stopHealthy atomic.Bool
 )
 
 func main() {
@@ -65,6 +67,8 @@ func main() {
 		fail(fmt.Errorf("unknown attack %q", *attack))
 	}
 	time.Sleep(*hold)
+	stopHealthy.Store(true)
+	time.Sleep(10 * time.Millisecond)
 	sent := healthySent.Load()
 	deadline := time.Now().Add(10 * time.Second)
 	for healthyGot.Load() < sent && time.Now().Before(deadline) {
@@ -136,6 +140,9 @@ func healthy(sent, got *atomic.Int64) {
 	p := login()
 	msg, _ := wire.AppendPublish(nil, []byte(*ident), []byte("h"), []byte(strings.Repeat("m", 200)))
 	for range time.Tick(time.Millisecond / 2) {
+		if stopHealthy.Load() {
+			return
+		}
 		if _, err := p.Write(msg); err != nil {
 			return
 		}
