@@ -1,0 +1,211 @@
+// Package loadgen is the load generator behind `hpfeeds bench` and
+// bench/natsbench: publishers send timestamped payloads at a rate or within
+// a window of what subscribers have received, subscribers count them and
+// time them, and both brokers' runs are reported as the same Result.
+package loadgen
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A payload's first byte says what it is; a benchmark payload carries its
+// send time (Unix ns, big-endian) in the next 8.
+const (
+	MarkBench = 'B'
+	MarkReady = 'R' // probes that tell a subscriber is in place
+	// MinSize is the smallest payload: the mark and the timestamp.
+	MinSize = 9
+)
+
+// Config is the shape of the load.
+type Config struct {
+	Publishers, Subscribers int
+	Size                    int           // payload bytes, at least MinSize
+	Count                   int           // messages per publisher, unless Duration
+	Duration                time.Duration // publish for this long instead of Count
+	Rate                    int           // total messages per second; 0: as fast as the window allows
+	Window                  int           // messages a publisher may be ahead of the subscribers; 0: none
+	FrameBytes              int           // a message's size on the wire, to bound the window to 32 MiB
+	Drain                   time.Duration // how long deliveries may stop changing before losses are counted
+}
+
+// Result is what a run measured; `hpfeeds bench --json` and natsbench
+// print it.
+type Result struct {
+	Publishers   int     `json:"publishers"`
+	Subscribers  int     `json:"subscribers"`
+	PayloadBytes int     `json:"payload_bytes"`
+	Published    int64   `json:"published"`
+	Delivered    int64   `json:"delivered"`
+	Expected     int64   `json:"expected"`
+	Lost         int64   `json:"lost"`
+	Seconds      float64 `json:"seconds"`
+	PublishedPS  float64 `json:"published_per_s"`
+	DeliveredPS  float64 `json:"delivered_per_s"`
+	MBPS         float64 `json:"delivered_mb_per_s"`
+	P50us        float64 `json:"latency_p50_us"`
+	P99us        float64 `json:"latency_p99_us"`
+	Maxus        float64 `json:"latency_max_us"`
+}
+
+// Publisher is one publishing connection.
+type Publisher interface {
+	// Send publishes payload. It is the same slice at every call; only its
+	// first MinSize bytes change. It may buffer.
+	Send(payload []byte) error
+	// Flush pushes out what Send buffered; the generator calls it before
+	// it sleeps to pace.
+	Flush() error
+	// Done follows the last Send.
+	Done() error
+}
+
+// Sink is one subscriber's count and latencies. Record is called from one
+// goroutine at a time.
+type Sink struct {
+	got atomic.Int64
+	lat Latencies
+}
+
+// Record counts a benchmark payload and its latency.
+func (s *Sink) Record(payload []byte) {
+	sent := int64(binary.BigEndian.Uint64(payload[1:MinSize]))
+	s.lat.Add(uint64(max(time.Now().UnixNano()-sent, 0) / 1000))
+	s.got.Add(1)
+}
+
+// Run publishes through pubs, connected and heard by every sink, and waits
+// for the deliveries; with progress set to a terminal it prints a line a
+// second there. A publisher whose Send fails stops; the loss shows in the
+// Result.
+func Run(cfg Config, pubs []Publisher, sinks []*Sink, progress io.Writer) *Result {
+	r := &run{cfg: cfg, sinks: sinks, start: time.Now()}
+	if cfg.Duration > 0 {
+		r.deadline = r.start.Add(cfg.Duration)
+	}
+	stop := r.progress(progress)
+	var wg sync.WaitGroup
+	for _, p := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.publish(p)
+		}()
+	}
+	wg.Wait()
+	pubDone := time.Since(r.start)
+	expected := r.published.Load() * int64(len(sinks))
+	// Wait until everything arrived, or nothing more arrives for Drain.
+	last, lastChange := r.delivered(), time.Now()
+	for last < expected && time.Since(lastChange) < cfg.Drain {
+		time.Sleep(5 * time.Millisecond)
+		if n := r.delivered(); n != last {
+			last, lastChange = n, time.Now()
+		}
+	}
+	elapsed := time.Since(r.start)
+	stop()
+	var lat Latencies
+	for _, s := range sinks {
+		lat.Merge(&s.lat)
+	}
+	got, published := r.delivered(), r.published.Load()
+	return &Result{
+		Publishers: len(pubs), Subscribers: len(sinks), PayloadBytes: cfg.Size,
+		Published: published, Delivered: got, Expected: expected, Lost: expected - got,
+		Seconds:     elapsed.Seconds(),
+		PublishedPS: float64(published) / pubDone.Seconds(),
+		DeliveredPS: float64(got) / elapsed.Seconds(),
+		MBPS:        float64(got) * float64(cfg.Size) / 1e6 / elapsed.Seconds(),
+		P50us:       lat.Quantile(0.50), P99us: lat.Quantile(0.99), Maxus: float64(lat.Max()),
+	}
+}
+
+type run struct {
+	cfg       Config
+	sinks     []*Sink
+	start     time.Time
+	deadline  time.Time
+	published atomic.Int64
+}
+
+func (r *run) delivered() int64 {
+	var n int64
+	for _, s := range r.sinks {
+		n += s.got.Load()
+	}
+	return n
+}
+
+// publish sends one publisher's share, paced by Rate or held within Window.
+func (r *run) publish(p Publisher) {
+	cfg := r.cfg
+	payload := make([]byte, cfg.Size)
+	payload[0] = MarkBench
+	var interval time.Duration
+	if cfg.Rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(cfg.Publishers) / float64(cfg.Rate))
+	}
+	// Bound what is in flight in bytes too, so large payloads stay within
+	// the broker's per-subscriber queue bounds.
+	window := int64(max(1, min(cfg.Window, (32<<20)/max(cfg.FrameBytes, 1))))
+	subs := int64(len(r.sinks))
+	next := time.Now()
+	for k := 0; ; k++ {
+		if r.deadline.IsZero() && k >= cfg.Count || !r.deadline.IsZero() && k%64 == 0 && time.Now().After(r.deadline) {
+			break
+		}
+		if interval > 0 {
+			if d := time.Until(next); d > 0 {
+				p.Flush()
+				time.Sleep(d)
+			}
+			next = next.Add(interval)
+		} else if cfg.Window > 0 && k%int(min(256, window)) == 0 && subs > 0 {
+			for r.published.Load()-r.delivered()/subs > window {
+				p.Flush()
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+		binary.BigEndian.PutUint64(payload[1:MinSize], uint64(time.Now().UnixNano()))
+		if p.Send(payload) != nil {
+			return
+		}
+		r.published.Add(1)
+	}
+	p.Done()
+}
+
+// progress prints a line a second while out is a terminal; it returns a
+// stop function.
+func (r *run) progress(out io.Writer) func() {
+	f, ok := out.(*os.File)
+	if !ok {
+		return func() {}
+	}
+	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return func() {}
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				fmt.Fprint(f, "\r\033[K")
+				return
+			case <-t.C:
+				fmt.Fprintf(f, "\r\033[K%.0fs: published %d, delivered %d", time.Since(r.start).Seconds(), r.published.Load(), r.delivered())
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}

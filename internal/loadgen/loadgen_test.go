@@ -1,0 +1,65 @@
+package loadgen
+
+import (
+	"math"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestQuantilesWithinSixPercent(t *testing.T) {
+	var l Latencies
+	for us := uint64(1); us <= 100000; us++ {
+		l.Add(us)
+	}
+	for _, q := range []float64{0.5, 0.9, 0.99} {
+		want := q * 100000
+		if got := l.Quantile(q); math.Abs(got-want) > 0.0625*want {
+			t.Errorf("p%v = %v, want %v within 6%%", q*100, got, want)
+		}
+	}
+	if l.Max() != 100000 {
+		t.Errorf("max %d", l.Max())
+	}
+}
+
+// loopback delivers each payload to every sink at once, dropping every
+// dropEvery-th one (0: none).
+type loopback struct {
+	mu        *sync.Mutex
+	sinks     []*Sink
+	sent      int
+	dropEvery int
+}
+
+func (p *loopback) Send(payload []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent++
+	if p.dropEvery > 0 && p.sent%p.dropEvery == 0 {
+		return nil
+	}
+	for _, s := range p.sinks {
+		s.Record(payload)
+	}
+	return nil
+}
+func (p *loopback) Flush() error { return nil }
+func (p *loopback) Done() error  { return nil }
+
+func TestRunCountsDeliveriesAndLosses(t *testing.T) {
+	for _, drop := range []int{0, 10} {
+		sinks := []*Sink{{}, {}, {}}
+		mu := &sync.Mutex{}
+		pubs := []Publisher{&loopback{mu: mu, sinks: sinks, dropEvery: drop}, &loopback{mu: mu, sinks: sinks, dropEvery: drop}}
+		cfg := Config{Publishers: 2, Subscribers: 3, Size: 64, Count: 1000, Window: 5000, FrameBytes: 80, Drain: 50 * time.Millisecond}
+		r := Run(cfg, pubs, sinks, nil)
+		wantLost := int64(0)
+		if drop > 0 {
+			wantLost = 2 * 1000 / int64(drop) * 3
+		}
+		if r.Published != 2000 || r.Expected != 6000 || r.Lost != wantLost || r.Delivered != 6000-wantLost {
+			t.Errorf("drop every %d: %+v", drop, r)
+		}
+	}
+}
