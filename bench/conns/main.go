@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,44 +57,67 @@ func main() {
 
 	time.Sleep(200 * time.Millisecond)
 	before := rssKiB(*pid)
-	var keep sync.Mutex
-	var held []*conn
-	var ok, failed atomic.Int64
+	start := time.Now()
+	held, failed := openAll(*n, *workers, func() (*conn, error) { return open(*proto, *addr, *ident, *secret) })
+	missed := awaitBroadcast(held, func() error { return broadcast(*proto, *addr, *ident, *secret) })
+	storm := time.Since(start)
+	// Idle: let writers and buffers settle as they would overnight.
+	time.Sleep(*idle)
+	after := rssKiB(*pid)
+	ok := len(held)
+	json.NewEncoder(os.Stdout).Encode(map[string]any{
+		"connections": ok, "failed": failed + missed, "storm_seconds": storm.Seconds(),
+		"storm_per_s":      float64(ok) / storm.Seconds(),
+		"rss_kib_per_conn": float64(after-before) / float64(ok),
+	})
+	runtime.KeepAlive(held)
+	if failed+missed > 0 {
+		os.Exit(1)
+	}
+}
+
+// openAll opens n connections, workers at a time, and returns those that
+// opened and how many failed.
+func openAll(n, workers int, open func() (*conn, error)) (held []*conn, failed int64) {
+	var mu sync.Mutex
 	jobs := make(chan int)
 	var wg sync.WaitGroup
-	start := time.Now()
-	for w := 0; w < *workers; w++ {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for range jobs {
-				c, err := open(*proto, *addr, *ident, *secret)
+				c, err := open()
+				mu.Lock()
 				if err != nil {
-					failed.Add(1)
-					continue
+					failed++
+				} else {
+					held = append(held, c)
 				}
-				ok.Add(1)
-				keep.Lock()
-				held = append(held, c)
-				keep.Unlock()
+				mu.Unlock()
 			}
 		}()
 	}
-	for i := 0; i < *n; i++ {
+	for i := range n {
 		jobs <- i
 	}
 	close(jobs)
 	wg.Wait()
-	// Every connection must be served: a broadcast reaches them all. hpfeeds
-	// does not acknowledge SUBSCRIBE, so broadcast until every connection
-	// has one (the last logins may still be in flight).
+	return held, failed
+}
+
+// awaitBroadcast checks every connection is served: a broadcast reaches
+// them all. hpfeeds does not acknowledge SUBSCRIBE, so it broadcasts until
+// every connection has one (the last logins may still be in flight), and
+// returns how many never got it.
+func awaitBroadcast(held []*conn, broadcast func() error) int64 {
 	var missed, waiting atomic.Int64
-	var rg sync.WaitGroup
+	var wg sync.WaitGroup
 	waiting.Store(int64(len(held)))
 	for _, c := range held {
-		rg.Add(1)
+		wg.Add(1)
 		go func() {
-			defer rg.Done()
+			defer wg.Done()
 			defer waiting.Add(-1)
 			if c.await() != nil {
 				missed.Add(1)
@@ -101,26 +125,12 @@ func main() {
 		}()
 	}
 	for waiting.Load() > 0 {
-		if err := broadcast(*proto, *addr, *ident, *secret); err != nil {
+		if err := broadcast(); err != nil {
 			fail(err)
 		}
 	}
-	rg.Wait()
-	storm := time.Since(start)
-	// Idle: let writers and buffers settle as they would overnight.
-	time.Sleep(*idle)
-	after := rssKiB(*pid)
-	json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"connections": ok.Load(), "failed": failed.Load() + missed.Load(), "storm_seconds": storm.Seconds(),
-		"storm_per_s":      float64(ok.Load()) / storm.Seconds(),
-		"rss_kib_per_conn": float64(after-before) / float64(ok.Load()),
-	})
-	keep.Lock()
-	_ = held
-	keep.Unlock()
-	if failed.Load()+missed.Load() > 0 {
-		os.Exit(1)
-	}
+	wg.Wait()
+	return missed.Load()
 }
 
 // conn is one idle subscriber; await waits for the broadcast.

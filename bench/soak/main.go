@@ -87,101 +87,153 @@ func run(o options) (err error) {
 		return err
 	}
 	defer proxy.Close()
-
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	b, err := startBroker(o.broker, proxy.Addr(), db)
 	if err != nil {
 		return err
+	}
+	defer func() { b.stop(err == nil) }()
+	mem := watchMemory(b.cmd.Process.Pid)
+	subs, err := connectSubscribers(b.addr, o)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("soak: %v, %d publishers at %d msg/s of %d B, %d subscribers, storms of %d+%d every %v, database away %v every %v\n",
+		o.duration, o.publishers, o.rate, o.size, o.subscribers, o.stormSize, o.garbage, o.stormEvery, o.outageFor, o.outageEvery)
+	res, err := load(b.addr, proxy, o)
+	if err != nil {
+		return err
+	}
+	return res.report(subs, mem)
+}
+
+// broker is the broker process under soak.
+type broker struct {
+	addr string
+	cmd  *exec.Cmd
+	log  *os.File
+}
+
+// startBroker runs the broker binary on a free loopback port with the
+// database+postgresql store of db, reached through proxyAddr. Its log (storm
+// logins, outages) goes to a file, out of the report.
+func startBroker(binary, proxyAddr, db string) (*broker, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
 	}
 	addr := l.Addr().String()
 	l.Close()
 	_, port, _ := net.SplitHostPort(addr)
-	broker := exec.Command(o.broker, "-e", "tcp:interface=127.0.0.1:port="+port, "--lookup-timeout=2s",
-		"--auth=database+postgresql://postgres@"+proxy.Addr()+"/"+db+"?sslmode=disable")
-	// The broker's log (storm logins, outages) stays out of the report.
+	cmd := exec.Command(binary, "-e", "tcp:interface=127.0.0.1:port="+port, "--lookup-timeout=2s",
+		"--auth=database+postgresql://postgres@"+proxyAddr+"/"+db+"?sslmode=disable")
 	logFile, err := os.CreateTemp("", "hpfeeds-soak-broker-*.log")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer func() {
-		logFile.Close()
-		if err == nil {
-			os.Remove(logFile.Name()) // kept only when something went wrong
-		}
-	}()
-	broker.Stderr = logFile
-	if err := broker.Start(); err != nil {
-		return err
+	cmd.Stderr = logFile
+	b := &broker{addr: addr, cmd: cmd, log: logFile}
+	if err := cmd.Start(); err != nil {
+		b.stop(true)
+		return nil, err
 	}
 	fmt.Printf("broker log: %s\n", logFile.Name())
-	defer func() { broker.Process.Signal(syscall.SIGTERM); broker.Wait() }()
 	if err := waitListening(addr); err != nil {
-		return err
+		b.stop(false)
+		return nil, err
 	}
-	mem := watchMemory(broker.Process.Pid)
+	return b, nil
+}
 
-	ctx := context.Background()
-	dial := func(ident string) (*client.Client, error) {
-		return client.Dial(ctx, client.Config{Addr: addr, Ident: ident, Secret: "soak", MessageBuffer: 65536})
+// stop ends the broker; its log is kept only when something went wrong.
+func (b *broker) stop(ok bool) {
+	if b.cmd.Process != nil {
+		b.cmd.Process.Signal(syscall.SIGTERM)
+		b.cmd.Wait()
 	}
+	b.log.Close()
+	if ok {
+		os.Remove(b.log.Name())
+	}
+}
+
+func dial(addr, ident string) (*client.Client, error) {
+	return client.Dial(context.Background(), client.Config{Addr: addr, Ident: ident, Secret: "soak", MessageBuffer: 65536})
+}
+
+// connectSubscribers connects the healthy subscribers and returns once a
+// probe proves every subscription is in place.
+func connectSubscribers(addr string, o options) ([]*subscriber, error) {
 	subs := make([]*subscriber, o.subscribers)
 	for i := range subs {
-		c, err := dial("sub")
+		c, err := dial(addr, "sub")
 		if err != nil {
-			return fmt.Errorf("subscriber %d: %w", i, err)
+			return nil, fmt.Errorf("subscriber %d: %w", i, err)
 		}
 		subs[i] = newSubscriber(c, o.publishers)
 		if err := c.Subscribe(channel); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	// A probe proves every subscription is in place before counting starts.
-	probe, err := dial("pub")
+	probe, err := dial(addr, "pub")
 	if err != nil {
-		return err
+		return nil, err
 	}
+	defer probe.Close()
 	for _, s := range subs {
 		for !s.ready.Load() {
 			probe.Publish(channel, []byte("probe"))
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	probe.Close()
+	return subs, nil
+}
 
-	fmt.Printf("soak: %v, %d publishers at %d msg/s of %d B, %d subscribers, storms of %d+%d every %v, database away %v every %v\n",
-		o.duration, o.publishers, o.rate, o.size, o.subscribers, o.stormSize, o.garbage, o.stormEvery, o.outageFor, o.outageEvery)
+// result is what a soak counted.
+type result struct {
+	published, pubErrs, outages atomic.Int64
+	storms                      stormStats
+}
+
+// load publishes for o.duration while storms and database outages run.
+func load(addr string, proxy *tcpproxy.Proxy, o options) (*result, error) {
+	r := &result{}
 	stop := make(chan struct{})
-	var published, pubErrs atomic.Int64
 	var wg sync.WaitGroup
 	for p := 0; p < o.publishers; p++ {
-		c, err := dial("pub")
+		c, err := dial(addr, "pub")
 		if err != nil {
-			return err
+			close(stop)
+			wg.Wait()
+			return nil, err
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			publish(c, p, o, stop, &published, &pubErrs)
+			publish(c, p, o, stop, &r.published, &r.pubErrs)
 		}()
 	}
-	var st stormStats
 	wg.Add(2)
-	go func() { defer wg.Done(); storms(addr, o, stop, &st) }()
-	var outages atomic.Int64
-	go func() { defer wg.Done(); cutDatabase(proxy, o, stop, &outages) }()
-
+	go func() { defer wg.Done(); storms(addr, o, stop, &r.storms) }()
+	go func() { defer wg.Done(); cutDatabase(proxy, o, stop, &r.outages) }()
 	time.Sleep(o.duration)
 	close(stop)
 	wg.Wait()
+	return r, nil
+}
 
-	// Drain: wait until deliveries stop changing.
+// report waits for the deliveries to stop changing, prints the counts and
+// says whether the healthy clients were served in full. peakKiB reads the
+// broker's peak RSS.
+func (r *result) report(subs []*subscriber, peakKiB func() int64) error {
 	total := func() (n int64) {
 		for _, s := range subs {
 			n += s.received.Load()
 		}
 		return n
 	}
-	want := published.Load() * int64(len(subs))
+	published := r.published.Load()
+	want := published * int64(len(subs))
 	for last, still := int64(-1), 0; still < 20 && total() < want; {
 		if n := total(); n == last {
 			still++
@@ -193,20 +245,21 @@ func run(o options) (err error) {
 	var lost, disconnects, outOfOrder int64
 	for _, s := range subs {
 		s.c.Close()
-		lost += published.Load() - s.received.Load()
+		lost += published - s.received.Load()
 		disconnects += s.errors.Load()
 		outOfOrder += s.outOfOrder.Load()
 	}
-	fmt.Printf("published            %d (%d publish errors)\n", published.Load(), pubErrs.Load())
+	st := &r.storms
+	fmt.Printf("published            %d (%d publish errors)\n", published, r.pubErrs.Load())
 	fmt.Printf("delivered            %d of %d expected\n", total(), want)
 	fmt.Printf("lost                 %d\n", lost)
 	fmt.Printf("out of order         %d\n", outOfOrder)
 	fmt.Printf("healthy client errors %d\n", disconnects)
 	fmt.Printf("storm logins         %d ok, %d refused (database away), %d other failures\n", st.ok.Load(), st.refused.Load(), st.failed.Load())
 	fmt.Printf("garbage connections  %d\n", st.garbage.Load())
-	fmt.Printf("database outages     %d (cut and stalled in turn)\n", outages.Load())
-	fmt.Printf("broker peak RSS      %.1f MiB (VmHWM)\n", float64(mem())/1024)
-	if lost != 0 || outOfOrder != 0 || disconnects != 0 || pubErrs.Load() != 0 {
+	fmt.Printf("database outages     %d (cut and stalled in turn)\n", r.outages.Load())
+	fmt.Printf("broker peak RSS      %.1f MiB (VmHWM)\n", float64(peakKiB())/1024)
+	if lost != 0 || outOfOrder != 0 || disconnects != 0 || r.pubErrs.Load() != 0 {
 		return errors.New("healthy clients lost messages or connections")
 	}
 	if st.ok.Load() == 0 {
