@@ -38,15 +38,21 @@ func dialTLS(t *testing.T, addr string, ca *testcert.CA) (*brokertest.Client, in
 	return c, tc.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
 }
 
+// startTLS serves a broker on a TLS endpoint whose certificate, issued by
+// ca with serial, is in the returned files.
+func startTLS(t *testing.T, ca *testcert.CA, serial int64) (srv *brokertest.Server, certFile, keyFile string) {
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
+	c, k := ca.Issue(t, serial, "127.0.0.1")
+	writeAtomic(t, certFile, c)
+	writeAtomic(t, keyFile, k)
+	srv = brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+	return srv, certFile, keyFile
+}
+
 func TestTLSAndCertificateRollover(t *testing.T) {
 	ca := testcert.NewCA(t)
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
-	c1, k1 := ca.Issue(t, 100, "127.0.0.1")
-	writeAtomic(t, certFile, c1)
-	writeAtomic(t, keyFile, k1)
-
-	srv := brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+	srv, certFile, keyFile := startTLS(t, ca, 100)
 	old, serial := dialTLS(t, srv.Addr, ca)
 	if serial != 100 {
 		t.Fatalf("serial %d", serial)
@@ -129,12 +135,7 @@ func TestTLSRefusesMissingCertificate(t *testing.T) {
 // new certificate, never a mismatched pair) and no message is lost.
 func TestTLSRotationUnderLoad(t *testing.T) {
 	ca := testcert.NewCA(t)
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
-	c1, k1 := ca.Issue(t, 1, "127.0.0.1")
-	writeAtomic(t, certFile, c1)
-	writeAtomic(t, keyFile, k1)
-	srv := brokertest.StartEndpoint(t, testUsers(), "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+	srv, certFile, keyFile := startTLS(t, ca, 1)
 
 	s, _ := dialTLS(t, srv.Addr, ca)
 	s.Send(brokertest.Subscribe(t, "both", "chan"))

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/hpfeeds-go/hpfeeds/bench/internal/proc"
 	"net"
 	"os"
 	"strings"
@@ -75,7 +76,7 @@ func main() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"attack": *attack, "peak_rss_kib": peakKiB(), "healthy_sent": sent, "healthy_lost": sent - healthyGot.Load(),
+		"attack": *attack, "peak_rss_kib": proc.StatusKiB(*pid, "VmHWM"), "healthy_sent": sent, "healthy_lost": sent - healthyGot.Load(),
 	})
 }
 
@@ -148,18 +149,6 @@ func healthy(sent, got *atomic.Int64) {
 		}
 		sent.Add(1)
 	}
-}
-
-func peakKiB() int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", *pid))
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			var kb int
-			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
-			return kb
-		}
-	}
-	return 0
 }
 
 func fail(err error) {

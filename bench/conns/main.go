@@ -7,10 +7,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/hpfeeds-go/hpfeeds/bench/internal/proc"
 	"net"
 	"os"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,21 +20,6 @@ import (
 
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
-
-func rssKiB(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		fail(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			var kb int
-			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
-			return kb
-		}
-	}
-	return 0
-}
 
 func main() {
 	proto := flag.String("proto", "hpfeeds", "hpfeeds or nats")
@@ -56,14 +41,14 @@ func main() {
 	}
 
 	time.Sleep(200 * time.Millisecond)
-	before := rssKiB(*pid)
+	before := proc.StatusKiB(*pid, "VmRSS")
 	start := time.Now()
 	held, failed := openAll(*n, *workers, func() (*conn, error) { return open(*proto, *addr, *ident, *secret) })
 	missed := awaitBroadcast(held, func() error { return broadcast(*proto, *addr, *ident, *secret) })
 	storm := time.Since(start)
 	// Idle: let writers and buffers settle as they would overnight.
 	time.Sleep(*idle)
-	after := rssKiB(*pid)
+	after := proc.StatusKiB(*pid, "VmRSS")
 	ok := len(held)
 	json.NewEncoder(os.Stdout).Encode(map[string]any{
 		"connections": ok, "failed": failed + missed, "storm_seconds": storm.Seconds(),

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/hpfeeds-go/hpfeeds/bench/internal/proc"
 	"net"
 	"os"
 	"os/exec"
@@ -92,7 +93,8 @@ func run(o options) (err error) {
 		return err
 	}
 	defer func() { b.stop(err == nil) }()
-	mem := watchMemory(b.cmd.Process.Pid)
+	pid := b.cmd.Process.Pid
+	mem := func() int64 { return proc.StatusKiB(pid, "VmHWM") }
 	subs, err := connectSubscribers(b.addr, o)
 	if err != nil {
 		return err
@@ -310,25 +312,6 @@ func waitListening(addr string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("broker did not listen on %s", addr)
-}
-
-// watchMemory returns a function giving the broker's peak resident memory
-// in KiB, read before the process exits.
-func watchMemory(pid int) func() int64 {
-	return func() int64 {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			return -1
-		}
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-				var kb int64
-				fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
-				return kb
-			}
-		}
-		return -1
-	}
 }
 
 type subscriber struct {

@@ -2,13 +2,13 @@ package main
 
 import (
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/internal/testbin"
 
 	"bufio"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -21,20 +21,7 @@ import (
 
 var binary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "hpfeeds-broker-test")
-	if err != nil {
-		panic(err)
-	}
-	binary = filepath.Join(dir, "hpfeeds-broker")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-		os.Stderr.Write(out)
-		panic(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, "hpfeeds-broker", &binary) }
 
 // run runs the real binary in a directory of its own and returns its exit
 // code and output.

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"github.com/hpfeeds-go/hpfeeds/internal/loadgen"
+	"github.com/hpfeeds-go/hpfeeds/internal/testbin"
 	"math/big"
 	"net"
 	"os"
@@ -31,20 +32,7 @@ import (
 
 var cliBinary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "hpfeeds-cli-test")
-	if err != nil {
-		panic(err)
-	}
-	cliBinary = filepath.Join(dir, "hpfeeds")
-	if out, err := exec.Command("go", "build", "-o", cliBinary, ".").CombinedOutput(); err != nil {
-		os.Stderr.Write(out)
-		panic(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, "hpfeeds", &cliBinary) }
 
 var users = brokertest.NewUsers(
 	auth.User{Ident: "cli", Secret: "s", PubChans: []string{"c1", "c2", "bench"}, SubChans: []string{"c1", "c2", "bench"}},
