@@ -112,6 +112,17 @@ type Checker interface {
 	Check(ctx context.Context) error
 }
 
+// NotCreatedError says that a store's file, table or collection does not
+// exist yet, which `hpfeeds-broker user init` (or the documented DDL)
+// creates; the command says how.
+type NotCreatedError struct {
+	Err  error
+	Spec string // the spec that reaches the store, for the command to show
+}
+
+func (e *NotCreatedError) Error() string { return e.Err.Error() }
+func (e *NotCreatedError) Unwrap() error { return e.Err }
+
 // Initializer is implemented by stores that can create their table (or
 // collection) as documented, for `hpfeeds-broker user init`. created is
 // false when it was already there.

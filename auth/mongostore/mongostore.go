@@ -314,7 +314,7 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Check implements auth.Checker: the collection exists. MongoDB creates
 // one at the first insert, but a broker reading a collection nobody wrote
-// to is reading the wrong one (see --mongo-collection).
+// to is reading the wrong one (see Settings.Collection).
 func (s *Store) Check(ctx context.Context) error {
 	c, err := s.collection(ctx)
 	if err != nil {
@@ -325,8 +325,8 @@ func (s *Store) Check(ctx context.Context) error {
 		return auth.RedactError(err, s.spec)
 	}
 	if len(names) == 0 {
-		return fmt.Errorf("no collection %s in database %s (pick another with --mongo-collection, or create it with `hpfeeds-broker user init --auth=…`)",
-			s.coll, c.Database().Name())
+		return &auth.NotCreatedError{Spec: auth.Redact(s.spec),
+			Err: fmt.Errorf("no collection %s in database %s", s.coll, c.Database().Name())}
 	}
 	return nil
 }

@@ -93,7 +93,7 @@ func OpenSQLite(ctx context.Context, path string, create bool) (*Store, error) {
 	}
 	if _, err := os.Stat(abs); err != nil && !create {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("no SQLite database at %s: create it with `hpfeeds-broker user init --auth=%s`, or add a first user with `hpfeeds-broker user add --auth=%[2]s --ident=…`", abs, path)
+			return nil, &auth.NotCreatedError{Err: fmt.Errorf("no SQLite database at %s", abs), Spec: path}
 		}
 		return nil, fmt.Errorf("SQLite database %s: %w", abs, err)
 	}

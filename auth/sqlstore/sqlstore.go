@@ -187,8 +187,8 @@ func (s *Store) Check(ctx context.Context) error {
 	}
 	rows, err := s.db.QueryContext(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE 1 = 0", strings.Join(cols, ", "), s.d.table))
 	if err != nil {
-		return fmt.Errorf("table %s with columns %s: %w (create it as docs/stores.md shows, or with `hpfeeds-broker user init --auth=…`)",
-			s.d.table, strings.Join(cols, ", "), err)
+		return &auth.NotCreatedError{Spec: s.name, Err: fmt.Errorf("table %s with columns %s: %w",
+			s.d.table, strings.Join(cols, ", "), err)}
 	}
 	return rows.Close()
 }
@@ -228,7 +228,7 @@ func (s *Store) missingFile() error {
 		return nil
 	}
 	if _, err := os.Stat(s.file); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("no SQLite database at %s: create it with `hpfeeds-broker user init --auth=%s`", s.file, s.name)
+		return &auth.NotCreatedError{Err: fmt.Errorf("no SQLite database at %s", s.file), Spec: s.name}
 	}
 	return nil
 }

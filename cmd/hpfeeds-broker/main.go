@@ -3,17 +3,41 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
+	"strings"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
 )
 
 func main() {
 	cmd := newRootCmd()
 	if err := cmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "hpfeeds-broker:", oneLine(err))
+		fmt.Fprintln(os.Stderr, "hpfeeds-broker:", oneLine(withInitHint(err)))
 		os.Exit(1)
 	}
+}
+
+// withInitHint says how to create a credential store that is not there
+// yet; the stores say only what is missing.
+func withInitHint(err error) error {
+	var nc *auth.NotCreatedError
+	if !errors.As(err, &nc) {
+		return err
+	}
+	initCmd := "`hpfeeds-broker user init --auth=" + nc.Spec + "`"
+	hint := "create it with " + initCmd
+	switch kind := auth.Kind(nc.Spec); {
+	case kind == auth.KindSQLite:
+		hint += ", or add a first user with `hpfeeds-broker user add --auth=" + nc.Spec + " --ident=…`"
+	case strings.HasPrefix(kind, "database+"):
+		hint = "create it as docs/stores.md shows, or with " + initCmd
+	case strings.HasPrefix(kind, "mongodb"):
+		hint = "pick another with --mongo-collection, or " + hint
+	}
+	return fmt.Errorf("%w (%s)", err, hint)
 }
 
 var (

@@ -196,7 +196,7 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 			return nil, fmt.Errorf("credential store unreachable: %w", err)
 		}
 		// The database may start after the broker: logins fail until it is up.
-		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", err)
+		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", withInitHint(err))
 	} else {
 		warnDuplicates(pctx, log, chain)
 	}

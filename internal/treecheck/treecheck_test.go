@@ -8,6 +8,8 @@ import (
 	"go/token"
 	"io/fs"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -69,4 +71,39 @@ func TestNoLongFunctions(t *testing.T) {
 	if n < 100 {
 		t.Fatalf("only %d functions found under %s: the walk is broken", n, root)
 	}
+}
+
+// flagName is a command-line flag in a string: --name.
+var flagName = regexp.MustCompile(`(^|[\s"'(=\[])--[a-z][a-z0-9-]+`)
+
+// Library packages say what happened; the commands, which own the flags,
+// name them when they wrap a library's error (see cluster.ErrUnreachable
+// and auth.NotCreatedError).
+func TestLibrariesNameNoFlags(t *testing.T) {
+	libraries := []string{"auth/", "broker/", "client/", "cluster/", "metrics/", "status/", "wire/", "internal/"}
+	testSupport := []string{"auth/storetest/", "broker/brokertest/"} // how to start a service, for people
+	sources(t, func(path string, _ *token.FileSet, file *ast.File) {
+		if !hasPrefix(path, libraries) || hasPrefix(path, testSupport) {
+			return
+		}
+		ast.Inspect(file, func(n ast.Node) bool {
+			lit, ok := n.(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING {
+				return true
+			}
+			if s, err := strconv.Unquote(lit.Value); err == nil && flagName.MatchString(s) {
+				t.Errorf("%s: %q names a command-line flag; let the command add it", path, s)
+			}
+			return true
+		})
+	})
+}
+
+func hasPrefix(path string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(path, p) {
+			return true
+		}
+	}
+	return false
 }
