@@ -15,8 +15,18 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 )
 
+// table checks f against cases, input to want.
+func table(t *testing.T, name string, f func(string) string, cases map[string]string) {
+	t.Helper()
+	for in, want := range cases {
+		if got := f(in); got != want {
+			t.Errorf("%s(%q) = %q, want %q", name, in, got, want)
+		}
+	}
+}
+
 func TestKind(t *testing.T) {
-	for spec, want := range map[string]string{
+	table(t, "Kind", auth.Kind, map[string]string{
 		"env":                                 auth.KindEnv,
 		"sqlite":                              auth.KindSQLite,
 		"users.json":                          auth.KindJSON,
@@ -29,11 +39,7 @@ func TestKind(t *testing.T) {
 		"mongodb://h/hpfeeds?appName=a.json":  "mongodb",
 		"mongodb+srv://h/hpfeeds?x=users.db":  "mongodb+srv",
 		"nosuchstore":                         "nosuchstore",
-	} {
-		if got := auth.Kind(spec); got != want {
-			t.Errorf("Kind(%q) = %q, want %q", spec, got, want)
-		}
-	}
+	})
 }
 
 // The URL scheme decides, whatever the spec ends with: before the registry
@@ -83,17 +89,13 @@ func TestRegisterTwicePanics(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
-	for spec, want := range map[string]string{
+	table(t, "Redact", auth.Redact, map[string]string{
 		"mongodb://u:s3cret@h1,h2/db?authSource=admin": "mongodb://u:xxxxx@h1,h2/db?authSource=admin",
 		"database+mysql://root@h/db":                   "database+mysql://root@h/db",
 		"database+postgresql://u:@h/db":                "database+postgresql://u:xxxxx@h/db",
 		"nats://h:4222":                                "nats://h:4222",
 		"/etc/users.json":                              "/etc/users.json",
-	} {
-		if got := auth.Redact(spec); got != want {
-			t.Errorf("Redact(%q) = %q, want %q", spec, got, want)
-		}
-	}
+	})
 }
 
 func TestRedactError(t *testing.T) {

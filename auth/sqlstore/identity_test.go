@@ -56,57 +56,49 @@ func TestCollationCollision(t *testing.T) {
 // spaces included, and the migration adds it to a Python broker's table
 // once the extra rows are gone.
 func TestIdentifierKey(t *testing.T) {
-	for _, srv := range storetest.SQLServers {
-		t.Run(srv.Name, func(t *testing.T) {
-			spec, db := srv.NewUserTable(t)
-			srv.Exec(t, db, insertSensor)
-			st := open(t, spec).(*Store)
-			for _, dup := range []string{"sensor", "sensor "} {
-				if srv.Name == storetest.PostgreSQL.Name && dup != "sensor" {
-					continue // PostgreSQL's varchar keeps trailing spaces: another identifier
-				}
-				_, err := st.db.Exec(`INSERT INTO auth_keys (identifier, secret) VALUES (`+st.d.placeholder(1)+`, 'x')`, dup)
-				if err == nil {
-					t.Errorf("a second row %q was accepted", dup)
-				}
+	withSensor(t, func(t *testing.T, srv storetest.SQLServer, spec string) {
+		st := open(t, spec).(*Store)
+		for _, dup := range []string{"sensor", "sensor "} {
+			if srv.Name == storetest.PostgreSQL.Name && dup != "sensor" {
+				continue // PostgreSQL's varchar keeps trailing spaces: another identifier
 			}
+			_, err := st.db.Exec(`INSERT INTO auth_keys (identifier, secret) VALUES (`+st.d.placeholder(1)+`, 'x')`, dup)
+			if err == nil {
+				t.Errorf("a second row %q was accepted", dup)
+			}
+		}
 
-			legacy := srv.NewDatabase(t)
-			srv.Exec(t, legacy, srv.LegacyDDL)
-			srv.Exec(t, legacy, insertSensor+", ('sensor', 'again', NULL, NULL)")
-			lst := open(t, srv.URL(legacy)).(*Store)
-			if dups, err := lst.DuplicateIdents(context.Background()); err != nil || !slices.Equal(dups, []string{"sensor"}) {
-				t.Fatalf("duplicates %q (%v), want [sensor]", dups, err)
-			}
-			srv.Exec(t, legacy, "DELETE FROM auth_keys WHERE secret = 'again'")
-			srv.Exec(t, legacy, srv.Migrate)
-			_, err := lst.db.Exec(`INSERT INTO auth_keys (identifier, secret) VALUES ('sensor', 'x')`)
-			if err == nil || !strings.Contains(strings.ToLower(err.Error()), "duplicate") {
-				t.Errorf("after the migration a second row gave %v, want a duplicate key error", err)
-			}
-		})
-	}
+		legacy := srv.NewDatabase(t)
+		srv.Exec(t, legacy, srv.LegacyDDL)
+		srv.Exec(t, legacy, insertSensor+", ('sensor', 'again', NULL, NULL)")
+		lst := open(t, srv.URL(legacy)).(*Store)
+		if dups, err := lst.DuplicateIdents(context.Background()); err != nil || !slices.Equal(dups, []string{"sensor"}) {
+			t.Fatalf("duplicates %q (%v), want [sensor]", dups, err)
+		}
+		srv.Exec(t, legacy, "DELETE FROM auth_keys WHERE secret = 'again'")
+		srv.Exec(t, legacy, srv.Migrate)
+		_, err := lst.db.Exec(`INSERT INTO auth_keys (identifier, secret) VALUES ('sensor', 'x')`)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "duplicate") {
+			t.Errorf("after the migration a second row gave %v, want a duplicate key error", err)
+		}
+	})
 }
 
 // Idents no store can hold are refused before the lookup, as unknown
 // idents: on PostgreSQL, NUL and invalid UTF-8 made the query fail, so an
 // unauthenticated client could raise the store-down alert.
 func TestImpossibleIdentsAreNotStoreErrors(t *testing.T) {
-	for _, srv := range storetest.SQLServers {
-		t.Run(srv.Name, func(t *testing.T) {
-			spec, db := srv.NewUserTable(t)
-			srv.Exec(t, db, insertSensor)
-			b := brokertest.Start(t, open(t, spec))
-			for _, ident := range []string{"", "sen\x00sor", "sensor\xff", "\xc3"} {
-				storetest.ExpectRefused(t, b.Addr, ident, "s3cret")
-			}
-			if n := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryErrorCheckingIdent}]; n != 0 {
-				t.Errorf("%d store errors, want none", n)
-			}
-			if n := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidIdent}]; n != 4 {
-				t.Errorf("invalid-ident %d, want 4", n)
-			}
-			storetest.ExpectLogin(t, b.Addr, "sensor", "s3cret", "events")
-		})
-	}
+	withSensor(t, func(t *testing.T, srv storetest.SQLServer, spec string) {
+		b := brokertest.Start(t, open(t, spec))
+		for _, ident := range []string{"", "sen\x00sor", "sensor\xff", "\xc3"} {
+			storetest.ExpectRefused(t, b.Addr, ident, "s3cret")
+		}
+		if n := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryErrorCheckingIdent}]; n != 0 {
+			t.Errorf("%d store errors, want none", n)
+		}
+		if n := b.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidIdent}]; n != 4 {
+			t.Errorf("invalid-ident %d, want 4", n)
+		}
+		storetest.ExpectLogin(t, b.Addr, "sensor", "s3cret", "events")
+	})
 }

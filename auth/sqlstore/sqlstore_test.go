@@ -121,27 +121,31 @@ func TestDatabaseStores(t *testing.T) {
 // lookup timeout while clients logged in before are served, and logins work
 // again when it returns, with no restart.
 func TestDatabaseOutage(t *testing.T) {
-	for _, srv := range storetest.SQLServers {
-		t.Run(srv.Name, func(t *testing.T) {
-			spec, db := srv.NewUserTable(t)
-			srv.Exec(t, db, insertSensor)
-			proxy := storetest.NewProxy(t, srv.Addr)
-			st := open(t, strings.Replace(spec, srv.Addr, proxy.Addr(), 1))
-			storetest.Outage(t, st, proxy, "sensor", "s3cret", "events")
-		})
-	}
+	withSensor(t, func(t *testing.T, srv storetest.SQLServer, spec string) {
+		proxy := storetest.NewProxy(t, srv.Addr)
+		st := open(t, strings.Replace(spec, srv.Addr, proxy.Addr(), 1))
+		storetest.Outage(t, st, proxy, "sensor", "s3cret", "events")
+	})
 }
 
 // A reconnect storm larger than the database's max_connections (100 on
 // PostgreSQL, 151 on MariaDB by default) logs everyone in: logins queue for
 // the store's pooled connections rather than open one each.
 func TestLoginStorm(t *testing.T) {
+	withSensor(t, func(t *testing.T, srv storetest.SQLServer, spec string) {
+		b := brokertest.Start(t, open(t, spec))
+		storetest.LoginStorm(t, b.Addr, "sensor", "s3cret", "events", 400)
+	})
+}
+
+// withSensor runs f on each SQL server, on a table of its own holding the
+// sensor row, with the spec that reaches it.
+func withSensor(t *testing.T, f func(t *testing.T, srv storetest.SQLServer, spec string)) {
 	for _, srv := range storetest.SQLServers {
 		t.Run(srv.Name, func(t *testing.T) {
 			spec, db := srv.NewUserTable(t)
 			srv.Exec(t, db, insertSensor)
-			b := brokertest.Start(t, open(t, spec))
-			storetest.LoginStorm(t, b.Addr, "sensor", "s3cret", "events", 400)
+			f(t, srv, spec)
 		})
 	}
 }

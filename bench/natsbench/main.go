@@ -20,14 +20,7 @@ import (
 func main() {
 	var cfg loadgen.Config
 	url := flag.String("url", nats.DefaultURL, "NATS server")
-	flag.IntVar(&cfg.Publishers, "publishers", 1, "")
-	flag.IntVar(&cfg.Subscribers, "subscribers", 10, "")
-	flag.IntVar(&cfg.Size, "size", 256, "payload bytes (at least 9)")
-	flag.IntVar(&cfg.Count, "count", 100000, "messages per publisher")
-	flag.DurationVar(&cfg.Duration, "duration", 0, "publish for this long instead of -count")
-	flag.IntVar(&cfg.Rate, "rate", 0, "total messages per second (0: as fast as subscribers keep up)")
-	flag.IntVar(&cfg.Window, "window", 20000, "messages a publisher may be ahead of the subscribers (0: no window, publish as fast as TCP allows)")
-	flag.DurationVar(&cfg.Drain, "drain", 10*time.Second, "")
+	cfg.AddFlags(flag.CommandLine)
 	subject := flag.String("subject", "bench", "")
 	flag.Parse()
 	cfg.FrameBytes = cfg.Size + 16

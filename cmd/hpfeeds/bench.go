@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -56,14 +57,9 @@ The ident needs permission to publish and subscribe on the channel.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.IntVar(&o.Publishers, "publishers", 1, "publishing connections")
-	fl.IntVar(&o.Subscribers, "subscribers", 10, "subscribing connections")
-	fl.IntVar(&o.Size, "size", 256, "payload `BYTES` (at least 9: a marker and a timestamp)")
-	fl.IntVar(&o.Count, "count", 100000, "messages per publisher (unless --duration)")
-	fl.DurationVar(&o.Duration, "duration", 0, "publish for this long instead of --count")
-	fl.IntVar(&o.Rate, "rate", 0, "total messages per second across publishers (0: as fast as subscribers keep up)")
-	fl.IntVar(&o.Window, "window", 20000, "messages a publisher may be ahead of the subscribers (and never more than 32 MiB); 0: no window, publish as fast as TCP allows")
-	fl.DurationVar(&o.Drain, "drain", 10*time.Second, "how long to wait for deliveries to stop changing before counting losses")
+	load := flag.NewFlagSet("bench", flag.ContinueOnError)
+	o.Config.AddFlags(load)
+	fl.AddGoFlagSet(load)
 	fl.BoolVar(&o.json, "json", false, "print the result as one JSON object")
 	fl.IntVar(&o.subPort, "sub-port", 0, "connect subscribers to this `PORT` of --host instead (another broker of a cluster)")
 	return cmd

@@ -6,6 +6,7 @@ package loadgen
 
 import (
 	"encoding/binary"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +34,18 @@ type Config struct {
 	Window                  int           // messages a publisher may be ahead of the subscribers; 0: none
 	FrameBytes              int           // a message's size on the wire, to bound the window to 32 MiB
 	Drain                   time.Duration // how long deliveries may stop changing before losses are counted
+}
+
+// AddFlags defines the load's flags on fs, with their defaults.
+func (c *Config) AddFlags(fs *flag.FlagSet) {
+	fs.IntVar(&c.Publishers, "publishers", 1, "publishing connections")
+	fs.IntVar(&c.Subscribers, "subscribers", 10, "subscribing connections")
+	fs.IntVar(&c.Size, "size", 256, "payload `BYTES` (at least 9: a marker and a timestamp)")
+	fs.IntVar(&c.Count, "count", 100000, "messages per publisher (unless a duration is given)")
+	fs.DurationVar(&c.Duration, "duration", 0, "publish for this long instead of a count")
+	fs.IntVar(&c.Rate, "rate", 0, "total messages per second across publishers (0: as fast as subscribers keep up)")
+	fs.IntVar(&c.Window, "window", 20000, "messages a publisher may be ahead of the subscribers (and never more than 32 MiB); 0: no window, publish as fast as TCP allows")
+	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "how long to wait for deliveries to stop changing before counting losses")
 }
 
 // Result is what a run measured; `hpfeeds bench --json` and natsbench
