@@ -180,11 +180,8 @@ func (r *run) publish(p Publisher) {
 				time.Sleep(d)
 			}
 			next = next.Add(interval)
-		} else if cfg.Window > 0 && k%int(min(256, window)) == 0 && subs > 0 {
-			for r.published.Load()-r.delivered()/subs > window {
-				p.Flush()
-				time.Sleep(100 * time.Microsecond)
-			}
+		} else if cfg.Window > 0 && k%int(min(256, window)) == 0 && subs > 0 && !r.waitWindow(p, window, subs) {
+			break
 		}
 		binary.BigEndian.PutUint64(payload[1:MinSize], uint64(time.Now().UnixNano()))
 		if p.Send(payload) != nil {
@@ -193,6 +190,24 @@ func (r *run) publish(p Publisher) {
 		r.published.Add(1)
 	}
 	p.Done()
+}
+
+// waitWindow waits until the subscribers have received all but window of
+// what was published. It reports false when deliveries stopped for Drain
+// first: messages were lost, the window will never close, and the
+// publisher stops so the loss is reported rather than waited on forever.
+func (r *run) waitWindow(p Publisher, window, subs int64) bool {
+	last, since := r.delivered(), time.Now()
+	for r.published.Load()-r.delivered()/subs > window {
+		p.Flush()
+		time.Sleep(100 * time.Microsecond)
+		if n := r.delivered(); n != last {
+			last, since = n, time.Now()
+		} else if time.Since(since) > r.cfg.Drain {
+			return false
+		}
+	}
+	return true
 }
 
 // progress prints a line a second while out is a terminal; it returns a

@@ -63,3 +63,21 @@ func TestRunCountsDeliveriesAndLosses(t *testing.T) {
 		}
 	}
 }
+
+// Losses larger than the window end the run with the loss reported: the
+// window never closes again, and publishers used to wait on it forever.
+func TestLossPastTheWindowEndsTheRun(t *testing.T) {
+	sinks := []*Sink{{}}
+	pub := &loopback{mu: &sync.Mutex{}, sinks: sinks, dropEvery: 2}
+	cfg := Config{Publishers: 1, Subscribers: 1, Size: 64, Count: 10000, Window: 100, FrameBytes: 80, Drain: 50 * time.Millisecond}
+	done := make(chan *Result, 1)
+	go func() { done <- Run(cfg, []Publisher{pub}, sinks, nil) }()
+	select {
+	case r := <-done:
+		if r.Lost == 0 || r.Published >= 10000 {
+			t.Errorf("%+v: want the run cut short with the loss counted", r)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the run still waits on a window losses keep open")
+	}
+}
