@@ -3,14 +3,8 @@ package docs
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
+	"github.com/hpfeeds-go/hpfeeds/internal/testcert"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -145,7 +139,9 @@ func TestDocumentedCommands(t *testing.T) {
 	}
 	write(t, filepath.Join(work, "etc/hpfeeds/users.json"), "{}")
 	write(t, filepath.Join(work, "sample.bin"), "\x00\x01binary\xff")
-	selfSigned(t, work)
+	// broker.crt and broker.key for broker.example and 127.0.0.1, and the
+	// CA that signed them as ca.crt.
+	testcert.NewCA(t).WriteFiles(t, work, "broker", "broker.example", "127.0.0.1")
 	// The default stores, as `user init` (docs/stores.md) leaves them: in
 	// the working directory, the image's volume and systemd's state.
 	for _, dir := range []string{work, filepath.Join(work, "app/var"), filepath.Join(work, "var/lib/hpfeeds")} {
@@ -325,25 +321,4 @@ func write(t *testing.T, path, data string) {
 	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// selfSigned writes broker.crt, broker.key and ca.crt (the same
-// certificate) for broker.example and 127.0.0.1 into dir.
-func selfSigned(t *testing.T, dir string) {
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker.example"}, DNSNames: []string{"broker.example"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, _ := x509.MarshalPKCS8PrivateKey(k)
-	c := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	write(t, filepath.Join(dir, "ca.crt"), c)
-	write(t, filepath.Join(dir, "broker.crt"), c)
-	write(t, filepath.Join(dir, "broker.key"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})))
 }

@@ -1,13 +1,7 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
+	"github.com/hpfeeds-go/hpfeeds/internal/testcert"
 	"net"
 	"os"
 	"os/exec"
@@ -211,19 +205,6 @@ func exampleDB(t *testing.T) string {
 	return db
 }
 
-func writeCert(t *testing.T, dir string) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(filepath.Join(dir, "broker.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(filepath.Join(dir, "broker.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-}
-
 // The systemd unit passes systemd's own checks, with ExecStart pointing at
 // the binary these tests built.
 func TestSystemdUnit(t *testing.T) {
@@ -345,4 +326,9 @@ func TestDockerEntrypoint(t *testing.T) {
 	if code, out := run(t, nil, "--check-config", "--auth="+filepath.Join(dir, "sqlite.db")); code != 0 {
 		t.Fatalf("the database after the entrypoint: %s", out)
 	}
+}
+
+// writeCert writes broker.crt and broker.key into dir.
+func writeCert(t *testing.T, dir string) {
+	testcert.NewCA(t).WriteFiles(t, dir, "broker", "broker")
 }
