@@ -337,3 +337,22 @@ func TestLargePublishRefusedFromItsHead(t *testing.T) {
 		c.ExpectError(tc.want)
 	}
 }
+
+// The frame deadline covers a frame in progress only: a connection that
+// completed its frames and then stays idle far longer is not closed.
+func TestFrameTimeoutSparesIdleConnections(t *testing.T) {
+	srv := brokertest.Start(t, flowUsers("a"), func(c *broker.Config) { c.FrameTimeout = 200 * time.Millisecond })
+	s := subscriber(t, srv.Addr, "sa", "a")
+	p := brokertest.Login(t, srv.Addr, "pa", "s")
+	frame := brokertest.Publish(t, "pa", "a", "split")
+	p.Send(frame[:7]) // a frame in progress arms the deadline
+	time.Sleep(50 * time.Millisecond)
+	p.Send(frame[7:])
+	s.ExpectMessage("pa", "a", "split")
+	time.Sleep(600 * time.Millisecond) // idle, past the deadline armed above
+	p.Send(brokertest.Publish(t, "pa", "a", "still here"))
+	s.ExpectMessage("pa", "a", "still here")
+	if n := srv.Broker.Snapshot().FrameTimeouts; n != 0 {
+		t.Errorf("%d connections closed for the frame timeout", n)
+	}
+}
