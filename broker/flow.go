@@ -91,10 +91,11 @@ func (m *memBudget) addPartial(n int64) {
 	m.add(int(n))
 }
 
-// wait holds the caller until used drops under pauseAt or d has passed.
-func (m *memBudget) wait(t *time.Timer, d time.Duration) {
+// wait holds the caller until used drops under mark or d has passed; only
+// a drop under pauseAt wakes it early.
+func (m *memBudget) wait(t *time.Timer, d time.Duration, mark int64) {
 	m.mu.Lock()
-	if m.used.Load() < m.pauseAt {
+	if m.used.Load() < mark {
 		m.mu.Unlock()
 		return
 	}
@@ -330,14 +331,20 @@ func (c *conn) memoryPause() error {
 	}
 	c.stats.memoryPauses.Add(1)
 	t := c.timer()
-	for big && m.used.Load() >= m.partialAt && 2*m.partial.Load() >= m.used.Load() && !c.evicted.Load() {
+	// Closing the connection (the budget, revalidation, shutdown) sets
+	// its reason: a closed one stops waiting.
+	for big && m.used.Load() >= m.partialAt && 2*m.partial.Load() >= m.used.Load() && c.reason.Load() == nil {
 		if time.Since(c.partialSince) >= c.b.cfg.FrameTimeout {
 			c.frameTimedOut()
 			return errFrameTimeout
 		}
-		m.wait(t, MaxStall)
+		m.wait(t, MaxStall, m.partialAt)
 	}
-	m.wait(t, MaxStall)
+	mark := m.pauseAt
+	if big {
+		mark = m.partialAt
+	}
+	m.wait(t, MaxStall, mark)
 	return nil
 }
 
