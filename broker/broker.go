@@ -266,10 +266,10 @@ func newTopic(name string) *topic {
 }
 
 // publish queues a copy of raw, a PUBLISH with payload bytes of payload,
-// to every subscriber and reports how many there were. The copy is made
+// to every subscriber and reports the bytes it queued. The copy is made
 // once and shared: subscribers only read it. from is the publishing
 // connection, nil for frames from the cluster (see sendQueue.push).
-func (t *topic) publish(raw []byte, payload int, from *conn) int {
+func (t *topic) publish(raw []byte, payload int, from *conn) (queued int) {
 	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()
 	n := len(t.subs)
@@ -282,8 +282,12 @@ func (t *topic) publish(raw []byte, payload int, from *conn) int {
 			copy(frame, raw)
 		}
 		for _, s := range t.subs {
-			if s.q.push(frame, own, from) {
+			ok, slow := s.q.push(frame, own, from)
+			if slow {
 				tooSlow = append(tooSlow, s)
+			}
+			if ok {
+				queued += len(frame)
 			}
 			// Counted even for a subscriber that is closing, as the
 			// reference does.
@@ -296,7 +300,7 @@ func (t *topic) publish(raw []byte, payload int, from *conn) int {
 	for _, s := range tooSlow {
 		s.q.logTooSlow("send queue hard bound reached")
 	}
-	return n
+	return queued
 }
 
 // add subscribes c and reports whether it is the channel's first

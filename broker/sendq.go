@@ -94,15 +94,16 @@ type wakeup struct {
 // of it for this subscriber alone; it never blocks on I/O. With a
 // publishing connection from, the writer's wake-up, the queued
 // bytes and the queue's stall are left for from to act on before its next
-// read; without one (frames from the cluster) they are acted on now.
-// It reports whether the frame took the queue past its hard bound, closing
+// read; without one (frames from the cluster) the writer is woken now and
+// the caller counts the bytes in the budget. It reports whether the frame
+// was queued, and whether it took the queue past its hard bound, closing
 // the subscriber: the caller logs it (logTooSlow) once it holds no lock.
-func (q *sendQueue) push(frame []byte, own bool, from *conn) (tooSlow bool) {
+func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bool) {
 	cfg := &q.c.b.cfg
 	q.mu.Lock()
 	if q.closing {
 		q.mu.Unlock()
-		return false
+		return false, false
 	}
 	if own {
 		frame = q.copyLocked(frame)
@@ -132,11 +133,10 @@ func (q *sendQueue) push(frame []byte, own bool, from *conn) (tooSlow bool) {
 			from.noteStall(stall)
 		}
 	} else {
-		q.c.b.mem.add(len(frame))
 		q.kick(start, wake)
 	}
 	q.c.stats.queuedFrames.Add(1)
-	return failed
+	return true, failed
 }
 
 // chunkPool holds the chunks frames are copied into for one subscriber.
