@@ -50,6 +50,10 @@ type memBudget struct {
 	partialAt int64 // large partial frames pause from here (a quarter)
 	used      atomic.Int64
 	partial   atomic.Int64 // the part of used in reader buffers
+	// releasing is the part of used that closed subscribers' blocked
+	// writes still hold: it goes within the flush timeout, so closing
+	// more subscribers for it would not help.
+	releasing atomic.Int64
 
 	mu     sync.Mutex
 	relief chan struct{} // closed when used drops under pauseAt
@@ -123,7 +127,7 @@ func (b *Broker) enforceBudget() {
 			return
 		case <-b.mem.over:
 		}
-		for b.mem.used.Load() > b.mem.limit && (b.closeLargestQueue() || b.closeLargestPartial()) {
+		for b.mem.used.Load()-b.mem.releasing.Load() > b.mem.limit && (b.closeLargestQueue() || b.closeLargestPartial()) {
 		}
 	}
 }

@@ -215,16 +215,19 @@ func TestEightStalledSubscribersWithinBudget(t *testing.T) {
 		c.MemoryLimit = limit
 		c.BackpressureDeadline = time.Hour // only the budget bounds them
 	})
+	var clients []*brokertest.Client
 	for _, ch := range chans[:8] {
-		stalledSub(t, srv.Addr, "s"+ch, ch)
+		clients = append(clients, stalledSub(t, srv.Addr, "s"+ch, ch))
 	}
 	healthy := subscriber(t, srv.Addr, "sh", "h")
+	clients = append(clients, healthy)
 	runtime.GC()
 	stop := make(chan struct{})
 	peak, peakUsed := peakHeap(stop), peakBudget(srv.Broker, stop)
 	var wg sync.WaitGroup
 	for _, ch := range chans {
 		p := brokertest.Login(t, srv.Addr, "p"+ch, "s")
+		clients = append(clients, p)
 		frame := brokertest.Publish(t, "p"+ch, ch, strings.Repeat("x", 64<<10))
 		wg.Add(1)
 		go func() {
@@ -252,6 +255,14 @@ func TestEightStalledSubscribersWithinBudget(t *testing.T) {
 	if used > limit+limit/2 {
 		t.Errorf("%.1f MiB in the budget of %d MiB", float64(used)/(1<<20), limit>>20)
 	}
+	// Every byte counted is let go once the connections are gone.
+	for _, c := range clients {
+		c.Conn.Close()
+	}
+	brokertest.Eventually(t, "the budget to be empty", func() bool {
+		s := srv.Broker.Snapshot()
+		return s.Connections == 0 && s.MemoryUsed == 0
+	})
 }
 
 // peakBudget samples the bytes in the broker's memory budget until stop is

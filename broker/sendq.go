@@ -25,14 +25,18 @@ type sendQueue struct {
 	// Frames copied for this subscriber alone (copyLocked) are written
 	// side by side into chunk; chunks lists the pooled chunks that frames
 	// use, which the writer returns to the pool once it has written them.
-	chunk   []byte
-	chunks  []*[]byte
-	queued  int         // bytes pushed and not yet written
-	running bool        // a writer goroutine exists
-	awake   bool        // the writer has been signalled and not yet run
-	closing bool        // no more pushes; the writer finishes and closes
-	last    []byte      // written after the queue, before closing (an ERROR)
-	timer   *time.Timer // the backpressure deadline, while past the soft mark
+	chunk  []byte
+	chunks []*[]byte
+	queued int // bytes pushed and not yet written
+	// inflight is the part of queued in the batch the writer took: after
+	// a drop it is still held, by a write that may block for the flush
+	// timeout, and stays in the memory budget until the writer lets go.
+	inflight int
+	running  bool        // a writer goroutine exists
+	awake    bool        // the writer has been signalled and not yet run
+	closing  bool        // no more pushes; the writer finishes and closes
+	last     []byte      // written after the queue, before closing (an ERROR)
+	timer    *time.Timer // the backpressure deadline, while past the soft mark
 	// stall is closed when the queue drains to half the stall mark; it
 	// exists while the queue is past the mark, and publishers into it
 	// wait on it (briefly) before reading more (see conn.waitStalls).
@@ -214,8 +218,9 @@ func (q *sendQueue) dropLocked() {
 	q.frames = q.frames[:0]
 	releaseChunks(q.chunks)
 	q.chunks, q.chunk = q.chunks[:0], nil
-	q.c.b.mem.add(-q.queued)
-	q.queued = 0
+	q.c.b.mem.add(-(q.queued - q.inflight))
+	q.c.b.mem.releasing.Add(int64(q.inflight))
+	q.queued = q.inflight
 	if q.stall != nil {
 		close(q.stall)
 		q.stall = nil
@@ -259,11 +264,7 @@ func (q *sendQueue) abort() {
 func (q *sendQueue) written(n int) {
 	cfg := &q.c.b.cfg
 	q.mu.Lock()
-	if q.dropped.Load() {
-		q.mu.Unlock()
-		return // dropLocked took the whole queue out of the budget
-	}
-	q.queued -= n
+	q.release(n)
 	if q.timer != nil && q.queued <= cfg.SendQueueLow {
 		q.timer.Stop()
 		q.timer = nil
@@ -274,7 +275,17 @@ func (q *sendQueue) written(n int) {
 		q.stall = nil
 	}
 	q.mu.Unlock()
+}
+
+// release takes n bytes of the writer's batch out of the queue and the
+// memory budget, written or let go. Called with q.mu held.
+func (q *sendQueue) release(n int) {
+	q.queued -= n
+	q.inflight -= n
 	q.c.b.mem.add(-n)
+	if q.dropped.Load() {
+		q.c.b.mem.releasing.Add(-int64(n))
+	}
 }
 
 // writeLoop is the connection's only writer. It exits when the connection
@@ -289,6 +300,7 @@ func (c *conn) writeLoop() {
 	for {
 		q.mu.Lock()
 		batch, q.frames = q.frames, batch[:0]
+		q.inflight = q.queued
 		// New frames go to a new chunk while these are written.
 		chunks, q.chunks, q.chunk = q.chunks, chunks[:0], nil
 		q.awake = false
@@ -323,6 +335,9 @@ func (c *conn) writeLoop() {
 			clear(batch)
 			batch = batch[:0]
 			releaseChunks(chunks)
+			q.mu.Lock()
+			q.release(q.inflight) // what was not written: dropped, or a failed write
+			q.mu.Unlock()
 			if cap(batch) > 1024 && n < cap(batch)/8 {
 				batch = nil // the burst that grew it is over; don't pin it
 			}
