@@ -375,8 +375,41 @@ func (s *Store) PutUser(ctx context.Context, u auth.User) error {
 		{Key: "publish", Value: u.PubChans},
 		{Key: "subscribe", Value: u.SubChans},
 	}
-	_, err = c.ReplaceOne(ctx, bson.D{{Key: "identifier", Value: u.Ident}}, d, options.Replace().SetUpsert(true))
+	ids, err := exactIDs(ctx, c, u.Ident)
+	switch {
+	case err != nil:
+	case len(ids) == 0:
+		_, err = c.InsertOne(ctx, d)
+	default:
+		_, err = c.ReplaceOne(ctx, bson.D{{Key: "_id", Value: ids[0]}}, d)
+	}
 	return auth.RedactError(err, s.spec)
+}
+
+// exactIDs returns the _id of every document whose identifier is ident
+// byte for byte. Writes go by _id: a filter on the identifier compares with
+// the collection's default collation, and writing a user must not replace
+// or delete another document it finds equal ("Alice" for "alice").
+func exactIDs(ctx context.Context, c *mongo.Collection, ident string) ([]any, error) {
+	cur, err := c.Find(ctx, bson.D{{Key: "identifier", Value: ident}},
+		options.Find().SetProjection(bson.D{{Key: "identifier", Value: 1}}))
+	if err != nil {
+		return nil, err
+	}
+	var docs []struct {
+		ID         any    `bson:"_id"`
+		Identifier string `bson:"identifier"`
+	}
+	if err := cur.All(ctx, &docs); err != nil {
+		return nil, err
+	}
+	var ids []any
+	for _, d := range docs {
+		if d.Identifier == ident {
+			ids = append(ids, d.ID)
+		}
+	}
+	return ids, nil
 }
 
 // DeleteUser implements auth.Editor.
@@ -385,7 +418,11 @@ func (s *Store) DeleteUser(ctx context.Context, ident string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	res, err := c.DeleteMany(ctx, bson.D{{Key: "identifier", Value: ident}})
+	ids, err := exactIDs(ctx, c, ident)
+	if err != nil || len(ids) == 0 {
+		return false, auth.RedactError(err, s.spec)
+	}
+	res, err := c.DeleteMany(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
 	if err != nil {
 		return false, auth.RedactError(err, s.spec)
 	}

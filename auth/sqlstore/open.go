@@ -157,7 +157,7 @@ func OpenDatabase(spec string, log *slog.Logger, create bool) (*Store, error) {
 	case "pgx":
 		d.placeholder, d.ddl = dollar, PostgreSQLDDL
 	case "mysql":
-		d.ddl = MySQLDDL
+		d.ddl, d.collates = MySQLDDL, true
 	case "sqlite":
 		d.ddl = SQLiteDDL
 	}

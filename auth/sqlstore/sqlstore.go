@@ -52,6 +52,9 @@ type dialect struct {
 	table, identCol, ownerCol, secretCol, pubCol, subCol string
 	placeholder                                          func(n int) string
 	ddl                                                  []string // creates the table, as documented
+	// collates is set where the identifier column's collation may find
+	// other spellings equal (MySQL's ignores case and trailing spaces).
+	collates bool
 }
 
 func question(int) string { return "?" }
@@ -233,6 +236,18 @@ func (s *Store) missingFile() error {
 	return nil
 }
 
+// exactIdent is the condition, and its arguments, of the rows whose
+// identifier is ident byte for byte: writing a user must not replace or
+// delete another row its collation finds equal ("Alice" for "alice").
+func (s *Store) exactIdent(ident string) (string, []any) {
+	where := s.d.identCol + " = " + s.d.placeholder(1)
+	if !s.d.collates {
+		return where, []any{ident}
+	}
+	// The first condition can use the column's index; HEX compares bytes.
+	return where + " AND HEX(" + s.d.identCol + ") = HEX(" + s.d.placeholder(2) + ")", []any{ident, ident}
+}
+
 // Close closes the pool.
 func (s *Store) Close() error { return s.db.Close() }
 
@@ -246,7 +261,8 @@ func (s *Store) PutUser(ctx context.Context, u auth.User) error {
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s = %s", s.d.table, s.d.identCol, s.d.placeholder(1)), u.Ident); err != nil {
+	where, whereArgs := s.exactIdent(u.Ident)
+	if _, err := tx.ExecContext(ctx, "DELETE FROM "+s.d.table+" WHERE "+where, whereArgs...); err != nil {
 		return err
 	}
 	cols := []string{s.d.identCol, s.d.secretCol, s.d.pubCol, s.d.subCol}
@@ -268,7 +284,8 @@ func (s *Store) PutUser(ctx context.Context, u auth.User) error {
 
 // DeleteUser implements auth.Editor.
 func (s *Store) DeleteUser(ctx context.Context, ident string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s = %s", s.d.table, s.d.identCol, s.d.placeholder(1)), ident)
+	where, args := s.exactIdent(ident)
+	res, err := s.db.ExecContext(ctx, "DELETE FROM "+s.d.table+" WHERE "+where, args...)
 	if err != nil {
 		return false, err
 	}

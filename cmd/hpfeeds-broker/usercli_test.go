@@ -126,6 +126,15 @@ func TestUserAddRefusesCollationTwin(t *testing.T) {
 	mustFail(t, dir, `no user "alice"`, "user", "update", auth, "--ident=alice", "--secret=y")
 	mustFail(t, dir, `but "Alice"`, "user", "remove", auth, "--ident=alice")
 	must(t, dir, "", "users in", "user", "list", auth)
+
+	// Both spellings in the table (it has no key): changing or removing
+	// one leaves the other as it was.
+	srv.Exec(t, db, `INSERT INTO auth_keys (identifier, secret) VALUES ('alice', 'y')`)
+	must(t, dir, "", "", "user", "update", auth, "--ident=alice", "--subchans=x")
+	must(t, dir, "", "", "user", "remove", auth, "--ident=alice")
+	if out := must(t, dir, "", "", "user", "show", auth, "--ident=Alice"); !strings.Contains(out, "Alice") {
+		t.Fatalf("Alice is gone after alice was updated and removed:\n%s", out)
+	}
 }
 
 // Listing writes nothing, so env lists; --json is for scripts and never
