@@ -12,7 +12,10 @@ dir=${HPFEEDS_STATE_DIR:-/app/var}
 if [ "$(id -u)" = 0 ]; then
 	# Only what is not the user's yet: a large volume is not rewritten at
 	# every start, and a symlink is changed, not what it points to.
-	find "$dir" \( ! -user "$user" -o ! -group "$group" \) -exec chown -h "$user:$group" {} +
+	# A read-only mount (a certificate, say) cannot change owner: say so,
+	# and start all the same, as the image did before it had this script.
+	find "$dir" \( ! -user "$user" -o ! -group "$group" \) -exec chown -h "$user:$group" {} + ||
+		echo "docker-entrypoint: could not give everything in $dir to $user; the broker may not read or write some of it" >&2
 	exec setpriv --reuid="$user" --regid="$group" --init-groups "$@"
 fi
 exec "$@"

@@ -1,8 +1,6 @@
 package status_test
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"bytes"
 	"context"
 	"html"
@@ -13,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
 // chromium is the browser of the page test: Debian's package, which the
@@ -20,10 +21,7 @@ import (
 func chromium(t *testing.T) string {
 	path, err := exec.LookPath("chromium")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("chromium is not installed; `make deps` installs it (apt-get install chromium)")
-		}
-		t.Skip("chromium is not installed; `make deps` (apt-get install chromium) to run the browser test")
+		storetest.Missing(t, "chromium is not installed; `make deps` (apt-get install chromium) installs it")
 	}
 	return path
 }

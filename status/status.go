@@ -178,7 +178,7 @@ func connz(b *broker.Broker, q connQuery) *Connz {
 	})
 	z := &Connz{Now: time.Now(), Total: len(all), Offset: q.offset, Limit: q.limit, Sort: q.sort}
 	lo := min(q.offset, len(all))
-	hi := min(lo+q.limit, len(all))
+	hi := lo + min(q.limit, len(all)-lo) // no overflow, whatever limit asks
 	z.Connections = make([]broker.ConnInfo, 0, hi-lo)
 	for _, c := range ptrs[lo:hi] {
 		z.Connections = append(z.Connections, *c)

@@ -185,6 +185,10 @@ func TestConnzPagingAndSorting(t *testing.T) {
 	if z.Total != 7 || len(z.Connections) != 0 {
 		t.Errorf("past the end: %+v", z)
 	}
+	get(t, f.url+"/connz?offset=1&limit=9223372036854775807", &z) // lo+limit overflowed
+	if len(z.Connections) != 6 {
+		t.Errorf("the largest limit: %d connections", len(z.Connections))
+	}
 	get(t, f.url+"/connz?sort=msgs_from&limit=1", &z)
 	if len(z.Connections) != 1 || z.Connections[0].Ident != "sensor" || z.Sort != "msgs_from" {
 		t.Errorf("sort=msgs_from: %+v", z.Connections)

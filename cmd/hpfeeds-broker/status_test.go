@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 	"github.com/hpfeeds-go/hpfeeds/status"
 )
 
@@ -146,7 +147,7 @@ func TestVersion(t *testing.T) {
 // the database (as CHN and MHN do) are enforced, each with one log line.
 func TestSessionsFollowTheStore(t *testing.T) {
 	if _, err := exec.LookPath("sqlite3"); err != nil {
-		t.Skip("no sqlite3 shell; `make deps` installs it")
+		storetest.Missing(t, "no sqlite3 shell; `make deps` installs it")
 	}
 	db := filepath.Join(t.TempDir(), "users.db")
 	for _, u := range [][]string{
