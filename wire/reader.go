@@ -56,17 +56,6 @@ func (r *Reader) Next() (Frame, error) {
 	}
 }
 
-// Ready reports whether Next can return without reading the stream: a
-// whole frame, or a header it will reject, is buffered.
-func (r *Reader) Ready() bool {
-	b := r.buf[r.start:r.end]
-	if len(b) < HeaderLen {
-		return false
-	}
-	n, _, err := Header(b, &r.Limits)
-	return err != nil || len(b) >= n
-}
-
 // Pending returns the bytes read from the stream but not yet returned as
 // frames: while Next reads, the start of the frame in progress, so a caller
 // can look at its header and first fields before its body has arrived. It
@@ -115,7 +104,10 @@ func (r *Reader) fill(want int) error {
 	space := len(r.buf) - r.end
 	n, err := r.r.Read(r.buf[r.end:])
 	r.end += n
-	r.full = n == space
+	// Full only if the read could have brought more than the frame in
+	// progress: a buffer that ends where the frame ends fills whether or
+	// not anything follows it.
+	r.full = n == space && len(r.buf) > r.start+want
 	switch {
 	case n == space && r.size < MaxReadBuf:
 		r.size *= 2

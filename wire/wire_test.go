@@ -162,8 +162,41 @@ func TestReaderReassemblesAndShrinks(t *testing.T) {
 		if _, err := rd.Next(); err != io.EOF {
 			t.Fatalf("after last frame: %v", err)
 		}
-		if cap(rd.buf) > MaxReadBuf {
-			t.Errorf("buffer kept at %d bytes after large frames were consumed", cap(rd.buf))
+	}
+}
+
+// quietAfter serves data, then records the room the reader offers for
+// what comes next: the buffer a connection holds while it waits.
+type quietAfter struct {
+	data  []byte
+	offer int
+}
+
+func (q *quietAfter) Read(p []byte) (int, error) {
+	if len(q.data) == 0 {
+		q.offer = len(p)
+		return 0, io.EOF
+	}
+	n := copy(p, q.data)
+	q.data = q.data[n:]
+	return n, nil
+}
+
+// A connection that sent one large frame and went quiet waits with a
+// small buffer, not one the size of that frame.
+func TestReaderShrinksWhenQuietAfterLargeFrame(t *testing.T) {
+	for _, size := range []int{200 << 10, 1 << 20} {
+		frame, _ := AppendPublish(nil, []byte("ident"), []byte("chan"), bytes.Repeat([]byte("B"), size))
+		src := &quietAfter{data: frame}
+		rd := NewReader(src, UniformLimits(2<<20))
+		if _, err := rd.Next(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rd.Next(); err != io.EOF {
+			t.Fatalf("after the frame: %v", err)
+		}
+		if src.offer > MaxReadBuf {
+			t.Errorf("%d-byte frame: the next read was offered %d bytes", size, src.offer)
 		}
 	}
 }
@@ -218,28 +251,6 @@ func FuzzSplit(f *testing.F) {
 			t.Fatalf("re-encoding %x gave %x (%v)", fr.Raw, re, err)
 		}
 	})
-}
-
-func TestReaderReady(t *testing.T) {
-	two, _ := AppendPublish(nil, []byte("i"), []byte("c"), []byte("1"))
-	two, _ = AppendPublish(two, []byte("i"), []byte("c"), []byte("2"))
-	rd := NewReader(bytes.NewReader(append(two, 0, 0, 0)), UniformLimits(100))
-	if rd.Ready() {
-		t.Fatal("ready before reading")
-	}
-	rd.Next()
-	if !rd.Ready() {
-		t.Fatal("second frame buffered but not ready")
-	}
-	rd.Next()
-	if rd.Ready() {
-		t.Fatal("ready with three bytes of a header")
-	}
-	bad := NewReader(bytes.NewReader([]byte{0, 0, 0, 1, 3, 0, 0, 0, 9, 3}), UniformLimits(100))
-	bad.Next()
-	if !bad.Ready() {
-		t.Fatal("a bad header buffered must count as ready: Next will not block on it")
-	}
 }
 
 // A large frame's buffer grows with the bytes that arrived, not with the
