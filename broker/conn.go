@@ -397,7 +397,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	p.t.publish(f.Raw, len(f.Payload), c)
+	c.memPending += p.t.publish(f.Raw, len(f.Payload), c)
 	if br := c.b.cfg.Bridge; br != nil {
 		br.Forward(p.t.name, f.Raw)
 	}

@@ -16,7 +16,7 @@ import (
 // whatever its subscribers do: it waits for the stalled subscribers it
 // queued to (all of them together, not each in turn) for at most this long,
 // then reads again. A publisher into subscribers that never drain therefore
-// still gets a read of up to 64 KiB every MaxStall, until the backpressure
+// still gets a read of up to 4 KiB every MaxStall, until the backpressure
 // deadline or hard bound closes them. The same bound holds a publisher while
 // memory is tight (see Config.MemoryLimit).
 const MaxStall = 5 * time.Millisecond

@@ -96,12 +96,13 @@ type wakeup struct {
 
 // push queues frame, shared with other subscribers, or with own set a copy
 // of it for this subscriber alone; it never blocks on I/O. With a
-// publishing connection from, the writer's wake-up, the queued
-// bytes and the queue's stall are left for from to act on before its next
-// read; without one (frames from the cluster) the writer is woken now and
-// the caller counts the bytes in the budget. It reports whether the frame
-// was queued, and whether it took the queue past its hard bound, closing
-// the subscriber: the caller logs it (logTooSlow) once it holds no lock.
+// publishing connection from, the writer's wake-up and the queue's stall
+// are left for from to act on before its next read; without one (frames
+// from the cluster) the writer is woken now. Either way the caller counts
+// the queued bytes in the budget (topic.publish returns them). It reports
+// whether the frame was queued, and whether it took the queue past its
+// hard bound, closing the subscriber: the caller logs it (logTooSlow) once
+// it holds no lock.
 func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bool) {
 	cfg := &q.c.b.cfg
 	q.mu.Lock()
@@ -129,7 +130,6 @@ func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bo
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
 	if from != nil {
-		from.memPending += len(frame)
 		if start || wake {
 			from.later = append(from.later, wakeup{q, start})
 		}
@@ -143,16 +143,19 @@ func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bo
 	return true, failed
 }
 
-// chunkPool holds the chunks frames are copied into for one subscriber.
-var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, scratchSize); return &b }}
-
-// copyLocked copies a frame of at most copyMax bytes into the queue's
-// chunk: fan-in to one subscriber allocates nothing per message, and the
-// writer sends the frames from the chunk, side by side, without copying
-// them again (see writeFrames).
+// copyLocked copies a frame of at most copyMax bytes for this queue alone:
+// while frames are waiting, into the queue's chunk, so a burst of fan-in
+// to one subscriber allocates nothing per message and the writer sends the
+// frames from the chunk, side by side, without copying them again (see
+// writeFrames).
 func (q *sendQueue) copyLocked(raw []byte) []byte {
+	if cap(q.chunk)-len(q.chunk) < len(raw) && len(q.frames) == 0 {
+		// Nothing waiting: a burst is not building, and a 64 KiB chunk
+		// for one frame would hold far more than the budget counts.
+		return append([]byte(nil), raw...)
+	}
 	if cap(q.chunk)-len(q.chunk) < len(raw) {
-		c := chunkPool.Get().(*[]byte)
+		c := scratchPool.Get().(*[]byte)
 		q.chunk = (*c)[:0]
 		q.chunks = append(q.chunks, c)
 	}
@@ -166,7 +169,7 @@ func (q *sendQueue) copyLocked(raw []byte) []byte {
 // releaseChunks returns chunks to the pool; nothing may use them after.
 func releaseChunks(chunks []*[]byte) {
 	for i, c := range chunks {
-		chunkPool.Put(c)
+		scratchPool.Put(c)
 		chunks[i] = nil
 	}
 }
@@ -376,6 +379,8 @@ const (
 	roundMax = 256 << 10
 )
 
+// scratchPool holds 64 KiB buffers: the writer's copy of small shared
+// frames, and the chunks frames are copied into for one subscriber.
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, scratchSize); return &b }}
 
 // adjacent reports whether b starts where a ends, in the same array.

@@ -137,7 +137,7 @@ type oneByteReader struct{ r io.Reader }
 
 func (o oneByteReader) Read(p []byte) (int, error) { return o.r.Read(p[:1]) }
 
-func TestReaderReassemblesAndShrinks(t *testing.T) {
+func TestReaderReassembles(t *testing.T) {
 	var stream []byte
 	big := bytes.Repeat([]byte("B"), 200<<10)
 	for i := 0; i < 3; i++ {
