@@ -105,7 +105,7 @@ func OpenSQLite(ctx context.Context, path string, create bool) (*Store, error) {
 		table: "authkeys", identCol: "ident", ownerCol: "owner", secretCol: "secret",
 		pubCol: "pubchans", subCol: "subchans", placeholder: question, ddl: AuthkeysDDL,
 	})
-	s.file = abs
+	s.file, s.spec = abs, abs
 	if !create {
 		if err := s.Check(ctx); err != nil {
 			db.Close()

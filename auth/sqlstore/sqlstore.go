@@ -64,6 +64,7 @@ func dollar(n int) string { return fmt.Sprintf("$%d", n) }
 type Store struct {
 	db   *sql.DB
 	name string // for logs: the spec with the password hidden
+	spec string // what --auth takes to open this store again, password hidden
 	file string // a SQLite store's absolute path, which opening never creates
 	d    dialect
 	sel  string
@@ -87,7 +88,7 @@ func newStore(db *sql.DB, name string, d dialect) *Store {
 	// No LIMIT 1: under a collation that ignores case or trailing spaces
 	// several rows may match, and the one spelled like the AUTH ident must
 	// win (see Lookup).
-	return &Store{db: db, name: name, d: d, sel: fmt.Sprintf(
+	return &Store{db: db, name: name, spec: name, d: d, sel: fmt.Sprintf(
 		"SELECT %s, %s, %s, %s, %s FROM %s WHERE %s = %s",
 		d.identCol, owner, d.secretCol, d.pubCol, d.subCol, d.table, d.identCol, d.placeholder(1))}
 }
@@ -190,7 +191,7 @@ func (s *Store) Check(ctx context.Context) error {
 	}
 	rows, err := s.db.QueryContext(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE 1 = 0", strings.Join(cols, ", "), s.d.table))
 	if err != nil {
-		return &auth.NotCreatedError{Spec: s.name, Err: fmt.Errorf("table %s with columns %s: %w",
+		return &auth.NotCreatedError{Spec: s.spec, Err: fmt.Errorf("table %s with columns %s: %w",
 			s.d.table, strings.Join(cols, ", "), err)}
 	}
 	return rows.Close()
@@ -231,7 +232,7 @@ func (s *Store) missingFile() error {
 		return nil
 	}
 	if _, err := os.Stat(s.file); errors.Is(err, fs.ErrNotExist) {
-		return &auth.NotCreatedError{Err: fmt.Errorf("no SQLite database at %s", s.file), Spec: s.name}
+		return &auth.NotCreatedError{Err: fmt.Errorf("no SQLite database at %s", s.file), Spec: s.spec}
 	}
 	return nil
 }

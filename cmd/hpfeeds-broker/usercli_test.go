@@ -137,6 +137,18 @@ func TestUserAddRefusesCollationTwin(t *testing.T) {
 	}
 }
 
+// A SQLite file without the table: the hint names a command that works.
+func TestInitHintForSQLiteFile(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(db, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustFail(t, dir, "`hpfeeds-broker user init --auth="+db+"`", "--check-config", "--auth=empty.db")
+	must(t, dir, "", "", "user", "init", "--auth="+db)
+	must(t, dir, "", "configuration OK", "--check-config", "--auth=empty.db")
+}
+
 // Listing writes nothing, so env lists; --json is for scripts and never
 // holds a secret.
 func TestUserListEnvJSON(t *testing.T) {
