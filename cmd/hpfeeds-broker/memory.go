@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -70,18 +72,59 @@ func meminfoTotal() int64 {
 // cgroupLimit is the memory limit of the broker's cgroup (v2, then v1),
 // or 0 if it has none.
 func cgroupLimit() int64 {
-	for _, p := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
-		b, err := os.ReadFile(p)
-		if err != nil {
+	self, _ := os.ReadFile("/proc/self/cgroup")
+	return cgroupLimitIn("/sys/fs/cgroup", self)
+}
+
+// cgroupLimitIn is the smallest memory limit on the way from the cgroup
+// that /proc/self/cgroup (self) names up to the root, under root: a unit
+// with MemoryMax= under systemd has its limit in its own directory, not at
+// the root, and a parent's limit bounds its children too.
+func cgroupLimitIn(root string, self []byte) int64 {
+	var limit int64
+	for _, line := range strings.Split(string(self), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
 			continue
 		}
-		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		if err != nil || n >= 1<<60 { // "max", or v1's "no limit"
-			return 0
+		dir, file := root, "memory.max" // v2: "0::/path"
+		if parts[0] != "0" || parts[1] != "" {
+			if !slices.Contains(strings.Split(parts[1], ","), "memory") {
+				continue
+			}
+			dir, file = filepath.Join(root, "memory"), "memory.limit_in_bytes"
 		}
-		return n
+		for p := filepath.Join(dir, parts[2]); ; p = filepath.Dir(p) {
+			if n := readLimit(filepath.Join(p, file)); n > 0 && (limit == 0 || n < limit) {
+				limit = n
+			}
+			if p == dir || len(p) <= len(dir) {
+				break
+			}
+		}
 	}
-	return 0
+	if limit == 0 { // no /proc/self/cgroup: the root's own files
+		for _, p := range []string{filepath.Join(root, "memory.max"), filepath.Join(root, "memory", "memory.limit_in_bytes")} {
+			if n := readLimit(p); n > 0 {
+				return n
+			}
+		}
+	}
+	return limit
+}
+
+// readLimit reads one cgroup memory limit file: 0 for none, "max", or
+// v1's "no limit".
+func readLimit(path string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || n >= 1<<60 {
+		return 0
+	}
+	return n
 }
 
 // applyMemoryLimit makes the Go runtime collect garbage before the heap
