@@ -80,16 +80,20 @@ type Publisher interface {
 }
 
 // Sink is one subscriber's count and latencies. Record is called from one
-// goroutine at a time.
+// goroutine at a time; mu keeps Run's merge from reading the latencies
+// while a late delivery (after the drain gave up) is recorded.
 type Sink struct {
 	got atomic.Int64
+	mu  sync.Mutex
 	lat Latencies
 }
 
 // Record counts a benchmark payload and its latency.
 func (s *Sink) Record(payload []byte) {
 	sent := int64(binary.BigEndian.Uint64(payload[1:MinSize]))
+	s.mu.Lock()
 	s.lat.Add(uint64(max(time.Now().UnixNano()-sent, 0) / 1000))
+	s.mu.Unlock()
 	s.got.Add(1)
 }
 
@@ -126,7 +130,9 @@ func Run(cfg Config, pubs []Publisher, sinks []*Sink, progress io.Writer) *Resul
 	stop()
 	var lat Latencies
 	for _, s := range sinks {
+		s.mu.Lock()
 		lat.Merge(&s.lat)
+		s.mu.Unlock()
 	}
 	got, published := r.delivered(), r.published.Load()
 	return &Result{
