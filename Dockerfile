@@ -4,8 +4,13 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/hpfeeds-broker ./cmd/hpfeeds-broker \
- && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/hpfeeds ./cmd/hpfeeds
+# What --version prints: .git is not in the build context, so pass them
+# (docs/deployment.md shows how), as make release sets them.
+ARG VERSION=unknown
+ARG COMMIT=unknown
+RUN ldflags="-s -w -X github.com/hpfeeds-go/hpfeeds/internal/version.Version=$VERSION -X github.com/hpfeeds-go/hpfeeds/internal/version.Commit=$COMMIT" \
+ && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o /out/hpfeeds-broker ./cmd/hpfeeds-broker \
+ && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o /out/hpfeeds ./cmd/hpfeeds
 
 # Run: the Python image's layout, so its compose files work with the image
 # name swapped. The sqlite3 shell is there for
