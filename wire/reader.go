@@ -2,6 +2,7 @@ package wire
 
 import (
 	"io"
+	"sync"
 )
 
 const (
@@ -23,6 +24,10 @@ type Reader struct {
 	start, end int
 	size       int  // the buffer size reads are currently batched into
 	full       bool // the last read filled the room it was given
+	// lastLarge is the length of the last large frame returned: the room
+	// a large frame gets at once, since this stream has sent one that big
+	// whole (a stream of large frames then costs no growth steps).
+	lastLarge int
 	// Limits bounds each frame's length by opcode; it may be changed
 	// between calls to Next (for instance once a client has authenticated).
 	Limits Limits
@@ -45,6 +50,9 @@ func (r *Reader) Next() (Frame, error) {
 		}
 		if n > 0 {
 			r.start += n
+			if n > MaxReadBuf {
+				r.lastLarge = n
+			}
 			return f, nil
 		}
 		if err := r.fill(want); err != nil {
@@ -75,11 +83,12 @@ func (r *Reader) fill(want int) error {
 		// A large frame gets room only as its bytes arrive: once they
 		// fill the buffer, half as much again. A header alone, however
 		// large its length, costs nothing, and the buffer is never more
-		// than 1.5 times what arrived.
+		// than 1.5 times what arrived, or the size of a large frame this
+		// stream completed before.
 		if pending < len(r.buf) {
 			want = len(r.buf)
 		} else {
-			want = min(want, max(MaxReadBuf, pending*3/2))
+			want = min(want, max(MaxReadBuf, pending*3/2, r.lastLarge))
 		}
 	}
 	if pending == 0 {
@@ -92,8 +101,9 @@ func (r *Reader) fill(want int) error {
 	// frames streaming in), and let go as soon as the stream slows.
 	keep := pending == 0 && r.full && len(r.buf) > r.size
 	if size := max(want, r.size); size != len(r.buf) && (pending == 0 && !keep || size > len(r.buf) || r.start+want > len(r.buf)) {
-		nb := make([]byte, size)
+		nb := getBuf(size)
 		r.end = copy(nb, r.buf[r.start:r.end])
+		putBuf(r.buf)
 		r.buf, r.start = nb, 0
 	} else if r.start+want > len(r.buf) || r.start > 0 && len(r.buf)-r.end < len(r.buf)/8 {
 		// Little room left: move the frame in progress to the front
@@ -118,10 +128,32 @@ func (r *Reader) fill(want int) error {
 		return nil
 	}
 	if r.end == r.start {
+		putBuf(r.buf)
 		r.buf = nil // the stream ended or failed: hold nothing
 	}
 	if err == nil {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// largeBufs holds buffers of more than MaxReadBuf bytes that readers let
+// go: a reader gives up a large frame's buffer as soon as it is consumed,
+// so a connection that goes quiet holds none, and one that streams large
+// frames takes the same memory back instead of faulting in new pages.
+var largeBufs sync.Pool
+
+func getBuf(size int) []byte {
+	if size > MaxReadBuf {
+		if p, ok := largeBufs.Get().(*[]byte); ok && cap(*p) >= size {
+			return (*p)[:size]
+		}
+	}
+	return make([]byte, size)
+}
+
+func putBuf(b []byte) {
+	if cap(b) > MaxReadBuf {
+		largeBufs.Put(&b)
+	}
 }
