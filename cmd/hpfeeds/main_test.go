@@ -358,3 +358,40 @@ func TestVersion(t *testing.T) {
 		t.Errorf("--version: %v %q", err, out)
 	}
 }
+
+// benchJSON runs `hpfeeds bench --json` against addr.
+func benchJSON(t *testing.T, addr string, more ...string) (loadgen.Result, string, int) {
+	t.Helper()
+	out, code := hpfeeds(t, args(addr, append([]string{"bench", "--json"}, more...)...)...)
+	var r loadgen.Result
+	json.Unmarshal([]byte(out), &r)
+	return r, out, code
+}
+
+// Two runs at once on one channel each count their own messages only:
+// they used to count each other's and report a negative loss.
+func TestBenchRunsShareAChannel(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, out, code := benchJSON(t, srv.Addr, "--subscribers", "2", "--rate", "400", "--duration", "2s")
+			if code != 0 || r.Published == 0 || r.Delivered != r.Expected || r.Expected != 2*r.Published {
+				t.Errorf("run %d: exit %d: %s", i, code, out)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// A paced, timed run stops at its deadline: at 3 messages a second the
+// deadline used to be checked every 64 messages, 21 s in.
+func TestBenchStopsAtItsDeadline(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	r, out, code := benchJSON(t, srv.Addr, "--subscribers", "1", "--rate", "3", "--duration", "2s")
+	if code != 0 || r.Published < 1 || r.Published > 7 || r.Seconds > 5 {
+		t.Fatalf("want at most 7 messages (3/s for 2 s) and an end near 2 s: exit %d: %s", code, out)
+	}
+}

@@ -81,3 +81,18 @@ func TestLossPastTheWindowEndsTheRun(t *testing.T) {
 		t.Fatal("the run still waits on a window losses keep open")
 	}
 }
+
+// A sink counts its own run's payloads only: runs may share a channel.
+func TestSinkCountsItsRunOnly(t *testing.T) {
+	mine, other := NewRunID(), NewRunID()
+	s := NewSink(mine)
+	for _, id := range []RunID{mine, other, mine} {
+		p := make([]byte, MinSize)
+		p[0] = MarkBench
+		copy(p[1:9], id[:])
+		s.Record(p)
+	}
+	if n := s.got.Load(); n != 2 {
+		t.Errorf("counted %d, want 2", n)
+	}
+}
