@@ -35,7 +35,12 @@ type Config struct {
 	// When it is full the client stops reading, and the broker's
 	// backpressure applies.
 	MessageBuffer int
-	Logger        *slog.Logger
+	// InfoTimeout, if set, bounds the wait for the broker's INFO once the
+	// connection is made (otherwise the context's deadline, or 10 s). A
+	// broker sends INFO at once; a TLS endpoint reached without TLS sends
+	// nothing, so a short bound reports that mistake sooner.
+	InfoTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // Message is one PUBLISH received from the broker.
@@ -141,11 +146,14 @@ func (c *Client) connect(ctx context.Context) (net.Conn, *wire.Reader, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("connecting to %s: %w", c.cfg.Addr, err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		nc.SetDeadline(dl)
-	} else {
-		nc.SetDeadline(time.Now().Add(10 * time.Second))
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(10 * time.Second)
 	}
+	if t := c.cfg.InfoTimeout; t > 0 && time.Now().Add(t).Before(dl) {
+		dl = time.Now().Add(t)
+	}
+	nc.SetDeadline(dl)
 	rd := wire.NewReader(nc, wire.UniformLimits(wire.MaxFrameLen))
 	info, err := rd.Next()
 	if err != nil {

@@ -79,15 +79,22 @@ func dialRaw(ctx context.Context, f *connFlags, frames func(nonce []byte) []byte
 		nc, err = d.DialContext(ctx, "tcp", cfg.Addr)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, explain(cfg, err)
 	}
 	rd := wire.NewReader(nc, wire.UniformLimits(wire.MaxFrameLen))
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	wait := 10 * time.Second
+	if cfg.InfoTimeout > 0 {
+		wait = cfg.InfoTimeout
+	}
+	nc.SetReadDeadline(time.Now().Add(wait))
 	info, err := rd.Next()
 	nc.SetReadDeadline(time.Time{})
-	if err != nil || info.Op != wire.OpInfo {
+	if err == nil && info.Op != wire.OpInfo {
+		err = fmt.Errorf("the first frame is %v", info.Op)
+	}
+	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("no INFO from %s: %v", cfg.Addr, err)
+		return nil, nil, explain(cfg, fmt.Errorf("no INFO from %s: %w", cfg.Addr, err))
 	}
 	if _, err := nc.Write(frames(info.Payload)); err != nil {
 		nc.Close()

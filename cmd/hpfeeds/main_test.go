@@ -291,6 +291,20 @@ func TestTLSMismatchHints(t *testing.T) {
 	if out, code := hpfeeds(t, args(tlsSrv.Addr, "publish", "-c", "c1", "x")...); code == 0 || !strings.Contains(out, "connect with --tls or --tls-ca FILE") {
 		t.Errorf("plain TCP to TLS: exit %d: %s", code, out)
 	}
+	// A TLS endpoint slower to give up than the client: the client used to
+	// wait 10 s and print a bare i/o timeout.
+	slow := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+cert+":key="+key,
+		func(c *broker.Config) { c.AuthTimeout = time.Minute })
+	for _, cmd := range [][]string{{"publish", "-c", "c1", "x"}, {"bench", "--count", "1"}} {
+		start := time.Now()
+		out, code := hpfeeds(t, args(slow.Addr, cmd...)...)
+		if code == 0 || !strings.Contains(out, "i/o timeout (no INFO within 3s: if the endpoint is tls:, connect with --tls or --tls-ca FILE)") {
+			t.Errorf("%s, plain TCP to a silent TLS endpoint: exit %d: %s", cmd[0], code, out)
+		}
+		if d := time.Since(start); d > 8*time.Second {
+			t.Errorf("%s: the hint took %v", cmd[0], d)
+		}
+	}
 	plain := brokertest.Start(t, users)
 	if out, code := hpfeeds(t, args(plain.Addr, "publish", "-c", "c1", "--tls-ca", cert, "x")...); code == 0 || !strings.Contains(out, "the endpoint speaks plain TCP") {
 		t.Errorf("TLS to plain TCP: exit %d: %s", code, out)

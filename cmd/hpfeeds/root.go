@@ -64,6 +64,7 @@ func (f *connFlags) config(errw io.Writer) (client.Config, error) {
 		Logger:     f.logger(errw),
 	}
 	if !f.tls && f.caFile == "" && f.serverName == "" && !f.insecure {
+		cfg.InfoTimeout = plainInfoTimeout
 		return cfg, nil
 	}
 	cfg.TLS = &tls.Config{ServerName: f.host}
@@ -98,6 +99,11 @@ func (f *connFlags) logger(errw io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// plainInfoTimeout bounds the wait for INFO without TLS: a broker sends it
+// at once, while a TLS endpoint waits in silence for a handshake that never
+// comes, until its own timeout (10 s by default) closes the connection.
+const plainInfoTimeout = 3 * time.Second
+
 // dial connects as the flags say, explaining certificate errors.
 func (f *connFlags) dial(ctx context.Context, errw io.Writer) (*client.Client, error) {
 	cfg, err := f.config(errw)
@@ -106,23 +112,31 @@ func (f *connFlags) dial(ctx context.Context, errw io.Writer) (*client.Client, e
 	}
 	cfg.Logger.Debug("connecting", "addr", cfg.Addr, "tls", cfg.TLS != nil, "ident", cfg.Ident)
 	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		return nil, explain(cfg, err)
+	}
+	cfg.Logger.Debug("connected", "broker", c.BrokerName())
+	return c, nil
+}
+
+// explain adds to a connection error which flag would help.
+func explain(cfg client.Config, err error) error {
 	var hostErr x509.HostnameError
 	var authErr x509.UnknownAuthorityError
 	var recErr tls.RecordHeaderError
 	switch {
 	case cfg.TLS == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
-		return nil, fmt.Errorf("%w (closed before INFO: if the endpoint is tls:, connect with --tls or --tls-ca FILE)", err)
+		return fmt.Errorf("%w (closed before INFO: if the endpoint is tls:, connect with --tls or --tls-ca FILE)", err)
+	case cfg.TLS == nil && errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w (no INFO within %v: if the endpoint is tls:, connect with --tls or --tls-ca FILE)", err, cfg.InfoTimeout)
 	case errors.As(err, &recErr):
-		return nil, fmt.Errorf("%w (the endpoint speaks plain TCP: leave out --tls and the --tls-* flags)", err)
+		return fmt.Errorf("%w (the endpoint speaks plain TCP: leave out --tls and the --tls-* flags)", err)
 	case errors.As(err, &hostErr):
-		return nil, fmt.Errorf("%w (the certificate does not name %q: connect with --tls-server-name NAME, a name it holds, or reissue it with a subjectAltName for %q, see docs/broker.md)", err, hostErr.Host, hostErr.Host)
+		return fmt.Errorf("%w (the certificate does not name %q: connect with --tls-server-name NAME, a name it holds, or reissue it with a subjectAltName for %q, see docs/broker.md)", err, hostErr.Host, hostErr.Host)
 	case errors.As(err, &authErr):
-		return nil, fmt.Errorf("%w (give the CA that signed the broker's certificate with --tls-ca FILE)", err)
-	case err != nil:
-		return nil, err
+		return fmt.Errorf("%w (give the CA that signed the broker's certificate with --tls-ca FILE)", err)
 	}
-	cfg.Logger.Debug("connected", "broker", c.BrokerName())
-	return c, nil
+	return err
 }
 
 func newRootCmd(out io.Writer) *cobra.Command {
