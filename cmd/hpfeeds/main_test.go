@@ -409,3 +409,60 @@ func TestBenchStopsAtItsDeadline(t *testing.T) {
 		t.Fatalf("want at most 7 messages (3/s for 2 s) and an end near 2 s: exit %d: %s", code, out)
 	}
 }
+
+// publishStdin runs `hpfeeds publish --stdin` with input on standard input.
+func publishStdin(t *testing.T, addr, input string, more ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(cliBinary, args(addr, append([]string{"publish", "--stdin"}, more...)...)...)
+	cmd.Stdin = strings.NewReader(input)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// publish --stdin publishes each non-empty line, in order, on one
+// connection; a refusal ends it with the broker's error and exit 1.
+func TestPublishStdin(t *testing.T) {
+	var log brokertest.Log
+	srv := brokertest.Start(t, users, func(c *broker.Config) { c.Logger = log.Logger() })
+	lines := startSubscriber(t, args(srv.Addr, "subscribe", "-c", "c1")...)
+	next(t, lines)
+	heard := false
+	for i := 0; i < 50 && !heard; i++ { // SUBSCRIBE has no reply: publish until heard
+		hpfeeds(t, args(srv.Addr, "publish", "-c", "c1", "ready")...)
+		select {
+		case <-lines:
+			heard = true
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	for len(lines) > 0 {
+		<-lines
+	}
+	logins := log.Count("msg=login")
+	out, code := publishStdin(t, srv.Addr, "one\n\ntwo words\r\nthree", "-c", "c1")
+	if code != 0 || out != "[feedcli] connected to hpfeeds\n[feedcli] closing connection.\n" {
+		t.Fatalf("exit %d: %q", code, out)
+	}
+	for _, want := range []string{"one", "two words", "three"} {
+		if l := next(t, lines); l != "[feedcli] publish to c1 by cli: "+want {
+			t.Fatalf("got %q, want %q", l, want)
+		}
+	}
+	if n := log.Count("msg=login") - logins; n != 1 {
+		t.Errorf("%d logins for three lines, want one connection", n)
+	}
+	out, code = publishStdin(t, srv.Addr, strings.Repeat("x\n", 20), "-c", "c1", "-c", "forbidden")
+	if code != 1 || !strings.Contains(out, "error message from broker: Authkey not allowed to pub here. ident=cli, chan=forbidden") {
+		t.Errorf("refused: exit %d: %s", code, out)
+	}
+	if out, code := hpfeeds(t, args(srv.Addr, "publish", "--stdin", "-c", "c1", "words")...); code != 1 || !strings.Contains(out, "give no words") {
+		t.Errorf("--stdin with words: exit %d: %s", code, out)
+	}
+}

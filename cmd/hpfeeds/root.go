@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"net"
 	"os"
@@ -172,13 +174,23 @@ func newRootCmd(out io.Writer) *cobra.Command {
 	}
 	sub.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per message")
 	sub.Flags().StringVarP(&output, "output", "o", "", "append messages to `FILE` instead of standard output")
+	var stdin bool
 	pub := &cobra.Command{
 		Use:   "publish [WORDS…]",
 		Short: "Publish the arguments, joined by spaces, to the channels",
+		Long: `Publish the arguments, joined by spaces, to the channels; with --stdin,
+publish each line of standard input instead, on one connection.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return publish(cmd.Context(), f, cmd.OutOrStdout(), []byte(strings.Join(args, " ")))
+			if !stdin {
+				return publish(cmd.Context(), f, cmd.OutOrStdout(), one([]byte(strings.Join(args, " "))))
+			}
+			if len(args) > 0 {
+				return errors.New("--stdin publishes standard input's lines: give no words")
+			}
+			return publish(cmd.Context(), f, cmd.OutOrStdout(), lines(cmd.InOrStdin()))
 		},
 	}
+	pub.Flags().BoolVar(&stdin, "stdin", false, "publish each non-empty line of standard input as one message, on one connection")
 	sendfile := &cobra.Command{
 		Use:   "sendfile FILE",
 		Short: "Publish a file's contents to the channels",
@@ -188,7 +200,7 @@ func newRootCmd(out io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return publish(cmd.Context(), f, cmd.OutOrStdout(), data)
+			return publish(cmd.Context(), f, cmd.OutOrStdout(), one(data))
 		},
 	}
 	root.AddCommand(sub, pub, sendfile, newBenchCmd(f))
@@ -266,9 +278,14 @@ func brokerError(err error) error {
 	return err
 }
 
-// publish sends payload to every channel, then waits briefly for an ERROR:
-// hpfeeds acknowledges nothing, so a refusal is the only answer.
-func publish(ctx context.Context, f *connFlags, out io.Writer, payload []byte) error {
+// drainTimeout bounds the wait for the broker to read the last publish
+// and close the connection.
+const drainTimeout = 10 * time.Second
+
+// publish sends each payload to every channel on one connection, then
+// waits until the broker has read them all (client.Drain): hpfeeds
+// acknowledges nothing, and a refusal, an ERROR, is the only answer.
+func publish(ctx context.Context, f *connFlags, out io.Writer, payloads iter.Seq2[[]byte, error]) error {
 	if len(f.channels) == 0 {
 		return errors.New("give at least one -c/--chan")
 	}
@@ -279,17 +296,84 @@ func publish(ctx context.Context, f *connFlags, out io.Writer, payload []byte) e
 	defer c.Close()
 	logf(out, "connected to %s", c.BrokerName())
 	log := f.logger(os.Stderr)
-	for _, ch := range f.channels {
-		if err := c.Publish(ch, payload); err != nil {
+	n := 0 // payloads sent
+	for payload, err := range payloads {
+		if err != nil {
 			return err
 		}
-		log.Debug("published", "channel", ch, "bytes", len(payload))
+		select { // a refusal of an earlier one ends the run at once
+		case err := <-c.Errors():
+			return refused(err, n)
+		default:
+		}
+		for _, ch := range f.channels {
+			if err := c.Publish(ch, payload); err != nil {
+				return refused(cause(c, err), n)
+			}
+			log.Debug("published", "channel", ch, "bytes", len(payload))
+		}
+		n++
 	}
-	select {
-	case err := <-c.Errors():
-		return brokerError(err)
-	case <-time.After(time.Second):
+	dctx, cancel := context.WithTimeout(ctx, drainTimeout)
+	defer cancel()
+	if err := c.Drain(dctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("the broker did not close the connection within %v of the last message: whether it refused one is unknown", drainTimeout)
+		}
+		return refused(cause(c, err), n)
 	}
 	logf(out, "closing connection.")
 	return nil
+}
+
+// cause is the reason the connection dropped, which the client reports on
+// Errors, when err only says it is down.
+func cause(c *client.Client, err error) error {
+	if !errors.Is(err, client.ErrDisconnected) {
+		return err
+	}
+	select {
+	case e := <-c.Errors():
+		return e
+	case <-time.After(time.Second):
+		return err
+	}
+}
+
+// refused says what the broker answered, and for more than one message
+// how far the run got.
+func refused(err error, sent int) error {
+	err = brokerError(err)
+	if sent > 1 {
+		return fmt.Errorf("%w (after %d messages sent: those before the refused one were published)", err, sent)
+	}
+	return err
+}
+
+// one yields payload alone.
+func one(payload []byte) iter.Seq2[[]byte, error] {
+	return func(yield func([]byte, error) bool) { yield(payload, nil) }
+}
+
+// maxLine bounds a line of publish --stdin, far above the broker's
+// default --max-publish-size (1 MiB), so memory stays bounded.
+const maxLine = 16 << 20
+
+// lines yields each non-empty line of r, without its line ending.
+func lines(r io.Reader) iter.Seq2[[]byte, error] {
+	return func(yield func([]byte, error) bool) {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), maxLine)
+		for sc.Scan() {
+			if len(sc.Bytes()) > 0 && !yield(sc.Bytes(), nil) {
+				return
+			}
+		}
+		switch err := sc.Err(); {
+		case errors.Is(err, bufio.ErrTooLong):
+			yield(nil, fmt.Errorf("--stdin: a line is longer than %d MiB", maxLine>>20))
+		case err != nil:
+			yield(nil, fmt.Errorf("--stdin: %w", err))
+		}
+	}
 }
