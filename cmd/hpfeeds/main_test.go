@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"github.com/hpfeeds-go/hpfeeds/internal/loadgen"
 	"github.com/hpfeeds-go/hpfeeds/internal/testbin"
 	"math/big"
@@ -464,5 +465,30 @@ func TestPublishStdin(t *testing.T) {
 	}
 	if out, code := hpfeeds(t, args(srv.Addr, "publish", "--stdin", "-c", "c1", "words")...); code != 1 || !strings.Contains(out, "give no words") {
 		t.Errorf("--stdin with words: exit %d: %s", code, out)
+	}
+}
+
+// A broker that keeps a half-closed connection open (the Python one may)
+// gets the 1 s every publish used to wait, then the command succeeds.
+func TestPublishToABrokerKeepingHalfClosedOpen(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { nc.Close() })
+			info, _ := wire.AppendInfo(nil, "keeper", [4]byte{})
+			nc.Write(info)
+			go io.Copy(io.Discard, nc) // reads to EOF, never closes
+		}
+	}()
+	if out, code := publishStdin(t, l.Addr().String(), "a\nb\n", "-c", "c1"); code != 0 || !strings.Contains(out, "closing connection.") {
+		t.Errorf("exit %d: %s", code, out)
 	}
 }
