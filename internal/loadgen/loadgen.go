@@ -214,6 +214,7 @@ func (r *run) publish(p Publisher) {
 	for k := 0; !r.deadline.IsZero() || k < cfg.Count; k++ {
 		if interval > 0 {
 			if !r.deadline.IsZero() && next.After(r.deadline) {
+				p.Flush()
 				time.Sleep(time.Until(r.deadline)) // the run lasts its duration, never longer
 				break
 			}
