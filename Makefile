@@ -10,14 +10,29 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-# The database shells the store tests insert rows with, as an operator would.
+# The database shells the store tests insert rows with, as an operator would,
+# and Debian's chromium for the status page's browser test, each installed
+# only when its command is missing: without recommended packages, and never
+# when that would upgrade an installed one (chromium's recommends once
+# upgraded systemd and added udev and avahi-daemon). Needs root and the
+# Debian mirror.
+APT_INSTALL := apt-get install -y -qq --no-upgrade --no-install-recommends
+
+# $(call need,COMMAND,PACKAGE) installs PACKAGE when COMMAND is missing.
+define need
+@command -v $(1) >/dev/null || { apt-get update -qq && \
+  up=$$($(APT_INSTALL) -s $(2) | sed -n 's/^Inst \([^ ]*\) \[.*/\1/p') && \
+  if [ -n "$$up" ]; then echo "make deps: installing $(2) would upgrade" $$up "- install it by hand"; exit 1; fi && \
+  $(APT_INSTALL) $(2); }
+endef
+
 deps:
-	@command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
-	@command -v psql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-client; }
-	@command -v mariadb >/dev/null || { apt-get update -qq && apt-get install -y -qq mariadb-client; }
-	@command -v nats-server >/dev/null || { apt-get update -qq && apt-get install -y -qq nats-server; }
-	@command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd; }
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	$(call need,sqlite3,sqlite3)
+	$(call need,psql,postgresql-client)
+	$(call need,mariadb,mariadb-client)
+	$(call need,nats-server,nats-server)
+	$(call need,systemd-analyze,systemd)
+	$(call need,chromium,chromium)
 
 # The MongoDB-wire server of the Mongo store tests: FerretDB v1 on SQLite, in
 # its own module so its dependencies stay out of the broker's go.mod.

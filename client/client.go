@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -35,7 +36,12 @@ type Config struct {
 	// When it is full the client stops reading, and the broker's
 	// backpressure applies.
 	MessageBuffer int
-	Logger        *slog.Logger
+	// InfoTimeout, if set, bounds the wait for the broker's INFO once the
+	// connection is made (otherwise the context's deadline, or 10 s). A
+	// broker sends INFO at once; a TLS endpoint reached without TLS sends
+	// nothing, so a short bound reports that mistake sooner.
+	InfoTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // Message is one PUBLISH received from the broker.
@@ -88,6 +94,7 @@ type Client struct {
 
 	mu     sync.Mutex // guards what follows; never held during I/O
 	nc     net.Conn   // nil while disconnected
+	drain  chan error // set by Drain: run hands it the connection's end
 	subs   map[string]bool
 	queue  [][]byte
 	broker string
@@ -141,11 +148,14 @@ func (c *Client) connect(ctx context.Context) (net.Conn, *wire.Reader, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("connecting to %s: %w", c.cfg.Addr, err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		nc.SetDeadline(dl)
-	} else {
-		nc.SetDeadline(time.Now().Add(10 * time.Second))
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(10 * time.Second)
 	}
+	if t := c.cfg.InfoTimeout; t > 0 && time.Now().Add(t).Before(dl) {
+		dl = time.Now().Add(t)
+	}
+	nc.SetDeadline(dl)
 	rd := wire.NewReader(nc, wire.UniformLimits(wire.MaxFrameLen))
 	info, err := rd.Next()
 	if err != nil {
@@ -206,8 +216,13 @@ func (c *Client) run(nc net.Conn, rd *wire.Reader) {
 		err := c.read(rd)
 		c.mu.Lock()
 		c.nc = nil
+		drain := c.drain
 		c.mu.Unlock()
 		nc.Close()
+		if drain != nil {
+			drain <- err
+			return
+		}
 		if c.ctx.Err() != nil {
 			return
 		}
@@ -295,9 +310,9 @@ func (c *Client) send(frame []byte, queue bool) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
-	nc := c.nc
+	nc, draining := c.nc, c.drain != nil
 	c.mu.Unlock()
-	if c.ctx.Err() != nil {
+	if c.ctx.Err() != nil || draining {
 		return ErrClosed
 	}
 	if nc != nil {
@@ -368,6 +383,49 @@ func (c *Client) Publish(channel string, payload []byte) error {
 		return err
 	}
 	return c.send(frame, true)
+}
+
+// Drain stops sending and waits until the broker has read everything sent:
+// it half-closes the connection, and the broker closes its side once it
+// has read all before. hpfeeds acknowledges nothing, so this is how a
+// publisher learns that nothing was refused without guessing a delay. It
+// returns the broker's ERROR (*BrokerError) if one came, nil if the broker
+// closed without one, ctx's error if it did not close in time, and
+// ErrDisconnected if the connection was already down (its cause was
+// reported on Errors). The client does not reconnect after it; call Close.
+func (c *Client) Drain(ctx context.Context) error {
+	done := make(chan error, 1)
+	c.wmu.Lock() // no write is under way: the half-close follows them all
+	c.mu.Lock()
+	nc := c.nc
+	mine := nc != nil && c.drain == nil
+	if mine {
+		c.drain = done
+	}
+	c.mu.Unlock()
+	if !mine {
+		c.wmu.Unlock()
+		return ErrDisconnected
+	}
+	var err error
+	if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+		err = cw.CloseWrite()
+	} else {
+		err = fmt.Errorf("cannot half-close a %T", nc)
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("ending the stream to %s: %w", c.cfg.Addr, err)
+	}
+	select {
+	case err := <-done:
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Close disconnects and stops reconnecting. Messages is closed once the

@@ -327,3 +327,43 @@ func TestCloseWhilePublishBlocked(t *testing.T) {
 		t.Error("the blocked Publish did not return after Close")
 	}
 }
+
+// Drain learns the outcome of what was sent without guessing a delay: nil
+// once the broker read it all, over TCP and TLS, or the broker's refusal;
+// nothing is sent after it.
+func TestDrain(t *testing.T) {
+	ca, certFile, keyFile := testCerts(t)
+	plain := brokertest.Start(t, users)
+	tlsSrv := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+certFile+":key="+keyFile)
+	for _, tc := range []struct {
+		name, addr, ident, secret string
+		tls                       *tls.Config
+		refused                   bool
+	}{
+		{"tcp", plain.Addr, "sensor", "s3cret", nil, false},
+		{"tls", tlsSrv.Addr, "sensor", "s3cret", &tls.Config{RootCAs: ca, ServerName: "localhost"}, false},
+		{"refused", plain.Addr, "reader", "r", nil, true},
+	} {
+		c, err := client.Dial(context.Background(), client.Config{Addr: tc.addr, Ident: tc.ident, Secret: tc.secret, TLS: tc.tls, MinBackoff: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 100 {
+			c.Publish("events", []byte("x"))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = c.Drain(ctx)
+		cancel()
+		var be *client.BrokerError
+		if tc.refused && errors.Is(err, client.ErrDisconnected) {
+			err = <-c.Errors() // the refusal came before Drain
+		}
+		if tc.refused != errors.As(err, &be) || tc.refused && !be.PermissionDenied() || !tc.refused && err != nil {
+			t.Errorf("%s: Drain: %v", tc.name, err)
+		}
+		if err := c.Publish("events", []byte("late")); !errors.Is(err, client.ErrClosed) && !errors.Is(err, client.ErrDisconnected) {
+			t.Errorf("%s: Publish after Drain: %v", tc.name, err)
+		}
+		c.Close()
+	}
+}

@@ -24,10 +24,11 @@ func main() {
 	subject := flag.String("subject", "bench", "")
 	flag.Parse()
 	cfg.FrameBytes = cfg.Size + 16
+	cfg.Run = loadgen.NewRunID()
 
 	sinks := make([]*loadgen.Sink, cfg.Subscribers)
 	for i := range sinks {
-		sinks[i] = subscribe(*url, *subject, i)
+		sinks[i] = subscribe(*url, *subject, cfg.Run, i)
 	}
 	pubs := make([]loadgen.Publisher, cfg.Publishers)
 	for i := range pubs {
@@ -47,13 +48,13 @@ func main() {
 
 // subscribe connects subscriber i and returns once it hears its own probe.
 // Its connection stays open until the program exits.
-func subscribe(url, subject string, i int) *loadgen.Sink {
-	s := &loadgen.Sink{}
+func subscribe(url, subject string, run loadgen.RunID, i int) *loadgen.Sink {
+	s := loadgen.NewSink(run)
 	nc, err := nats.Connect(url)
 	if err != nil {
 		fail(err)
 	}
-	probe := string(loadgen.MarkReady) + strconv.Itoa(i)
+	probe := string(run.Probe(strconv.Itoa(i)))
 	ready := make(chan struct{})
 	sb, err := nc.Subscribe(subject, func(m *nats.Msg) {
 		switch m.Data[0] {

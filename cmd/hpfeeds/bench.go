@@ -79,15 +79,22 @@ func dialRaw(ctx context.Context, f *connFlags, frames func(nonce []byte) []byte
 		nc, err = d.DialContext(ctx, "tcp", cfg.Addr)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, explain(cfg, err)
 	}
 	rd := wire.NewReader(nc, wire.UniformLimits(wire.MaxFrameLen))
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	wait := 10 * time.Second
+	if cfg.InfoTimeout > 0 {
+		wait = cfg.InfoTimeout
+	}
+	nc.SetReadDeadline(time.Now().Add(wait))
 	info, err := rd.Next()
 	nc.SetReadDeadline(time.Time{})
-	if err != nil || info.Op != wire.OpInfo {
+	if err == nil && info.Op != wire.OpInfo {
+		err = fmt.Errorf("the first frame is %v", info.Op)
+	}
+	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("no INFO from %s: %v", cfg.Addr, err)
+		return nil, nil, explain(cfg, fmt.Errorf("no INFO from %s: %w", cfg.Addr, err))
 	}
 	if _, err := nc.Write(frames(info.Payload)); err != nil {
 		nc.Close()
@@ -111,15 +118,11 @@ type benchRun struct {
 
 // subscriber reads one subscribing connection.
 type subscriber struct {
-	loadgen.Sink
-	probe  []byte
-	linked atomic.Bool // has heard the first publisher's probe
-	err    error
+	*loadgen.Sink
+	probe, linkProbe []byte
+	linked           atomic.Bool // has heard the first publisher's probe
+	err              error
 }
-
-// linkProbe is what the first publisher sends until every subscriber heard
-// it.
-const linkProbe = "Rpub"
 
 func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*loadgen.Result, error) {
 	if o.Size < loadgen.MinSize {
@@ -132,6 +135,8 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*loa
 	if len(f.channels) > 0 {
 		channel = f.channels[0]
 	}
+	// Other runs may share the channel: the ID tells this run's messages.
+	o.Run = loadgen.NewRunID()
 	r := &benchRun{f: f, o: o, ident: []byte(f.ident), channel: []byte(channel)}
 	defer func() {
 		for _, c := range r.conns {
@@ -150,7 +155,7 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*loa
 	cfg.FrameBytes = len(frame)
 	sinks := make([]*loadgen.Sink, len(r.subs))
 	for i, s := range r.subs {
-		sinks[i] = &s.Sink
+		sinks[i] = s.Sink
 	}
 	res := loadgen.Run(cfg, pubs, sinks, out)
 	r.mu.Lock()
@@ -167,7 +172,7 @@ func bench(ctx context.Context, f *connFlags, o *benchOpts, out io.Writer) (*loa
 func (r *benchRun) subscribe(ctx context.Context) error {
 	var ready sync.WaitGroup
 	for i := range r.o.Subscribers {
-		s := &subscriber{probe: strconv.AppendInt([]byte{loadgen.MarkReady}, int64(i), 10)}
+		s := &subscriber{Sink: loadgen.NewSink(r.o.Run), probe: r.o.Run.Probe(strconv.Itoa(i)), linkProbe: r.o.Run.Probe("pub")}
 		sf := *r.f
 		if r.o.subPort != 0 {
 			sf.port = r.o.subPort
@@ -220,7 +225,7 @@ func (s *subscriber) read(rd *wire.Reader, ready func()) {
 			if string(fr.Payload) == string(s.probe) {
 				once()
 			}
-			if string(fr.Payload) == linkProbe {
+			if string(fr.Payload) == string(s.linkProbe) {
 				s.linked.Store(true)
 			}
 		case loadgen.MarkBench:
@@ -255,7 +260,7 @@ func (r *benchRun) publishers(ctx context.Context) ([]loadgen.Publisher, error) 
 }
 
 func (r *benchRun) link(nc net.Conn) error {
-	probe, _ := wire.AppendPublish(nil, r.ident, r.channel, []byte(linkProbe))
+	probe, _ := wire.AppendPublish(nil, r.ident, r.channel, r.o.Run.Probe("pub"))
 	for range 500 {
 		all := true
 		for _, s := range r.subs {

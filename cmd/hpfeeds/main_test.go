@@ -13,6 +13,7 @@ import (
 	"errors"
 	"github.com/hpfeeds-go/hpfeeds/internal/loadgen"
 	"github.com/hpfeeds-go/hpfeeds/internal/testbin"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -291,6 +292,20 @@ func TestTLSMismatchHints(t *testing.T) {
 	if out, code := hpfeeds(t, args(tlsSrv.Addr, "publish", "-c", "c1", "x")...); code == 0 || !strings.Contains(out, "connect with --tls or --tls-ca FILE") {
 		t.Errorf("plain TCP to TLS: exit %d: %s", code, out)
 	}
+	// A TLS endpoint slower to give up than the client: the client used to
+	// wait 10 s and print a bare i/o timeout.
+	slow := brokertest.StartEndpoint(t, users, "tls:interface=127.0.0.1:port=0:cert="+cert+":key="+key,
+		func(c *broker.Config) { c.AuthTimeout = time.Minute })
+	for _, cmd := range [][]string{{"publish", "-c", "c1", "x"}, {"bench", "--count", "1"}} {
+		start := time.Now()
+		out, code := hpfeeds(t, args(slow.Addr, cmd...)...)
+		if code == 0 || !strings.Contains(out, "i/o timeout (no INFO within 3s: if the endpoint is tls:, connect with --tls or --tls-ca FILE)") {
+			t.Errorf("%s, plain TCP to a silent TLS endpoint: exit %d: %s", cmd[0], code, out)
+		}
+		if d := time.Since(start); d > 8*time.Second {
+			t.Errorf("%s: the hint took %v", cmd[0], d)
+		}
+	}
 	plain := brokertest.Start(t, users)
 	if out, code := hpfeeds(t, args(plain.Addr, "publish", "-c", "c1", "--tls-ca", cert, "x")...); code == 0 || !strings.Contains(out, "the endpoint speaks plain TCP") {
 		t.Errorf("TLS to plain TCP: exit %d: %s", code, out)
@@ -356,5 +371,124 @@ func TestVersion(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "hpfeeds ") || !strings.Contains(string(out), " (commit ") ||
 		!strings.HasSuffix(string(out), ", "+runtime.Version()+")\n") {
 		t.Errorf("--version: %v %q", err, out)
+	}
+}
+
+// benchJSON runs `hpfeeds bench --json` against addr.
+func benchJSON(t *testing.T, addr string, more ...string) (loadgen.Result, string, int) {
+	t.Helper()
+	out, code := hpfeeds(t, args(addr, append([]string{"bench", "--json"}, more...)...)...)
+	var r loadgen.Result
+	json.Unmarshal([]byte(out), &r)
+	return r, out, code
+}
+
+// Two runs at once on one channel each count their own messages only:
+// they used to count each other's and report a negative loss.
+func TestBenchRunsShareAChannel(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, out, code := benchJSON(t, srv.Addr, "--subscribers", "2", "--rate", "400", "--duration", "2s")
+			if code != 0 || r.Published == 0 || r.Delivered != r.Expected || r.Expected != 2*r.Published {
+				t.Errorf("run %d: exit %d: %s", i, code, out)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// A paced, timed run stops at its deadline: at 3 messages a second the
+// deadline used to be checked every 64 messages, 21 s in.
+func TestBenchStopsAtItsDeadline(t *testing.T) {
+	srv := brokertest.Start(t, users)
+	r, out, code := benchJSON(t, srv.Addr, "--subscribers", "1", "--rate", "3", "--duration", "2s")
+	if code != 0 || r.Published < 1 || r.Published > 7 || r.Seconds > 5 {
+		t.Fatalf("want at most 7 messages (3/s for 2 s) and an end near 2 s: exit %d: %s", code, out)
+	}
+}
+
+// publishStdin runs `hpfeeds publish --stdin` with input on standard input.
+func publishStdin(t *testing.T, addr, input string, more ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(cliBinary, args(addr, append([]string{"publish", "--stdin"}, more...)...)...)
+	cmd.Stdin = strings.NewReader(input)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// publish --stdin publishes each non-empty line, in order, on one
+// connection; a refusal ends it with the broker's error and exit 1.
+func TestPublishStdin(t *testing.T) {
+	var log brokertest.Log
+	srv := brokertest.Start(t, users, func(c *broker.Config) { c.Logger = log.Logger() })
+	lines := startSubscriber(t, args(srv.Addr, "subscribe", "-c", "c1")...)
+	next(t, lines)
+	heard := false
+	for i := 0; i < 50 && !heard; i++ { // SUBSCRIBE has no reply: publish until heard
+		hpfeeds(t, args(srv.Addr, "publish", "-c", "c1", "ready")...)
+		select {
+		case <-lines:
+			heard = true
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	for len(lines) > 0 {
+		<-lines
+	}
+	logins := log.Count("msg=login")
+	out, code := publishStdin(t, srv.Addr, "one\n\ntwo words\r\nthree", "-c", "c1")
+	if code != 0 || out != "[feedcli] connected to hpfeeds\n[feedcli] closing connection.\n" {
+		t.Fatalf("exit %d: %q", code, out)
+	}
+	for _, want := range []string{"one", "two words", "three"} {
+		if l := next(t, lines); l != "[feedcli] publish to c1 by cli: "+want {
+			t.Fatalf("got %q, want %q", l, want)
+		}
+	}
+	if n := log.Count("msg=login") - logins; n != 1 {
+		t.Errorf("%d logins for three lines, want one connection", n)
+	}
+	out, code = publishStdin(t, srv.Addr, strings.Repeat("x\n", 20), "-c", "c1", "-c", "forbidden")
+	if code != 1 || !strings.Contains(out, "error message from broker: Authkey not allowed to pub here. ident=cli, chan=forbidden") {
+		t.Errorf("refused: exit %d: %s", code, out)
+	}
+	if out, code := hpfeeds(t, args(srv.Addr, "publish", "--stdin", "-c", "c1", "words")...); code != 1 || !strings.Contains(out, "give no words") {
+		t.Errorf("--stdin with words: exit %d: %s", code, out)
+	}
+}
+
+// A broker that keeps a half-closed connection open (the Python one may)
+// gets the 1 s every publish used to wait, then the command succeeds.
+func TestPublishToABrokerKeepingHalfClosedOpen(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { nc.Close() })
+			info, _ := wire.AppendInfo(nil, "keeper", [4]byte{})
+			nc.Write(info)
+			go io.Copy(io.Discard, nc) // reads to EOF, never closes
+		}
+	}()
+	if out, code := publishStdin(t, l.Addr().String(), "a\nb\n", "-c", "c1"); code != 0 || !strings.Contains(out, "closing connection.") {
+		t.Errorf("exit %d: %s", code, out)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"net"
 	"os"
@@ -64,6 +66,7 @@ func (f *connFlags) config(errw io.Writer) (client.Config, error) {
 		Logger:     f.logger(errw),
 	}
 	if !f.tls && f.caFile == "" && f.serverName == "" && !f.insecure {
+		cfg.InfoTimeout = plainInfoTimeout
 		return cfg, nil
 	}
 	cfg.TLS = &tls.Config{ServerName: f.host}
@@ -98,6 +101,11 @@ func (f *connFlags) logger(errw io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// plainInfoTimeout bounds the wait for INFO without TLS: a broker sends it
+// at once, while a TLS endpoint waits in silence for a handshake that never
+// comes, until its own timeout (10 s by default) closes the connection.
+const plainInfoTimeout = 3 * time.Second
+
 // dial connects as the flags say, explaining certificate errors.
 func (f *connFlags) dial(ctx context.Context, errw io.Writer) (*client.Client, error) {
 	cfg, err := f.config(errw)
@@ -106,23 +114,31 @@ func (f *connFlags) dial(ctx context.Context, errw io.Writer) (*client.Client, e
 	}
 	cfg.Logger.Debug("connecting", "addr", cfg.Addr, "tls", cfg.TLS != nil, "ident", cfg.Ident)
 	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		return nil, explain(cfg, err)
+	}
+	cfg.Logger.Debug("connected", "broker", c.BrokerName())
+	return c, nil
+}
+
+// explain adds to a connection error which flag would help.
+func explain(cfg client.Config, err error) error {
 	var hostErr x509.HostnameError
 	var authErr x509.UnknownAuthorityError
 	var recErr tls.RecordHeaderError
 	switch {
 	case cfg.TLS == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
-		return nil, fmt.Errorf("%w (closed before INFO: if the endpoint is tls:, connect with --tls or --tls-ca FILE)", err)
+		return fmt.Errorf("%w (closed before INFO: if the endpoint is tls:, connect with --tls or --tls-ca FILE)", err)
+	case cfg.TLS == nil && errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w (no INFO within %v: if the endpoint is tls:, connect with --tls or --tls-ca FILE)", err, cfg.InfoTimeout)
 	case errors.As(err, &recErr):
-		return nil, fmt.Errorf("%w (the endpoint speaks plain TCP: leave out --tls and the --tls-* flags)", err)
+		return fmt.Errorf("%w (the endpoint speaks plain TCP: leave out --tls and the --tls-* flags)", err)
 	case errors.As(err, &hostErr):
-		return nil, fmt.Errorf("%w (the certificate does not name %q: connect with --tls-server-name NAME, a name it holds, or reissue it with a subjectAltName for %q, see docs/broker.md)", err, hostErr.Host, hostErr.Host)
+		return fmt.Errorf("%w (the certificate does not name %q: connect with --tls-server-name NAME, a name it holds, or reissue it with a subjectAltName for %q, see docs/broker.md)", err, hostErr.Host, hostErr.Host)
 	case errors.As(err, &authErr):
-		return nil, fmt.Errorf("%w (give the CA that signed the broker's certificate with --tls-ca FILE)", err)
-	case err != nil:
-		return nil, err
+		return fmt.Errorf("%w (give the CA that signed the broker's certificate with --tls-ca FILE)", err)
 	}
-	cfg.Logger.Debug("connected", "broker", c.BrokerName())
-	return c, nil
+	return err
 }
 
 func newRootCmd(out io.Writer) *cobra.Command {
@@ -158,13 +174,23 @@ func newRootCmd(out io.Writer) *cobra.Command {
 	}
 	sub.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per message")
 	sub.Flags().StringVarP(&output, "output", "o", "", "append messages to `FILE` instead of standard output")
+	var stdin bool
 	pub := &cobra.Command{
 		Use:   "publish [WORDS…]",
 		Short: "Publish the arguments, joined by spaces, to the channels",
+		Long: `Publish the arguments, joined by spaces, to the channels; with --stdin,
+publish each line of standard input instead, on one connection.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return publish(cmd.Context(), f, cmd.OutOrStdout(), []byte(strings.Join(args, " ")))
+			if !stdin {
+				return publish(cmd.Context(), f, cmd.OutOrStdout(), one([]byte(strings.Join(args, " "))))
+			}
+			if len(args) > 0 {
+				return errors.New("--stdin publishes standard input's lines: give no words")
+			}
+			return publish(cmd.Context(), f, cmd.OutOrStdout(), lines(cmd.InOrStdin()))
 		},
 	}
+	pub.Flags().BoolVar(&stdin, "stdin", false, "publish each non-empty line of standard input as one message, on one connection")
 	sendfile := &cobra.Command{
 		Use:   "sendfile FILE",
 		Short: "Publish a file's contents to the channels",
@@ -174,7 +200,7 @@ func newRootCmd(out io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return publish(cmd.Context(), f, cmd.OutOrStdout(), data)
+			return publish(cmd.Context(), f, cmd.OutOrStdout(), one(data))
 		},
 	}
 	root.AddCommand(sub, pub, sendfile, newBenchCmd(f))
@@ -252,9 +278,16 @@ func brokerError(err error) error {
 	return err
 }
 
-// publish sends payload to every channel, then waits briefly for an ERROR:
-// hpfeeds acknowledges nothing, so a refusal is the only answer.
-func publish(ctx context.Context, f *connFlags, out io.Writer, payload []byte) error {
+// drainTimeout bounds the wait for the broker to read the last publish
+// and close the connection. A broker that keeps a half-closed connection
+// open, as the Python one may, has that long to refuse: the wait every
+// publish had before Drain.
+const drainTimeout = time.Second
+
+// publish sends each payload to every channel on one connection, then
+// waits until the broker has read them all (client.Drain): hpfeeds
+// acknowledges nothing, and a refusal, an ERROR, is the only answer.
+func publish(ctx context.Context, f *connFlags, out io.Writer, payloads iter.Seq2[[]byte, error]) error {
 	if len(f.channels) == 0 {
 		return errors.New("give at least one -c/--chan")
 	}
@@ -265,17 +298,81 @@ func publish(ctx context.Context, f *connFlags, out io.Writer, payload []byte) e
 	defer c.Close()
 	logf(out, "connected to %s", c.BrokerName())
 	log := f.logger(os.Stderr)
-	for _, ch := range f.channels {
-		if err := c.Publish(ch, payload); err != nil {
+	n := 0 // payloads sent
+	for payload, err := range payloads {
+		if err != nil {
 			return err
 		}
-		log.Debug("published", "channel", ch, "bytes", len(payload))
+		select { // a refusal of an earlier one ends the run at once
+		case err := <-c.Errors():
+			return refused(err, n)
+		default:
+		}
+		for _, ch := range f.channels {
+			if err := c.Publish(ch, payload); err != nil {
+				return refused(cause(c, err), n)
+			}
+			log.Debug("published", "channel", ch, "bytes", len(payload))
+		}
+		n++
 	}
-	select {
-	case err := <-c.Errors():
-		return brokerError(err)
-	case <-time.After(time.Second):
+	dctx, cancel := context.WithTimeout(ctx, drainTimeout)
+	defer cancel()
+	if err := c.Drain(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return refused(cause(c, err), n)
 	}
 	logf(out, "closing connection.")
 	return nil
+}
+
+// cause is the reason the connection dropped, which the client reports on
+// Errors, when err only says it is down.
+func cause(c *client.Client, err error) error {
+	if !errors.Is(err, client.ErrDisconnected) {
+		return err
+	}
+	select {
+	case e := <-c.Errors():
+		return e
+	case <-time.After(time.Second):
+		return err
+	}
+}
+
+// refused says what the broker answered, and for more than one message
+// how far the run got.
+func refused(err error, sent int) error {
+	err = brokerError(err)
+	if sent > 1 {
+		return fmt.Errorf("%w (after %d messages sent: those before the refused one were published)", err, sent)
+	}
+	return err
+}
+
+// one yields payload alone.
+func one(payload []byte) iter.Seq2[[]byte, error] {
+	return func(yield func([]byte, error) bool) { yield(payload, nil) }
+}
+
+// maxLine bounds a line of publish --stdin, far above the broker's
+// default --max-publish-size (1 MiB), so memory stays bounded.
+const maxLine = 16 << 20
+
+// lines yields each non-empty line of r, without its line ending.
+func lines(r io.Reader) iter.Seq2[[]byte, error] {
+	return func(yield func([]byte, error) bool) {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), maxLine)
+		for sc.Scan() {
+			if len(sc.Bytes()) > 0 && !yield(sc.Bytes(), nil) {
+				return
+			}
+		}
+		switch err := sc.Err(); {
+		case errors.Is(err, bufio.ErrTooLong):
+			yield(nil, fmt.Errorf("--stdin: a line is longer than %d MiB", maxLine>>20))
+		case err != nil:
+			yield(nil, fmt.Errorf("--stdin: %w", err))
+		}
+	}
 }

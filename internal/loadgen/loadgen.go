@@ -5,6 +5,8 @@
 package loadgen
 
 import (
+	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"flag"
 	"fmt"
@@ -15,14 +17,37 @@ import (
 	"time"
 )
 
-// A payload's first byte says what it is; a benchmark payload carries its
-// send time (Unix ns, big-endian) in the next 8.
+// A payload's first byte says what it is and the next 8 are its run's ID,
+// so that runs sharing a channel count only their own messages; a
+// benchmark payload carries its send time (Unix ns, big-endian) in the 8
+// after.
 const (
 	MarkBench = 'B'
 	MarkReady = 'R' // probes that tell a subscriber is in place
-	// MinSize is the smallest payload: the mark and the timestamp.
-	MinSize = 9
+	// MinSize is the smallest payload: the mark, the run ID and the
+	// timestamp.
+	MinSize = 17
 )
+
+// RunID tells one run's payloads from another's on a shared channel.
+type RunID [8]byte
+
+// NewRunID returns a random ID.
+func NewRunID() RunID {
+	var id RunID
+	rand.Read(id[:]) // never fails: crypto/rand crashes the program rather than return weak bytes
+	return id
+}
+
+// Probe is a MarkReady payload of this run, told apart by name.
+func (id RunID) Probe(name string) []byte {
+	return append(append([]byte{MarkReady}, id[:]...), name...)
+}
+
+// owns reports whether payload is one of this run's.
+func (id RunID) owns(payload []byte) bool {
+	return len(payload) >= MinSize && bytes.Equal(payload[1:9], id[:])
+}
 
 // Config is the shape of the load.
 type Config struct {
@@ -34,13 +59,14 @@ type Config struct {
 	Window                  int           // messages a publisher may be ahead of the subscribers; 0: none
 	FrameBytes              int           // a message's size on the wire, to bound the window to 32 MiB
 	Drain                   time.Duration // how long deliveries may stop changing before losses are counted
+	Run                     RunID         // written into every payload; sinks count only their run's
 }
 
 // AddFlags defines the load's flags on fs, with their defaults.
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Publishers, "publishers", 1, "publishing connections")
 	fs.IntVar(&c.Subscribers, "subscribers", 10, "subscribing connections")
-	fs.IntVar(&c.Size, "size", 256, "payload `BYTES` (at least 9: a marker and a timestamp)")
+	fs.IntVar(&c.Size, "size", 256, "payload `BYTES` (at least 17: a marker, the run's ID and a timestamp)")
 	fs.IntVar(&c.Count, "count", 100000, "messages per publisher (unless a duration is given)")
 	fs.DurationVar(&c.Duration, "duration", 0, "publish for this long instead of a count")
 	fs.IntVar(&c.Rate, "rate", 0, "total messages per second across publishers (0: as fast as subscribers keep up)")
@@ -83,14 +109,22 @@ type Publisher interface {
 // goroutine at a time; mu keeps Run's merge from reading the latencies
 // while a late delivery (after the drain gave up) is recorded.
 type Sink struct {
+	run RunID
 	got atomic.Int64
 	mu  sync.Mutex
 	lat Latencies
 }
 
-// Record counts a benchmark payload and its latency.
+// NewSink returns a sink that counts run's payloads only.
+func NewSink(run RunID) *Sink { return &Sink{run: run} }
+
+// Record counts a benchmark payload of the sink's run and its latency, and
+// ignores another run's.
 func (s *Sink) Record(payload []byte) {
-	sent := int64(binary.BigEndian.Uint64(payload[1:MinSize]))
+	if !s.run.owns(payload) {
+		return
+	}
+	sent := int64(binary.BigEndian.Uint64(payload[9:MinSize]))
 	s.mu.Lock()
 	s.lat.Add(uint64(max(time.Now().UnixNano()-sent, 0) / 1000))
 	s.mu.Unlock()
@@ -167,6 +201,7 @@ func (r *run) publish(p Publisher) {
 	cfg := r.cfg
 	payload := make([]byte, cfg.Size)
 	payload[0] = MarkBench
+	copy(payload[1:9], cfg.Run[:])
 	var interval time.Duration
 	if cfg.Rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(cfg.Publishers) / float64(cfg.Rate))
@@ -176,11 +211,13 @@ func (r *run) publish(p Publisher) {
 	window := int64(max(1, min(cfg.Window, (32<<20)/max(cfg.FrameBytes, 1))))
 	subs := int64(len(r.sinks))
 	next := time.Now()
-	for k := 0; ; k++ {
-		if r.deadline.IsZero() && k >= cfg.Count || !r.deadline.IsZero() && k%64 == 0 && time.Now().After(r.deadline) {
-			break
-		}
+	for k := 0; !r.deadline.IsZero() || k < cfg.Count; k++ {
 		if interval > 0 {
+			if !r.deadline.IsZero() && next.After(r.deadline) {
+				p.Flush()
+				time.Sleep(time.Until(r.deadline)) // the run lasts its duration, never longer
+				break
+			}
 			if d := time.Until(next); d > 0 {
 				p.Flush()
 				time.Sleep(d)
@@ -189,7 +226,13 @@ func (r *run) publish(p Publisher) {
 		} else if cfg.Window > 0 && k%int(min(256, window)) == 0 && subs > 0 && !r.waitWindow(p, window, subs) {
 			break
 		}
-		binary.BigEndian.PutUint64(payload[1:MinSize], uint64(time.Now().UnixNano()))
+		// The send time, read for every message anyway, also ends a
+		// timed run on time.
+		now := time.Now()
+		if !r.deadline.IsZero() && now.After(r.deadline) {
+			break
+		}
+		binary.BigEndian.PutUint64(payload[9:MinSize], uint64(now.UnixNano()))
 		if p.Send(payload) != nil {
 			return
 		}

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,5 +80,38 @@ func TestLossPastTheWindowEndsTheRun(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the run still waits on a window losses keep open")
+	}
+}
+
+// A sink counts its own run's payloads only: runs may share a channel.
+func TestSinkCountsItsRunOnly(t *testing.T) {
+	mine, other := NewRunID(), NewRunID()
+	s := NewSink(mine)
+	for _, id := range []RunID{mine, other, mine} {
+		p := make([]byte, MinSize)
+		p[0] = MarkBench
+		copy(p[1:9], id[:])
+		s.Record(p)
+	}
+	if n := s.got.Load(); n != 2 {
+		t.Errorf("counted %d, want 2", n)
+	}
+}
+
+// calls records a publisher's calls: S(end), F(lush), D(one).
+type calls struct{ seq []byte }
+
+func (c *calls) Send([]byte) error { c.seq = append(c.seq, 'S'); return nil }
+func (c *calls) Flush() error      { c.seq = append(c.seq, 'F'); return nil }
+func (c *calls) Done() error       { c.seq = append(c.seq, 'D'); return nil }
+
+// A paced run ends at its deadline, and flushes its last message before it
+// waits for the deadline rather than holding it there.
+func TestPacedRunEndsAtItsDeadline(t *testing.T) {
+	p := &calls{}
+	cfg := Config{Publishers: 1, Size: MinSize, Rate: 4, Duration: 600 * time.Millisecond, FrameBytes: 32}
+	r := Run(cfg, []Publisher{p}, nil, nil)
+	if r.Published != 3 || !strings.HasSuffix(string(p.seq), "SFD") {
+		t.Errorf("published %d, calls %s: want 3 sends (at 0, 250 and 500 ms), the last flushed before Done", r.Published, p.seq)
 	}
 }
