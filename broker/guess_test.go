@@ -24,7 +24,7 @@ func TestParallelGuessing(t *testing.T) {
 		maxDelay = 400 * time.Millisecond
 		conns    = 64
 		run      = 3 * time.Second
-		rightAt  = 2000// the guess that holds the secret
+		rightAt  = 2000 // the guess that holds the secret
 	)
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
 		c.LoginThrottle = broker.ThrottleConfig{After: after, MaxDelay: maxDelay}
