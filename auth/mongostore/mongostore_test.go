@@ -333,3 +333,9 @@ func TestMongoCloseDuringDial(t *testing.T) {
 		t.Errorf("after Close: %v", err)
 	}
 }
+
+// Revalidation asks for many idents in one $in query.
+func TestMongoLookupBatch(t *testing.T) {
+	uri, _ := storetest.MongoURI(t)
+	storetest.Batch(t, open(t, uri, "").(auth.Editor), 1200)
+}

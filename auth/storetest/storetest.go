@@ -330,3 +330,37 @@ func MongoURI(t testing.TB) (uri, db string) {
 	})
 	return uri, db
 }
+
+// Batch writes n users through e and checks its auth.BatchLooker answers
+// for all of them at once, across several of its queries (n over 500):
+// each user under its ident, an ident spelled in other case and idents
+// never written left out, as Find would.
+func Batch(t testing.TB, e auth.Editor, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var idents []string
+	for i := range n {
+		ident := fmt.Sprintf("batch%05d", i)
+		if err := e.PutUser(ctx, auth.User{Ident: ident, Secret: "s-" + ident, PubChans: []string{"events"}}); err != nil {
+			t.Fatal(err)
+		}
+		idents = append(idents, ident)
+	}
+	asked := append(slices.Clone(idents), "BATCH00000", "never1", "never2")
+	got, err := e.(auth.BatchLooker).LookupBatch(ctx, asked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Errorf("%d users found, want %d", len(got), n)
+	}
+	for _, ident := range idents {
+		if u := got[ident]; u.Ident != ident || u.Secret != "s-"+ident || !slices.Equal(u.PubChans, []string{"events"}) {
+			t.Fatalf("%s: got %+v", ident, u)
+		}
+	}
+	if empty, err := e.(auth.BatchLooker).LookupBatch(ctx, nil); err != nil || len(empty) != 0 {
+		t.Errorf("no idents: %v, %v", empty, err)
+	}
+}
