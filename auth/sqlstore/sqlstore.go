@@ -62,10 +62,10 @@ func dollar(n int) string { return fmt.Sprintf("$%d", n) }
 
 // Store is a credential store on a SQL table.
 type Store struct {
-	db   *sql.DB
-	name string // for logs: the spec with the password hidden
-	spec string // what --auth takes to open this store again, password hidden
-	file string // a SQLite store's absolute path, which opening never creates
+	db    *sql.DB
+	name  string // for logs: the spec with the password hidden
+	spec  string // what --auth takes to open this store again, password hidden
+	file  string // a SQLite store's absolute path, which opening never creates
 	d     dialect
 	sel   string // the user's columns for one identifier
 	selIn string // the same, for an IN list to follow
