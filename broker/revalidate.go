@@ -66,6 +66,11 @@ func (b *Broker) revalidate(spread time.Duration, from string) string {
 		}
 	}
 	b.mu.Unlock()
+	return b.revalidateRound(byIdent, spread, from)
+}
+
+// revalidateRound is revalidate for the sessions of byIdent.
+func (b *Broker) revalidateRound(byIdent map[string][]*conn, spread time.Duration, from string) string {
 	idents := slices.Sorted(maps.Keys(byIdent))
 	i, _ := slices.BinarySearch(idents, from)
 	if i < len(idents) && idents[i] == from {
