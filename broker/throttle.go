@@ -47,10 +47,10 @@ const (
 type ThrottleConfig struct {
 	Disabled bool
 	// After failed logins from one source, each within Window of the
-	// previous, its further failures are answered late.
+	// previous, its logins are checked one at a time.
 	After  int
 	Window time.Duration
-	// MaxDelay bounds how late a failure is answered.
+	// MaxDelay bounds the spacing of those checks.
 	MaxDelay time.Duration
 }
 
