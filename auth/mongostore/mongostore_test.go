@@ -336,6 +336,14 @@ func TestMongoCloseDuringDial(t *testing.T) {
 
 // Revalidation asks for many idents in one $in query.
 func TestMongoLookupBatch(t *testing.T) {
-	uri, _ := storetest.MongoURI(t)
-	storetest.Batch(t, open(t, uri, "").(auth.Editor), 1200)
+	uri, db := storetest.MongoURI(t)
+	coll := writer(t, uri, db).Collection(DefaultCollection)
+	storetest.Batch(t, open(t, uri, ""), 1200, func(ctx context.Context, users []auth.User) error {
+		docs := make([]any, len(users))
+		for i, u := range users {
+			docs[i] = bson.M{"identifier": u.Ident, "secret": u.Secret, "publish": u.PubChans, "subscribe": bson.A{}}
+		}
+		_, err := coll.InsertMany(ctx, docs)
+		return err
+	})
 }

@@ -235,11 +235,11 @@ func TestInitDatabases(t *testing.T) {
 func TestLookupBatch(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.db")
 	initSQLite(t, path)
-	t.Run("SQLite", func(t *testing.T) { storetest.Batch(t, open(t, path).(auth.Editor), 1200) })
+	t.Run("SQLite", func(t *testing.T) { storetest.Batch(t, open(t, path), 1200, nil) })
 	for _, srv := range storetest.SQLServers {
 		t.Run(srv.Name, func(t *testing.T) {
 			spec, _ := srv.NewUserTable(t)
-			storetest.Batch(t, open(t, spec).(auth.Editor), 1200)
+			storetest.Batch(t, open(t, spec), 1200, nil)
 		})
 	}
 }

@@ -331,24 +331,37 @@ func MongoURI(t testing.TB) (uri, db string) {
 	return uri, db
 }
 
-// Batch writes n users through e and checks its auth.BatchLooker answers
+// Batch has put write n users and checks st's auth.BatchLooker answers
 // for all of them at once, across several of its queries (n over 500):
 // each user under its ident, an ident spelled in other case and idents
-// never written left out, as Find would.
-func Batch(t testing.TB, e auth.Editor, n int) {
+// never written left out, as Find would. put nil writes through st's
+// auth.Editor.
+func Batch(t testing.TB, st auth.Store, n int, put func(ctx context.Context, users []auth.User) error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	var users []auth.User
 	var idents []string
 	for i := range n {
 		ident := fmt.Sprintf("batch%05d", i)
-		if err := e.PutUser(ctx, auth.User{Ident: ident, Secret: "s-" + ident, PubChans: []string{"events"}}); err != nil {
-			t.Fatal(err)
-		}
+		users = append(users, auth.User{Ident: ident, Secret: "s-" + ident, PubChans: []string{"events"}})
 		idents = append(idents, ident)
 	}
+	if put == nil {
+		put = func(ctx context.Context, users []auth.User) error {
+			for _, u := range users {
+				if err := st.(auth.Editor).PutUser(ctx, u); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	if err := put(ctx, users); err != nil {
+		t.Fatal(err)
+	}
 	asked := append(slices.Clone(idents), "BATCH00000", "never1", "never2")
-	got, err := e.(auth.BatchLooker).LookupBatch(ctx, asked)
+	got, err := st.(auth.BatchLooker).LookupBatch(ctx, asked)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +373,7 @@ func Batch(t testing.TB, e auth.Editor, n int) {
 			t.Fatalf("%s: got %+v", ident, u)
 		}
 	}
-	if empty, err := e.(auth.BatchLooker).LookupBatch(ctx, nil); err != nil || len(empty) != 0 {
+	if empty, err := st.(auth.BatchLooker).LookupBatch(ctx, nil); err != nil || len(empty) != 0 {
 		t.Errorf("no idents: %v, %v", empty, err)
 	}
 }
