@@ -111,7 +111,7 @@ func TestLoginThrottling(t *testing.T) {
 		}
 		if want := time.Duration(0); i > after+1 {
 			want = 100 * time.Millisecond << (i - after - 2)
-			if took < want*9/10 {
+			if took < want/2 {
 				t.Errorf("guess %d refused after %v, want about %v", i, took, want)
 			}
 		}
@@ -125,7 +125,7 @@ func TestLoginThrottling(t *testing.T) {
 	goodLogin(t, "127.0.0.3", srv.Addr, "both", "bothsecret")
 	start := time.Now()
 	goodLogin(t, attacker, srv.Addr, "pub", "pubsecret")
-	if took := time.Since(start); took > 3*time.Second {
+	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("the good login from the guesser's address took %v, want it second in the queue (0.8 + 1.6 s)", took)
 	}
 	answered := 0
