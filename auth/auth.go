@@ -66,6 +66,35 @@ type Store interface {
 	Close() error
 }
 
+// BatchLooker is a store that can look many idents up in one query, for
+// revalidating thousands of live sessions without a round trip each.
+type BatchLooker interface {
+	// LookupBatch returns, keyed by ident, the users among idents that
+	// the store holds spelled exactly so (as Find answers found); an
+	// ident not in the map is unknown. An error means the store could not
+	// answer for the batch, a corrupt row among them included: the caller
+	// may then ask one ident at a time.
+	// A store that wraps others answers errors.ErrUnsupported when one of
+	// them cannot batch; asking for no idents tells the caller cheaply.
+	LookupBatch(ctx context.Context, idents []string) (map[string]User, error)
+}
+
+// LookupEach is LookupBatch for a store that answers from memory: one Find
+// per ident.
+func LookupEach(ctx context.Context, s Store, idents []string) (map[string]User, error) {
+	out := make(map[string]User, len(idents))
+	for _, ident := range idents {
+		u, found, err := Find(ctx, s, ident)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			out[ident] = u
+		}
+	}
+	return out, nil
+}
+
 // Editor is a store whose users can be managed from the command line.
 type Editor interface {
 	Store
@@ -339,6 +368,38 @@ func (c Chain) Lookup(ctx context.Context, ident string) (User, bool, error) {
 		}
 	}
 	return User{}, false, errors.Join(errs...)
+}
+
+// LookupBatch implements BatchLooker when every store of the chain does,
+// and answers errors.ErrUnsupported otherwise. Each store is asked for the
+// idents the stores before it did not know; if one fails and some ident
+// stays unknown, the failure is returned, as Lookup would for that ident.
+func (c Chain) LookupBatch(ctx context.Context, idents []string) (map[string]User, error) {
+	for _, s := range c {
+		if _, ok := s.(BatchLooker); !ok {
+			return nil, fmt.Errorf("%s: %w", s, errors.ErrUnsupported)
+		}
+	}
+	out := make(map[string]User, len(idents))
+	var errs []error
+	for _, s := range c {
+		if len(idents) == 0 {
+			break
+		}
+		got, err := s.(BatchLooker).LookupBatch(ctx, idents)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s, err))
+			continue
+		}
+		for ident, u := range got {
+			out[ident] = u
+		}
+		idents = slices.DeleteFunc(slices.Clone(idents), func(id string) bool { _, ok := got[id]; return ok })
+	}
+	if len(idents) > 0 && len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
 }
 
 func (c Chain) String() string {

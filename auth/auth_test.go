@@ -123,3 +123,48 @@ func TestWithDefaults(t *testing.T) {
 		t.Errorf("%+v", u)
 	}
 }
+
+// mapStore is a store in memory that batches, or fails every lookup.
+type mapStore struct {
+	users map[string]auth.User
+	err   error
+}
+
+func (s mapStore) Lookup(_ context.Context, ident string) (auth.User, bool, error) {
+	u, ok := s.users[ident]
+	return u, ok, s.err
+}
+
+func (s mapStore) LookupBatch(ctx context.Context, idents []string) (map[string]auth.User, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	return auth.LookupEach(ctx, s, idents)
+}
+
+func (mapStore) String() string { return "map" }
+func (mapStore) Close() error   { return nil }
+
+// onlyLookup is a store that cannot batch.
+type onlyLookup struct{ auth.Store }
+
+// A chain batches when each of its stores does: each is asked for what the
+// ones before it did not know, and a store's failure matters only when an
+// ident stays unknown, as for Lookup.
+func TestChainLookupBatch(t *testing.T) {
+	a := mapStore{users: map[string]auth.User{"a": {Ident: "a", Secret: "1"}}}
+	b := mapStore{users: map[string]auth.User{"a": {Ident: "a", Secret: "2"}, "b": {Ident: "b", Secret: "3"}}}
+	down := mapStore{err: errors.New("down")}
+	ctx := context.Background()
+	got, err := auth.Chain{a, down, b}.LookupBatch(ctx, []string{"a", "b", "c"})
+	if err == nil {
+		t.Errorf("c unknown to every store that answered, one down: got %v, want the failure", got)
+	}
+	got, err = auth.Chain{a, b, down}.LookupBatch(ctx, []string{"a", "b"})
+	if err != nil || len(got) != 2 || got["a"].Secret != "1" || got["b"].Secret != "3" {
+		t.Errorf("got %v, %v; want a from the first store, b from the second", got, err)
+	}
+	if _, err := (auth.Chain{a, onlyLookup{b}}).LookupBatch(ctx, nil); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("a chain with a store that cannot batch: %v, want ErrUnsupported", err)
+	}
+}

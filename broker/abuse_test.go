@@ -83,44 +83,51 @@ func throttledGuess(t *testing.T, local, addr string) <-chan time.Duration {
 	return out
 }
 
-// goodLogin logs both in from local and round-trips a message.
-func goodLogin(t *testing.T, local, addr string) {
+// goodLogin logs ident in from local and round-trips a message.
+func goodLogin(t *testing.T, local, addr, ident, secret string) {
 	c := brokertest.Handshake(t, dialFrom(t, local, addr))
-	c.Send(c.Auth("both", "bothsecret"))
-	c.Sync("both")
+	c.Send(c.Auth(ident, secret))
+	c.Sync(ident)
 }
 
-// Password guessing from one source is slowed: past After failures each
-// refusal waits, doubling from 100 ms. A client with the right secret, from
-// another source or from the very same one (sensors behind the guesser's
-// NAT), logs in and is served while the guesser's refusals are still held.
+// Password guessing from one source is slowed: past After failures its
+// logins are checked one at a time, each waiting from 100 ms after the
+// last, doubling. A client with the right secret from another source logs
+// in at once; one from the very same source (sensors behind the guesser's
+// NAT) with another ident is checked second, ahead of the guesses queued
+// before it.
 func TestLoginThrottling(t *testing.T) {
 	log := &brokertest.Log{}
 	const after = 3
 	srv := brokertest.Start(t, testUsers(), func(c *broker.Config) {
 		c.Logger = log.Logger()
-		c.LoginThrottle = broker.ThrottleConfig{After: after, MaxDelay: time.Minute}
+		c.LoginThrottle = broker.ThrottleConfig{After: after, MaxDelay: 3200 * time.Millisecond}
 	})
 	const attacker = "127.0.0.2"
-	for i := 1; i <= after+3; i++ {
+	for i := 1; i <= after+4; i++ {
 		took := <-throttledGuess(t, attacker, srv.Addr)
 		if took < 0 {
 			t.Fatalf("guess %d was not refused", i)
 		}
-		if want := time.Duration(0); i > after {
-			want = 100 * time.Millisecond << (i - after - 1)
-			if took < want {
-				t.Errorf("guess %d refused after %v, want at least %v", i, took, want)
+		if want := time.Duration(0); i > after+1 {
+			want = 100 * time.Millisecond << (i - after - 2)
+			if took < want/2 {
+				t.Errorf("guess %d refused after %v, want about %v", i, took, want)
 			}
 		}
 	}
-	// Five guesses at once: held 0.8, 1.6, 3.2, 6.4 and 12.8 s.
+	// Five guesses at once: checked 0.8, 1.6, 3.2, 3.2 and 3.2 s apart.
 	var held []<-chan time.Duration
 	for range 5 {
 		held = append(held, throttledGuess(t, attacker, srv.Addr))
 	}
-	goodLogin(t, attacker, srv.Addr)
-	goodLogin(t, "127.0.0.3", srv.Addr)
+	time.Sleep(50 * time.Millisecond) // queued before the good logins
+	goodLogin(t, "127.0.0.3", srv.Addr, "both", "bothsecret")
+	start := time.Now()
+	goodLogin(t, attacker, srv.Addr, "pub", "pubsecret")
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the good login from the guesser's address took %v, want it second in the queue (0.8 + 1.6 s)", took)
+	}
 	answered := 0
 	for _, h := range held {
 		select {
@@ -129,17 +136,17 @@ func TestLoginThrottling(t *testing.T) {
 		default:
 		}
 	}
-	if answered == len(held) {
-		t.Errorf("every held guess was answered before the good logins were done: they waited behind the throttle")
+	if answered != 1 {
+		t.Errorf("%d held guesses answered before the good login from their address, want 1 (round-robin by ident)", answered)
 	}
 	st := srv.Broker.Snapshot().Throttle
-	if st.Delayed < 3 || st.Sources != 1 {
-		t.Errorf("throttle stats %+v, want at least 3 delayed and 1 source", st)
+	if st.Delayed < 8 || st.Sources != 1 {
+		t.Errorf("throttle stats %+v, want at least 8 delayed and 1 source", st)
 	}
 	if n := log.Count("repeated failed logins"); n != 1 {
 		t.Errorf("%d throttling lines, want one for the source:\n%s", n, log.String())
 	}
-	if n := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidSecret}]; n < after+3 {
+	if n := srv.Broker.Snapshot().Errors[broker.ErrorKey{Ident: "", Category: broker.CategoryInvalidSecret}]; n < after+4 {
 		t.Errorf("invalid-secret %d, want every guess counted", n)
 	}
 }

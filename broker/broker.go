@@ -80,7 +80,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b.settle = settler{after: settleAfter, run: cfg.AfterAcceptBurst}
 	b.preAuth, b.postAuth = cfg.limits()
-	b.throttle.cfg = cfg.LoginThrottle
+	b.throttle.cfg, b.throttle.ctx = cfg.LoginThrottle, ctx
 	b.stats.init()
 	b.mem.init(cfg.MemoryLimit)
 	if cfg.MemoryLimit > 0 {

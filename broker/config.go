@@ -73,7 +73,7 @@ type Config struct {
 	MaxConnections      int
 	MaxConnectionsPerIP int
 
-	// LoginThrottle answers repeated failed logins from one source late.
+	// LoginThrottle checks one at a time the logins of a source that failed many.
 	LoginThrottle ThrottleConfig
 
 	// Bridge, if set, shares channels with other brokers.

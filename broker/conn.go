@@ -324,7 +324,9 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	b := c.b
 	ident := string(f.Ident)
 	if err := auth.CheckIdent(ident); err != nil {
-		c.refuseLogin(ident, CategoryInvalidIdent, err.Error()) // no store could hold it: not a store failure
+		if c.admitLogin(ident, "") {
+			c.refuseLogin(ident, CategoryInvalidIdent, err.Error()) // no store could hold it: not a store failure
+		}
 		return false
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
@@ -340,6 +342,8 @@ func (c *conn) authenticate(f wire.Frame) bool {
 		}
 		c.fail("", CategoryErrorCheckingIdent, wire.AuthFailed(ident))
 		return false
+	case !c.admitLogin(ident, u.Ident): // u.Ident is "" when not found
+		return false
 	case !found:
 		c.refuseLogin(ident, CategoryInvalidIdent, "unknown ident")
 		return false
@@ -347,6 +351,7 @@ func (c *conn) authenticate(f wire.Frame) bool {
 		c.refuseLogin(ident, CategoryInvalidSecret, "wrong secret")
 		return false
 	}
+	b.throttle.done(c.ip, true, time.Now())
 	s := newSession(u) // u.Ident is ident, byte for byte (auth.Find)
 	c.stats.recvAtAuth.Store(c.stats.recvBytes.Load())
 	c.checked = s
@@ -468,10 +473,10 @@ func logIdent(ident string) string {
 	return ident[:logIdentMax] + "…"
 }
 
-// refuseLogin answers a failed login. Its log line is rate-limited per
-// reason, as clients choose how many they cause; once the source has failed
-// too often, the answer waits (see throttle.go). The store is not to blame,
-// so lookups that fail do not come here.
+// refuseLogin answers a failed login that admitLogin let through. Its log
+// line is rate-limited per reason, as clients choose how many they cause;
+// the failure counts against the source (see throttle.go). The store is not
+// to blame, so lookups that fail do not come here.
 func (c *conn) refuseLogin(ident, category, reason string) {
 	b := c.b
 	now := time.Now()
@@ -479,20 +484,8 @@ func (c *conn) refuseLogin(ident, category, reason string) {
 		c.log().Info("authentication failed: "+reason+" (further failures for this reason are logged at most every 10 s)",
 			"ident", logIdent(ident), "failed", n)
 	}
-	delay, started := b.throttle.failed(c.ip, now)
-	if started {
-		if n, ok := b.throttle.started.due(now); ok {
-			c.log().Warn("repeated failed logins: this source's failed logins are now answered late, its good ones at once (further sources are logged at most every 10 s)",
-				"source", throttleSource(c.ip).String(), "max_delay", b.cfg.LoginThrottle.MaxDelay, "sources", n)
-		}
-	}
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-b.ctx.Done():
-			t.Stop()
-		}
+	if b.throttle.done(c.ip, false, now) {
+		c.throttleStarted(now)
 	}
 	c.fail("", category, wire.AuthFailed(ident))
 }

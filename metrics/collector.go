@@ -79,10 +79,10 @@ var (
 		"Unix time of the ident's last publish to any channel, to a quarter second; for alerts on sensors that went quiet",
 		[]string{"ident"}, nil)
 	descLoginThrottled = prometheus.NewDesc("hpfeeds_broker_login_throttled_total",
-		"Number of failed logins answered late because their source (an IPv4 address or IPv6 /64) had failed too many logins in a row",
+		"Number of logins that waited their turn to be checked because their source (an IPv4 address or IPv6 /64) had failed too many logins in a row",
 		nil, nil)
 	descLoginThrottledSources = prometheus.NewDesc("hpfeeds_broker_login_throttled_sources",
-		"Number of sources whose failed logins are answered late now", nil, nil)
+		"Number of sources whose logins are checked one at a time now", nil, nil)
 	descConnectionsRefused = prometheus.NewDesc("hpfeeds_broker_connections_refused_total",
 		"Number of connections closed at accept because the broker (reason=max-connections) or their source address (reason=max-connections-per-ip) had as many open as allowed",
 		[]string{"reason"}, nil)

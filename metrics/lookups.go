@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,6 +71,24 @@ func (s *instrumented) Lookup(ctx context.Context, ident string) (auth.User, boo
 		s.failures.Inc()
 	}
 	return u, found, err
+}
+
+// LookupBatch keeps the wrapped store's batched lookups, timed as one.
+func (s *instrumented) LookupBatch(ctx context.Context, idents []string) (map[string]auth.User, error) {
+	b, ok := s.Store.(auth.BatchLooker)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	if len(idents) == 0 {
+		return b.LookupBatch(ctx, idents)
+	}
+	start := time.Now()
+	users, err := b.LookupBatch(ctx, idents)
+	s.duration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.failures.Inc()
+	}
+	return users, err
 }
 
 // Ping keeps the wrapped store's reachability check visible to

@@ -80,6 +80,11 @@ func (s Store) Lookup(_ context.Context, ident string) (auth.User, bool, error) 
 	return u.WithDefaults(), true, nil
 }
 
+// LookupBatch implements auth.BatchLooker from the environment.
+func (s Store) LookupBatch(ctx context.Context, idents []string) (map[string]auth.User, error) {
+	return auth.LookupEach(ctx, s, idents)
+}
+
 // ListUsers implements auth.Lister: every HPFEEDS_<NAME>_SECRET names a
 // user. Listing writes nothing, so the read-only store can list.
 func (s Store) ListUsers(ctx context.Context) ([]auth.User, error) {

@@ -143,6 +143,11 @@ func (s *Store) Lookup(_ context.Context, ident string) (auth.User, bool, error)
 	return u, ok, nil
 }
 
+// LookupBatch implements auth.BatchLooker from the file's users in memory.
+func (s *Store) LookupBatch(ctx context.Context, idents []string) (map[string]auth.User, error) {
+	return auth.LookupEach(ctx, s, idents)
+}
+
 func (s *Store) String() string { return "json:" + s.path }
 
 // Close stops watching the file.

@@ -2,6 +2,7 @@ package jsonfile
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/internal/watch"
 )
@@ -187,4 +189,26 @@ func TestEditDoesNotReload(t *testing.T) {
 	if n := log.Count("user file reloaded"); n != 1 {
 		t.Errorf("%d reloads for one edit through the store and one outside it, want 1:\n%s", n, log)
 	}
+}
+
+// Revalidation asks the file's users many at a time, from memory.
+func TestLookupBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users.json")
+	os.WriteFile(path, []byte(`{}`), 0o600)
+	s, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storetest.Batch(t, s, 1200, func(_ context.Context, users []auth.User) error {
+		m := map[string]auth.User{}
+		for _, u := range users {
+			m[u.Ident] = u
+		}
+		b, _ := json.Marshal(m)
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return err
+		}
+		return s.Reload()
+	})
 }

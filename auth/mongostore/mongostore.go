@@ -247,6 +247,58 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 	return u, true, nil
 }
 
+// batchMax bounds the identifiers of one $in query.
+const batchMax = 500
+
+// LookupBatch implements auth.BatchLooker: one find with $in per batchMax
+// idents. Documents spelled otherwise than asked (a collation) and
+// documents without a secret are unknown, as for Lookup.
+func (s *Store) LookupBatch(ctx context.Context, idents []string) (map[string]auth.User, error) {
+	out := make(map[string]auth.User, len(idents))
+	if len(idents) == 0 {
+		return out, nil
+	}
+	c, err := s.collection(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for len(idents) > 0 {
+		n := min(len(idents), batchMax)
+		if err := findBatch(ctx, c, idents[:n], out); err != nil {
+			return nil, auth.RedactError(err, s.spec)
+		}
+		idents = idents[n:]
+	}
+	return out, nil
+}
+
+func findBatch(ctx context.Context, c *mongo.Collection, idents []string, out map[string]auth.User) error {
+	asked := make(map[string]bool, len(idents))
+	for _, ident := range idents {
+		asked[ident] = true
+	}
+	cur, err := c.Find(ctx, bson.D{{Key: "identifier", Value: bson.D{{Key: "$in", Value: idents}}}})
+	if err != nil {
+		return err
+	}
+	defer cur.Close(ctx)
+	for cur.Next(ctx) {
+		var d doc
+		if err := cur.Decode(&d); err != nil {
+			return err
+		}
+		if _, dup := out[d.Identifier]; !asked[d.Identifier] || dup || d.Secret == "" {
+			continue
+		}
+		u, err := d.user()
+		if err != nil {
+			return err
+		}
+		out[u.Ident] = u
+	}
+	return cur.Err()
+}
+
 // find returns the document spelled exactly as ident if there is one, else
 // the first that matches: a collection with a collation that ignores case
 // matches several spellings, and auth.Find refuses any but the exact one.

@@ -333,3 +333,17 @@ func TestMongoCloseDuringDial(t *testing.T) {
 		t.Errorf("after Close: %v", err)
 	}
 }
+
+// Revalidation asks for many idents in one $in query.
+func TestMongoLookupBatch(t *testing.T) {
+	uri, db := storetest.MongoURI(t)
+	coll := writer(t, uri, db).Collection(DefaultCollection)
+	storetest.Batch(t, open(t, uri, ""), 1200, func(ctx context.Context, users []auth.User) error {
+		docs := make([]any, len(users))
+		for i, u := range users {
+			docs[i] = bson.M{"identifier": u.Ident, "secret": u.Secret, "publish": u.PubChans, "subscribe": bson.A{}}
+		}
+		_, err := coll.InsertMany(ctx, docs)
+		return err
+	})
+}

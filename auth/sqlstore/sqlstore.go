@@ -62,12 +62,13 @@ func dollar(n int) string { return fmt.Sprintf("$%d", n) }
 
 // Store is a credential store on a SQL table.
 type Store struct {
-	db   *sql.DB
-	name string // for logs: the spec with the password hidden
-	spec string // what --auth takes to open this store again, password hidden
-	file string // a SQLite store's absolute path, which opening never creates
-	d    dialect
-	sel  string
+	db    *sql.DB
+	name  string // for logs: the spec with the password hidden
+	spec  string // what --auth takes to open this store again, password hidden
+	file  string // a SQLite store's absolute path, which opening never creates
+	d     dialect
+	sel   string // the user's columns for one identifier
+	selIn string // the same, for an IN list to follow
 }
 
 // poolSize bounds the connections a store holds open. Logins beyond it wait
@@ -88,9 +89,9 @@ func newStore(db *sql.DB, name string, d dialect) *Store {
 	// No LIMIT 1: under a collation that ignores case or trailing spaces
 	// several rows may match, and the one spelled like the AUTH ident must
 	// win (see Lookup).
-	return &Store{db: db, name: name, spec: name, d: d, sel: fmt.Sprintf(
-		"SELECT %s, %s, %s, %s, %s FROM %s WHERE %s = %s",
-		d.identCol, owner, d.secretCol, d.pubCol, d.subCol, d.table, d.identCol, d.placeholder(1))}
+	sel := fmt.Sprintf("SELECT %s, %s, %s, %s, %s FROM %s WHERE %s",
+		d.identCol, owner, d.secretCol, d.pubCol, d.subCol, d.table, d.identCol)
+	return &Store{db: db, name: name, spec: name, d: d, sel: sel + " = " + d.placeholder(1), selIn: sel + " IN "}
 }
 
 // row is one user's columns as read.
@@ -131,6 +132,62 @@ func (s *Store) Lookup(ctx context.Context, ident string) (auth.User, bool, erro
 		return auth.User{}, false, nil
 	}
 	return s.user(r)
+}
+
+// batchMax bounds the identifiers of one query: well under every
+// database's limit on bound parameters (SQLite's was 999).
+const batchMax = 500
+
+// LookupBatch implements auth.BatchLooker: one SELECT … IN (…) per
+// batchMax idents. Rows spelled otherwise than asked (collations) and rows
+// without a secret are unknown, as for Lookup.
+func (s *Store) LookupBatch(ctx context.Context, idents []string) (map[string]auth.User, error) {
+	out := make(map[string]auth.User, len(idents))
+	for len(idents) > 0 {
+		n := min(len(idents), batchMax)
+		if err := s.lookupBatch(ctx, idents[:n], out); err != nil {
+			return nil, fmt.Errorf("reading table %s: %w", s.d.table, err)
+		}
+		idents = idents[n:]
+	}
+	return out, nil
+}
+
+func (s *Store) lookupBatch(ctx context.Context, idents []string, out map[string]auth.User) error {
+	var q strings.Builder
+	q.WriteString(s.selIn + "(")
+	args := make([]any, len(idents))
+	asked := make(map[string]bool, len(idents))
+	for i, ident := range idents {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString(s.d.placeholder(i + 1))
+		args[i] = ident
+		asked[ident] = true
+	}
+	q.WriteString(")")
+	rows, err := s.db.QueryContext(ctx, q.String(), args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.ident, &r.owner, &r.secret, &r.pub, &r.sub); err != nil {
+			return err
+		}
+		_, dup := out[r.ident.String]
+		if !asked[r.ident.String] || dup || !r.secret.Valid || r.secret.String == "" {
+			continue
+		}
+		u, _, err := s.user(r)
+		if err != nil {
+			return err
+		}
+		out[u.Ident] = u
+	}
+	return rows.Err()
 }
 
 func (s *Store) user(r row) (auth.User, bool, error) {

@@ -229,3 +229,17 @@ func TestInitDatabases(t *testing.T) {
 		})
 	}
 }
+
+// Revalidation asks for many idents in one query (chunked under each
+// database's limit on parameters), and gets only exact spellings back.
+func TestLookupBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users.db")
+	initSQLite(t, path)
+	t.Run("SQLite", func(t *testing.T) { storetest.Batch(t, open(t, path), 1200, nil) })
+	for _, srv := range storetest.SQLServers {
+		t.Run(srv.Name, func(t *testing.T) {
+			spec, _ := srv.NewUserTable(t)
+			storetest.Batch(t, open(t, spec), 1200, nil)
+		})
+	}
+}

@@ -330,3 +330,50 @@ func MongoURI(t testing.TB) (uri, db string) {
 	})
 	return uri, db
 }
+
+// Batch has put write n users and checks st's auth.BatchLooker answers
+// for all of them at once, across several of its queries (n over 500):
+// each user under its ident, an ident spelled in other case and idents
+// never written left out, as Find would. put nil writes through st's
+// auth.Editor.
+func Batch(t testing.TB, st auth.Store, n int, put func(ctx context.Context, users []auth.User) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var users []auth.User
+	var idents []string
+	for i := range n {
+		ident := fmt.Sprintf("batch%05d", i)
+		users = append(users, auth.User{Ident: ident, Secret: "s-" + ident, PubChans: []string{"events"}})
+		idents = append(idents, ident)
+	}
+	if put == nil {
+		put = func(ctx context.Context, users []auth.User) error {
+			for _, u := range users {
+				if err := st.(auth.Editor).PutUser(ctx, u); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	if err := put(ctx, users); err != nil {
+		t.Fatal(err)
+	}
+	asked := append(slices.Clone(idents), "BATCH00000", "never1", "never2")
+	got, err := st.(auth.BatchLooker).LookupBatch(ctx, asked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Errorf("%d users found, want %d", len(got), n)
+	}
+	for _, ident := range idents {
+		if u := got[ident]; u.Ident != ident || u.Secret != "s-"+ident || !slices.Equal(u.PubChans, []string{"events"}) {
+			t.Fatalf("%s: got %+v", ident, u)
+		}
+	}
+	if empty, err := st.(auth.BatchLooker).LookupBatch(ctx, nil); err != nil || len(empty) != 0 {
+		t.Errorf("no idents: %v, %v", empty, err)
+	}
+}

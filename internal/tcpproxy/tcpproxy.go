@@ -6,6 +6,8 @@ package tcpproxy
 import (
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Proxy forwards connections to a target. Cut makes the server go away
@@ -17,7 +19,12 @@ type Proxy struct {
 	down  bool
 	stall chan struct{} // non-nil while stalled; closed when the stall ends
 	conns []net.Conn
+	delay atomic.Int64 // one-way latency added to every read forwarded
 }
+
+// SetLatency delays every read forwarded, in each direction, by d: a
+// request and its answer take 2d more, as across a network.
+func (p *Proxy) SetLatency(d time.Duration) { p.delay.Store(int64(d)) }
 
 // New forwards a free loopback port to target until Close.
 func New(target string) (*Proxy, error) {
@@ -67,6 +74,9 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			p.mu.Unlock()
 			if stall != nil {
 				<-stall
+			}
+			if d := p.delay.Load(); d > 0 {
+				time.Sleep(time.Duration(d))
 			}
 			if _, err := dst.Write(buf[:n]); err != nil {
 				return

@@ -1,0 +1,17 @@
+package broker
+
+import "time"
+
+// RevalidateIdents runs one revalidation round over idents as if each had
+// a live session, without the sockets, spread over spread, and returns how
+// long it took and the ident whose lookup failed, if one did: what a round costs the store at sizes a test machine
+// cannot hold connections for.
+func RevalidateIdents(b *Broker, idents []string, spread time.Duration) (time.Duration, string) {
+	byIdent := make(map[string][]*conn, len(idents))
+	for _, id := range idents {
+		byIdent[id] = nil
+	}
+	start := time.Now()
+	failed := b.revalidateRound(byIdent, spread, "")
+	return time.Since(start), failed
+}
