@@ -173,9 +173,9 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 	if len(specs) == 0 {
 		specs = []string{"sqlite"}
 	}
-	var chain auth.Chain
+	var chain, raw auth.Chain
 	for _, spec := range specs {
-		s, err := openStore(ctx, spec, log, o.mongoColl, false)
+		s, err := openOrPlan(ctx, spec, log, o.mongoColl, check)
 		if err != nil {
 			chain.Close()
 			return nil, err
@@ -183,6 +183,7 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 		if r, ok := s.(reloader); ok {
 			o.reloaders = append(o.reloaders, r)
 		}
+		raw = append(raw, s)
 		if lookups != nil {
 			s = lookups.Instrument(auth.Redact(spec), s)
 		}
@@ -198,16 +199,17 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 		// The database may start after the broker: logins fail until it is up.
 		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", withInitHint(err))
 	} else {
-		warnDuplicates(pctx, log, chain)
+		warnDuplicates(pctx, log, raw)
+		warnEmpty(pctx, log, raw)
 	}
 	return chain, nil
 }
 
 // openStore opens the store of one --auth spec, naming the flag in errors.
-func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl string, create bool) (auth.Store, error) {
+func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl string, set sqlstore.Settings) (auth.Store, error) {
 	s, err := auth.Open(ctx, spec, auth.Options{
 		Logger:   log,
-		Settings: []any{mongostore.Settings{Collection: mongoColl}, sqlstore.Settings{Create: create}},
+		Settings: []any{mongostore.Settings{Collection: mongoColl}, set},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--auth=%s: %w", auth.Redact(spec), err)
