@@ -14,7 +14,7 @@ import (
 // nothing and says the broker would.
 func openOrPlan(ctx context.Context, spec string, log *slog.Logger, mongoColl string, check bool) (auth.Store, error) {
 	if abs, ok := sqlstore.Creatable(spec); ok && check {
-		log.Warn("no SQLite database yet: the broker creates it, empty, at start", "path", abs)
+		log.Warn("SQLite database missing or empty: the broker creates it with its authkeys table at start", "path", abs)
 		return planned("sqlite:" + abs), nil
 	}
 	return openStore(ctx, spec, log, mongoColl, sqlstore.Settings{CreateMissing: !check})
