@@ -374,4 +374,3 @@ func TestPythonDocsSQLiteWorkflow(t *testing.T) {
 	c.Send(brokertest.Subscribe(t, "ident", "chan1"), brokertest.Publish(t, "ident", "chan1", "hello"))
 	c.ExpectMessage("ident", "chan1", "hello")
 }
-
