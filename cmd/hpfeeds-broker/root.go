@@ -160,6 +160,7 @@ func (o *options) logger() (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 	case "json":
+		opts.ReplaceAttr = durationSeconds
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
@@ -305,6 +306,7 @@ func (o *options) run(ctx context.Context) error {
 		}
 		defer exporter.Close()
 	}
+	o.warnOpenExporter(log)
 	applyMemoryLimit(log, cfg.MemoryLimit)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -379,6 +381,9 @@ func listenAll(ctx context.Context, eps []broker.Endpoint, log *slog.Logger) ([]
 		if err != nil {
 			for _, l := range listeners {
 				l.Close()
+			}
+			if errors.Is(err, syscall.EADDRINUSE) {
+				err = fmt.Errorf("%w (is another process using it? give a free port)", err)
 			}
 			return nil, err
 		}
