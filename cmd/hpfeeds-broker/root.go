@@ -37,6 +37,7 @@ type options struct {
 	exporter         string
 	webConfig        string
 	exporterMaxConns int
+	sizeBuckets      bool
 	bind             string
 	tlsCert          string
 	tlsKey           string
@@ -76,6 +77,7 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics, /healthz, the status page / and /connz, /chanz, /identz on `HOST:PORT` (off unless given)")
 	f.StringVar(&o.webConfig, "web-config-file", "", "serve --exporter with TLS and/or basic authentication as this `FILE` says (the Prometheus exporter-toolkit web configuration format)")
 	f.IntVar(&o.exporterMaxConns, "exporter-max-connections", metrics.DefaultMaxConns, "connections the --exporter serves at once; more wait to be accepted")
+	f.BoolVar(&o.sizeBuckets, "publish-size-buckets", true, "export the buckets of hpfeeds_broker_receive_publish_size for each ident and channel (false: only its _sum, _count and +Inf bucket, 3 series a pair instead of 16; see docs/metrics.md)")
 	f.DurationVar(&o.staleAfter, "stale-after", status.DefaultStaleAfter, "show a sensor as stale once it has published nothing for this `DURATION`")
 	f.DurationVar(&o.cfg.RevalidateEvery, "revalidate-every", broker.DefaultRevalidateEvery, "look up each live session's user again this often: removed users and changed secrets are disconnected, changed channels enforced (`DURATION`; 0: never)")
 	f.StringVar(&o.cfg.Name, "name", broker.DefaultName, "broker `NAME` sent to clients in INFO (at most 255 bytes)")
@@ -313,7 +315,7 @@ func (o *options) run(ctx context.Context) error {
 	go o.onHUP(ctx, log, hup, listeners)
 	log.Info("starting", "name", cfg.Name, "credential_stores", store.String())
 	if exporter != nil {
-		srv := o.serveExporter(log, exporter, b, registry(b, lookups, bridge))
+		srv := o.serveExporter(log, exporter, b, registry(b, lookups, bridge, o.sizeBuckets))
 		defer srv.Close()
 	}
 	return serve(ctx, log, b, listeners)
@@ -410,8 +412,13 @@ func (o *options) serveExporter(log *slog.Logger, l net.Listener, b *broker.Brok
 	return srv
 }
 
-func registry(b *broker.Broker, lookups *metrics.Lookups, bridge *cluster.Bridge) *prometheus.Registry {
+func registry(b *broker.Broker, lookups *metrics.Lookups, bridge *cluster.Bridge, sizeBuckets bool) *prometheus.Registry {
 	reg := metrics.NewRegistry(b, lookups)
+	if !sizeBuckets {
+		// Unregister finds the registered collector by its descriptors.
+		reg.Unregister(metrics.NewCollector(b))
+		reg.MustRegister(metrics.NewCollector(b).WithoutPublishSizeBuckets())
+	}
 	if bridge != nil {
 		reg.MustRegister(metrics.NewClusterCollector(bridge.Stats))
 	}
