@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -138,5 +139,38 @@ func TestCheckConfigListsParsed(t *testing.T) {
 	if code != 0 || len(lines) != 1+len(want) || !strings.HasPrefix(lines[0], "configuration OK: 2 endpoint(s)") ||
 		strings.Join(lines[1:], "\n") != strings.Join(want, "\n") {
 		t.Fatalf("exit %d:\n%s\nwant after the verdict:\n%s", code, out, strings.Join(want, "\n"))
+	}
+}
+
+// --publish-size-buckets=false keeps the size histogram's _sum, _count and
+// +Inf bucket and drops its other buckets; by default all are there.
+func TestPublishSizeBucketsFlag(t *testing.T) {
+	for _, buckets := range []bool{true, false} {
+		cmd := exec.Command(binary, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0")
+		if !buckets {
+			cmd.Args = append(cmd.Args, "--publish-size-buckets=false")
+		}
+		cmd.Env, cmd.Dir = append(os.Environ(), "HPFEEDS_P_SECRET=s", "HPFEEDS_P_PUBCHANS=c"), t.TempDir()
+		p := startProcess(t, cmd, true)
+		c := brokertest.Login(t, p.addr, "p", "s")
+		c.Send(brokertest.Publish(t, "p", "c", "x"))
+		const series = `hpfeeds_broker_receive_publish_size_%s{chan="c",ident="p"%s} 1`
+		kept := []string{fmt.Sprintf(series, "sum", ""), fmt.Sprintf(series, "count", ""), fmt.Sprintf(series, "bucket", `,le="+Inf"`)}
+		bucket := fmt.Sprintf(series, "bucket", `,le="1024"`)
+		var body string
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(body, kept[1]); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("buckets=%v: no %q in /metrics:\n%s", buckets, kept[1], body)
+			}
+			_, body = get(t, "http://"+p.exporter+"/metrics")
+		}
+		for _, want := range kept {
+			if !strings.Contains(body, want) {
+				t.Errorf("buckets=%v: /metrics lacks %q", buckets, want)
+			}
+		}
+		if strings.Contains(body, bucket) != buckets {
+			t.Errorf("buckets=%v: %q in /metrics: %v", buckets, bucket, !buckets)
+		}
 	}
 }
