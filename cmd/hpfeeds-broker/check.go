@@ -13,7 +13,6 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // check is --check-config: what the broker needs at start-up, checked
@@ -112,7 +111,7 @@ func (o *options) joinCluster(log *slog.Logger, cfg broker.Config, mustConnect b
 	opts := o.cluster
 	opts.Logger = log
 	opts.Name = "hpfeeds-broker " + cfg.Name
-	opts.MaxFrame = wire.HeaderLen + cfg.MaxPublishSize
+	opts.MaxBody = cfg.MaxPublishSize
 	opts.MustConnect = mustConnect
 	br, err := cluster.New(opts)
 	if err != nil {
