@@ -282,7 +282,7 @@ func Redact(urls string) string {
 
 func (br *Bridge) checkMaxPayload(nc *nats.Conn) {
 	if max := nc.MaxPayload(); br.opts.MaxBody > 0 && max < int64(br.opts.MaxBody) {
-		br.log.Warn("cluster: NATS max_payload is below the largest PUBLISH this broker accepts: larger messages reach this broker's subscribers only (raise max_payload in the NATS configuration, or lower --max-publish-size)",
+		br.log.Warn("cluster: NATS max_payload is below the largest PUBLISH this broker accepts: larger messages reach this broker's subscribers only (raise max_payload in the NATS configuration, or lower the largest PUBLISH the broker accepts)",
 			"max_payload", max, "max_publish_size", br.opts.MaxBody)
 	}
 }
