@@ -110,6 +110,7 @@ type Bridge struct {
 	// outage is logged once rather than once per message; dropping
 	// likewise for a full forwarding queue.
 	failing, dropping atomic.Bool
+	payloadChecked    atomic.Bool // the first connection's max_payload
 	// connected follows nats.go's handlers: asking the connection takes
 	// its lock, which a write blocked on a stalled NATS holds.
 	connected atomic.Bool
@@ -169,8 +170,12 @@ func New(opts Options) (*Bridge, error) {
 		return nil, fmt.Errorf("joining NATS: %w", err)
 	}
 	br.nc = nc
-	// The connect handler runs asynchronously; the connection is up now.
-	br.connected.Store(nc.IsConnected())
+	// The connect handler runs asynchronously; the connection is up now,
+	// and --check-config reports what it finds before it returns.
+	if nc.IsConnected() {
+		br.connected.Store(true)
+		br.checkFirstMaxPayload(nc)
+	}
 	go br.syncInterest()
 	br.forward.Add(1)
 	go br.forwardLoop()
@@ -204,7 +209,7 @@ func (br *Bridge) natsOptions() []nats.Option {
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			br.connected.Store(true)
 			br.log.Info("cluster: connected to NATS", "server", nc.ConnectedUrlRedacted())
-			br.checkMaxPayload(nc)
+			br.checkFirstMaxPayload(nc)
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
 			br.connected.Store(false)
@@ -278,6 +283,14 @@ func Redact(urls string) string {
 		parts[i] = auth.Redact(strings.TrimSpace(u))
 	}
 	return strings.Join(parts, ",")
+}
+
+// checkFirstMaxPayload checks the first connection's max_payload once,
+// whichever of New and the connect handler gets there first.
+func (br *Bridge) checkFirstMaxPayload(nc *nats.Conn) {
+	if br.payloadChecked.CompareAndSwap(false, true) {
+		br.checkMaxPayload(nc)
+	}
 }
 
 func (br *Bridge) checkMaxPayload(nc *nats.Conn) {

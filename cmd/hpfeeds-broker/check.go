@@ -68,7 +68,7 @@ func (o *options) check(ctx context.Context, eps []broker.Endpoint) error {
 		return err
 	}
 	b.Shutdown(ctx)
-	o.warnOpenExporter(quiet)
+	o.warnAtStart(ctx, quiet)
 	line := fmt.Sprintf("configuration OK: %d endpoint(s), credential stores: %s%s", len(eps), store, clustered)
 	if w := strings.TrimSpace(warnings.String()); w != "" {
 		line += "; warning: " + strings.ReplaceAll(w, "\n", "; warning: ")

@@ -1,9 +1,19 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"net"
 )
+
+// warnAtStart logs what may be a mistake in a configuration that works,
+// once everything is bound, so that a start-up error stays one line.
+func (o *options) warnAtStart(ctx context.Context, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.LookupTimeout)
+	defer cancel()
+	warnEmpty(ctx, log, o.opened)
+	o.warnOpenExporter(log)
+}
 
 // durationSeconds writes durations in JSON logs as seconds (a float), as
 // Prometheus and most log pipelines count time, rather than as slog's

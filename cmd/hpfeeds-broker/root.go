@@ -48,6 +48,7 @@ type options struct {
 	checkConfig      bool
 	mongoColl        string
 	reloaders        []reloader // the stores SIGHUP re-reads
+	opened           auth.Chain // the stores that answered at start, uninstrumented
 	cfg              broker.Config
 	cluster          cluster.Options
 }
@@ -203,7 +204,7 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", withInitHint(err))
 	} else {
 		warnDuplicates(pctx, log, raw)
-		warnEmpty(pctx, log, raw)
+		o.opened = raw
 	}
 	return chain, nil
 }
@@ -308,7 +309,7 @@ func (o *options) run(ctx context.Context) error {
 		}
 		defer exporter.Close()
 	}
-	o.warnOpenExporter(log)
+	o.warnAtStart(ctx, log)
 	applyMemoryLimit(log, cfg.MemoryLimit)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
