@@ -74,7 +74,7 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
 	f.StringArrayVarP(&o.endpoints, "endpoint", "e", nil, "listen on `ENDPOINT`, e.g. tcp:port=10000 or tls:port=10000:cert=broker.crt:key=broker.key (repeatable; default tcp:port=10000)")
-	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory)")
+	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory; a missing .db/.sqlite file is created at start)")
 	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics, /healthz, the status page / and /connz, /chanz, /identz on `HOST:PORT` (off unless given)")
 	f.StringVar(&o.webConfig, "web-config-file", "", "serve --exporter with TLS and/or basic authentication as this `FILE` says (the Prometheus exporter-toolkit web configuration format)")
 	f.IntVar(&o.exporterMaxConns, "exporter-max-connections", metrics.DefaultMaxConns, "connections the --exporter serves at once; more wait to be accepted")
