@@ -151,7 +151,7 @@ func TestComposeExamples(t *testing.T) {
 				}
 				dir := t.TempDir()
 				writeCert(t, dir)
-				initSQLite(t, dir) // as the operator does on a new volume (docs/deployment.md)
+				initSQLite(t, dir) // a volume the broker has started on once, so --check-config checks the table
 				var argv []string
 				for _, a := range args[1:] {
 					a = strings.ReplaceAll(a, "/app/var", dir)
