@@ -3,8 +3,10 @@
 //
 // Each broker holds one NATS connection. A message published locally is
 // delivered locally by the broker and forwarded to NATS as the hpfeeds
-// PUBLISH frame itself (so the publisher's ident travels with the payload)
-// on a subject encoding its channel. A broker subscribes on NATS only to
+// PUBLISH frame's body (ident, channel, payload: the publisher's ident
+// travels with the payload; the 5-byte header is left out, so a body of
+// --max-publish-size fits a NATS max_payload of the same size) on a
+// subject encoding its channel. A broker subscribes on NATS only to
 // channels that have local subscribers. The connection is made with NoEcho,
 // so a broker never receives its own messages back: nothing is delivered
 // twice. One connection publishing in order, and one NATS subscription per
@@ -13,6 +15,7 @@ package cluster
 
 import (
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +29,7 @@ import (
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // Options configure the NATS connection.
@@ -42,21 +46,24 @@ type Options struct {
 	// MustConnect makes New fail when no NATS server answers, rather than
 	// retrying in the background (--check-config).
 	MustConnect bool
-	// MaxFrame is the largest PUBLISH frame the broker accepts; a NATS
-	// whose max_payload is smaller is reported when the bridge connects.
-	MaxFrame int
+	// MaxBody is the largest PUBLISH body the broker accepts (what goes to
+	// NATS); a NATS whose max_payload is smaller is reported when the
+	// bridge connects.
+	MaxBody int
 	// QueueBytes bounds the messages waiting to be forwarded to NATS
-	// (default: the larger of 8 MiB and MaxFrame). Past it, messages for
+	// (default: the larger of 8 MiB and MaxBody). Past it, messages for
 	// the cluster are dropped and counted; local delivery goes on.
 	QueueBytes int
 	Logger     *slog.Logger
 }
 
-// Subject is the NATS subject for an hpfeeds channel: the prefix, then "c"
+// Subject is the NATS subject for an hpfeeds channel: the prefix, then "b"
 // and the channel in unpadded URL-safe base64. Channels are arbitrary
 // bytes; this encoding is one-to-one and never yields '.', '*' or '>'.
+// The "b" (body) keeps these messages apart from those of brokers that
+// forwarded whole frames on "c" subjects.
 func Subject(prefix, channel string) string {
-	return prefix + ".c" + base64.RawURLEncoding.EncodeToString([]byte(channel))
+	return prefix + ".b" + base64.RawURLEncoding.EncodeToString([]byte(channel))
 }
 
 // validPrefix reports whether prefix is one or more literal NATS subject
@@ -103,6 +110,7 @@ type Bridge struct {
 	// outage is logged once rather than once per message; dropping
 	// likewise for a full forwarding queue.
 	failing, dropping atomic.Bool
+	payloadChecked    atomic.Bool // the first connection's max_payload
 	// connected follows nats.go's handlers: asking the connection takes
 	// its lock, which a write blocked on a stalled NATS holds.
 	connected atomic.Bool
@@ -138,7 +146,7 @@ func New(opts Options) (*Bridge, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.QueueBytes <= 0 {
-		opts.QueueBytes = max(DefaultQueueBytes, opts.MaxFrame)
+		opts.QueueBytes = max(DefaultQueueBytes, opts.MaxBody)
 	}
 	br := &Bridge{opts: opts, log: opts.Logger, subs: map[string]*nats.Subscription{},
 		pending: map[string]bool{}, wake: make(chan struct{}, 1), done: make(chan struct{}),
@@ -162,8 +170,12 @@ func New(opts Options) (*Bridge, error) {
 		return nil, fmt.Errorf("joining NATS: %w", err)
 	}
 	br.nc = nc
-	// The connect handler runs asynchronously; the connection is up now.
-	br.connected.Store(nc.IsConnected())
+	// The connect handler runs asynchronously; the connection is up now,
+	// and --check-config reports what it finds before it returns.
+	if nc.IsConnected() {
+		br.connected.Store(true)
+		br.checkFirstMaxPayload(nc)
+	}
 	go br.syncInterest()
 	br.forward.Add(1)
 	go br.forwardLoop()
@@ -197,7 +209,7 @@ func (br *Bridge) natsOptions() []nats.Option {
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			br.connected.Store(true)
 			br.log.Info("cluster: connected to NATS", "server", nc.ConnectedUrlRedacted())
-			br.checkMaxPayload(nc)
+			br.checkFirstMaxPayload(nc)
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
 			br.connected.Store(false)
@@ -273,10 +285,18 @@ func Redact(urls string) string {
 	return strings.Join(parts, ",")
 }
 
+// checkFirstMaxPayload checks the first connection's max_payload once,
+// whichever of New and the connect handler gets there first.
+func (br *Bridge) checkFirstMaxPayload(nc *nats.Conn) {
+	if br.payloadChecked.CompareAndSwap(false, true) {
+		br.checkMaxPayload(nc)
+	}
+}
+
 func (br *Bridge) checkMaxPayload(nc *nats.Conn) {
-	if max := nc.MaxPayload(); br.opts.MaxFrame > 0 && max < int64(br.opts.MaxFrame) {
-		br.log.Warn("cluster: NATS max_payload is below the largest PUBLISH this broker accepts: larger messages reach this broker's subscribers only (raise max_payload in the NATS configuration)",
-			"max_payload", max, "max_frame", br.opts.MaxFrame)
+	if max := nc.MaxPayload(); br.opts.MaxBody > 0 && max < int64(br.opts.MaxBody) {
+		br.log.Warn("cluster: NATS max_payload is below the largest PUBLISH this broker accepts: larger messages reach this broker's subscribers only (raise max_payload in the NATS configuration, or lower the largest PUBLISH the broker accepts)",
+			"max_payload", max, "max_publish_size", br.opts.MaxBody)
 	}
 }
 
@@ -297,6 +317,7 @@ func (br *Bridge) Attach(b *broker.Broker) {
 // dropped (and counted) when the queue is full, so a NATS that stops
 // reading cannot hold a publisher.
 func (br *Bridge) Forward(channel string, frame []byte) {
+	frame = frame[wire.HeaderLen:] // the body goes to NATS
 	o := &br.out
 	o.mu.Lock()
 	if len(o.buf)+len(frame) > o.limit {
@@ -443,9 +464,15 @@ func (br *Bridge) syncInterest() {
 	}
 }
 
+// deliver hands a PUBLISH body from NATS to the broker as a frame: one
+// allocation per message, shared by all its local subscribers.
 func (br *Bridge) deliver(m *nats.Msg) {
 	b := br.b.Load()
-	if b == nil || !b.DeliverRemote(m.Data) {
+	frame := make([]byte, wire.HeaderLen+len(m.Data))
+	binary.BigEndian.PutUint32(frame, uint32(len(frame)))
+	frame[4] = byte(wire.OpPublish)
+	copy(frame[wire.HeaderLen:], m.Data)
+	if b == nil || !b.DeliverRemote(frame) {
 		br.rejected.Add(1)
 		return
 	}

@@ -106,11 +106,23 @@ type Collector struct {
 	// a pair stays exported at 0 once its subscribers are gone. Bounded by
 	// the users' configured subchans.
 	seenSubs map[broker.IdentChan]struct{}
+	// noSizeBuckets drops the per-bucket series of the size histogram.
+	noSizeBuckets bool
 }
 
 // NewCollector returns a collector of b's series.
 func NewCollector(b *broker.Broker) *Collector {
 	return &Collector{b: b, seenSubs: map[broker.IdentChan]struct{}{}}
+}
+
+// WithoutPublishSizeBuckets makes c export hpfeeds_broker_receive_publish_size
+// with its _sum, _count and le="+Inf" bucket only: 3 series per ident and
+// channel instead of 16, the bulk of a scrape with many idents
+// (docs/metrics.md). Averages (rate of _sum over rate of _count) still
+// work; quantiles do not. It returns c.
+func (c *Collector) WithoutPublishSizeBuckets() *Collector {
+	c.noSizeBuckets = true
+	return c
 }
 
 // Describe implements prometheus.Collector.
@@ -190,7 +202,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.mu.Unlock()
 
-	collectPublishes(ch, s)
+	collectPublishes(ch, s, !c.noSizeBuckets)
 	collectFlow(s, gauge, counter)
 }
 
@@ -207,17 +219,21 @@ func collectFlow(s *broker.Snapshot, gauge func(*prometheus.Desc, float64, ...st
 }
 
 // collectPublishes exports what each ident published: per channel, and the
-// time of its last publish anywhere.
-func collectPublishes(ch chan<- prometheus.Metric, s *broker.Snapshot) {
+// time of its last publish anywhere; the size histogram's buckets only
+// with withBuckets.
+func collectPublishes(ch chan<- prometheus.Metric, s *broker.Snapshot, withBuckets bool) {
 	last := map[string]int64{}
 	for k, p := range s.Publishes {
 		last[k.Ident] = max(last[k.Ident], p.Last)
 		// The histogram keeps the map until it is written: one each.
-		buckets := make(map[float64]uint64, len(publishBuckets))
-		var cum uint64
-		for i, le := range publishBuckets {
-			cum += p.Buckets[i]
-			buckets[le] = cum
+		var buckets map[float64]uint64
+		if withBuckets {
+			buckets = make(map[float64]uint64, len(publishBuckets))
+			var cum uint64
+			for i, le := range publishBuckets {
+				cum += p.Buckets[i]
+				buckets[le] = cum
+			}
 		}
 		count := p.Count()
 		ch <- prometheus.MustNewConstMetric(descPublishCount, prometheus.CounterValue, float64(count), k.Ident, k.Chan)

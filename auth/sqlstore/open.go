@@ -69,6 +69,71 @@ type Settings struct {
 	// `user init` set it: a broker started in the wrong directory must
 	// not leave an empty database its operator then fills in vain.
 	Create bool
+	// CreateMissing is the broker's start-up: a --auth=sqlite or .db/.sqlite
+	// store whose file is missing (or empty) in a directory that exists is
+	// created with its authkeys table, as the Python broker did, and
+	// logged once at INFO. database+sqlite URLs are only opened.
+	CreateMissing bool
+}
+
+// Creatable reports whether a --auth=sqlite or .db/.sqlite spec names a
+// file that CreateMissing would create: missing or empty, in a directory
+// that exists. abs is the file's absolute path.
+func Creatable(spec string) (abs string, ok bool) {
+	if auth.Kind(spec) != auth.KindSQLite {
+		return "", false
+	}
+	if spec == auth.KindSQLite {
+		spec = "sqlite.db"
+	}
+	abs, err := filepath.Abs(spec)
+	if err != nil {
+		return "", false
+	}
+	if fi, err := os.Stat(abs); err == nil && (!fi.Mode().IsRegular() || fi.Size() > 0) || err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return abs, false
+	}
+	dir, err := os.Stat(filepath.Dir(abs))
+	return abs, err == nil && dir.IsDir()
+}
+
+// openSQLiteKind opens a --auth=sqlite or .db/.sqlite store, creating it
+// first if the settings allow.
+func openSQLiteKind(ctx context.Context, spec string, opts auth.Options) (auth.Store, error) {
+	set, _ := auth.SettingOf[Settings](opts)
+	abs, creatable := Creatable(spec)
+	if spec == auth.KindSQLite {
+		spec = "sqlite.db"
+	}
+	if !set.CreateMissing || !creatable {
+		return OpenSQLite(ctx, spec, set.Create)
+	}
+	// Secrets: readable by the broker's user only (SQLite would use 0644).
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating SQLite database %s: %w", abs, err)
+	}
+	f.Close()
+	s, err := OpenSQLite(ctx, abs, true)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.Init(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("creating the authkeys table in %s: %w", abs, err)
+	}
+	opts.Logger.Info("created empty credential store", "path", abs)
+	return s, nil
+}
+
+// HasUsers reports whether the table holds at least one row, reading one.
+func (s *Store) HasUsers(ctx context.Context) (bool, error) {
+	var one int
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.d.table+" LIMIT 1").Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // sqliteDSN opens a SQLite file so that the broker and an operator's

@@ -3,8 +3,8 @@
 //   - the SQLite store (--auth=sqlite, or a path ending .db or .sqlite; the
 //     default is sqlite.db in the working directory): table
 //     authkeys(id, owner, ident, secret, pubchans, subchans), created with
-//     its file only when Settings.Create says so, channel lists as JSON
-//     text;
+//     its file when Settings.Create or CreateMissing says so, channel
+//     lists as JSON text;
 //   - the database+ stores (--auth=database+postgresql://…,
 //     database+mysql://…, database+sqlite:///rel.db,
 //     database+sqlite:////abs.db): table auth_keys(id, identifier, secret,
@@ -38,13 +38,7 @@ func init() {
 	for _, scheme := range []string{"postgresql", "postgres", "mysql", "sqlite"} {
 		auth.Register("database+"+scheme, openDatabase)
 	}
-	auth.Register(auth.KindSQLite, func(ctx context.Context, spec string, opts auth.Options) (auth.Store, error) {
-		if spec == auth.KindSQLite {
-			spec = "sqlite.db"
-		}
-		set, _ := auth.SettingOf[Settings](opts)
-		return OpenSQLite(ctx, spec, set.Create)
-	})
+	auth.Register(auth.KindSQLite, openSQLiteKind)
 }
 
 // dialect is what differs between the databases behind one table layout.

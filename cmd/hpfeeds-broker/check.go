@@ -10,9 +10,9 @@ import (
 	"os"
 	"strings"
 
+	"github.com/hpfeeds-go/hpfeeds/auth"
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
-	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // check is --check-config: what the broker needs at start-up, checked
@@ -68,12 +68,38 @@ func (o *options) check(ctx context.Context, eps []broker.Endpoint) error {
 		return err
 	}
 	b.Shutdown(ctx)
+	o.warnAtStart(ctx, quiet)
 	line := fmt.Sprintf("configuration OK: %d endpoint(s), credential stores: %s%s", len(eps), store, clustered)
 	if w := strings.TrimSpace(warnings.String()); w != "" {
 		line += "; warning: " + strings.ReplaceAll(w, "\n", "; warning: ")
 	}
 	fmt.Fprintln(os.Stdout, line)
+	fmt.Fprint(os.Stdout, o.parsed(eps, store, bridge))
 	return nil
+}
+
+// parsed lists, one a line, what --check-config parsed: the endpoints, the
+// credential stores in the order they are asked, the exporter and the
+// cluster.
+func (o *options) parsed(eps []broker.Endpoint, stores auth.Chain, bridge *cluster.Bridge) string {
+	var b strings.Builder
+	for _, ep := range eps {
+		fmt.Fprintf(&b, "endpoint: %s\n", ep)
+	}
+	for _, s := range stores {
+		fmt.Fprintf(&b, "credential store: %s\n", s)
+	}
+	if o.exporter != "" {
+		web := "no --web-config-file: plain HTTP, no password"
+		if o.webConfig != "" {
+			web = "--web-config-file " + o.webConfig
+		}
+		fmt.Fprintf(&b, "exporter: %s (%s)\n", o.exporter, web)
+	}
+	if bridge != nil {
+		fmt.Fprintf(&b, "cluster: %s\n", bridge)
+	}
+	return b.String()
 }
 
 // joinCluster connects to NATS if --cluster is given; mustConnect makes a
@@ -85,7 +111,7 @@ func (o *options) joinCluster(log *slog.Logger, cfg broker.Config, mustConnect b
 	opts := o.cluster
 	opts.Logger = log
 	opts.Name = "hpfeeds-broker " + cfg.Name
-	opts.MaxFrame = wire.HeaderLen + cfg.MaxPublishSize
+	opts.MaxBody = cfg.MaxPublishSize
 	opts.MustConnect = mustConnect
 	br, err := cluster.New(opts)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -316,5 +317,42 @@ func TestClusterExampleNATSConfig(t *testing.T) {
 	cmd.Env = append(os.Environ(), "NATS_NAME=nats1", "NATS_PASSWORD=secret")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
+	}
+}
+
+// A default broker with a default nats-server (max_payload 1 MiB): no
+// warning in --check-config or at start, and a message of the largest
+// PUBLISH body the broker takes crosses to the other broker. A larger
+// --max-publish-size is warned of.
+func TestClusterDefaultsQuiet(t *testing.T) {
+	nats, _ := startNATS(t)
+	pubIdent, subIdent := clusterUser("big-pub"), clusterUser("big-sub")
+	args := []string{"--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--cluster=nats://" + nats}
+	if code, out := run(t, clusterUsers, append(args, "--check-config")...); code != 0 || strings.Contains(out, "warning") {
+		t.Errorf("--check-config: exit %d: %s", code, out)
+	}
+	if _, out := run(t, clusterUsers, append(args, "--check-config", "--max-publish-size=2097152")...); !strings.Contains(out, "max_payload is below the largest PUBLISH") {
+		t.Errorf("--check-config --max-publish-size=2MiB: no warning: %s", out)
+	}
+	a, b := startBroker(t, false, args...), startBroker(t, false, args...)
+	pub, sub := dialAs(t, a.addr, pubIdent), dialAs(t, b.addr, subIdent, "events")
+	linked(t, pub, sub)
+	payload := strings.Repeat("x", broker.DefaultMaxPublishSize-2-len(pubIdent)-len("events"))
+	if err := pub.publish(payload); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		from, got, ok := sub.next(10 * time.Second)
+		if !ok {
+			t.Fatal("the largest message never crossed the cluster")
+		}
+		if from == pubIdent && got == payload {
+			break
+		}
+	}
+	for _, p := range []*brokerProcess{a, b} {
+		if log := p.stopAndLog(); strings.Contains(log, "level=WARN") {
+			t.Errorf("start warned:\n%s", log)
+		}
 	}
 }

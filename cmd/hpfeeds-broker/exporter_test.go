@@ -39,9 +39,16 @@ func (p *brokerProcess) logSoFar() string {
 // logged its endpoint address and, if wantExporter, its exporter address.
 func startBroker(t *testing.T, wantExporter bool, args ...string) *brokerProcess {
 	t.Helper()
-	p := &brokerProcess{cmd: exec.Command(binary, args...), logDone: make(chan struct{})}
-	p.cmd.Env = append(append(os.Environ(), clusterUsers...), "HPFEEDS_TEST_SECRET=s", "HPFEEDS_TEST_SUBCHANS=c")
-	p.cmd.Dir = t.TempDir()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(append(os.Environ(), clusterUsers...), "HPFEEDS_TEST_SECRET=s", "HPFEEDS_TEST_SUBCHANS=c")
+	cmd.Dir = t.TempDir()
+	return startProcess(t, cmd, wantExporter)
+}
+
+// startProcess starts cmd, a broker, as startBroker does.
+func startProcess(t *testing.T, cmd *exec.Cmd, wantExporter bool) *brokerProcess {
+	t.Helper()
+	p := &brokerProcess{cmd: cmd, logDone: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"regexp"
 	"strings"
@@ -24,7 +25,11 @@ func main() {
 // yet; the stores say only what is missing.
 func withInitHint(err error) error {
 	var nc *auth.NotCreatedError
-	if !errors.As(err, &nc) {
+	var pe *fs.PathError
+	if errors.As(err, &pe) && errors.Is(pe, fs.ErrNotExist) && auth.Kind(pe.Path) == auth.KindJSON {
+		// The JSON store says only that its file is missing.
+		nc = &auth.NotCreatedError{Err: err, Spec: pe.Path}
+	} else if !errors.As(err, &nc) {
 		return err
 	}
 	initCmd := "`hpfeeds-broker user init --auth=" + nc.Spec + "`"

@@ -222,8 +222,9 @@ func TestLogBesideBrokenUserFile(t *testing.T) {
 
 // --check-config binds nothing, so it passes beside the running broker it
 // is about to replace; it checks interfaces, devices and the certificate
-// pair instead; and it prints exactly one line, also with a JSON store
-// and a TLS endpoint whose loads used to log lines of their own.
+// pair instead; and it prints exactly its verdict and what it parsed,
+// also with a JSON store and a TLS endpoint whose loads used to log lines
+// of their own.
 func TestCheckConfigBesideRunningBroker(t *testing.T) {
 	dir := t.TempDir()
 	writeCert(t, dir)
@@ -236,7 +237,8 @@ func TestCheckConfigBesideRunningBroker(t *testing.T) {
 	p := startBroker(t, true, "--auth="+users, "-e", tlsEP("0"), "--exporter=127.0.0.1:0")
 	_, port, _ := net.SplitHostPort(p.addr)
 	code, out := run(t, nil, "--check-config", "--auth="+users, "-e", tlsEP(port), "--exporter="+p.exporter)
-	if code != 0 || out != "configuration OK: 1 endpoint(s), credential stores: json:"+users+"\n" {
+	if code != 0 || out != "configuration OK: 1 endpoint(s), credential stores: json:"+users+"\n"+
+		"endpoint: tls:127.0.0.1:"+port+"\ncredential store: json:"+users+"\nexporter: "+p.exporter+" (no --web-config-file: plain HTTP, no password)\n" {
 		t.Fatalf("exit %d, output %q", code, out)
 	}
 	os.WriteFile(filepath.Join(dir, "other.key"), []byte("not a key"), 0o600)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/internal/testcert"
 	"net"
 	"os"
@@ -150,7 +151,7 @@ func TestComposeExamples(t *testing.T) {
 				}
 				dir := t.TempDir()
 				writeCert(t, dir)
-				initSQLite(t, dir) // as the operator does on a new volume (docs/deployment.md)
+				initSQLite(t, dir) // a volume the broker has started on once, so --check-config checks the table
 				var argv []string
 				for _, a := range args[1:] {
 					a = strings.ReplaceAll(a, "/app/var", dir)
@@ -327,4 +328,49 @@ func TestDockerEntrypoint(t *testing.T) {
 // writeCert writes broker.crt and broker.key into dir.
 func writeCert(t *testing.T, dir string) {
 	testcert.NewCA(t).WriteFiles(t, dir, "broker", "broker")
+}
+
+// The Python broker's documented SQLite workflow (its docs/broker.rst,
+// "SQLite authentication store") on this image: `docker-compose up` on an
+// empty volume runs the image's CMD through its entrypoint and creates an
+// empty database; `docker-compose run --rm hpfeeds sqlite3 sqlite.db`
+// inserts a user as those docs write it; the user logs in, publishes and
+// subscribes without a restart. HPFEEDS_STATE_DIR stands for /app/var.
+func TestPythonDocsSQLiteWorkflow(t *testing.T) {
+	img := parseDockerfile(t)
+	dir, err := os.MkdirTemp("", "app-var") // under /tmp: the broker's user must reach it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	env := append(os.Environ(), "HPFEEDS_STATE_DIR="+dir, "HPFEEDS_USER=nobody", "HPFEEDS_GROUP=nogroup")
+	script, err := filepath.Abs("../../packaging/docker-entrypoint.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entrypoint := []string{"sh", script}
+	var argv []string
+	for _, a := range img.cmd {
+		a = strings.ReplaceAll(a, "/app/var", dir)
+		a = strings.ReplaceAll(a, "tcp:port=10000", "tcp:interface=127.0.0.1:port=0")
+		a = strings.ReplaceAll(a, "0.0.0.0:9431", "127.0.0.1:0")
+		argv = append(argv, strings.ReplaceAll(a, "/app/bin/hpfeeds-broker", binary))
+	}
+	up := exec.Command(entrypoint[0], append(entrypoint[1:], argv...)...)
+	up.Dir, up.Env = dir, env
+	p := startProcess(t, up, true)
+	if log := p.logSoFar(); !strings.Contains(log, `msg="created empty credential store" path=`+filepath.Join(dir, "sqlite.db")) {
+		t.Fatalf("no database created:\n%s", log)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "sqlite.db")); err != nil || os.Getuid() == 0 && st.Sys().(*syscall.Stat_t).Uid != 65534 {
+		t.Fatalf("sqlite.db not created by the broker's user nobody: %v", err)
+	}
+	run := exec.Command(entrypoint[0], append(entrypoint[1:], "sqlite3", "sqlite.db")...)
+	run.Dir, run.Env, run.Stdin = dir, env, strings.NewReader(pythonDocsInsert)
+	if out, err := run.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("sqlite3 through the entrypoint: %v\n%s", err, out)
+	}
+	c := brokertest.Login(t, p.addr, "ident", "secret")
+	c.Send(brokertest.Subscribe(t, "ident", "chan1"), brokertest.Publish(t, "ident", "chan1", "hello"))
+	c.ExpectMessage("ident", "chan1", "hello")
 }

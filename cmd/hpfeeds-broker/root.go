@@ -37,6 +37,7 @@ type options struct {
 	exporter         string
 	webConfig        string
 	exporterMaxConns int
+	sizeBuckets      bool
 	bind             string
 	tlsCert          string
 	tlsKey           string
@@ -47,6 +48,7 @@ type options struct {
 	checkConfig      bool
 	mongoColl        string
 	reloaders        []reloader // the stores SIGHUP re-reads
+	opened           auth.Chain // the stores that answered at start, uninstrumented
 	cfg              broker.Config
 	cluster          cluster.Options
 }
@@ -72,10 +74,11 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
 	f.StringArrayVarP(&o.endpoints, "endpoint", "e", nil, "listen on `ENDPOINT`, e.g. tcp:port=10000 or tls:port=10000:cert=broker.crt:key=broker.key (repeatable; default tcp:port=10000)")
-	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory)")
+	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory; a missing .db/.sqlite file is created at start)")
 	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics, /healthz, the status page / and /connz, /chanz, /identz on `HOST:PORT` (off unless given)")
 	f.StringVar(&o.webConfig, "web-config-file", "", "serve --exporter with TLS and/or basic authentication as this `FILE` says (the Prometheus exporter-toolkit web configuration format)")
 	f.IntVar(&o.exporterMaxConns, "exporter-max-connections", metrics.DefaultMaxConns, "connections the --exporter serves at once; more wait to be accepted")
+	f.BoolVar(&o.sizeBuckets, "publish-size-buckets", true, "export the buckets of hpfeeds_broker_receive_publish_size for each ident and channel (false: only its _sum, _count and +Inf bucket, 3 series a pair instead of 16; see docs/metrics.md)")
 	f.DurationVar(&o.staleAfter, "stale-after", status.DefaultStaleAfter, "show a sensor as stale once it has published nothing for this `DURATION`")
 	f.DurationVar(&o.cfg.RevalidateEvery, "revalidate-every", broker.DefaultRevalidateEvery, "look up each live session's user again this often: removed users and changed secrets are disconnected, changed channels enforced (`DURATION`; 0: never)")
 	f.StringVar(&o.cfg.Name, "name", broker.DefaultName, "broker `NAME` sent to clients in INFO (at most 255 bytes)")
@@ -160,6 +163,7 @@ func (o *options) logger() (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 	case "json":
+		opts.ReplaceAttr = durationSeconds
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
@@ -173,9 +177,9 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 	if len(specs) == 0 {
 		specs = []string{"sqlite"}
 	}
-	var chain auth.Chain
+	var chain, raw auth.Chain
 	for _, spec := range specs {
-		s, err := openStore(ctx, spec, log, o.mongoColl, false)
+		s, err := openOrPlan(ctx, spec, log, o.mongoColl, check)
 		if err != nil {
 			chain.Close()
 			return nil, err
@@ -183,6 +187,7 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 		if r, ok := s.(reloader); ok {
 			o.reloaders = append(o.reloaders, r)
 		}
+		raw = append(raw, s)
 		if lookups != nil {
 			s = lookups.Instrument(auth.Redact(spec), s)
 		}
@@ -198,16 +203,17 @@ func (o *options) openStores(ctx context.Context, log *slog.Logger, check bool, 
 		// The database may start after the broker: logins fail until it is up.
 		log.Warn("credential store unreachable at start-up; logins using it will fail until it answers", "err", withInitHint(err))
 	} else {
-		warnDuplicates(pctx, log, chain)
+		warnDuplicates(pctx, log, raw)
+		o.opened = raw
 	}
 	return chain, nil
 }
 
 // openStore opens the store of one --auth spec, naming the flag in errors.
-func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl string, create bool) (auth.Store, error) {
+func openStore(ctx context.Context, spec string, log *slog.Logger, mongoColl string, set sqlstore.Settings) (auth.Store, error) {
 	s, err := auth.Open(ctx, spec, auth.Options{
 		Logger:   log,
-		Settings: []any{mongostore.Settings{Collection: mongoColl}, sqlstore.Settings{Create: create}},
+		Settings: []any{mongostore.Settings{Collection: mongoColl}, set},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--auth=%s: %w", auth.Redact(spec), err)
@@ -303,13 +309,14 @@ func (o *options) run(ctx context.Context) error {
 		}
 		defer exporter.Close()
 	}
+	o.warnAtStart(ctx, log)
 	applyMemoryLimit(log, cfg.MemoryLimit)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go o.onHUP(ctx, log, hup, listeners)
 	log.Info("starting", "name", cfg.Name, "credential_stores", store.String())
 	if exporter != nil {
-		srv := o.serveExporter(log, exporter, b, registry(b, lookups, bridge))
+		srv := o.serveExporter(log, exporter, b, registry(b, lookups, bridge, o.sizeBuckets))
 		defer srv.Close()
 	}
 	return serve(ctx, log, b, listeners)
@@ -378,6 +385,9 @@ func listenAll(ctx context.Context, eps []broker.Endpoint, log *slog.Logger) ([]
 			for _, l := range listeners {
 				l.Close()
 			}
+			if errors.Is(err, syscall.EADDRINUSE) {
+				err = fmt.Errorf("%w (is another process using it? give a free port)", err)
+			}
 			return nil, err
 		}
 		listeners = append(listeners, l)
@@ -403,8 +413,13 @@ func (o *options) serveExporter(log *slog.Logger, l net.Listener, b *broker.Brok
 	return srv
 }
 
-func registry(b *broker.Broker, lookups *metrics.Lookups, bridge *cluster.Bridge) *prometheus.Registry {
+func registry(b *broker.Broker, lookups *metrics.Lookups, bridge *cluster.Bridge, sizeBuckets bool) *prometheus.Registry {
 	reg := metrics.NewRegistry(b, lookups)
+	if !sizeBuckets {
+		// Unregister finds the registered collector by its descriptors.
+		reg.Unregister(metrics.NewCollector(b))
+		reg.MustRegister(metrics.NewCollector(b).WithoutPublishSizeBuckets())
+	}
 	if bridge != nil {
 		reg.MustRegister(metrics.NewClusterCollector(bridge.Stats))
 	}

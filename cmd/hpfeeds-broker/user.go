@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 )
 
 const userCommands = "add, update, list, show, remove or init"
@@ -29,7 +30,7 @@ type userStore struct {
 
 // open opens the store; create lets a SQLite store make its file.
 func (us *userStore) open(ctx context.Context, create bool) (auth.Store, error) {
-	return openStore(ctx, us.spec, slog.New(slog.DiscardHandler), us.mongoColl, create)
+	return openStore(ctx, us.spec, slog.New(slog.DiscardHandler), us.mongoColl, sqlstore.Settings{Create: create})
 }
 
 // editor opens a store that can be written.

@@ -52,22 +52,52 @@ func mustFail(t *testing.T, dir, want string, args ...string) {
 	}
 }
 
-// The default SQLite store is created only by `user add` or `user init`:
-// a broker, --check-config or `user list` run in the wrong directory say
-// which absolute path they looked for and leave nothing behind; every
-// user command and the broker's start-up line name the file absolutely.
-func TestSQLiteCreatedOnlyByUserCommands(t *testing.T) {
+// The broker creates the default SQLite store, and a .db path's in a
+// directory that exists, at start, as the Python broker did, and says so
+// once with the absolute path; --check-config and `user list` create
+// nothing (the first says the broker would), and neither does a
+// database+sqlite URL or a path whose directory is missing.
+func TestSQLiteCreatedAtStart(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "sqlite.db")
-	mustFail(t, dir, "no SQLite database at "+db, "-e", "tcp:interface=127.0.0.1:port=0")
-	mustFail(t, dir, "no SQLite database at "+db, "--check-config")
+	must(t, dir, "", `warning: msg="SQLite database missing or empty: the broker creates it with its authkeys table at start" path=`+db, "--check-config")
 	mustFail(t, dir, "no SQLite database at "+db, "user", "list")
 	mustFail(t, dir, "no SQLite database at "+filepath.Join(dir, "new.db"), "--check-config", "--auth=database+sqlite:///new.db")
 	mustFail(t, dir, "user init --auth=database+sqlite:///"+filepath.Join(dir, "new.db"), "user", "add", "--auth=database+sqlite:///new.db", "--ident=x")
+	mustFail(t, dir, "no SQLite database at "+filepath.Join(dir, "nodir", "x.db"), "-e", "tcp:interface=127.0.0.1:port=0", "--auth=nodir/x.db")
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Fatalf("left behind: %v", entries)
 	}
+	for _, file := range []string{db, filepath.Join(dir, "other.sqlite")} {
+		args := []string{"-e", "tcp:interface=127.0.0.1:port=0"}
+		if file != db {
+			args = append(args, "--auth=other.sqlite")
+		}
+		created := `level=INFO msg="created empty credential store" path=` + file + "\n"
+		for start := range 2 { // the second start finds it
+			cmd := exec.Command(binary, args...)
+			cmd.Dir = dir
+			log := startProcess(t, cmd, false).stopAndLog()
+			if n := strings.Count(log, created); n != 1-start {
+				t.Errorf("start %d: %d lines %q:\n%s", start+1, n, created, log)
+			}
+			if !strings.Contains(log, `level=WARN msg="credential store has no users`) {
+				t.Errorf("start %d: no warning of the empty store:\n%s", start+1, log)
+			}
+		}
+		if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v, want mode 0600", file, fi, err)
+		}
+	}
+	// The table is the Python broker's: its documented INSERT works.
+	sqlite3(t, dir, "sqlite.db", pythonDocsInsert)
+	must(t, dir, "", "ident", "user", "show", "--ident=ident")
+	must(t, dir, "", "", "user", "remove", "--ident=ident")
 	must(t, dir, "", "user s1 added to sqlite:"+db, "user", "add", "--ident=s1", "--pubchans=a")
+	must(t, dir, "", "configuration OK", "--check-config") // no longer empty: no warning
+	if code, out := runIn(t, dir, "", nil, "--check-config"); code != 0 || strings.Contains(out, "warning") {
+		t.Errorf("--check-config on a store with a user: exit %d: %s", code, out)
+	}
 	must(t, dir, "", "users in sqlite:"+db, "user", "list")
 	must(t, dir, "", "store:    sqlite:"+db, "user", "show", "--ident=s1")
 	must(t, dir, "", "sqlite:"+db+" already has its users table", "user", "init")
@@ -137,16 +167,28 @@ func TestUserAddRefusesCollationTwin(t *testing.T) {
 	}
 }
 
-// A SQLite file without the table: the hint names a command that works.
+// A SQLite database without the table is another program's: it is
+// refused, with a hint naming a command that works. An empty file (touch)
+// is created at start as a missing one is.
 func TestInitHintForSQLiteFile(t *testing.T) {
 	dir := t.TempDir()
-	db := filepath.Join(dir, "empty.db")
-	if err := os.WriteFile(db, nil, 0o600); err != nil {
+	db := filepath.Join(dir, "other.db")
+	sqlite3(t, dir, "other.db", "CREATE TABLE other (x);")
+	mustFail(t, dir, "`hpfeeds-broker user init --auth="+db+"`", "--check-config", "--auth=other.db")
+	mustFail(t, dir, "`hpfeeds-broker user init --auth="+db+"`", "-e", "tcp:interface=127.0.0.1:port=0", "--auth=other.db")
+	must(t, dir, "", "", "user", "init", "--auth="+db)
+	must(t, dir, "", "configuration OK", "--check-config", "--auth=other.db")
+
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mustFail(t, dir, "`hpfeeds-broker user init --auth="+db+"`", "--check-config", "--auth=empty.db")
-	must(t, dir, "", "", "user", "init", "--auth="+db)
-	must(t, dir, "", "configuration OK", "--check-config", "--auth=empty.db")
+	must(t, dir, "", "SQLite database missing or empty", "--check-config", "--auth=empty.db")
+	cmd := exec.Command(binary, "-e", "tcp:interface=127.0.0.1:port=0", "--auth=empty.db")
+	cmd.Dir = dir
+	if log := startProcess(t, cmd, false).stopAndLog(); !strings.Contains(log, `msg="created empty credential store" path=`+empty) {
+		t.Fatalf("an empty file is not made a store:\n%s", log)
+	}
 }
 
 // Listing writes nothing, so env lists; --json is for scripts and never
@@ -199,4 +241,22 @@ func TestCheckConfigChecksTable(t *testing.T) {
 	mustFail(t, t.TempDir(), "no collection auth_key", "--check-config", "--auth="+uri)
 	must(t, t.TempDir(), "", "created the users table", "user", "init", "--auth="+uri)
 	must(t, t.TempDir(), "", "configuration OK", "--check-config", "--auth="+uri)
+}
+
+// pythonDocsInsert adds a user as the Python broker's docs/broker.rst
+// ("SQLite authentication store") writes it.
+const pythonDocsInsert = `INSERT INTO authkeys (owner, ident, secret, pubchans, subchans)
+    VALUES ('owner', 'ident', 'secret', '["chan1"]', '["chan1"]');
+`
+
+// sqlite3 runs the sqlite3 shell on file in dir with sql on its standard
+// input, through argv0 (e.g. the image's entrypoint) when given.
+func sqlite3(t *testing.T, dir, file, sql string, argv0 ...string) {
+	t.Helper()
+	argv := append(argv0, "sqlite3", file)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir, cmd.Stdin = dir, strings.NewReader(sql)
+	if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("%v: %v\n%s", argv, err, out)
+	}
 }
