@@ -376,11 +376,13 @@ func (br *Bridge) forwardLoop() {
 // publish hands one frame to NATS and counts the outcome. While the
 // connection is down, Publish fails at once (no reconnect buffer).
 func (br *Bridge) publish(m outMsg, subject string, frame []byte) {
-	reply := ""
+	var err error
 	if m.unheard {
-		reply = br.inbox
+		err = br.nc.PublishRequest(subject, br.inbox, frame)
+	} else {
+		err = br.nc.Publish(subject, frame)
 	}
-	if err := br.nc.PublishRequest(subject, reply, frame); err != nil {
+	if err != nil {
 		br.forwardFailed.Add(1)
 		if m.unheard {
 			br.undelivered(m.channel)
