@@ -11,13 +11,14 @@
 // channel delivering in order, keep each publisher's order per channel.
 //
 // A message no local subscriber got is forwarded with a reply subject, the
-// bridge's own inbox: when no other broker subscribes to its subject,
+// bridge's own inbox (PREFIX.r and a random token): when no other broker subscribes to its subject,
 // NATS answers there with a "503 no responders" status naming the
 // subject, and the bridge counts the message as undelivered
 // (broker.CountUndelivered). Messages delivered here travel without it.
 package cluster
 
 import (
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -170,7 +171,9 @@ func New(opts Options) (*Bridge, error) {
 		return nil, fmt.Errorf("joining NATS: %w", err)
 	}
 	br.nc = nc
-	br.inbox = nc.NewInbox()
+	// Under the prefix, so NATS users allowed PREFIX.> only may use it;
+	// "r" never starts a channel's token ("c").
+	br.inbox = br.opts.Prefix + ".r" + rand.Text()
 	if _, err := nc.Subscribe(br.inbox, br.noResponders); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("joining NATS: subscribing to this broker's inbox: %w", err)

@@ -136,7 +136,7 @@ func natsSubs(t testing.TB, ns *server.Server) map[string][]string {
 	subs := map[string][]string{}
 	for _, c := range cz.Conns {
 		// Each bridge's inbox (for no-responders answers) is not interest.
-		c.Subs = slices.DeleteFunc(c.Subs, func(s string) bool { return strings.HasPrefix(s, "_INBOX.") })
+		c.Subs = slices.DeleteFunc(c.Subs, func(s string) bool { return strings.HasPrefix(s, prefix+".r") })
 		slices.Sort(c.Subs)
 		subs[c.Name] = c.Subs
 	}
