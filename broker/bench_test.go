@@ -53,7 +53,7 @@ func benchConns(b *testing.B, n int) (*Broker, *conn, []*discardConn) {
 // subscriber's socket: one copy of the frame per publish, and no allocation
 // per delivery whatever the number of subscribers.
 func BenchmarkPublish(b *testing.B) {
-	for _, n := range []int{1, 10, 50} {
+	for _, n := range []int{0, 1, 10, 50} {
 		for _, size := range []int{256, 1024} {
 			b.Run(fmt.Sprintf("subs=%d/payload=%d", n, size), func(b *testing.B) {
 				_, pub, ds := benchConns(b, n)

@@ -14,8 +14,10 @@ type Bridge interface {
 	// HasSubscribers, so calls may be coalesced.
 	InterestChanged(channel string)
 	// Forward sends a PUBLISH frame published on this broker to the
-	// others. frame is only valid during the call.
-	Forward(channel string, frame []byte)
+	// others. frame is only valid during the call. unheard says no local
+	// subscriber got it: the bridge calls CountUndelivered when no other
+	// broker does either.
+	Forward(channel string, frame []byte, unheard bool)
 }
 
 // HasSubscribers reports whether channel has local subscribers.
@@ -45,9 +47,18 @@ func (b *Broker) DeliverRemote(frame []byte) bool {
 		return false
 	}
 	if t := b.topic(f.Channel, false); t != nil {
-		b.mem.add(t.publish(frame, len(f.Payload), nil))
+		queued, _ := t.publish(frame, len(f.Payload), nil)
+		b.mem.add(queued)
 	}
 	return true
+}
+
+// CountUndelivered counts a message published on this broker to channel
+// that reached no subscriber on any broker.
+func (b *Broker) CountUndelivered(channel string) {
+	if t := b.topic([]byte(channel), false); t != nil {
+		t.undelivered.Add(1)
+	}
 }
 
 func (b *Broker) interestChanged(channel string) {

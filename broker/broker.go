@@ -259,6 +259,9 @@ type topic struct {
 	mu   sync.RWMutex
 	subs []*conn
 	idx  map[*conn]int // position in subs
+	// Messages published on this broker that reached no subscriber, here
+	// or (with a Bridge) on any other broker.
+	undelivered atomic.Uint64
 }
 
 func newTopic(name string) *topic {
@@ -266,10 +269,11 @@ func newTopic(name string) *topic {
 }
 
 // publish queues a copy of raw, a PUBLISH with payload bytes of payload,
-// to every subscriber and reports the bytes it queued. The copy is made
+// to every subscriber and reports the bytes it queued and the number of
+// subscribers it found. The copy is made
 // once and shared: subscribers only read it. from is the publishing
 // connection, nil for frames from the cluster (see sendQueue.push).
-func (t *topic) publish(raw []byte, payload int, from *conn) (queued int) {
+func (t *topic) publish(raw []byte, payload int, from *conn) (queued, subs int) {
 	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()
 	n := len(t.subs)
@@ -300,7 +304,7 @@ func (t *topic) publish(raw []byte, payload int, from *conn) (queued int) {
 	for _, s := range tooSlow {
 		s.q.logTooSlow("send queue hard bound reached")
 	}
-	return queued
+	return queued, n
 }
 
 // add subscribes c and reports whether it is the channel's first

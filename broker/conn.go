@@ -402,9 +402,13 @@ func (c *conn) publish(f wire.Frame) bool {
 	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	c.memPending += p.t.publish(f.Raw, len(f.Payload), c)
-	if br := c.b.cfg.Bridge; br != nil {
-		br.Forward(p.t.name, f.Raw)
+	queued, subs := p.t.publish(f.Raw, len(f.Payload), c)
+	c.memPending += queued
+	switch br := c.b.cfg.Bridge; {
+	case br != nil:
+		br.Forward(p.t.name, f.Raw, subs == 0)
+	case subs == 0:
+		p.t.undelivered.Add(1)
 	}
 	return true
 }

@@ -40,6 +40,13 @@ type ChannelInfo struct {
 	MsgRate     float64   `json:"messages_per_second"`
 	ByteRate    float64   `json:"bytes_per_second"`
 	LastPublish time.Time `json:"last_publish,omitzero"`
+	// Messages published on this broker that reached no subscriber, since
+	// start and over the rate window.
+	Undelivered     uint64  `json:"undelivered"`
+	UndeliveredRate float64 `json:"undelivered_per_second"`
+	// Unheard: publishers are connected, nobody subscribes, and messages
+	// went undelivered during the rate window (a logger is down).
+	Unheard bool `json:"unheard"`
 }
 
 // IdentInfo is an ident that has logged in since the broker started.
@@ -193,6 +200,7 @@ func (b *Broker) Connections() []ConnInfo {
 // chanTotal is what was published to a channel since start.
 type chanTotal struct {
 	msgs, bytes uint64
+	undelivered uint64
 	last        int64
 	publishers  int
 }
@@ -201,6 +209,11 @@ type chanTotal struct {
 // connections.
 func (b *Broker) channelTotals() map[string]chanTotal {
 	m := map[string]chanTotal{}
+	for _, t := range b.topicList() {
+		if n := t.undelivered.Load(); n > 0 {
+			m[t.name] = chanTotal{undelivered: n}
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for k, p := range b.retired.pubs {
@@ -240,11 +253,14 @@ func (b *Broker) Channels() []ChannelInfo {
 		t.mu.RUnlock()
 		cur, old := totals[t.name], base.totals[t.name]
 		ci := ChannelInfo{Name: t.name, Publishers: cur.publishers, Subscribers: n,
-			Messages: cur.msgs, Bytes: cur.bytes, LastPublish: unixTime(cur.last)}
+			Messages: cur.msgs, Bytes: cur.bytes, LastPublish: unixTime(cur.last),
+			Undelivered: cur.undelivered}
 		if secs > 0 {
 			ci.MsgRate = float64(cur.msgs-old.msgs) / secs
 			ci.ByteRate = float64(cur.bytes-old.bytes) / secs
+			ci.UndeliveredRate = float64(cur.undelivered-old.undelivered) / secs
 		}
+		ci.Unheard = ci.Publishers > 0 && n == 0 && cur.undelivered > old.undelivered
 		out = append(out, ci)
 	}
 	slices.SortFunc(out, func(a, b ChannelInfo) int { return cmp.Compare(a.Name, b.Name) })

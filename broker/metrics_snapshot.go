@@ -117,6 +117,7 @@ type Snapshot struct {
 	Owners        map[IdentOwner]int // live authenticated connections
 	Subscriptions map[IdentChan]int  // live subscriptions
 	Publishes     map[IdentChan]*PublishStats
+	Undelivered   map[string]uint64 // per channel: messages published here that reached no subscriber
 	Throttle      ThrottleStats
 }
 
@@ -141,6 +142,7 @@ func (b *Broker) Snapshot() *Snapshot {
 		Owners:        map[IdentOwner]int{},
 		Subscriptions: map[IdentChan]int{},
 		Publishes:     map[IdentChan]*PublishStats{},
+		Undelivered:   map[string]uint64{},
 	}
 	b.mu.Lock()
 	s.Connections = len(b.conns)
@@ -180,6 +182,7 @@ func (b *Broker) Snapshot() *Snapshot {
 
 	b.topicsMu.RLock()
 	for _, t := range b.topics {
+		s.Undelivered[t.name] = t.undelivered.Load()
 		t.mu.RLock()
 		for _, c := range t.subs {
 			s.Subscriptions[IdentChan{c.sess.Load().identStr, t.name}]++

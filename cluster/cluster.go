@@ -11,9 +11,16 @@
 // so a broker never receives its own messages back: nothing is delivered
 // twice. One connection publishing in order, and one NATS subscription per
 // channel delivering in order, keep each publisher's order per channel.
+//
+// A message no local subscriber got is forwarded with a reply subject, the
+// bridge's own inbox (PREFIX.r and a random token): when no other broker subscribes to its subject,
+// NATS answers there with a "503 no responders" status naming the
+// subject, and the bridge counts the message as undelivered
+// (broker.CountUndelivered). Messages delivered here travel without it.
 package cluster
 
 import (
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -98,6 +105,7 @@ type Bridge struct {
 	subs    map[string]*nats.Subscription
 	pending map[string]bool
 	wake    chan struct{}
+	inbox   string        // the reply subject of messages no local subscriber got
 	done    chan struct{} // closed by Close
 	synced  chan struct{} // closed when syncInterest has returned
 	close   sync.Once
@@ -130,6 +138,7 @@ type outbox struct {
 type outMsg struct {
 	channel string
 	end     int
+	unheard bool // no local subscriber got it
 }
 
 // New connects to NATS. A NATS that is down at start is not fatal: the
@@ -170,6 +179,13 @@ func New(opts Options) (*Bridge, error) {
 		return nil, fmt.Errorf("joining NATS: %w", err)
 	}
 	br.nc = nc
+	// Under the prefix, so NATS users allowed PREFIX.> only may use it;
+	// "r" never starts a channel's token ("b").
+	br.inbox = br.opts.Prefix + ".r" + rand.Text()
+	if _, err := nc.Subscribe(br.inbox, br.noResponders); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("joining NATS: subscribing to this broker's inbox: %w", err)
+	}
 	// The connect handler runs asynchronously; the connection is up now,
 	// and --check-config reports what it finds before it returns.
 	if nc.IsConnected() {
@@ -316,13 +332,16 @@ func (br *Bridge) Attach(b *broker.Broker) {
 // copied into a bounded queue that one goroutine hands to NATS, and
 // dropped (and counted) when the queue is full, so a NATS that stops
 // reading cannot hold a publisher.
-func (br *Bridge) Forward(channel string, frame []byte) {
+func (br *Bridge) Forward(channel string, frame []byte, unheard bool) {
 	frame = frame[wire.HeaderLen:] // the body goes to NATS
 	o := &br.out
 	o.mu.Lock()
 	if len(o.buf)+len(frame) > o.limit {
 		o.mu.Unlock()
 		br.dropped.Add(1)
+		if unheard {
+			br.undelivered(channel)
+		}
 		if br.dropping.CompareAndSwap(false, true) {
 			br.log.Warn("cluster: NATS is not keeping up; messages published here reach this broker's subscribers only until it does",
 				"queue_bytes", o.limit)
@@ -337,7 +356,7 @@ func (br *Bridge) Forward(channel string, frame []byte) {
 		o.buf = nb
 	}
 	o.buf = append(o.buf, frame...)
-	o.msgs = append(o.msgs, outMsg{channel, len(o.buf)})
+	o.msgs = append(o.msgs, outMsg{channel, len(o.buf), unheard})
 	o.mu.Unlock()
 	select {
 	case o.wake <- struct{}{}:
@@ -371,7 +390,7 @@ func (br *Bridge) forwardLoop() {
 				subj = Subject(br.opts.Prefix, m.channel)
 				subjects[m.channel] = subj
 			}
-			br.publish(subj, buf[start:m.end])
+			br.publish(m, subj, buf[start:m.end])
 			start = m.end
 		}
 		clear(msgs)
@@ -380,9 +399,18 @@ func (br *Bridge) forwardLoop() {
 
 // publish hands one frame to NATS and counts the outcome. While the
 // connection is down, Publish fails at once (no reconnect buffer).
-func (br *Bridge) publish(subject string, frame []byte) {
-	if err := br.nc.Publish(subject, frame); err != nil {
+func (br *Bridge) publish(m outMsg, subject string, frame []byte) {
+	var err error
+	if m.unheard {
+		err = br.nc.PublishRequest(subject, br.inbox, frame)
+	} else {
+		err = br.nc.Publish(subject, frame)
+	}
+	if err != nil {
 		br.forwardFailed.Add(1)
+		if m.unheard {
+			br.undelivered(m.channel)
+		}
 		// Too large for NATS is explained once at connect time.
 		if !errors.Is(err, nats.ErrMaxPayload) && br.failing.CompareAndSwap(false, true) {
 			br.log.Warn("cluster: not forwarding to NATS: messages published here reach only this broker's subscribers, and other brokers' subscribers miss them (they are not kept for later), until forwarding resumes",
@@ -477,6 +505,27 @@ func (br *Bridge) deliver(m *nats.Msg) {
 		return
 	}
 	br.received.Add(1)
+}
+
+// noResponders receives NATS's answer to a message no local subscriber
+// got when no other broker subscribes to its subject either.
+func (br *Bridge) noResponders(m *nats.Msg) {
+	if m.Header.Get("Status") != "503" {
+		return
+	}
+	enc, ok := strings.CutPrefix(m.Header.Get("Nats-Subject"), br.opts.Prefix+".c")
+	if !ok {
+		return
+	}
+	if ch, err := base64.RawURLEncoding.DecodeString(enc); err == nil {
+		br.undelivered(string(ch))
+	}
+}
+
+func (br *Bridge) undelivered(channel string) {
+	if b := br.b.Load(); b != nil {
+		b.CountUndelivered(channel)
+	}
 }
 
 // Stats returns the counts so far.

@@ -135,6 +135,8 @@ func natsSubs(t testing.TB, ns *server.Server) map[string][]string {
 	}
 	subs := map[string][]string{}
 	for _, c := range cz.Conns {
+		// Each bridge's inbox (for no-responders answers) is not interest.
+		c.Subs = slices.DeleteFunc(c.Subs, func(s string) bool { return strings.HasPrefix(s, prefix+".r") })
 		slices.Sort(c.Subs)
 		subs[c.Name] = c.Subs
 	}
@@ -706,5 +708,43 @@ func TestCloseStopsInterestSync(t *testing.T) {
 		if extra := strings.TrimPrefix(log.String(), after); strings.Contains(extra, "level=ERROR") || strings.Contains(extra, "level=WARN") {
 			t.Fatalf("round %d: errors logged after Close returned:\n%s", round, extra)
 		}
+	}
+}
+
+// A message that reaches no subscriber on any broker is counted as
+// undelivered on the broker it was published on; one that a subscriber on
+// another broker gets is not.
+func TestUndeliveredAcrossBrokers(t *testing.T) {
+	ns := startNATS(t, 0)
+	a, b := startBroker(t, natsURL(ns)), startBroker(t, natsURL(ns))
+	id := ident("undelivered-pub")
+	users.Put(auth.User{Ident: id, Secret: "s", PubChans: []string{"events", "nobody", id}, SubChans: []string{id}})
+	p := connect(t, a, id)
+	waitInterest(t, ns, map[*node][]string{a: {id}, b: nil})
+	count := func(channel string) uint64 { return a.srv.Broker.Snapshot().Undelivered[channel] }
+	for range 5 {
+		p.publish("events", "lost")
+	}
+	brokertest.Eventually(t, "5 undelivered on a", func() bool { return count("events") == 5 })
+
+	sub := connect(t, b, ident("undelivered-sub"), "events")
+	waitInterest(t, ns, map[*node][]string{a: {id}, b: {"events", sub.ident}})
+	for range 3 {
+		p.publish("events", "heard")
+	}
+	for range 3 {
+		if _, got := sub.next(); got != "heard" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	// NATS answers in order: once the answer for a message published
+	// after them is counted, any for the delivered ones would be too.
+	p.publish("nobody", "barrier")
+	brokertest.Eventually(t, "the barrier counted", func() bool { return count("nobody") == 1 })
+	if n := count("events"); n != 5 {
+		t.Errorf("undelivered %d after a subscriber on b got them, want still 5", n)
+	}
+	if n := b.srv.Broker.Snapshot().Undelivered["events"]; n != 0 {
+		t.Errorf("b counted %d messages it received", n)
 	}
 }

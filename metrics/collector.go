@@ -86,6 +86,9 @@ var (
 	descConnectionsRefused = prometheus.NewDesc("hpfeeds_broker_connections_refused_total",
 		"Number of connections closed at accept because the broker (reason=max-connections) or their source address (reason=max-connections-per-ip) had as many open as allowed",
 		[]string{"reason"}, nil)
+	descPublishesUndelivered = prometheus.NewDesc("hpfeeds_broker_publishes_undelivered_total",
+		"Number of messages published on this broker to the channel that reached no subscriber (with a cluster: on no broker); a rise means the channel's consumer, a logger say, is gone",
+		[]string{"chan"}, nil)
 )
 
 var publishBuckets = func() []float64 {
@@ -135,6 +138,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descDelivered, descFramesWritten, descWrites, descBackpressureCloses, descConnectionsRefused,
 		descIdentLastPublish, descLoginThrottled, descLoginThrottledSources,
 		descMemoryUsed, descMemoryLimit, descPublisherPauses, descPartialCloses,
+		descPublishesUndelivered,
 	} {
 		ch <- d
 	}
@@ -204,6 +208,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 	collectPublishes(ch, s, !c.noSizeBuckets)
 	collectFlow(s, gauge, counter)
+	for channel, n := range s.Undelivered {
+		counter(descPublishesUndelivered, n, channel)
+	}
 }
 
 // collectFlow exports the memory budget and what flow control did.

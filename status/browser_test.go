@@ -114,7 +114,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if !strings.Contains(dom, "<title>test-broker · hpfeeds broker status</title>") {
 		t.Errorf("title missing from:\n%s", dom)
 	}
-	for id, want := range map[string]string{"n-connections": "2", "n-sensors": "2 / 3", "n-stale": "1", "n-channels": "1"} {
+	for id, want := range map[string]string{"n-connections": "2", "n-sensors": "2 / 3", "n-stale": "1", "n-channels": "1", "n-unheard": "0"} {
 		if !strings.Contains(dom, `id="`+id+`">`+want+`<`) {
 			t.Errorf("card %s does not show %q", id, want)
 		}

@@ -40,6 +40,7 @@ type pageData struct {
 	Idents      *Identz
 	Connected   int
 	Channels    *Chanz
+	Unheard     int // channels flagged Unheard
 	Conns       *Connz
 	ConnsHidden int
 }
@@ -59,6 +60,9 @@ func servePage(w http.ResponseWriter, b *broker.Broker, o Options) {
 		if in.Connections > 0 {
 			d.Connected++
 		}
+	}
+	for _, c := range d.Channels.Channels {
+		d.Unheard += bool2int(c.Unheard)
 	}
 	var buf bytes.Buffer
 	if err := page.Execute(&buf, d); err != nil {

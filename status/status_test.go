@@ -274,7 +274,7 @@ func TestFetchAndWriteText(t *testing.T) {
 		regexp.MustCompile(`(?m)^IDENT +OWNER +STATE +CONNS +LAST PUBLISH +LAST LOGIN +LAST DISCONNECT`),
 		regexp.MustCompile(`(?m)^logger +bob +connected +1 +subscriber +(just now|\d+s ago) from 127\.0\.0\.1:\d+ +- *$`),
 		regexp.MustCompile(`(?m)^quiet +alice +offline +0 +(just now|\d+s ago) .* \(closed by the client\) *$`),
-		regexp.MustCompile(`(?m)^events +1 +1 +\d+\.\d +\d+\.\d +4 +43 B +(just now|\d+s ago) *$`),
+		regexp.MustCompile(`(?m)^events +1 +1 +\d+\.\d +\d+\.\d +4 +43 B +0 +(just now|\d+s ago) *$`),
 		regexp.MustCompile(`(?m)^CONNECTIONS \(2 of 2\)$`),
 		regexp.MustCompile(`(?m)^1 +logger +127\.0\.0\.1:\d+ +tcp:127\.0\.0\.1:0 +no +(just now|\d+s ago) +events +2/4 `),
 	} {
@@ -291,5 +291,58 @@ func TestFetchUnreachable(t *testing.T) {
 	_, err := status.Fetch(context.Background(), http.DefaultClient, url)
 	if err == nil || !strings.Contains(err.Error(), "exporter not reachable") || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("got %v", err)
+	}
+}
+
+// The logger outage: the sensor publishes, nobody subscribes. /chanz, the
+// page and the text tables flag the channel and count what was lost; the
+// flag goes once a logger is back.
+func TestUnheardChannel(t *testing.T) {
+	f := start(t, time.Hour)
+	f.logger.Close()
+	brokertest.Eventually(t, "the logger to leave", func() bool { return channel(f.srv.Broker, "events").Subscribers == 0 })
+	for range 3 {
+		f.sensor.Publish("events", []byte(payload))
+	}
+	brokertest.Eventually(t, "3 undelivered", func() bool { return channel(f.srv.Broker, "events").Undelivered == 3 })
+
+	var z status.Chanz
+	get(t, f.url+"/chanz", &z)
+	if c := z.Channels[0]; !c.Unheard || c.Undelivered != 3 || c.UndeliveredRate <= 0 || c.Publishers != 1 {
+		t.Errorf("chanz %+v", c)
+	}
+	_, page := get(t, f.url+"/", nil)
+	for _, want := range []string{`<tr class="unheard">`, `id="n-unheard">1<`, `events <span class="pill bad">nobody hears</span>`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %s", want)
+		}
+	}
+	r, err := status.Fetch(context.Background(), http.DefaultClient, f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	status.WriteText(&b, r)
+	if want := regexp.MustCompile(`(?m)^events +1 +0 +.* 3 NOBODY HEARS +(just now|\d+s ago) *$`); !want.MatchString(b.String()) {
+		t.Errorf("no line matching %s in:\n%s", want, b.String())
+	}
+
+	logger := dialClient(t, f.srv.Addr, "logger")
+	if err := logger.Subscribe("events"); err != nil {
+		t.Fatal(err)
+	}
+	brokertest.Eventually(t, "a logger back", func() bool { return channel(f.srv.Broker, "events").Subscribers == 1 })
+	f.sensor.Publish("events", []byte(payload))
+	select {
+	case <-logger.Messages():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new logger got nothing")
+	}
+	if c := channel(f.srv.Broker, "events"); c.Unheard || c.Undelivered != 3 {
+		t.Errorf("with a logger back: %+v", c)
+	}
+	_, page = get(t, f.url+"/", nil)
+	if strings.Contains(page, `<tr class="unheard">`) || !strings.Contains(page, `id="n-unheard">0<`) {
+		t.Errorf("the page still flags the channel")
 	}
 }

@@ -83,10 +83,14 @@ func WriteText(w io.Writer, r *Report) error {
 			last, ago(now, in.LastLogin)+" from "+in.LastAddr, disc)
 	}
 	fmt.Fprintf(tw, "\nCHANNELS (rates over the last minute)\n")
-	fmt.Fprintln(tw, "CHANNEL\tPUBS\tSUBS\tMSG/S\tBYTES/S\tMESSAGES\tBYTES\tLAST PUBLISH\t")
+	fmt.Fprintln(tw, "CHANNEL\tPUBS\tSUBS\tMSG/S\tBYTES/S\tMESSAGES\tBYTES\tUNDELIVERED\tLAST PUBLISH\t")
 	for _, c := range r.Chanz.Channels {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t\n", c.Name, c.Publishers, c.Subscribers,
-			c.MsgRate, c.ByteRate, c.Messages, humanBytes(c.Bytes), ago(now, c.LastPublish))
+		undelivered := fmt.Sprint(c.Undelivered)
+		if c.Unheard {
+			undelivered += " NOBODY HEARS"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t\n", c.Name, c.Publishers, c.Subscribers,
+			c.MsgRate, c.ByteRate, c.Messages, humanBytes(c.Bytes), undelivered, ago(now, c.LastPublish))
 	}
 	fmt.Fprintf(tw, "\nCONNECTIONS (%d of %d)\n", len(r.Connz.Connections), r.Connz.Total)
 	fmt.Fprintln(tw, "CID\tIDENT\tADDRESS\tENDPOINT\tTLS\tCONNECTED\tSUBSCRIPTIONS\tFRAMES IN/OUT\tBYTES IN/OUT\tQUEUED\tLAST PUBLISH\t")
