@@ -73,6 +73,16 @@ func Subject(prefix, channel string) string {
 	return prefix + ".b" + base64.RawURLEncoding.EncodeToString([]byte(channel))
 }
 
+// channelOf is the channel of a Subject, or false for another subject.
+func channelOf(prefix, subject string) (string, bool) {
+	enc, ok := strings.CutPrefix(subject, prefix+".b")
+	if !ok {
+		return "", false
+	}
+	ch, err := base64.RawURLEncoding.DecodeString(enc)
+	return string(ch), err == nil
+}
+
 // validPrefix reports whether prefix is one or more literal NATS subject
 // tokens.
 func validPrefix(prefix string) bool {
@@ -513,12 +523,8 @@ func (br *Bridge) noResponders(m *nats.Msg) {
 	if m.Header.Get("Status") != "503" {
 		return
 	}
-	enc, ok := strings.CutPrefix(m.Header.Get("Nats-Subject"), br.opts.Prefix+".c")
-	if !ok {
-		return
-	}
-	if ch, err := base64.RawURLEncoding.DecodeString(enc); err == nil {
-		br.undelivered(string(ch))
+	if ch, ok := channelOf(br.opts.Prefix, m.Header.Get("Nats-Subject")); ok {
+		br.undelivered(ch)
 	}
 }
 
