@@ -1,0 +1,320 @@
+package metrics
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// slots admits the exporter's connections. Past its cap it never queues a
+// new connection: it closes one that holds a slot without using it, an
+// idle keep-alive connection first, else one that has sent no complete
+// request yet, taken from the source holding the most connections (the
+// oldest of them). A new connection finds room unless every slot is in
+// the middle of a request; then it is closed at once. So any number of
+// clients holding connections, or asking and idling, cannot keep a scrape
+// or /healthz out, as they could when connections waited to be accepted.
+type slots struct {
+	net.Listener
+	max     int
+	evicted atomic.Uint64 // connections closed to make room
+	refused atomic.Uint64 // new connections closed, every slot busy
+
+	mu      sync.Mutex
+	conns   map[net.Conn]*slot
+	sources map[netip.Addr]int // connections per source address
+}
+
+type slot struct {
+	src   netip.Addr
+	state http.ConnState // StateNew, StateActive or StateIdle
+	since time.Time      // of the state
+}
+
+func newSlots(l net.Listener, max int) *slots {
+	return &slots{Listener: l, max: max, conns: map[net.Conn]*slot{}, sources: map[netip.Addr]int{}}
+}
+
+func (s *slots) Accept() (net.Conn, error) {
+	for {
+		nc, err := s.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if victim, ok := s.admit(nc); ok {
+			if victim != nil {
+				victim.Close()
+			}
+			return nc, nil
+		}
+		nc.Close()
+	}
+}
+
+// admit takes a slot for nc, naming the connection to close for it, or
+// reports that every slot is busy.
+func (s *slots) admit(nc net.Conn) (victim net.Conn, ok bool) {
+	src := sourceAddr(nc.RemoteAddr())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) >= s.max {
+		if victim = s.victim(); victim == nil {
+			s.refused.Add(1)
+			return nil, false
+		}
+		s.evicted.Add(1)
+		s.forget(victim)
+	}
+	s.conns[nc] = &slot{src: src, state: http.StateNew, since: time.Now()}
+	s.sources[src]++
+	return victim, true
+}
+
+// victim is the connection to close for a new one, or nil. Called with
+// s.mu held.
+func (s *slots) victim() net.Conn {
+	var (
+		best net.Conn
+		bs   *slot
+	)
+	for nc, x := range s.conns {
+		if rank(x) == 0 {
+			continue
+		}
+		if bs == nil || cmp.Or(cmp.Compare(rank(x), rank(bs)),
+			cmp.Compare(s.sources[x.src], s.sources[bs.src]), bs.since.Compare(x.since)) > 0 {
+			best, bs = nc, x
+		}
+	}
+	return best
+}
+
+// rank orders the connections to close: idle first, then those that have
+// not asked yet; never one in the middle of a request (0).
+func rank(x *slot) int {
+	switch x.state {
+	case http.StateIdle:
+		return 2
+	case http.StateNew:
+		return 1
+	}
+	return 0
+}
+
+// gated puts an authGate before the handler web.Serve installs (its basic
+// authentication), at the first Accept: web.Serve sets that handler just
+// before it serves, in the goroutine that calls Accept, and no
+// connection's goroutine reads it before Accept returns.
+type gated struct {
+	net.Listener
+	srv  *http.Server
+	once sync.Once
+}
+
+func (g *gated) Accept() (net.Conn, error) {
+	g.once.Do(func() { g.srv.Handler = newAuthGate(g.srv.Handler) })
+	return g.Listener.Accept()
+}
+
+// forget frees nc's slot. Called with s.mu held.
+func (s *slots) forget(nc net.Conn) {
+	x := s.conns[nc]
+	if x == nil {
+		return
+	}
+	delete(s.conns, nc)
+	if s.sources[x.src]--; s.sources[x.src] <= 0 {
+		delete(s.sources, x.src)
+	}
+}
+
+// track is the server's ConnState hook: it keeps what each slot does.
+func (s *slots) track(c net.Conn, state http.ConnState) {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = tc.NetConn() // a TLS connection over the one Accept returned
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch state {
+	case http.StateClosed, http.StateHijacked:
+		s.forget(c)
+	default:
+		if x := s.conns[c]; x != nil {
+			x.state, x.since = state, time.Now()
+		}
+	}
+}
+
+// sourceAddr is the source a connection counts under: its IP address, or
+// the /64 of an IPv6 one, as one host usually holds a whole /64.
+func sourceAddr(a net.Addr) netip.Addr {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
+	}
+	ip := ta.AddrPort().Addr().Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
+}
+
+// Bounds of the basic-auth gate: each check of a password not seen to
+// succeed costs a bcrypt comparison (about 100 ms at the usual cost 10,
+// one at a time in exporter-toolkit), so a source gets one check at a
+// time, a few and then one a second, and all sources together a few at a
+// time and a few a second. A credential that once succeeded is let
+// through to the check without waiting, which exporter-toolkit then
+// answers from its own cache.
+const (
+	authPerSource      = rate.Limit(1)
+	authPerSourceBurst = 3
+	authAll            = rate.Limit(4)
+	authAllBurst       = 8
+	authAllAtOnce      = 4
+	authKnownMax       = 256  // credentials remembered
+	authSourcesMax     = 4096 // sources remembered
+)
+
+// authGate stands before the web configuration's basic authentication and
+// answers 429 to a password check past the bounds above, so a flood of
+// wrong passwords costs little CPU and never queues in front of a scrape.
+// It only ever refuses: every request it lets through is still checked.
+type authGate struct {
+	next   http.Handler
+	all    *rate.Limiter
+	atOnce chan struct{} // checks in progress, all sources
+
+	mu      sync.Mutex
+	known   map[[sha256.Size]byte]time.Time // hashes of credentials that passed, and when
+	sources map[netip.Addr]*authSource
+}
+
+type authSource struct {
+	*rate.Limiter
+	checking bool // a check in progress; guarded by authGate.mu
+}
+
+func newAuthGate(next http.Handler) *authGate {
+	return &authGate{next: next, all: rate.NewLimiter(authAll, authAllBurst), atOnce: make(chan struct{}, authAllAtOnce),
+		known: map[[sha256.Size]byte]time.Time{}, sources: map[netip.Addr]*authSource{}}
+}
+
+func (g *authGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	cred := r.Header.Get("Authorization")
+	if cred == "" { // answered 401 without a bcrypt comparison
+		g.next.ServeHTTP(w, r)
+		return
+	}
+	key := sha256.Sum256([]byte(cred))
+	if g.isKnown(key) {
+		g.next.ServeHTTP(w, r)
+		return
+	}
+	done, ok := g.begin(r.RemoteAddr)
+	if !ok {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many password checks; retry in a second", http.StatusTooManyRequests)
+		return
+	}
+	defer done() // if the handler never answered
+	g.next.ServeHTTP(&authOutcome{ResponseWriter: w, decided: func(passed bool) {
+		done() // the check is over once the handler answers
+		if passed {
+			g.remember(key)
+		}
+	}}, r)
+}
+
+func (g *authGate) isKnown(key [sha256.Size]byte) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.known[key]
+	return ok
+}
+
+// remember keeps a credential that passed, forgetting the oldest past
+// authKnownMax.
+func (g *authGate) remember(key [sha256.Size]byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.known) >= authKnownMax {
+		var oldest [sha256.Size]byte
+		var at time.Time
+		for k, t := range g.known {
+			if at.IsZero() || t.Before(at) {
+				oldest, at = k, t
+			}
+		}
+		delete(g.known, oldest)
+	}
+	g.known[key] = time.Now()
+}
+
+// begin starts a check for the source of remote within the bounds, and
+// returns the function that ends it (once; later calls do nothing).
+func (g *authGate) begin(remote string) (done func(), ok bool) {
+	src := netip.Addr{}
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		src = sourceAddr(net.TCPAddrFromAddrPort(ap))
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := g.sources[src]
+	if s == nil {
+		if len(g.sources) >= authSourcesMax {
+			clear(g.sources) // each source starts again from its burst
+		}
+		s = &authSource{Limiter: rate.NewLimiter(authPerSource, authPerSourceBurst)}
+		g.sources[src] = s
+	}
+	if s.checking || !s.Allow() || !g.all.Allow() {
+		return nil, false
+	}
+	select {
+	case g.atOnce <- struct{}{}:
+	default:
+		return nil, false
+	}
+	s.checking = true
+	return sync.OnceFunc(func() {
+		<-g.atOnce
+		g.mu.Lock()
+		s.checking = false
+		g.mu.Unlock()
+	}), true
+}
+
+// authOutcome calls decided when the wrapped handler answers: the
+// credential passed unless the answer is 401 or 429.
+type authOutcome struct {
+	http.ResponseWriter
+	decided func(passed bool)
+	written bool
+}
+
+func (o *authOutcome) WriteHeader(code int) {
+	if !o.written {
+		o.written = true
+		o.decided(code != http.StatusUnauthorized && code != http.StatusTooManyRequests)
+	}
+	o.ResponseWriter.WriteHeader(code)
+}
+
+func (o *authOutcome) Write(b []byte) (int, error) {
+	if !o.written {
+		o.WriteHeader(http.StatusOK)
+	}
+	return o.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (o *authOutcome) Unwrap() http.ResponseWriter { return o.ResponseWriter }
