@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/hpfeeds-go/hpfeeds/internal/source"
 )
 
 // slots admits the exporter's connections. Past its cap it never queues a
@@ -61,7 +63,7 @@ func (s *slots) Accept() (net.Conn, error) {
 // admit takes a slot for nc, naming the connection to close for it, or
 // reports that every slot is busy.
 func (s *slots) admit(nc net.Conn) (victim net.Conn, ok bool) {
-	src := sourceAddr(nc.RemoteAddr())
+	src := source.OfAddr(nc.RemoteAddr())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.conns) >= s.max {
@@ -152,21 +154,6 @@ func (s *slots) track(c net.Conn, state http.ConnState) {
 	}
 }
 
-// sourceAddr is the source a connection counts under: its IP address, or
-// the /64 of an IPv6 one, as one host usually holds a whole /64.
-func sourceAddr(a net.Addr) netip.Addr {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return netip.Addr{}
-	}
-	ip := ta.AddrPort().Addr().Unmap()
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.Addr()
-	}
-	return ip
-}
-
 // Bounds of the basic-auth gate: each check of a password not seen to
 // succeed costs a bcrypt comparison (about 100 ms at the usual cost 10,
 // one at a time in exporter-toolkit), so a source gets one check at a
@@ -193,19 +180,23 @@ type authGate struct {
 	all    *rate.Limiter
 	atOnce chan struct{} // checks in progress, all sources
 
-	mu      sync.Mutex
-	known   map[[sha256.Size]byte]time.Time // hashes of credentials that passed, and when
-	sources map[netip.Addr]*authSource
+	sources source.Map[authSource]
+
+	mu    sync.Mutex
+	known map[[sha256.Size]byte]time.Time // hashes of credentials that passed, and when
 }
 
 type authSource struct {
 	*rate.Limiter
-	checking bool // a check in progress; guarded by authGate.mu
+	checking atomic.Bool // a check in progress
 }
 
 func newAuthGate(next http.Handler) *authGate {
 	return &authGate{next: next, all: rate.NewLimiter(authAll, authAllBurst), atOnce: make(chan struct{}, authAllAtOnce),
-		known: map[[sha256.Size]byte]time.Time{}, sources: map[netip.Addr]*authSource{}}
+		known: map[[sha256.Size]byte]time.Time{},
+		sources: source.Map[authSource]{Max: authSourcesMax, New: func() *authSource {
+			return &authSource{Limiter: rate.NewLimiter(authPerSource, authPerSourceBurst)}
+		}}}
 }
 
 func (g *authGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -262,34 +253,23 @@ func (g *authGate) remember(key [sha256.Size]byte) {
 // begin starts a check for the source of remote within the bounds, and
 // returns the function that ends it (once; later calls do nothing).
 func (g *authGate) begin(remote string) (done func(), ok bool) {
-	src := netip.Addr{}
-	if ap, err := netip.ParseAddrPort(remote); err == nil {
-		src = sourceAddr(net.TCPAddrFromAddrPort(ap))
+	s := g.sources.Get(source.Of(remote))
+	if !s.checking.CompareAndSwap(false, true) {
+		return nil, false
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	s := g.sources[src]
-	if s == nil {
-		if len(g.sources) >= authSourcesMax {
-			clear(g.sources) // each source starts again from its burst
-		}
-		s = &authSource{Limiter: rate.NewLimiter(authPerSource, authPerSourceBurst)}
-		g.sources[src] = s
-	}
-	if s.checking || !s.Allow() || !g.all.Allow() {
+	if !s.Allow() || !g.all.Allow() {
+		s.checking.Store(false)
 		return nil, false
 	}
 	select {
 	case g.atOnce <- struct{}{}:
 	default:
+		s.checking.Store(false)
 		return nil, false
 	}
-	s.checking = true
 	return sync.OnceFunc(func() {
 		<-g.atOnce
-		g.mu.Lock()
-		s.checking = false
-		g.mu.Unlock()
+		s.checking.Store(false)
 	}), true
 }
 

@@ -3,7 +3,9 @@ package status_test
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -12,7 +14,10 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/status"
 )
 
-const maxLimit = 1024 // status.MaxLimit, as nats-server caps it
+const (
+	maxLimit   = 1024 // status.MaxLimit, as nats-server caps it
+	pagesBurst = 30   // status.PagesBurst
+)
 
 // /connz answers at most MaxLimit connections whatever limit asks: before,
 // limit=1000000 listed all 5,000 connections to every scraper.
@@ -56,6 +61,37 @@ func TestPagesShareOneAnswer(t *testing.T) {
 			}
 		}
 		brokertest.Eventually(t, path+" computed anew", func() bool { return now(t, f.url+path).After(first) })
+	}
+}
+
+// A source asking pages in a loop gets 429 past a burst, and another
+// source still gets its pages. Before, every request was answered, and 32
+// such clients took the broker's CPU from its deliveries.
+func TestPagesLimitedPerSource(t *testing.T) {
+	f := start(t, time.Hour)
+	mux := http.NewServeMux()
+	status.Mount(mux, f.srv.Broker, status.Options{})
+	hs := httptest.NewServer(mux)
+	t.Cleanup(hs.Close)
+	ask := func(src string) int {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+		resp, err := c.Get(hs.URL + "/chanz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	codes := map[int]int{}
+	for range 2 * pagesBurst {
+		codes[ask("127.0.0.1")]++
+	}
+	if codes[http.StatusTooManyRequests] == 0 || codes[http.StatusOK] < pagesBurst/2 {
+		t.Errorf("%d pages asked at once from one address got %v; want 429 past the burst of %d", 2*pagesBurst, codes, pagesBurst)
+	}
+	if code := ask("127.0.0.2"); code != http.StatusOK {
+		t.Errorf("another address got %d", code)
 	}
 }
 

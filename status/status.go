@@ -16,7 +16,10 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/internal/source"
 )
 
 // DefaultStaleAfter is how long a sensor may publish nothing before it is
@@ -39,7 +42,20 @@ type Options struct {
 	// CacheFor is how long an answer is shown again before it is
 	// computed anew; 0: DefaultCacheFor, negative: never.
 	CacheFor time.Duration
+	// PagesPerSecond is how many pages one source (an IPv4 address or an
+	// IPv6 /64) gets a second, after a burst of PagesBurst; past it, 429.
+	// 0: DefaultPagesPerSecond; negative: no limit.
+	PagesPerSecond float64
 }
+
+// DefaultPagesPerSecond and PagesBurst bound what one source asks: a
+// person, a dashboard or `hpfeeds-broker status` asks a few pages every
+// few seconds, while a client asking in a loop got the broker's CPU from
+// its deliveries even with answers cached.
+const (
+	DefaultPagesPerSecond = 10
+	PagesBurst            = 30
+)
 
 // Connz is the answer of /connz: one page of the open connections.
 type Connz struct {
@@ -72,6 +88,7 @@ type pages struct {
 	b            *broker.Broker
 	o            Options
 	data, bodies *answers
+	sources      source.Map[rate.Limiter]
 }
 
 // Mount adds /connz, /chanz, /identz and the status page / to mux.
@@ -82,7 +99,13 @@ func Mount(mux *http.ServeMux, b *broker.Broker, o Options) {
 	if o.CacheFor == 0 {
 		o.CacheFor = DefaultCacheFor
 	}
-	p := &pages{b: b, o: o, data: newAnswers(o.CacheFor), bodies: newAnswers(o.CacheFor)}
+	if o.PagesPerSecond == 0 {
+		o.PagesPerSecond = DefaultPagesPerSecond
+	}
+	p := &pages{b: b, o: o, data: newAnswers(o.CacheFor), bodies: newAnswers(o.CacheFor),
+		sources: source.Map[rate.Limiter]{Max: 4096, New: func() *rate.Limiter {
+			return rate.NewLimiter(rate.Limit(o.PagesPerSecond), PagesBurst)
+		}}}
 	mux.HandleFunc("GET /connz", func(w http.ResponseWriter, r *http.Request) {
 		q, err := parseConnQuery(r)
 		if err != nil {
@@ -90,16 +113,16 @@ func Mount(mux *http.ServeMux, b *broker.Broker, o Options) {
 			return
 		}
 		key := fmt.Sprintf("connz %d %d %s", q.offset, q.limit, q.sort)
-		p.serve(w, key, jsonType, func() []byte { return encodeJSON(p.connz(q)) })
+		p.serve(w, r, key, jsonType, func() []byte { return encodeJSON(p.connz(q)) })
 	})
-	mux.HandleFunc("GET /chanz", func(w http.ResponseWriter, _ *http.Request) {
-		p.serve(w, "chanz", jsonType, func() []byte { return encodeJSON(p.chanz()) })
+	mux.HandleFunc("GET /chanz", func(w http.ResponseWriter, r *http.Request) {
+		p.serve(w, r, "chanz", jsonType, func() []byte { return encodeJSON(p.chanz()) })
 	})
-	mux.HandleFunc("GET /identz", func(w http.ResponseWriter, _ *http.Request) {
-		p.serve(w, "identz", jsonType, func() []byte { return encodeJSON(p.identz()) })
+	mux.HandleFunc("GET /identz", func(w http.ResponseWriter, r *http.Request) {
+		p.serve(w, r, "identz", jsonType, func() []byte { return encodeJSON(p.identz()) })
 	})
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		p.serve(w, "page", htmlType, p.page)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		p.serve(w, r, "page", htmlType, p.page)
 	})
 }
 
@@ -108,9 +131,15 @@ const (
 	htmlType = "text/html; charset=utf-8"
 )
 
-// serve writes the answer kept under key, computing it if none is fresh.
-// A nil answer is a page that failed to render (logged there).
-func (p *pages) serve(w http.ResponseWriter, key, contentType string, compute func() []byte) {
+// serve writes the answer kept under key, computing it if none is fresh,
+// unless r's source asked too many pages. A nil answer is a page that
+// failed to render (logged there).
+func (p *pages) serve(w http.ResponseWriter, r *http.Request, key, contentType string, compute func() []byte) {
+	if p.o.PagesPerSecond > 0 && !p.sources.Get(source.Of(r.RemoteAddr)).Allow() {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many status pages asked from this address; retry in a second", http.StatusTooManyRequests)
+		return
+	}
 	body := p.bodies.get(key, func() any { return compute() }).([]byte)
 	if body == nil {
 		http.Error(w, "rendering the status page failed", http.StatusInternalServerError)

@@ -42,7 +42,8 @@ func start(t *testing.T, staleAfter time.Duration) *fixture {
 	)
 	srv := brokertest.Start(t, users, func(c *broker.Config) { c.Logger = slog.New(slog.DiscardHandler) })
 	mux := metrics.Handler(metrics.NewRegistry(srv.Broker, nil))
-	status.Mount(mux, srv.Broker, status.Options{StaleAfter: staleAfter, Name: "test-broker", Version: "v0-test"})
+	// No limit per source: tests ask from one address in loops.
+	status.Mount(mux, srv.Broker, status.Options{StaleAfter: staleAfter, Name: "test-broker", Version: "v0-test", PagesPerSecond: -1})
 	hs := httptest.NewServer(mux)
 	t.Cleanup(hs.Close)
 	f := &fixture{srv: srv, url: hs.URL}
