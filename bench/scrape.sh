@@ -3,7 +3,8 @@
 # a healthy publisher/subscriber pair at 200 messages a second, and 32
 # clients looping over /connz?limit=1000000, /, /identz and /chanz; prints
 # the pair's latency, the broker's CPU and peak RSS without the scrapers,
-# then with them. BROKER=path runs another build of the broker.
+# then with them. BROKER=path runs another build of the broker; SOURCES=32
+# has each scraper come from its own loopback address.
 #   bench/scrape.sh [PHASE]    (default 15s a phase)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,4 @@ HPFEEDS_BENCH_SECRET=benchsecret HPFEEDS_BENCH_PUBCHANS=h,bench.idle HPFEEDS_BEN
   --max-connections=0 --log-level=warn 2>"$work/broker.log" &
 pid=$!
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$exporter") 2>/dev/null && break; sleep 0.05; done
-"$work/scrape" -addr "127.0.0.1:$port" -exporter "127.0.0.1:$exporter" -pid "$pid" -phase "$phase"
+"$work/scrape" -addr "127.0.0.1:$port" -exporter "127.0.0.1:$exporter" -pid "$pid" -phase "$phase" -sources "${SOURCES:-1}"

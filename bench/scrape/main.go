@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ var (
 	rate     = flag.Int("rate", 200, "messages a second the healthy pair sends")
 	phase    = flag.Duration("phase", 15*time.Second, "how long each phase lasts")
 	paths    = flag.String("paths", "/connz?limit=1000000,/,/identz,/chanz", "pages the scrapers loop over")
+	sources  = flag.Int("sources", 1, "loopback addresses the scrapers come from (127.0.0.10 on): one, or one each")
 	only     = flag.Bool("scrapers-only", false, "only scrape, until killed (the child process that scrapes)")
 )
 
@@ -78,19 +80,20 @@ func main() {
 			child.Wait()
 		}
 		json.NewEncoder(os.Stdout).Encode(map[string]any{
-			"connections": held, "scrapers": n, "seconds": secs,
+			"connections": len(held), "scrapers": n, "seconds": secs,
 			"pair_messages": msgs, "pair_p50_ms": h.Quantile(0.5) / 1000, "pair_p99_ms": h.Quantile(0.99) / 1000,
 			"pair_max_ms": float64(h.Max()) / 1000, "broker_cpu_percent": float64(cpu) / secs, // 100 ticks a second
 			"peak_rss_mib": float64(proc.StatusKiB(*pid, "VmHWM")) / 1024,
 		})
 	}
+	runtime.KeepAlive(held)
 }
 
 // scrapeAll runs n scrapers until SIGTERM, then prints the pages they read.
 func scrapeAll(n int) {
 	var pages, failed atomic.Int64
-	for range n {
-		go scrape(&pages, &failed)
+	for i := range n {
+		go scrape(fmt.Sprintf("127.0.0.%d", 10+i%*sources), &pages, &failed)
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
@@ -99,10 +102,14 @@ func scrapeAll(n int) {
 }
 
 // holdIdle opens n connections, each logged in and subscribed to
-// bench.idle, and keeps them open; it returns how many opened.
-func holdIdle(n int) int {
-	var ok atomic.Int64
-	var wg sync.WaitGroup
+// bench.idle, and returns those that opened: kept, they stay open (a
+// connection collected as garbage is closed).
+func holdIdle(n int) []net.Conn {
+	var (
+		mu   sync.Mutex
+		held []net.Conn
+		wg   sync.WaitGroup
+	)
 	jobs := make(chan struct{})
 	for range 64 {
 		wg.Go(func() {
@@ -110,7 +117,9 @@ func holdIdle(n int) int {
 				if nc, err := login(); err == nil {
 					sub, _ := wire.AppendSubscribe(nil, []byte(*ident), []byte("bench.idle"))
 					nc.Write(sub)
-					ok.Add(1)
+					mu.Lock()
+					held = append(held, nc)
+					mu.Unlock()
 				}
 			}
 		})
@@ -120,7 +129,7 @@ func holdIdle(n int) int {
 	}
 	close(jobs)
 	wg.Wait()
-	return int(ok.Load())
+	return held
 }
 
 func login() (net.Conn, error) {
@@ -198,10 +207,11 @@ func startPair() *latencies {
 	return lat
 }
 
-// scrape loops over the pages on its own keep-alive connection, counting
-// the pages read and those that failed.
-func scrape(pages, failed *atomic.Int64) {
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+// scrape loops over the pages on its own keep-alive connection from src,
+// counting the pages read and those that failed (429 included).
+func scrape(src string, pages, failed *atomic.Int64) {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 1}}
 	for i := 0; ; i++ {
 		ps := strings.Split(*paths, ",")
 		resp, err := c.Get("http://" + *exporter + ps[i%len(ps)])
