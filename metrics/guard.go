@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/hpfeeds-go/hpfeeds/internal/source"
+	"github.com/hpfeeds-go/hpfeeds/internal/tarpit"
 )
 
 // slots admits the exporter's connections. Past its cap it never queues a
@@ -38,6 +40,7 @@ type slot struct {
 	src   netip.Addr
 	state http.ConnState // StateNew, StateActive or StateIdle
 	since time.Time      // of the state
+	held  atomic.Bool    // its request is held before a refusal (tarpit)
 }
 
 func newSlots(l net.Listener, max int) *slots {
@@ -98,9 +101,13 @@ func (s *slots) victim() net.Conn {
 	return best
 }
 
-// rank orders the connections to close: idle first, then those that have
-// not asked yet; never one in the middle of a request (0).
+// rank orders the connections to close: those held before a refusal
+// first, then idle ones, then those that have not asked yet; never one in
+// the middle of a request (0).
 func rank(x *slot) int {
+	if x.held.Load() {
+		return 3
+	}
 	switch x.state {
 	case http.StateIdle:
 		return 2
@@ -135,6 +142,20 @@ func (s *slots) forget(nc net.Conn) {
 	if s.sources[x.src]--; s.sources[x.src] <= 0 {
 		delete(s.sources, x.src)
 	}
+}
+
+// mark is the server's ConnContext hook: it gives the request the mark
+// tarpit.Hold sets on its slot.
+func (s *slots) mark(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = tc.NetConn()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if x := s.conns[c]; x != nil {
+		return tarpit.WithMark(ctx, &x.held)
+	}
+	return ctx
 }
 
 // track is the server's ConnState hook: it keeps what each slot does.
@@ -212,6 +233,7 @@ func (g *authGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	done, ok := g.begin(r.RemoteAddr)
 	if !ok {
+		tarpit.Hold(r, time.Second)
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "too many password checks; retry in a second", http.StatusTooManyRequests)
 		return

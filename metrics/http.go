@@ -99,7 +99,7 @@ func Server(l net.Listener, h http.Handler, opts ServerOptions) (srv *http.Serve
 	// start-up line already does.
 	quiet := slog.New(levelAtLeast{opts.Logger.Handler(), slog.LevelWarn})
 	sl := newSlots(l, opts.MaxConns)
-	srv.ConnState = sl.track
+	srv.ConnState, srv.ConnContext = sl.track, sl.mark
 	var served net.Listener = sl
 	if opts.WebConfigFile != "" {
 		served = &gated{Listener: sl, srv: srv}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/internal/source"
+	"github.com/hpfeeds-go/hpfeeds/internal/tarpit"
 )
 
 // DefaultStaleAfter is how long a sensor may publish nothing before it is
@@ -51,7 +52,8 @@ type Options struct {
 // DefaultPagesPerSecond and PagesBurst bound what one source asks: a
 // person, a dashboard or `hpfeeds-broker status` asks a few pages every
 // few seconds, while a client asking in a loop got the broker's CPU from
-// its deliveries even with answers cached.
+// its deliveries even with answers cached. A request past them is held a
+// second before its 429 (tarpit), so such a client asks once a second.
 const (
 	DefaultPagesPerSecond = 10
 	PagesBurst            = 30
@@ -136,6 +138,7 @@ const (
 // failed to render (logged there).
 func (p *pages) serve(w http.ResponseWriter, r *http.Request, key, contentType string, compute func() []byte) {
 	if p.o.PagesPerSecond > 0 && !p.sources.Get(source.Of(r.RemoteAddr)).Allow() {
+		tarpit.Hold(r, time.Second)
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "too many status pages asked from this address; retry in a second", http.StatusTooManyRequests)
 		return
