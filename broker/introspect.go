@@ -210,6 +210,21 @@ func (b *Broker) Connections() []ConnInfo {
 	return out
 }
 
+// ConnectionsByID lists the open connections in cid order, at most limit
+// of them from offset, and how many are open. Only those listed are read:
+// a status page asks for the page it shows.
+func (b *Broker) ConnectionsByID(offset, limit int) (page []ConnInfo, total int) {
+	conns := b.liveConns()
+	slices.SortFunc(conns, func(x, y *conn) int { return cmp.Compare(x.id, y.id) })
+	lo := min(offset, len(conns))
+	hi := lo + min(limit, len(conns)-lo) // no overflow, whatever limit asks
+	page = make([]ConnInfo, 0, hi-lo)
+	for _, c := range conns[lo:hi] {
+		page = append(page, c.info())
+	}
+	return page, len(conns)
+}
+
 // chanTotal is what was published to a channel since start.
 type chanTotal struct {
 	msgs, bytes uint64

@@ -15,7 +15,7 @@ const DefaultCacheFor = time.Second
 
 // maxCached bounds the answers kept: /connz has one per offset, limit and
 // sort asked; past it, answers are computed each time (still one at once).
-const maxCached = 64
+const maxCached = 32
 
 // answers keeps what each page computed for a short time. Requests for an
 // answer being computed wait for it instead of computing it again
@@ -78,11 +78,11 @@ func (a *answers) keep(key string, v any) {
 	now := time.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.kept) >= maxCached {
-		for k, e := range a.kept {
-			if now.Sub(e.at) >= a.ttl {
-				delete(a.kept, k)
-			}
+	// Expired answers go at once: a burst of distinct requests leaves
+	// nothing behind once the next answer is kept.
+	for k, e := range a.kept {
+		if now.Sub(e.at) >= a.ttl {
+			delete(a.kept, k)
 		}
 	}
 	if len(a.kept) < maxCached {

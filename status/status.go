@@ -252,6 +252,10 @@ func parseConnQuery(r *http.Request) (connQuery, error) {
 }
 
 func (p *pages) connz(q connQuery) *Connz {
+	if q.sort == "cid" { // the default and the page's: only that page is read
+		page, total := p.b.ConnectionsByID(q.offset, q.limit)
+		return &Connz{Now: time.Now(), Total: total, Offset: q.offset, Limit: q.limit, Sort: q.sort, Connections: page}
+	}
 	listed := p.conns()
 	all := listed.conns
 	// Sorted by pointer: ConnInfo is large, and comparing copies would
