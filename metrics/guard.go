@@ -18,18 +18,15 @@ import (
 )
 
 // slots admits the exporter's connections. Past its cap it never queues a
-// new connection: it closes one that holds a slot without using it, an
-// idle keep-alive connection first, else one that has sent no complete
-// request yet, taken from the source holding the most connections (the
-// oldest of them). A new connection finds room unless every slot is in
+// new connection: it closes one that holds a slot without using it (see
+// rank), taken from the source holding the most connections (the longest
+// in its state). A new connection finds room unless every slot is in
 // the middle of a request; then it is closed at once. So any number of
 // clients holding connections, or asking and idling, cannot keep a scrape
 // or /healthz out, as they could when connections waited to be accepted.
 type slots struct {
 	net.Listener
-	max     int
-	evicted atomic.Uint64 // connections closed to make room
-	refused atomic.Uint64 // new connections closed, every slot busy
+	max int
 
 	mu      sync.Mutex
 	conns   map[net.Conn]*slot
@@ -71,10 +68,8 @@ func (s *slots) admit(nc net.Conn) (victim net.Conn, ok bool) {
 	defer s.mu.Unlock()
 	if len(s.conns) >= s.max {
 		if victim = s.victim(); victim == nil {
-			s.refused.Add(1)
 			return nil, false
 		}
-		s.evicted.Add(1)
 		s.forget(victim)
 	}
 	s.conns[nc] = &slot{src: src, state: http.StateNew, since: time.Now()}
@@ -227,8 +222,12 @@ func (g *authGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := sha256.Sum256([]byte(cred))
-	if g.isKnown(key) {
-		g.next.ServeHTTP(w, r)
+	if g.isKnown(key) { // until it fails: the user may have been changed
+		g.next.ServeHTTP(&authOutcome{ResponseWriter: w, decided: func(passed bool) {
+			if !passed {
+				g.forget(key)
+			}
+		}}, r)
 		return
 	}
 	done, ok := g.begin(r.RemoteAddr)
@@ -252,6 +251,12 @@ func (g *authGate) isKnown(key [sha256.Size]byte) bool {
 	defer g.mu.Unlock()
 	_, ok := g.known[key]
 	return ok
+}
+
+func (g *authGate) forget(key [sha256.Size]byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.known, key)
 }
 
 // remember keeps a credential that passed, forgetting the oldest past
