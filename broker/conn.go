@@ -114,8 +114,9 @@ type conn struct {
 	// The same pubChans in a slice, for scrapes and status requests, which
 	// walk every connection's: a slice costs less to iterate than a map.
 	pubList []*pubChan
-	// pubMu orders the reader's additions to pubs and pubList with metrics
-	// scrapes; the reader itself reads them without it.
+	// pubMu orders the reader's changes to pubs, pubList and subs with
+	// scrapes, which so never take a channel's lock (editSubs); the reader
+	// itself reads them without it.
 	pubMu sync.Mutex
 
 	// Writers this reader has queued frames for and must wake before it
@@ -439,7 +440,7 @@ func (c *conn) subscribe(f wire.Frame) bool {
 		}
 		return true
 	}
-	c.subs = append(c.subs, t)
+	c.editSubs(func(subs []*topic) []*topic { return append(subs, t) })
 	return true
 }
 
@@ -461,7 +462,7 @@ func (c *conn) unsubscribe(f wire.Frame) {
 		if c.subs[i].remove(c) {
 			c.b.interestChanged(c.subs[i].name)
 		}
-		c.subs = slices.Delete(c.subs, i, i+1)
+		c.editSubs(func(subs []*topic) []*topic { return slices.Delete(subs, i, i+1) })
 	}
 }
 

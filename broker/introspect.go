@@ -136,24 +136,29 @@ func (c *conn) framesIn() uint64 {
 	return n + c.stats.ctrlFrames.Load()
 }
 
-func (c *conn) info(subs []string) ConnInfo {
+func (c *conn) info() ConnInfo {
 	i := ConnInfo{
 		ID: c.id, Addr: c.addr, Endpoint: c.endpoint, Since: c.since,
-		Subscriptions: subs,
+		Subscriptions: []string{},
 		FramesOut:     c.stats.sentFrames.Load(),
 		BytesIn:       c.stats.recvBytes.Load(),
 		BytesOut:      c.stats.sentBytes.Load(),
 		BytesQueued:   c.queuedBytes(),
 	}
-	if i.Subscriptions == nil {
-		i.Subscriptions = []string{}
-	}
 	_, i.TLS = c.nc.(*tls.Conn)
-	if s := c.sess.Load(); s != nil {
+	s := c.sess.Load()
+	if s != nil {
 		i.Ident, i.Owner = s.identStr, s.owner
 	}
 	var last int64
-	i.Published, last = c.published()
+	c.pubMu.Lock()
+	for _, p := range c.pubList {
+		i.Published += p.count()
+		last = max(last, p.last.Load())
+	}
+	c.eachSub(s, func(name string) { i.Subscriptions = append(i.Subscriptions, name) })
+	c.pubMu.Unlock()
+	slices.Sort(i.Subscriptions)
 	i.FramesIn = i.Published + c.stats.ctrlFrames.Load()
 	i.LastPublish = unixTime(last)
 	return i
@@ -170,31 +175,61 @@ func (b *Broker) topicList() []*topic {
 	return ts
 }
 
-// Connections lists the open connections, in no particular order.
-func (b *Broker) Connections() []ConnInfo {
-	subs := map[*conn][]string{}
-	for _, t := range b.topicList() {
-		t.mu.RLock()
-		for _, c := range t.subs {
-			subs[c] = append(subs[c], t.name)
+// editSubs changes the reader's subscription list under pubMu, so a scrape
+// reads each connection's own list and never holds a channel's lock while
+// it walks subscribers (a channel of 50,000 made publishes wait on that).
+func (c *conn) editSubs(edit func([]*topic) []*topic) {
+	c.pubMu.Lock()
+	c.subs = edit(c.subs)
+	c.pubMu.Unlock()
+}
+
+// eachSub calls f with every channel c subscribes to. The reader forgets a
+// subscription revalidation took away only at its next frame, so those the
+// session no longer allows are left out. Called with c.pubMu held.
+func (c *conn) eachSub(s *session, f func(name string)) {
+	for _, t := range c.subs {
+		if s != nil && allowed(s.sub, []byte(t.name)) {
+			f(t.name)
 		}
-		t.mu.RUnlock()
 	}
-	// Only the list is taken under the lock accepts need; a connection
-	// closing meanwhile is still shown, with its final counters.
+}
+
+// liveConns is the open connections, taken under the lock accepts need; a
+// connection closing meanwhile is still shown, with its final counters.
+func (b *Broker) liveConns() []*conn {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	conns := make([]*conn, 0, len(b.conns))
 	for c := range b.conns {
 		conns = append(conns, c)
 	}
-	b.mu.Unlock()
+	return conns
+}
+
+// Connections lists the open connections, in no particular order.
+func (b *Broker) Connections() []ConnInfo {
+	conns := b.liveConns()
 	out := make([]ConnInfo, 0, len(conns))
 	for _, c := range conns {
-		s := subs[c]
-		slices.Sort(s)
-		out = append(out, c.info(s))
+		out = append(out, c.info())
 	}
 	return out
+}
+
+// ConnectionsByID lists the open connections in cid order, at most limit
+// of them from offset, and how many are open. Only those listed are read:
+// a status page asks for the page it shows.
+func (b *Broker) ConnectionsByID(offset, limit int) (page []ConnInfo, total int) {
+	conns := b.liveConns()
+	slices.SortFunc(conns, func(x, y *conn) int { return cmp.Compare(x.id, y.id) })
+	lo := min(offset, len(conns))
+	hi := lo + min(limit, len(conns)-lo) // no overflow, whatever limit asks
+	page = make([]ConnInfo, 0, hi-lo)
+	for _, c := range conns[lo:hi] {
+		page = append(page, c.info())
+	}
+	return page, len(conns)
 }
 
 // chanTotal is what was published to a channel since start.
@@ -203,10 +238,11 @@ type chanTotal struct {
 	undelivered uint64
 	last        int64
 	publishers  int
+	subscribers int
 }
 
 // channelTotals sums the channels' publishes over closed and open
-// connections.
+// connections, and counts their subscribers from each connection's list.
 func (b *Broker) channelTotals() map[string]chanTotal {
 	m := map[string]chanTotal{}
 	for _, t := range b.topicList() {
@@ -234,6 +270,11 @@ func (b *Broker) channelTotals() map[string]chanTotal {
 			t.publishers++
 			m[name] = t
 		}
+		c.eachSub(c.sess.Load(), func(name string) {
+			t := m[name]
+			t.subscribers++
+			m[name] = t
+		})
 		c.pubMu.Unlock()
 	}
 	return m
@@ -248,11 +289,8 @@ func (b *Broker) Channels() []ChannelInfo {
 	secs := now.Sub(base.at).Seconds()
 	var out []ChannelInfo
 	for _, t := range b.topicList() {
-		t.mu.RLock()
-		n := len(t.subs)
-		t.mu.RUnlock()
 		cur, old := totals[t.name], base.totals[t.name]
-		ci := ChannelInfo{Name: t.name, Publishers: cur.publishers, Subscribers: n,
+		ci := ChannelInfo{Name: t.name, Publishers: cur.publishers, Subscribers: cur.subscribers,
 			Messages: cur.msgs, Bytes: cur.bytes, LastPublish: unixTime(cur.last),
 			Undelivered: cur.undelivered}
 		if secs > 0 {
@@ -260,7 +298,7 @@ func (b *Broker) Channels() []ChannelInfo {
 			ci.ByteRate = float64(cur.bytes-old.bytes) / secs
 			ci.UndeliveredRate = float64(cur.undelivered-old.undelivered) / secs
 		}
-		ci.Unheard = ci.Publishers > 0 && n == 0 && cur.undelivered > old.undelivered
+		ci.Unheard = ci.Publishers > 0 && cur.subscribers == 0 && cur.undelivered > old.undelivered
 		out = append(out, ci)
 	}
 	slices.SortFunc(out, func(a, b ChannelInfo) int { return cmp.Compare(a.Name, b.Name) })

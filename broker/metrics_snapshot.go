@@ -130,8 +130,8 @@ type retired struct {
 }
 
 // Snapshot sums the live connections and those that have closed. It costs
-// a walk of every connection and subscription: call it per scrape, not per
-// message.
+// a walk of every connection and its own subscriptions (no channel's lock):
+// call it per scrape, not per message.
 func (b *Broker) Snapshot() *Snapshot {
 	s := &Snapshot{
 		Ready:         map[string]uint64{},
@@ -180,16 +180,9 @@ func (b *Broker) Snapshot() *Snapshot {
 	}
 	b.stats.mu.Unlock()
 
-	b.topicsMu.RLock()
-	for _, t := range b.topics {
+	for _, t := range b.topicList() {
 		s.Undelivered[t.name] = t.undelivered.Load()
-		t.mu.RLock()
-		for _, c := range t.subs {
-			s.Subscriptions[IdentChan{c.sess.Load().identStr, t.name}]++
-		}
-		t.mu.RUnlock()
 	}
-	b.topicsMu.RUnlock()
 	return s
 }
 
@@ -221,6 +214,7 @@ func (c *conn) snapshot(s *Snapshot) {
 	for _, p := range c.pubList {
 		addPublishes(s.Publishes, IdentChan{sess.identStr, p.t.name}, p)
 	}
+	c.eachSub(sess, func(name string) { s.Subscriptions[IdentChan{sess.identStr, name}]++ })
 	c.pubMu.Unlock()
 }
 

@@ -216,7 +216,9 @@ func (c *conn) follow(s *session) {
 	for name, p := range c.pubs {
 		p.revoked = !slices.Contains(s.pub, name)
 	}
-	c.subs = slices.DeleteFunc(c.subs, func(t *topic) bool { return !t.has(c) })
+	c.editSubs(func(subs []*topic) []*topic {
+		return slices.DeleteFunc(subs, func(t *topic) bool { return !t.has(c) })
+	})
 }
 
 // has reports whether c subscribes to t.

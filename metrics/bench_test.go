@@ -39,7 +39,8 @@ func BenchmarkPublishExporter(b *testing.B) {
 			nscrapes := 0
 			if paths != nil {
 				mux := metrics.Handler(metrics.NewRegistry(srv.Broker, nil))
-				status.Mount(mux, srv.Broker, status.Options{})
+				// Each request computed anew and none refused, as before caching.
+				status.Mount(mux, srv.Broker, status.Options{CacheFor: -1, PagesPerSecond: -1})
 				hs := httptest.NewServer(mux)
 				defer hs.Close()
 				scrapes.Add(1)

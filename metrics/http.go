@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/exporter-toolkit/web"
-	"golang.org/x/net/netutil"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -62,8 +61,8 @@ type ServerOptions struct {
 	// exporter-toolkit format (TLS, basic authentication); empty serves
 	// plain HTTP to anyone.
 	WebConfigFile string
-	// MaxConns bounds the connections open at once; more wait to be
-	// accepted.
+	// MaxConns bounds the connections open at once; past it a new one
+	// takes the slot of one that is idle or has not asked yet (slots).
 	MaxConns                               int
 	IdleTimeout, ReadTimeout, WriteTimeout time.Duration
 	Logger                                 *slog.Logger
@@ -99,9 +98,14 @@ func Server(l net.Listener, h http.Handler, opts ServerOptions) (srv *http.Serve
 	// exporter-toolkit says at INFO what it serves; the caller's own
 	// start-up line already does.
 	quiet := slog.New(levelAtLeast{opts.Logger.Handler(), slog.LevelWarn})
+	sl := newSlots(l, opts.MaxConns)
+	srv.ConnState, srv.ConnContext = sl.track, sl.mark
+	var served net.Listener = sl
+	if opts.WebConfigFile != "" {
+		served = &gated{Listener: sl, srv: srv}
+	}
 	go func() {
-		out <- web.Serve(netutil.LimitListener(l, opts.MaxConns), srv,
-			&web.FlagConfig{WebConfigFile: &opts.WebConfigFile}, quiet)
+		out <- web.Serve(served, srv, &web.FlagConfig{WebConfigFile: &opts.WebConfigFile}, quiet)
 	}()
 	return srv, out
 }

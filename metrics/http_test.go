@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,29 +84,33 @@ func TestExporterClosesIdleConnections(t *testing.T) {
 	wg.Wait()
 }
 
-// Past MaxConns a new connection waits to be accepted until one closes.
+// Past MaxConns a new connection is served at once, in the slot of an
+// idle connection, which is closed: one, not more. Before, it waited to be
+// accepted until a holder let go.
 func TestExporterConnectionCap(t *testing.T) {
 	addr := serve(t, metrics.ServerOptions{MaxConns: 4})
 	var held []net.Conn
 	for range 4 {
 		held = append(held, keepAlive(t, addr))
 	}
-	got := make(chan error, 1)
-	go func() {
-		resp, err := (&http.Client{Timeout: 20 * time.Second}).Get("http://" + addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-		}
-		got <- err
-	}()
-	select {
-	case err := <-got:
-		t.Fatalf("a fifth connection was served while four were open (err %v)", err)
-	case <-time.After(300 * time.Millisecond):
+	if code := probe(t, addr, "127.0.0.1", ""); code != 200 {
+		t.Fatalf("a fifth connection got %d", code)
 	}
-	held[0].Close()
-	if err := <-got; err != nil {
-		t.Fatalf("once one closed, the fifth got %v", err)
+	var closed atomic.Int32
+	var wg sync.WaitGroup
+	for _, nc := range held {
+		wg.Go(func() {
+			nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := nc.Read(make([]byte, 1)); err == io.EOF {
+				closed.Add(1)
+			} else if !os.IsTimeout(err) {
+				t.Errorf("reading a held connection: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if closed.Load() != 1 {
+		t.Errorf("%d idle connections were closed for the fifth, want 1", closed.Load())
 	}
 }
 

@@ -5,7 +5,7 @@ import (
 	"embed"
 	"fmt"
 	"html/template"
-	"net/http"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -45,11 +45,15 @@ type pageData struct {
 	ConnsHidden int
 }
 
-func servePage(w http.ResponseWriter, b *broker.Broker, o Options) {
-	d := pageData{Options: o, Refresh: RefreshSeconds, Now: time.Now(),
-		Idents:   identz(b, o.StaleAfter),
-		Channels: chanz(b),
-		Conns:    connz(b, connQuery{limit: PageConnections, sort: "cid"}),
+// page renders the status page, or returns nil if it could not.
+func (p *pages) page() []byte {
+	idents := *p.identz()
+	// Sorted below: a copy, as the answer is shared.
+	idents.Idents = slices.Clone(idents.Idents)
+	d := pageData{Options: p.o, Refresh: RefreshSeconds, Now: time.Now(),
+		Idents:   &idents,
+		Channels: p.chanz(),
+		Conns:    p.connz(connQuery{limit: PageConnections, sort: "cid"}),
 	}
 	d.ConnsHidden = d.Conns.Total - len(d.Conns.Connections)
 	// Stale sensors first: they are why the page is open.
@@ -66,11 +70,10 @@ func servePage(w http.ResponseWriter, b *broker.Broker, o Options) {
 	}
 	var buf bytes.Buffer
 	if err := page.Execute(&buf, d); err != nil {
-		http.Error(w, "rendering the status page: "+err.Error(), http.StatusInternalServerError)
-		return
+		slog.Error("rendering the status page", "err", err)
+		return nil
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Write(buf.Bytes())
+	return buf.Bytes()
 }
 
 func bool2int(b bool) int {

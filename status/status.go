@@ -6,6 +6,7 @@
 package status
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -15,23 +16,48 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/internal/source"
+	"github.com/hpfeeds-go/hpfeeds/internal/tarpit"
 )
 
 // DefaultStaleAfter is how long a sensor may publish nothing before it is
 // shown as stale.
 const DefaultStaleAfter = 15 * time.Minute
 
-// DefaultLimit is how many connections /connz returns unless asked, as
-// nats-server's.
-const DefaultLimit = 1024
+// DefaultLimit is how many connections /connz returns unless asked, and
+// MaxLimit the most it returns whatever limit asks, as nats-server's: a
+// larger page is read with offset.
+const (
+	DefaultLimit = 1024
+	MaxLimit     = 1024
+)
 
 // Options are what the pages show besides the broker's state.
 type Options struct {
 	StaleAfter time.Duration // 0: DefaultStaleAfter
 	Name       string        // the broker's name
 	Version    string
+	// CacheFor is how long an answer is shown again before it is
+	// computed anew; 0: DefaultCacheFor, negative: never.
+	CacheFor time.Duration
+	// PagesPerSecond is how many pages one source (an IPv4 address or an
+	// IPv6 /64) gets a second, after a burst of PagesBurst; past it, 429.
+	// 0: DefaultPagesPerSecond; negative: no limit.
+	PagesPerSecond float64
 }
+
+// DefaultPagesPerSecond and PagesBurst bound what one source asks: a
+// person, a dashboard or `hpfeeds-broker status` asks a few pages every
+// few seconds, while a client asking in a loop got the broker's CPU from
+// its deliveries even with answers cached. A request past them is held a
+// second before its 429 (tarpit), so such a client asks once a second.
+const (
+	DefaultPagesPerSecond = 10
+	PagesBurst            = 30
+)
 
 // Connz is the answer of /connz: one page of the open connections.
 type Connz struct {
@@ -58,49 +84,110 @@ type Identz struct {
 	Idents            []broker.IdentInfo `json:"idents"`
 }
 
+// pages serves one broker's pages from answers kept for Options.CacheFor:
+// data is what the broker said, bodies the encoded answers.
+type pages struct {
+	b            *broker.Broker
+	o            Options
+	data, bodies *answers
+	sources      source.Map[rate.Limiter]
+}
+
 // Mount adds /connz, /chanz, /identz and the status page / to mux.
 func Mount(mux *http.ServeMux, b *broker.Broker, o Options) {
 	if o.StaleAfter <= 0 {
 		o.StaleAfter = DefaultStaleAfter
 	}
+	if o.CacheFor == 0 {
+		o.CacheFor = DefaultCacheFor
+	}
+	if o.PagesPerSecond == 0 {
+		o.PagesPerSecond = DefaultPagesPerSecond
+	}
+	p := &pages{b: b, o: o, data: newAnswers(o.CacheFor), bodies: newAnswers(o.CacheFor),
+		sources: source.Map[rate.Limiter]{Max: 4096, New: func() *rate.Limiter {
+			return rate.NewLimiter(rate.Limit(o.PagesPerSecond), PagesBurst)
+		}}}
 	mux.HandleFunc("GET /connz", func(w http.ResponseWriter, r *http.Request) {
 		q, err := parseConnQuery(r)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		writeJSON(w, connz(b, q))
+		key := fmt.Sprintf("connz %d %d %s", q.offset, q.limit, q.sort)
+		p.serve(w, r, key, jsonType, func() []byte { return encodeJSON(p.connz(q)) })
 	})
-	mux.HandleFunc("GET /chanz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, chanz(b))
+	mux.HandleFunc("GET /chanz", func(w http.ResponseWriter, r *http.Request) {
+		p.serve(w, r, "chanz", jsonType, func() []byte { return encodeJSON(p.chanz()) })
 	})
-	mux.HandleFunc("GET /identz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, identz(b, o.StaleAfter))
+	mux.HandleFunc("GET /identz", func(w http.ResponseWriter, r *http.Request) {
+		p.serve(w, r, "identz", jsonType, func() []byte { return encodeJSON(p.identz()) })
 	})
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		servePage(w, b, o)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		p.serve(w, r, "page", htmlType, p.page)
 	})
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	enc := json.NewEncoder(w)
+const (
+	jsonType = "application/json; charset=utf-8"
+	htmlType = "text/html; charset=utf-8"
+)
+
+// serve writes the answer kept under key, computing it if none is fresh,
+// unless r's source asked too many pages. A nil answer is a page that
+// failed to render (logged there).
+func (p *pages) serve(w http.ResponseWriter, r *http.Request, key, contentType string, compute func() []byte) {
+	if p.o.PagesPerSecond > 0 && !p.sources.Get(source.Of(r.RemoteAddr)).Allow() {
+		tarpit.Hold(r, time.Second)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many status pages asked from this address; retry in a second", http.StatusTooManyRequests)
+		return
+	}
+	body := p.bodies.get(key, func() any { return compute() }).([]byte)
+	if body == nil {
+		http.Error(w, "rendering the status page failed", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Write(body)
+}
+
+func encodeJSON(v any) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+	return buf.Bytes()
 }
 
-func chanz(b *broker.Broker) *Chanz {
-	return &Chanz{Now: time.Now(), WindowSeconds: 60, Channels: nonNil(b.Channels())}
+// chanz, identz and conns are what the broker says, shared by every page
+// within the interval: callers must not change them.
+func (p *pages) chanz() *Chanz {
+	return p.data.get("chanz", func() any {
+		return &Chanz{Now: time.Now(), WindowSeconds: 60, Channels: nonNil(p.b.Channels())}
+	}).(*Chanz)
 }
 
-func identz(b *broker.Broker, staleAfter time.Duration) *Identz {
-	z := &Identz{Now: time.Now(), StaleAfterSeconds: staleAfter.Seconds(), Idents: nonNil(b.Idents(staleAfter))}
-	for _, in := range z.Idents {
-		if in.Stale {
-			z.Stale++
+func (p *pages) identz() *Identz {
+	return p.data.get("identz", func() any {
+		z := &Identz{Now: time.Now(), StaleAfterSeconds: p.o.StaleAfter.Seconds(), Idents: nonNil(p.b.Idents(p.o.StaleAfter))}
+		for _, in := range z.Idents {
+			if in.Stale {
+				z.Stale++
+			}
 		}
-	}
-	return z
+		return z
+	}).(*Identz)
+}
+
+// connsAt is the open connections and when they were listed.
+type connsAt struct {
+	at    time.Time
+	conns []broker.ConnInfo
+}
+
+func (p *pages) conns() connsAt {
+	return p.data.get("conns", func() any { return connsAt{time.Now(), p.b.Connections()} }).(connsAt)
 }
 
 func nonNil[T any](s []T) []T {
@@ -154,6 +241,7 @@ func parseConnQuery(r *http.Request) (connQuery, error) {
 			*dst = n
 		}
 	}
+	q.limit = min(q.limit, MaxLimit)
 	if s := v.Get("sort"); s != "" {
 		if sorts[s] == nil {
 			return q, fmt.Errorf("sort=%q: want one of %s", s, sortKeys())
@@ -163,8 +251,13 @@ func parseConnQuery(r *http.Request) (connQuery, error) {
 	return q, nil
 }
 
-func connz(b *broker.Broker, q connQuery) *Connz {
-	all := b.Connections()
+func (p *pages) connz(q connQuery) *Connz {
+	if q.sort == "cid" { // the default and the page's: only that page is read
+		page, total := p.b.ConnectionsByID(q.offset, q.limit)
+		return &Connz{Now: time.Now(), Total: total, Offset: q.offset, Limit: q.limit, Sort: q.sort, Connections: page}
+	}
+	listed := p.conns()
+	all := listed.conns
 	// Sorted by pointer: ConnInfo is large, and comparing copies would
 	// allocate two per comparison.
 	ptrs := make([]*broker.ConnInfo, len(all))
@@ -176,7 +269,7 @@ func connz(b *broker.Broker, q connQuery) *Connz {
 		// Ties in cid order, so pages do not overlap.
 		return cmp.Or(by(x, y), cmp.Compare(x.ID, y.ID))
 	})
-	z := &Connz{Now: time.Now(), Total: len(all), Offset: q.offset, Limit: q.limit, Sort: q.sort}
+	z := &Connz{Now: listed.at, Total: len(all), Offset: q.offset, Limit: q.limit, Sort: q.sort}
 	lo := min(q.offset, len(all))
 	hi := lo + min(q.limit, len(all)-lo) // no overflow, whatever limit asks
 	z.Connections = make([]broker.ConnInfo, 0, hi-lo)

@@ -168,3 +168,32 @@ func TestExporterBindFailure(t *testing.T) {
 		t.Errorf("--check-config with the exporter's port taken: exit %d: %s", code, out)
 	}
 }
+
+// The binary's exporter: 64 keep-alive connections idling after a request
+// hold every slot, and a health probe on a fresh connection is still
+// answered at once. Before, it waited until a holder let go.
+func TestExporterSlotsCannotBeHeld(t *testing.T) {
+	exporter := startBroker(t, true, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--exporter=127.0.0.1:0").exporter
+	for range 64 {
+		nc, err := net.Dial("tcp", exporter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(nc, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+	}
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := range 5 {
+		resp, err := c.Get("http://" + exporter + "/healthz")
+		if err != nil {
+			t.Fatalf("probe %d with 64 connections held: %v", i, err)
+		}
+		resp.Body.Close()
+	}
+}

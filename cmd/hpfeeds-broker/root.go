@@ -77,7 +77,7 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.StringArrayVar(&o.auths, "auth", nil, "credential store `SPEC`: env, a .json file, sqlite or a .db/.sqlite path, database+postgresql://…, database+mysql://…, database+sqlite:///…, mongodb://… (repeatable, asked in order; default sqlite.db in the working directory; a missing .db/.sqlite file is created at start)")
 	f.StringVar(&o.exporter, "exporter", "", "serve Prometheus /metrics, /healthz, the status page / and /connz, /chanz, /identz on `HOST:PORT` (off unless given)")
 	f.StringVar(&o.webConfig, "web-config-file", "", "serve --exporter with TLS and/or basic authentication as this `FILE` says (the Prometheus exporter-toolkit web configuration format)")
-	f.IntVar(&o.exporterMaxConns, "exporter-max-connections", metrics.DefaultMaxConns, "connections the --exporter serves at once; more wait to be accepted")
+	f.IntVar(&o.exporterMaxConns, "exporter-max-connections", metrics.DefaultMaxConns, "connections the --exporter serves at once; past it a new one takes the slot of an idle one")
 	f.BoolVar(&o.sizeBuckets, "publish-size-buckets", true, "export the buckets of hpfeeds_broker_receive_publish_size for each ident and channel (false: only its _sum, _count and +Inf bucket, 3 series a pair instead of 16; see docs/metrics.md)")
 	f.DurationVar(&o.staleAfter, "stale-after", status.DefaultStaleAfter, "show a sensor as stale once it has published nothing for this `DURATION`")
 	f.DurationVar(&o.cfg.RevalidateEvery, "revalidate-every", broker.DefaultRevalidateEvery, "look up each live session's user again this often: removed users and changed secrets are disconnected, changed channels enforced (`DURATION`; 0: never)")

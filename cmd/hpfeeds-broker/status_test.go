@@ -53,7 +53,8 @@ func TestStatusCommand(t *testing.T) {
 		if r.Identz.Stale == 2 || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // within the pages one address may ask a second
+
 	}
 	if r.Identz.Stale != 2 || r.Connz.Total != 2 || len(r.Chanz.Channels) != 4 {
 		b, _ := json.Marshal(r)
