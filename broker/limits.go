@@ -71,7 +71,7 @@ func (q *quietLog) flush(now time.Time, all bool) (uint64, time.Time) {
 	return n, q.last
 }
 
-// lastLine is when the last line was logged.
+// lastLine is when the current window began: the last line, with no burst.
 func (q *quietLog) lastLine() time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
