@@ -15,23 +15,9 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
-func TestClip(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		max  int
-		want string
-	}{
-		{"short", 5, "short"},
-		{"longer", 4, "long…(+2 bytes)"},
-		{"aéb", 2, "a…(+3 bytes)"}, // é is not split
-		{strings.Repeat("€", 3), 7, "€€…(+3 bytes)"},
-		{"\xff\xff\xff\xff\xff\xff", 5, "\xff\xff\xff\xff\xff…(+1 bytes)"},
-	} {
-		if got := broker.Clip(c.in, c.max); got != c.want {
-			t.Errorf("Clip(%q, %d) = %q, want %q", c.in, c.max, got, c.want)
-		}
-	}
-}
+// reasonMax is broker.ClientTextMax, written out so that these tests also
+// run, and fail, on the code before it.
+const reasonMax = 512
 
 // hostileText is what an attacker hides in a channel or an ident: clear
 // screen, an OSC 52 clipboard write, fake text, conceal and cursor up.
@@ -87,7 +73,7 @@ func TestClientSizedLogLines(t *testing.T) {
 	log.mu.Unlock()
 	t.Logf("%d logins: %d bytes of log", 2*loops, total)
 	// 40 lines of at most ClientTextMax bytes escaped 4 to 1, and 2 summaries.
-	if limit := 40*(4*broker.ClientTextMax+400) + 2*400; total > limit {
+	if limit := 40*(4*reasonMax+400) + 2*400; total > limit {
 		t.Fatalf("%d bytes of log, want at most %d", total, limit)
 	}
 	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
@@ -140,8 +126,8 @@ func TestDisconnectReasonCapped(t *testing.T) {
 		}
 	}
 	r := got["reader"]
-	cut := strings.TrimSuffix(r, fmt.Sprintf("…(+%d bytes)", len(full)-broker.ClientTextMax))
-	if len(r) > broker.ClientTextMax+20 || cut == r || !strings.HasPrefix(full, cut) {
+	cut := strings.TrimSuffix(r, fmt.Sprintf("…(+%d bytes)", len(full)-reasonMax))
+	if len(r) > reasonMax+20 || cut == r || !strings.HasPrefix(full, cut) {
 		t.Errorf("reader's reason is %d bytes: %.80q…", len(r), r)
 	}
 	if got["writer"] != wire.IdentMismatch(spoof) {

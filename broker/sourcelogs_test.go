@@ -2,6 +2,7 @@ package broker
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -76,6 +77,24 @@ func TestQuietLogDefault(t *testing.T) {
 	}{{0, 1, true}, {time.Second, 0, false}, {2 * time.Second, 0, false}, {quietLogEvery, 3, true}, {quietLogEvery + 1, 0, false}} {
 		if n, ok := q.due(t0.Add(c.at)); n != c.n || ok != c.want {
 			t.Errorf("event %d: due = %d, %v; want %d, %v", i, n, ok, c.n, c.want)
+		}
+	}
+}
+
+func TestClip(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"short", 5, "short"},
+		{"longer", 4, "long…(+2 bytes)"},
+		{"aéb", 2, "a…(+3 bytes)"}, // é is not split
+		{strings.Repeat("€", 3), 7, "€€…(+3 bytes)"},
+		{"\xff\xff\xff\xff\xff\xff", 5, "\xff\xff\xff\xff\xff…(+1 bytes)"},
+	} {
+		if got := Clip(c.in, c.max); got != c.want {
+			t.Errorf("Clip(%q, %d) = %q, want %q", c.in, c.max, got, c.want)
 		}
 	}
 }
