@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -73,6 +74,31 @@ func term(s string) string {
 		return strconv.Quote(s)
 	}
 	return s
+}
+
+// WriteJSON writes r as indented JSON for `hpfeeds-broker status --json`.
+// encoding/json escapes C0 controls but passes C1 controls, bidi overrides
+// and other characters a terminal acts on: those are escaped as \uXXXX
+// too, which JSON reads back as the same text.
+func WriteJSON(w io.Writer, r *Report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	out := make([]byte, 0, len(b)+1)
+	for _, c := range string(b) { // encoding/json wrote valid UTF-8
+		switch {
+		case c == '\n' || strconv.IsPrint(c):
+			out = utf8.AppendRune(out, c)
+		case c > 0xffff:
+			hi, lo := utf16.EncodeRune(c)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, hi, lo)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, c)
+		}
+	}
+	_, err = w.Write(append(out, '\n'))
+	return err
 }
 
 // WriteText writes r as the terminal tables of `hpfeeds-broker status`,

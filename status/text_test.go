@@ -1,6 +1,7 @@
 package status_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -29,13 +30,12 @@ var hostile = []string{
 // rather than print: a control character but newline, invalid UTF-8, or a
 // format character (bidi overrides and the like).
 func termUnsafe(out string) (rune, int, bool) {
-	for i, r := range out {
-		if r == '\n' {
-			continue
-		}
-		if r == utf8.RuneError || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+	for i := 0; i < len(out); {
+		r, size := utf8.DecodeRuneInString(out[i:])
+		if r != '\n' && (size == 1 && r == utf8.RuneError || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)) {
 			return r, i, true
 		}
+		i += size
 	}
 	return 0, 0, false
 }
@@ -90,5 +90,36 @@ func TestWriteTextPlain(t *testing.T) {
 	}
 	if out := b.String(); !strings.Contains(out, "\ncapteur-é  ") || !strings.Contains(out, `"\"x\""`) {
 		t.Errorf("got:\n%s", out)
+	}
+}
+
+// --json escapes what encoding/json leaves (C1 controls, bidi overrides)
+// and still reads back as the same text.
+func TestWriteJSONEscapes(t *testing.T) {
+	now := time.Now().UTC()
+	for _, h := range append(hostile, "tag󠁁") {
+		if !utf8.ValidString(h) {
+			continue // JSON cannot carry it: encoding/json writes U+FFFD
+		}
+		r := &status.Report{
+			Identz: &status.Identz{Now: now, Idents: []broker.IdentInfo{{Ident: "i" + h, LastReason: "chan=" + h}}},
+			Chanz:  &status.Chanz{Now: now, Channels: []broker.ChannelInfo{{Name: "c" + h}}},
+			Connz:  &status.Connz{Now: now},
+		}
+		var b strings.Builder
+		if err := status.WriteJSON(&b, r); err != nil {
+			t.Fatal(err)
+		}
+		out := b.String()
+		if c, i, bad := termUnsafe(out); bad {
+			t.Errorf("%q: the output holds %U at %d:\n%s", h, c, i, out)
+		}
+		var back status.Report
+		if err := json.Unmarshal([]byte(out), &back); err != nil {
+			t.Fatalf("%q: %v in %s", h, err, out)
+		}
+		if in := back.Identz.Idents[0]; in.Ident != "i"+h || in.LastReason != "chan="+h || back.Chanz.Channels[0].Name != "c"+h {
+			t.Errorf("%q: read back %+v", h, back)
+		}
 	}
 }

@@ -64,15 +64,17 @@ func TestStatusEscapesHostileText(t *testing.T) {
 	if len(identz) > 8<<10 {
 		t.Errorf("/identz is %d bytes, want under 8 KiB: the reasons are cut where recorded", len(identz))
 	}
+	code, jsonOut := run(t, nil, "status", "--url", url, "--json")
+	var r status.Report
+	if err := json.Unmarshal([]byte(jsonOut), &r); code != 0 || err != nil || len(r.Chanz.Channels) != 2 {
+		t.Fatalf("status --json: exit %d, %v: %.2000q", code, err, jsonOut)
+	}
+	termSafe(t, "status --json", jsonOut)
 	code, out := run(t, nil, "status", "--url", url)
 	if code != 0 {
 		t.Fatalf("status: exit %d: %.2000q", code, out)
 	}
-	for i, r := range out {
-		if r != '\n' && (r == utf8.RuneError || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)) {
-			t.Fatalf("status wrote %U at byte %d of %d: %.3000q", r, i, len(out), out)
-		}
-	}
+	termSafe(t, "status", out)
 	if len(out) > 16<<10 {
 		t.Errorf("status wrote %d bytes, want under 16 KiB", len(out))
 	}
@@ -97,4 +99,18 @@ func reasons(r status.Identz) (n int) {
 		}
 	}
 	return n
+}
+
+// termSafe fails the test if out holds what a terminal would act on rather
+// than print: a control character but newline, invalid UTF-8, or a format
+// character (bidi overrides and the like).
+func termSafe(t *testing.T, what, out string) {
+	t.Helper()
+	for i := 0; i < len(out); {
+		r, size := utf8.DecodeRuneInString(out[i:])
+		if r != '\n' && (size == 1 && r == utf8.RuneError || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)) {
+			t.Fatalf("%s wrote %U at byte %d of %d: %.3000q", what, r, i, len(out), out)
+		}
+		i += size
+	}
 }
