@@ -49,7 +49,8 @@ type Broker struct {
 	refusals       refusals
 	lookupFailures quietLog // the log lines of failed credential lookups
 	plaintext      plaintextLogs
-	failedLogins   quietLogs // the log lines of failed logins, per reason
+	failedLogins   quietLogs  // the log lines of failed logins, per reason
+	sessionLogs    sourceLogs // the login and disconnect lines, per source
 	throttle       throttle
 	settle         settler
 	retired        retired                 // guarded by mu
@@ -225,6 +226,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	go func() { b.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		b.logSuppressed(b.sessionLogs.sweep(time.Now(), true))
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

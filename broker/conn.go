@@ -210,6 +210,7 @@ func (c *conn) serve() {
 
 // setReason records why the connection ends, unless a cause already was.
 func (c *conn) setReason(r string) {
+	r = logText(r) // it may quote a client: a refused channel, a spoofed ident
 	c.reason.CompareAndSwap(nil, &r)
 }
 
@@ -237,7 +238,7 @@ func (c *conn) Reason() string {
 
 // logDisconnect writes the INFO line an operator reads next to the login's.
 func (c *conn) logDisconnect(s *session) {
-	c.b.cfg.Logger.Info("disconnect", "ident", s.identStr, "addr", c.addr,
+	c.logSession("disconnect", "ident", s.identStr, "addr", c.addr,
 		"duration", time.Since(c.since).Round(time.Millisecond), "reason", c.Reason(),
 		"frames_in", c.framesIn(), "frames_out", c.stats.sentFrames.Load())
 }
@@ -360,7 +361,7 @@ func (c *conn) authenticate(f wire.Frame) bool {
 	c.stats.ctrlFrames.Add(1)
 	b.stats.connectionReady(s.identStr)
 	b.loggedIn(c, s)
-	b.cfg.Logger.Info("login", "ident", s.identStr, "owner", s.owner,
+	c.logSession("login", "ident", s.identStr, "owner", s.owner,
 		"addr", c.addr, "endpoint", c.endpoint)
 	return true
 }
@@ -466,18 +467,6 @@ func (c *conn) unsubscribe(f wire.Frame) {
 	}
 }
 
-// logIdentMax bounds the bytes of an unauthenticated client's ident in a
-// log line; the handler quotes it, escaping what is not printable.
-const logIdentMax = 32
-
-// logIdent is an ident as a log line shows it.
-func logIdent(ident string) string {
-	if len(ident) <= logIdentMax {
-		return ident
-	}
-	return ident[:logIdentMax] + "…"
-}
-
 // refuseLogin answers a failed login that admitLogin let through. Its log
 // line is rate-limited per reason, as clients choose how many they cause;
 // the failure counts against the source (see throttle.go). The store is not
@@ -500,7 +489,7 @@ func (c *conn) refuseLogin(ident, category, reason string) {
 func (c *conn) fail(ident, category, msg string) {
 	c.b.stats.connectionError(ident, category)
 	c.setReason(msg)
-	c.log().Debug("closing connection with error", "category", category, "error", msg)
+	c.log().Debug("closing connection with error", "category", category, "error", logText(msg))
 	c.q.closeWith(wire.AppendError(nil, msg))
 }
 

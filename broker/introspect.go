@@ -399,6 +399,7 @@ func (b *Broker) background() {
 			b.clock.Store(now.UnixNano())
 			if n%sampleEvery == 0 {
 				b.rates.add(now, b.channelTotals())
+				b.logSuppressed(b.sessionLogs.sweep(now, false))
 			}
 		}
 	}

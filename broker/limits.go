@@ -21,10 +21,16 @@ const quietLogEvery = 10 * time.Second
 
 // quietLog rate-limits one kind of log line: the first event is logged at
 // once, later ones at most every quietLogEvery, with how many happened since.
+// With burst and every set, the first burst events of each window of every
+// are logged, and the rest counted: flush takes that count for a summary.
 type quietLog struct {
+	every time.Duration // the window; 0: quietLogEvery
+	burst int           // lines per window; 0: 1
+
 	mu      sync.Mutex
-	last    time.Time
-	pending uint64 // events since the last line, this one included
+	last    time.Time // when the current window began, with its first line
+	lines   int       // lines logged in the current window
+	pending uint64    // events since the last line, this one included
 }
 
 // due counts an event and reports whether to log it now, and how many
@@ -33,23 +39,50 @@ func (q *quietLog) due(now time.Time) (uint64, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.pending++
-	if !q.last.IsZero() && now.Sub(q.last) < quietLogEvery {
+	if q.last.IsZero() || now.Sub(q.last) >= q.window() {
+		q.last, q.lines = now, 0
+	}
+	if q.lines >= max(q.burst, 1) {
 		return 0, false
 	}
+	q.lines++
 	n := q.pending
-	q.pending, q.last = 0, now
+	q.pending = 0
 	return n, true
 }
 
-// lastLine is when the last line was logged.
+func (q *quietLog) window() time.Duration {
+	if q.every > 0 {
+		return q.every
+	}
+	return quietLogEvery
+}
+
+// flush takes the events not logged in a window that has ended, or in the
+// current one too with all set, and when that window began.
+func (q *quietLog) flush(now time.Time, all bool) (uint64, time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.pending == 0 || !all && now.Sub(q.last) < q.window() {
+		return 0, time.Time{}
+	}
+	n := q.pending
+	q.pending = 0
+	return n, q.last
+}
+
+// lastLine is when the current window began: the last line, with no burst.
 func (q *quietLog) lastLine() time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.last
 }
 
-// quietLogs is a quietLog per kind of line.
+// quietLogs is a quietLog per kind of line, each with every and burst.
 type quietLogs struct {
+	every time.Duration
+	burst int
+
 	mu   sync.Mutex
 	logs map[string]*quietLog
 }
@@ -62,7 +95,7 @@ func (q *quietLogs) due(kind string, now time.Time) (uint64, bool) {
 		if q.logs == nil {
 			q.logs = map[string]*quietLog{}
 		}
-		l = &quietLog{}
+		l = &quietLog{every: q.every, burst: q.burst}
 		q.logs[kind] = l
 	}
 	q.mu.Unlock()

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Report is what `hpfeeds-broker status` shows: the three JSON answers.
@@ -49,7 +52,7 @@ func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-		return fmt.Errorf("GET %s: %s: %s", req.URL.Redacted(), resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("GET %s: %s: %s", req.URL.Redacted(), term(resp.Status), term(strings.TrimSpace(string(msg))))
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		return fmt.Errorf("GET %s: not a status answer (is it an hpfeeds broker's exporter?): %w", req.URL.Redacted(), err)
@@ -57,7 +60,49 @@ func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
 	return nil
 }
 
-// WriteText writes r as the terminal tables of `hpfeeds-broker status`.
+// term is s as a terminal shows it safely: as it is if every character is
+// printable, else quoted as %q does (control characters, escape sequences,
+// invalid UTF-8, C1 controls, bidi overrides and other format characters
+// escaped). Idents, owners and channels come from the store, and a
+// disconnect reason may quote any client (a refused channel, a spoofed
+// ident): none may clear, rewrite or hide rows of the operator's terminal.
+func term(s string) string {
+	notPrint := func(r rune) bool { return !strconv.IsPrint(r) }
+	// A value starting with a quote is quoted too, not to be read as one
+	// that was escaped.
+	if !utf8.ValidString(s) || strings.IndexFunc(s, notPrint) >= 0 || strings.HasPrefix(s, `"`) {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// WriteJSON writes r as indented JSON for `hpfeeds-broker status --json`.
+// encoding/json escapes C0 controls but passes C1 controls, bidi overrides
+// and other characters a terminal acts on: those are escaped as \uXXXX
+// too, which JSON reads back as the same text.
+func WriteJSON(w io.Writer, r *Report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	out := make([]byte, 0, len(b)+1)
+	for _, c := range string(b) { // encoding/json wrote valid UTF-8
+		switch {
+		case c == '\n' || strconv.IsPrint(c):
+			out = utf8.AppendRune(out, c)
+		case c > 0xffff:
+			hi, lo := utf16.EncodeRune(c)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, hi, lo)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, c)
+		}
+	}
+	_, err = w.Write(append(out, '\n'))
+	return err
+}
+
+// WriteText writes r as the terminal tables of `hpfeeds-broker status`,
+// every text from the broker through term.
 func WriteText(w io.Writer, r *Report) error {
 	now := r.Connz.Now
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -77,10 +122,10 @@ func WriteText(w io.Writer, r *Report) error {
 		}
 		disc := "-"
 		if !in.LastDisconnect.IsZero() {
-			disc = ago(now, in.LastDisconnect) + " (" + in.LastReason + ")"
+			disc = ago(now, in.LastDisconnect) + " (" + term(in.LastReason) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", in.Ident, in.Owner, state, in.Connections,
-			last, ago(now, in.LastLogin)+" from "+in.LastAddr, disc)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", term(in.Ident), term(in.Owner), state, in.Connections,
+			last, ago(now, in.LastLogin)+" from "+term(in.LastAddr), disc)
 	}
 	fmt.Fprintf(tw, "\nCHANNELS (rates over the last minute)\n")
 	fmt.Fprintln(tw, "CHANNEL\tPUBS\tSUBS\tMSG/S\tBYTES/S\tMESSAGES\tBYTES\tUNDELIVERED\tLAST PUBLISH\t")
@@ -89,7 +134,7 @@ func WriteText(w io.Writer, r *Report) error {
 		if c.Unheard {
 			undelivered += " NOBODY HEARS"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t\n", c.Name, c.Publishers, c.Subscribers,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t\n", term(c.Name), c.Publishers, c.Subscribers,
 			c.MsgRate, c.ByteRate, c.Messages, humanBytes(c.Bytes), undelivered, ago(now, c.LastPublish))
 	}
 	fmt.Fprintf(tw, "\nCONNECTIONS (%d of %d)\n", len(r.Connz.Connections), r.Connz.Total)
@@ -99,12 +144,16 @@ func WriteText(w io.Writer, r *Report) error {
 		if c.TLS {
 			tls = "yes"
 		}
-		ident := c.Ident
-		if ident == "" {
+		ident := term(c.Ident)
+		if c.Ident == "" {
 			ident = "(authenticating)"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s/%s\t%s\t%s\t\n", c.ID, ident, c.Addr, c.Endpoint, tls,
-			ago(now, c.Since), strings.Join(c.Subscriptions, ","), c.FramesIn, c.FramesOut,
+		subs := make([]string, len(c.Subscriptions))
+		for i, s := range c.Subscriptions {
+			subs[i] = term(s)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s/%s\t%s\t%s\t\n", c.ID, ident, term(c.Addr), term(c.Endpoint), tls,
+			ago(now, c.Since), strings.Join(subs, ","), c.FramesIn, c.FramesOut,
 			humanBytes(c.BytesIn), humanBytes(c.BytesOut), humanBytes(c.BytesQueued), ago(now, c.LastPublish))
 	}
 	return tw.Flush()

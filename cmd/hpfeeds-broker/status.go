@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -89,9 +88,7 @@ func showStatus(ctx context.Context, c *http.Client, url string, asJSON bool, w 
 		return fmt.Errorf("--url=%s: %w", url, err)
 	}
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
+		return status.WriteJSON(w, r)
 	}
 	return status.WriteText(w, r)
 }
