@@ -209,6 +209,7 @@ def measures(r):
     if not r.get("solo"):
         m += [("CPU per delivery", "cpu_us_per_delivery", "cpu", False), ("peak RSS", "peak_rss_mib", "MiB", False)]
     return m
+by_name = {r["row"]: r for r in rows}
 print("retained rows: hpfeeds with --retain=bench against nats-server JetStream (file-backed stream, durable consumer);")
 print("null relay: bench/nullrelay, the floor; × floor: hpfeeds CPU per delivery / the relay's")
 print(f"{'row':32} {'measure':22} {'hpfeeds':>14} {'nats-server':>14} {'ahead':>7} {'null relay':>12} {'× floor':>8}")
@@ -231,6 +232,11 @@ for r in rows:
         fvs = "-" if f is None else fmt(fv, unit)
         floor = f"{hv/fv:.2f}x" if key == "cpu_us_per_delivery" and hv and fv else "-"
         print(f"{r['row']:32} {label:22} {hvs:>14} {nvs:>14} {ratio:>7} {fvs:>12} {floor:>8}")
+    off = by_name.get(r["row"].replace(", retained", "")) if r.get("retained") else None
+    if off and not skipped and not smoke:
+        hv, ov = value(h, "cpu_us_per_delivery"), value(off["hpfeeds"], "cpu_us_per_delivery")
+        added = f"{hv - ov:+.2f} µs" if hv and ov else "-"
+        print(f"{r['row']:32} {'CPU added by --retain':22} {added:>14}")
     if skipped:
         print(f"  skipped: {skipped}")
     for side, res in (("hpfeeds", None if skipped else h and h.get("res")), ("nats-server", n and n.get("res")), ("null relay", f and f.get("res"))):
