@@ -28,7 +28,10 @@ go build -o "$work/hpfeeds" ./cmd/hpfeeds
 (cd bench && for cmd in natsbench conns nullrelay catchup; do go build -o "$work/$cmd" "./$cmd"; done)
 
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-waitport() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+waitport() { # waitport PORT : wait up to 10 s for a listener, or fail the run
+  for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "FAILED: nothing listens on port $1 after 10 s:" >&2; tail -n 3 "$work"/*.log >&2; return 1
+}
 hp_port=$(freeport)
 nats_port=$(freeport)
 js_port=$(freeport)
@@ -155,6 +158,8 @@ for port in "$hp_port" "$nats_port"; do waitport "$port"; done
 conns "connect storm" "$(scale 10000 300)"
 
 # Two brokers joined through NATS: publisher on one, subscribers on the other.
+# The single broker goes first: the first cluster broker takes its port.
+kill "$hp_pid"; wait "$hp_pid" 2>/dev/null || true
 hp_port2=$(freeport)
 for port in "$hp_port" "$hp_port2"; do
   HPFEEDS_BENCH_SECRET=benchsecret HPFEEDS_BENCH_PUBCHANS=bench HPFEEDS_BENCH_SUBCHANS=bench \
@@ -162,7 +167,6 @@ for port in "$hp_port" "$hp_port2"; do
     2>>"$work/cluster.log" &
   pids+=("$!")
 done
-kill "$hp_pid"; wait "$hp_pid" 2>/dev/null || true
 for port in "$hp_port" "$hp_port2"; do waitport "$port"; done
 hp=$("$work/hpfeeds" bench --host 127.0.0.1 -p "$hp_port" --sub-port "$hp_port2" -i bench -s benchsecret --json \
   --publishers 1 --subscribers 10 --size 256 --count "$(scale 300000 1000)" || true)
