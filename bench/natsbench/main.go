@@ -1,34 +1,55 @@
 // Command natsbench drives nats-server with the load shape of
 // `hpfeeds bench` (the same load generator, internal/loadgen) and prints
 // the same JSON, so bench/run.sh can compare the two brokers row by row.
-// Core NATS pub/sub, no JetStream.
+// By default it uses core NATS pub/sub. With -jetstream the subject is
+// captured by a file-backed JetStream stream, publishers publish with
+// asynchronous acknowledgements (at most 4,096 in flight each) and every
+// subscriber reads through its own durable pull consumer, acknowledging
+// each message: what a nats-server user does for reliable delivery.
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/hpfeeds-go/hpfeeds/internal/loadgen"
 )
 
 func main() {
+	if !run() {
+		os.Exit(1)
+	}
+}
+
+// run reports whether every message reached every subscriber.
+func run() bool {
 	var cfg loadgen.Config
 	url := flag.String("url", nats.DefaultURL, "NATS server")
 	cfg.AddFlags(flag.CommandLine)
 	subject := flag.String("subject", "bench", "")
+	js := flag.Bool("jetstream", false, "capture the subject in a file-backed stream; subscribers read through durable consumers")
 	flag.Parse()
 	cfg.FrameBytes = cfg.Size + 16
 	cfg.Run = loadgen.NewRunID()
 
+	var stream string
+	if *js {
+		stream = createStream(*url, *subject)
+		defer deleteStream(*url, stream)
+	}
 	sinks := make([]*loadgen.Sink, cfg.Subscribers)
 	for i := range sinks {
-		sinks[i] = subscribe(*url, *subject, cfg.Run, i)
+		sinks[i] = subscribe(*url, *subject, stream, cfg.Run, i)
 	}
 	pubs := make([]loadgen.Publisher, cfg.Publishers)
 	for i := range pubs {
@@ -37,18 +58,61 @@ func main() {
 			fail(err)
 		}
 		defer nc.Close()
-		pubs[i] = &publisher{nc: nc, subject: *subject, paced: cfg.Rate > 0}
+		p := &publisher{nc: nc, subject: *subject, paced: cfg.Rate > 0}
+		if *js {
+			p.js = newJetStream(nc)
+		}
+		pubs[i] = p
 	}
 	r := loadgen.Run(cfg, pubs, sinks, nil)
 	json.NewEncoder(os.Stdout).Encode(r)
-	if r.Lost != 0 {
-		os.Exit(1)
+	return r.Lost == 0
+}
+
+func newJetStream(nc *nats.Conn) jetstream.JetStream {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
+			fail(fmt.Errorf("publish not stored: %w", err))
+		}))
+	if err != nil {
+		fail(err)
+	}
+	return js
+}
+
+// createStream makes a fresh file-backed stream capturing subject.
+func createStream(url, subject string) string {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		fail(err)
+	}
+	defer nc.Close()
+	name := "BENCH_" + strings.NewReplacer(".", "_", "*", "_", ">", "_").Replace(subject)
+	js := newJetStream(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		fail(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subject}, Storage: jetstream.FileStorage}); err != nil {
+		fail(fmt.Errorf("creating stream %s (is JetStream on? nats-server -js): %w", name, err))
+	}
+	return name
+}
+
+func deleteStream(url, name string) {
+	if nc, err := nats.Connect(url); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		newJetStream(nc).DeleteStream(ctx, name)
+		cancel()
+		nc.Close()
 	}
 }
 
-// subscribe connects subscriber i and returns once it hears its own probe.
-// Its connection stays open until the program exits.
-func subscribe(url, subject string, run loadgen.RunID, i int) *loadgen.Sink {
+// subscribe connects subscriber i, through a durable consumer of stream
+// if one is given, and returns once it hears its own probe. Its
+// connection stays open until the program exits.
+func subscribe(url, subject, stream string, run loadgen.RunID, i int) *loadgen.Sink {
 	s := loadgen.NewSink(run)
 	nc, err := nats.Connect(url)
 	if err != nil {
@@ -56,21 +120,29 @@ func subscribe(url, subject string, run loadgen.RunID, i int) *loadgen.Sink {
 	}
 	probe := string(run.Probe(strconv.Itoa(i)))
 	ready := make(chan struct{})
-	sb, err := nc.Subscribe(subject, func(m *nats.Msg) {
-		switch m.Data[0] {
+	handle := func(data []byte) {
+		switch data[0] {
 		case loadgen.MarkReady:
-			if string(m.Data) == probe {
+			if string(data) == probe {
 				close(ready)
 			}
 		case loadgen.MarkBench:
-			s.Record(m.Data)
+			s.Record(data)
 		}
-	})
-	if err != nil {
-		fail(err)
 	}
-	sb.SetPendingLimits(-1, -1) // pacing, not the client, bounds the backlog
-	nc.Publish(subject, []byte(probe))
+	if stream == "" {
+		sb, err := nc.Subscribe(subject, func(m *nats.Msg) { handle(m.Data) })
+		if err != nil {
+			fail(err)
+		}
+		sb.SetPendingLimits(-1, -1) // pacing, not the client, bounds the backlog
+		nc.Publish(subject, []byte(probe))
+	} else {
+		consume(nc, stream, "sub"+strconv.Itoa(i), handle)
+		if _, err := newJetStream(nc).Publish(context.Background(), subject, []byte(probe)); err != nil {
+			fail(err)
+		}
+	}
 	nc.Flush()
 	select {
 	case <-ready:
@@ -80,16 +152,49 @@ func subscribe(url, subject string, run loadgen.RunID, i int) *loadgen.Sink {
 	return s
 }
 
+// consume reads stream through the durable pull consumer durable, with
+// explicit acknowledgement of each message, the client's default batching.
+func consume(nc *nats.Conn, stream, durable string, handle func([]byte)) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := newJetStream(nc).CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		fail(err)
+	}
+	_, err = cons.Consume(func(m jetstream.Msg) {
+		handle(m.Data())
+		m.Ack()
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) {
+			return // the stream is deleted as the program ends
+		}
+		fmt.Fprintln(os.Stderr, "natsbench: consumer", durable+":", err)
+	}))
+	if err != nil {
+		fail(err)
+	}
+}
+
 // publisher publishes on one NATS connection; nats.go buffers and flushes
 // on its own, so only a rate-paced run flushes before sleeping, as before.
+// With js set it publishes to the stream, with asynchronous acks.
 type publisher struct {
 	nc      *nats.Conn
+	js      jetstream.JetStream
 	subject string
 	paced   bool
 }
 
 func (p *publisher) Send(payload []byte) error {
-	if err := p.nc.Publish(p.subject, payload); err != nil {
+	var err error
+	if p.js != nil {
+		_, err = p.js.PublishAsync(p.subject, payload, jetstream.WithStallWait(30*time.Second))
+	} else {
+		err = p.nc.Publish(p.subject, payload)
+	}
+	if err != nil {
 		fail(err)
 	}
 	return nil
@@ -102,7 +207,16 @@ func (p *publisher) Flush() error {
 	return nil
 }
 
-func (p *publisher) Done() error { return p.nc.Flush() }
+func (p *publisher) Done() error {
+	if p.js != nil {
+		select {
+		case <-p.js.PublishAsyncComplete():
+		case <-time.After(60 * time.Second):
+			fail(fmt.Errorf("%d publishes never acknowledged", p.js.PublishAsyncPending()))
+		}
+	}
+	return p.nc.Flush()
+}
 
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "natsbench:", err)
