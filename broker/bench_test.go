@@ -89,10 +89,12 @@ func BenchmarkPush(b *testing.B) {
 	d := &discardConn{}
 	c := newConn(br, d, ModePubSub, "bench")
 	defer func() { c.q.abort(); <-c.q.done }()
-	frame, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
+	raw, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
+	frame, sh := br.mem.share(raw)
+	defer br.mem.unshare(frame, sh)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c.q.push(frame, false, nil)
+		c.q.push(frame, sh, nil)
 	}
 }

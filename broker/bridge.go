@@ -45,7 +45,7 @@ func (b *Broker) DeliverRemote(frame []byte) bool {
 		return false
 	}
 	if t := b.topic(f.Channel, false); t != nil {
-		b.mem.add(t.publish(frame, len(f.Payload), nil))
+		t.publish(frame, len(f.Payload), nil)
 	}
 	return true
 }

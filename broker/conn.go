@@ -102,7 +102,7 @@ type conn struct {
 	endpoint string    // the listener's endpoint, for status pages and logs
 
 	sess   atomic.Pointer[session] // nil until authenticated
-	reason atomic.Pointer[string]  // why the connection ends; the first cause wins
+	reason atomic.Pointer[closeReason] // set once the connection is closing; the first cause wins
 	// The session c.pubs and c.subs were last checked against: when
 	// revalidation stores another, the reader rechecks them (follow).
 	checked *session
@@ -124,15 +124,15 @@ type conn struct {
 
 	// Flow control and the memory budget (flow.go), owned by the reader.
 	rd           *wire.Reader
-	memPending   int             // bytes queued to subscribers, not yet in the budget
-	held         atomic.Int64    // the reader's buffer, as counted in the budget
+	buffered     atomic.Int64    // the reader's buffer, as counted in the budget
+	outgrown     atomic.Bool     // the frame in progress is larger than the buffer
 	evicted      atomic.Bool     // closed by enforceBudget for its partial frame
 	stalls       []chan struct{} // stalled queues pushed to since the last read
 	readCap      int             // bytes the next read may take; 0: no cap
 	pauseTimer   *time.Timer
 	framed       bool      // authenticated: the frame deadline applies
-	partialSince time.Time // when the frame in progress was first seen
-	partialAt    uint64    // parsedBytes then: a change means a new frame
+	frameSince   time.Time // when the frame in progress was first seen
+	frameSeq     uint64    // rd.Frames() then: a change means a new frame
 	headChecked  bool      // the large PUBLISH in progress passed its checks
 	readDeadline time.Time // armed for a frame in progress; zero if none
 
@@ -195,7 +195,7 @@ func (c *conn) serve() {
 		}
 		c.q.abort()
 		<-c.q.done
-		c.b.mem.addPartial(-c.held.Swap(0))
+		c.b.mem.setBuffer(c, 0)
 	} else {
 		c.nc.Close()
 	}
@@ -207,29 +207,62 @@ func (c *conn) serve() {
 	b.stats.connectionLost(ident)
 }
 
-// setReason records why the connection ends, unless a cause already was.
-func (c *conn) setReason(r string) {
-	c.reason.CompareAndSwap(nil, &r)
+// closedState is why a connection ended, as nats-server's ClosedState
+// says it: one typed path (close) records it and stops the reader.
+type closedState uint8
+
+const (
+	closedByClient     closedState = iota + 1 // the client hung up
+	closedByBroker                            // shutdown, or a read error
+	closedProtocol                            // an ERROR was sent: a refused frame or login
+	closedRevoked                             // the store no longer accepts the session
+	closedSlowConsumer                        // closed for backpressure
+	closedMemoryBudget                        // its partial frame was evicted
+	closedFrameTimeout                        // a frame not completed in time
+)
+
+// closeReason is a closedState and the words the logs and status pages show.
+type closeReason struct {
+	state closedState
+	text  string
 }
+
+// errClosing ends the reading of a connection that is being closed.
+var errClosing = errors.New("connection closing")
+
+// close records why the connection ends, unless a cause already was, and
+// stops its reader: nothing the client sends afterwards is acted on, even
+// while the writer still flushes what was queued (and an ERROR). The writer
+// is closed by the caller's own path (fail, closeWith, failLocked).
+func (c *conn) close(state closedState, text string) {
+	if c.reason.CompareAndSwap(nil, &closeReason{state, text}) {
+		// Wakes a reader blocked in Read; Read checks closing after
+		// any deadline of its own, so this one wins.
+		c.nc.SetReadDeadline(time.Now())
+	}
+}
+
+// closing reports whether the connection is being closed.
+func (c *conn) closing() bool { return c.reason.Load() != nil }
 
 // ended records why the reader stopped, if nothing before it said why.
 func (c *conn) ended(err error) {
 	switch {
 	case err == nil:
-		c.setReason("closed by the broker")
+		c.close(closedByBroker, "closed by the broker")
 	case errors.Is(err, io.EOF):
-		c.setReason("closed by the client")
+		c.close(closedByClient, "closed by the client")
 	case errors.Is(err, net.ErrClosed):
-		c.setReason("closed by the broker")
+		c.close(closedByBroker, "closed by the broker")
 	default:
-		c.setReason(err.Error())
+		c.close(closedByBroker, err.Error())
 	}
 }
 
 // Reason is why the connection ended, once it has.
 func (c *conn) Reason() string {
 	if r := c.reason.Load(); r != nil {
-		return *r
+		return r.text
 	}
 	return ""
 }
@@ -298,6 +331,11 @@ func (c *conn) readLoop() error {
 		if err != nil {
 			return err
 		}
+		if c.closing() {
+			// Closed (revoked, too slow, evicted) while this frame was
+			// in the buffer: it is not acted on.
+			return errClosing
+		}
 		c.stats.parsedBytes.Add(uint64(len(f.Raw)))
 		var ok bool
 		switch f.Op {
@@ -312,7 +350,7 @@ func (c *conn) readLoop() error {
 			// AUTH, INFO or ERROR from an authenticated client: the
 			// reference's session crashes on these; close it cleanly.
 			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
-			c.setReason("unexpected frame after authentication")
+			c.close(closedProtocol, "unexpected frame after authentication")
 		}
 		if !ok {
 			return nil
@@ -397,7 +435,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	c.memPending += p.t.publish(f.Raw, len(f.Payload), c)
+	p.t.publish(f.Raw, len(f.Payload), c)
 	if br := c.b.cfg.Bridge; br != nil {
 		br.Forward(p.t.name, f.Raw)
 	}
@@ -501,23 +539,18 @@ func (c *conn) refuseLogin(ident, category, reason string) {
 // connection; ident labels the metric and is empty before authentication.
 func (c *conn) fail(ident, category, msg string) {
 	c.b.stats.connectionError(ident, category)
-	c.setReason(msg)
+	c.close(closedProtocol, msg)
 	c.log().Debug("closing connection with error", "category", category, "error", msg)
 	c.q.closeWith(wire.AppendError(nil, msg))
 }
 
 // wakeWriters wakes the writers of the subscribers this connection queued
-// frames for, and counts those frames in the memory budget. The reader
-// calls it before each read, so a burst of publishes costs each subscriber
-// one wake-up.
+// frames for. The reader calls it before each read, so a burst of
+// publishes costs each subscriber one wake-up.
 func (c *conn) wakeWriters() {
 	for i, w := range c.later {
 		w.q.kick(w.start, !w.start)
 		c.later[i] = wakeup{}
 	}
 	c.later = c.later[:0]
-	if c.memPending != 0 {
-		c.b.mem.add(c.memPending)
-		c.memPending = 0
-	}
 }
