@@ -214,7 +214,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	for c := range b.conns {
-		c.close(closedByBroker, "broker shutting down")
+		c.close(closedByBroker, "broker shutting down", nil)
 		c.nc.Close()
 	}
 	b.mu.Unlock()

@@ -125,7 +125,7 @@ type conn struct {
 	// Flow control and the memory budget (flow.go), owned by the reader.
 	rd           *wire.Reader
 	buffered     atomic.Int64    // the reader's buffer, as counted in the budget
-	outgrown     atomic.Bool     // the frame in progress is larger than the buffer
+	outgrownAt   atomic.Int64    // broker clock when the frame in progress outgrew the buffer; 0: it fits
 	evicted      atomic.Bool     // closed by enforceBudget for its partial frame
 	stalls       []chan struct{} // stalled queues pushed to since the last read
 	readCap      int             // bytes the next read may take; 0: no cap
@@ -230,14 +230,22 @@ type closeReason struct {
 // errClosing ends the reading of a connection that is being closed.
 var errClosing = errors.New("connection closing")
 
-// close records why the connection ends, unless a cause already was, and
-// stops its reader: nothing the client sends afterwards is acted on, even
-// while the writer still flushes what was queued (and an ERROR). The writer
-// is closed by the caller's own path (fail, closeWith, failLocked).
-func (c *conn) close(state closedState, text string) {
-	if c.reason.CompareAndSwap(nil, &closeReason{state, text}) {
-		// Wakes a reader blocked in Read; Read checks closing after
-		// any deadline of its own, so this one wins.
+// close is the one way a connection is closed. It records why, unless a
+// cause already was; with last, the writer sends what is queued and then
+// last (an ERROR) within the flush timeout, and closes; and it stops the
+// reader, so nothing the client sends afterwards is acted on. Paths that
+// close the writer themselves (failLocked, which drops the queue; the
+// socket closed at once) give no last.
+func (c *conn) close(state closedState, text string, last []byte) {
+	first := c.reason.CompareAndSwap(nil, &closeReason{state, text})
+	if last != nil {
+		c.q.closeWith(last)
+	}
+	if first {
+		// Wakes a reader blocked in Read (after the writer knows it
+		// is closing: the reader's exit aborts what is not). Read
+		// checks closing after any deadline of its own, so this one
+		// wins.
 		c.nc.SetReadDeadline(time.Now())
 	}
 }
@@ -249,13 +257,13 @@ func (c *conn) closing() bool { return c.reason.Load() != nil }
 func (c *conn) ended(err error) {
 	switch {
 	case err == nil:
-		c.close(closedByBroker, "closed by the broker")
+		c.close(closedByBroker, "closed by the broker", nil)
 	case errors.Is(err, io.EOF):
-		c.close(closedByClient, "closed by the client")
+		c.close(closedByClient, "closed by the client", nil)
 	case errors.Is(err, net.ErrClosed):
-		c.close(closedByBroker, "closed by the broker")
+		c.close(closedByBroker, "closed by the broker", nil)
 	default:
-		c.close(closedByBroker, err.Error())
+		c.close(closedByBroker, err.Error(), nil)
 	}
 }
 
@@ -350,7 +358,7 @@ func (c *conn) readLoop() error {
 			// AUTH, INFO or ERROR from an authenticated client: the
 			// reference's session crashes on these; close it cleanly.
 			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
-			c.close(closedProtocol, "unexpected frame after authentication")
+			c.close(closedProtocol, "unexpected frame after authentication", nil)
 		}
 		if !ok {
 			return nil
@@ -539,9 +547,8 @@ func (c *conn) refuseLogin(ident, category, reason string) {
 // connection; ident labels the metric and is empty before authentication.
 func (c *conn) fail(ident, category, msg string) {
 	c.b.stats.connectionError(ident, category)
-	c.close(closedProtocol, msg)
 	c.log().Debug("closing connection with error", "category", category, "error", msg)
-	c.q.closeWith(wire.AppendError(nil, msg))
+	c.close(closedProtocol, msg, wire.AppendError(nil, msg))
 }
 
 // wakeWriters wakes the writers of the subscribers this connection queued

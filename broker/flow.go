@@ -35,9 +35,12 @@ const (
 	// buffer counts in the memory budget: idle connections' small buffers
 	// don't.
 	bufferedMin = 4 << 10
-	// readingWindow is how recently a subscriber must have written (or
-	// had an empty queue) to count as reading when the budget evicts.
-	readingWindow = time.Second
+	// stuckAfter is how long a subscriber's write must have been blocked
+	// for it to count as not reading, and a frame must have been growing
+	// into its buffer to count as a partial frame, when the budget evicts:
+	// a publisher's large frame arrives, and a reading subscriber's write
+	// completes, well within it.
+	stuckAfter = 500 * time.Millisecond
 )
 
 // errFrameTimeout ends a connection whose frame was not completed in time.
@@ -211,36 +214,39 @@ type holder struct {
 }
 
 // evictLargest closes the connection holding the most of the budget,
-// whatever holds it: first among frames in progress that outgrew their
-// buffer and subscribers that are not reading, then among subscribers that
-// are reading, so a partial frame always goes before a reading subscriber.
-// It reports whether there was one.
+// whatever holds it: first among frames that have been arriving into their
+// buffer for stuckAfter and subscribers whose write has been blocked that
+// long, then among all the others, so a stale partial frame always goes
+// before a subscriber that is reading. It reports whether there was one.
 func (b *Broker) evictLargest() bool {
-	now := b.clock.Load()
-	var idle, reading holder
+	stuck := b.clock.Load() - int64(stuckAfter)
+	var first, then holder
+	pick := func(h holder, stale bool) {
+		switch {
+		case stale && h.n > first.n:
+			first = h
+		case !stale && h.n > then.n:
+			then = h
+		}
+	}
 	b.mu.Lock()
 	for c := range b.conns {
-		if n := c.buffered.Load(); n > idle.n && c.outgrown.Load() && !c.evicted.Load() {
-			idle = holder{c, n, true}
+		if at := c.outgrownAt.Load(); at != 0 && !c.evicted.Load() {
+			pick(holder{c, c.buffered.Load(), true}, at <= stuck)
 		}
 		q := &c.q
 		q.mu.Lock()
 		n, closing := int64(q.queued), q.closing
 		q.mu.Unlock()
-		switch {
-		case n == 0 || closing:
-		case now-q.activeAt.Load() < int64(readingWindow):
-			if n > reading.n {
-				reading = holder{c, n, false}
-			}
-		case n > idle.n:
-			idle = holder{c, n, false}
+		if n > 0 && !closing {
+			at := q.writingSince.Load()
+			pick(holder{c, n, false}, at != 0 && at <= stuck)
 		}
 	}
 	b.mu.Unlock()
-	h := idle
+	h := first
 	if h.c == nil {
-		h = reading
+		h = then
 	}
 	switch {
 	case h.c == nil:
@@ -276,7 +282,7 @@ func (b *Broker) evictPartial(h holder) {
 	// Out of the budget now, and not chosen again while it closes.
 	b.mem.setBuffer(c, 0)
 	b.mem.partialCloses.Add(1)
-	c.close(closedMemoryBudget, "over the memory budget with the largest partial frame")
+	c.close(closedMemoryBudget, "over the memory budget with the largest partial frame", nil)
 	c.nc.Close()
 	c.log().Warn("connection holds the largest partial frame while the broker is over its memory budget; closing it",
 		"buffered", h.n, "budget", b.mem.limit)
@@ -350,7 +356,7 @@ func (c *conn) beforeRead() error {
 	if err := c.checkHead(); err != nil {
 		return err
 	}
-	if c.outgrown.Load() && c.b.mem.readersCrowd() {
+	if c.outgrownAt.Load() != 0 && c.b.mem.readersCrowd() {
 		if err := c.holdPartial(); err != nil {
 			return err
 		}
@@ -369,7 +375,12 @@ func (c *conn) countBuffer() {
 	}
 	c.b.mem.setBuffer(c, size)
 	p := c.rd.Pending()
-	c.outgrown.Store(size > 0 && len(p) >= 4 && int64(binary.BigEndian.Uint32(p)) > size)
+	switch out := size > 0 && len(p) >= 4 && int64(binary.BigEndian.Uint32(p)) > size; {
+	case !out:
+		c.outgrownAt.Store(0)
+	case c.outgrownAt.Load() == 0:
+		c.outgrownAt.Store(c.b.clock.Load())
+	}
 }
 
 // watchFrame notes when a frame starts: bytes pending under a frame count
@@ -436,7 +447,7 @@ func (c *conn) stall() {
 	mark := int64(-1)
 	switch {
 	case m.limit == 0:
-	case c.outgrown.Load():
+	case c.outgrownAt.Load() != 0:
 		mark = m.readerPause
 	case len(c.pubs) > 0:
 		mark = m.publisherPause
@@ -504,7 +515,7 @@ func (c *conn) frameTimeLeft() bool {
 
 func (c *conn) frameTimedOut() {
 	c.b.mem.frameTimeouts.Add(1)
-	c.close(closedFrameTimeout, errFrameTimeout.Error())
+	c.close(closedFrameTimeout, errFrameTimeout.Error(), nil)
 	c.log().Debug("closing connection: frame not completed in time",
 		"timeout", c.b.cfg.FrameTimeout, "received", len(c.rd.Pending()))
 }

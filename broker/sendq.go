@@ -48,9 +48,10 @@ type sendQueue struct {
 	drained   chan struct{}
 	drainMark int
 
-	// activeAt is the broker clock when the queue last wrote or was
-	// empty: the budget evicts a subscriber that is reading last.
-	activeAt atomic.Int64
+	// writingSince is the broker clock when the write in progress began,
+	// 0 between writes: the budget evicts a subscriber that is reading
+	// last (evictLargest).
+	writingSince atomic.Int64
 
 	dropped atomic.Bool // the queue was thrown away: stop writing it
 	wake    chan struct{}
@@ -127,9 +128,6 @@ func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, too
 	if q.closing {
 		q.mu.Unlock()
 		return false, false
-	}
-	if q.queued == 0 {
-		q.activeAt.Store(c.b.clock.Load())
 	}
 	if sh != nil {
 		sh.refs.Add(1)
@@ -294,7 +292,7 @@ func (q *sendQueue) failLocked(reason string) {
 		ident = s.identStr
 	}
 	c.b.stats.backpressureClose(ident, reason)
-	c.close(closedSlowConsumer, "too slow: "+reason)
+	c.close(closedSlowConsumer, "too slow: "+reason, nil)
 }
 
 // dropLocked throws the queue away: nothing more is pushed or written, its
@@ -526,13 +524,12 @@ func (c *conn) writeFrames(frames []qframe) ([]qframe, error) {
 			iov = append(iov, scratch[seg:])
 		}
 		q.iov, q.bufs = iov, iov
+		q.writingSince.Store(c.b.clock.Load())
 		w, err := q.bufs.WriteTo(c.nc)
+		q.writingSince.Store(0)
 		clear(iov) // WriteTo leaves some entries set; don't pin frames
 		c.stats.sentBytes.Add(uint64(w))
 		c.stats.writes.Add(1)
-		if w > 0 {
-			q.activeAt.Store(c.b.clock.Load())
-		}
 		q.written(frames[:i], n)
 		frames = frames[i:]
 		if err != nil {
