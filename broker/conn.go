@@ -101,7 +101,7 @@ type conn struct {
 	addr     string    // the peer's address, for status pages and logs
 	endpoint string    // the listener's endpoint, for status pages and logs
 
-	sess   atomic.Pointer[session] // nil until authenticated
+	sess   atomic.Pointer[session]     // nil until authenticated
 	reason atomic.Pointer[closeReason] // set once the connection is closing; the first cause wins
 	// The session c.pubs and c.subs were last checked against: when
 	// revalidation stores another, the reader rechecks them (follow).
