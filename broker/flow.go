@@ -166,11 +166,13 @@ func (m *memBudget) overLimit() bool {
 	return m.limit > 0 && m.used.Load()-m.releasing.Load() > m.limit
 }
 
-// readersCrowd reports whether reader buffers hold most of a budget past
-// its reader pause mark: only frames completing (or closed) free it then.
-func (m *memBudget) readersCrowd() bool {
-	u := m.used.Load()
-	return m.limit > 0 && u >= m.readerPause && 2*m.buffered.Load() >= u
+// readersCrowd reports whether reader buffers hold most of a budget, and
+// the buffers of readers other than c alone pass its reader pause mark:
+// only frames completing (or closed) free it then. A frame alone, however
+// large, is never held by its own buffer.
+func (m *memBudget) readersCrowd(c *conn) bool {
+	u, buf := m.used.Load(), m.buffered.Load()
+	return m.limit > 0 && 2*buf >= u && buf-c.buffered.Load() >= m.readerPause
 }
 
 // wait holds the caller until used drops under mark or t fires; only a
@@ -356,7 +358,7 @@ func (c *conn) beforeRead() error {
 	if err := c.checkHead(); err != nil {
 		return err
 	}
-	if c.outgrownAt.Load() != 0 && c.b.mem.readersCrowd() {
+	if c.outgrownAt.Load() != 0 && c.b.mem.readersCrowd(c) {
 		if err := c.holdPartial(); err != nil {
 			return err
 		}
@@ -424,7 +426,7 @@ func (c *conn) holdPartial() error {
 	m := &c.b.mem
 	c.stats.memoryPauses.Add(1)
 	t := c.timer()
-	for m.readersCrowd() && !c.closing() {
+	for m.readersCrowd(c) && !c.closing() {
 		if time.Since(c.frameSince) >= c.b.cfg.FrameTimeout {
 			c.frameTimedOut()
 			return errFrameTimeout

@@ -1,0 +1,51 @@
+package broker
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// byteConn is a socket that always has a byte to read.
+type byteConn struct{ discardConn }
+
+func (*byteConn) Read(p []byte) (int, error)      { p[0] = 0; return 1, nil }
+func (*byteConn) SetReadDeadline(time.Time) error { return nil }
+func (*byteConn) LocalAddr() net.Addr             { return &net.TCPAddr{} }
+func (*byteConn) SetDeadline(t time.Time) error   { return nil }
+
+// One read of a publisher that queued to a subscriber that never drains,
+// while memory is past the publishers' pause mark, is held once: MaxStall
+// in all, not MaxStall for the subscriber and MaxStall again for memory.
+// The shortest of a few reads is taken, so a busy machine only makes it
+// longer for reads that are not the shortest.
+func TestOneStallPerRead(t *testing.T) {
+	b, err := New(Config{Auth: auth.Chain{}, MemoryLimit: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown(t.Context())
+	c := newConn(b, &byteConn{}, ModePubSub, "test")
+	c.sess.Store(newSession(auth.User{Ident: "p", PubChans: []string{"x"}}))
+	c.rd = wire.NewReader(c, b.postAuth)
+	c.framed = true
+	c.pubs = map[string]*pubChan{"x": {t: b.topic([]byte("x"), true)}}
+	b.mem.used.Add(b.mem.limit - 1) // memory is tight, and stays so
+	defer b.mem.used.Add(-(b.mem.limit - 1))
+	never := make(chan struct{})
+	shortest := time.Hour
+	for range 8 {
+		c.noteStall(never)
+		start := time.Now()
+		if _, err := c.Read(make([]byte, 16)); err != nil {
+			t.Fatal(err)
+		}
+		shortest = min(shortest, time.Since(start))
+	}
+	if shortest < MaxStall || shortest > MaxStall*3/2 {
+		t.Errorf("a stalled read was held %v; the documented stall is %v in all", shortest, MaxStall)
+	}
+}
