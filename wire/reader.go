@@ -91,10 +91,10 @@ func (r *Reader) fill(want int) error {
 	if want > max(r.size, len(r.buf)) {
 		// A frame larger than the buffer reads are batched into gets
 		// room only as its bytes arrive: once they fill the buffer, half
-		// as much again. A header alone, whatever length it declares,
-		// costs nothing, and the buffer is never more than the batch
-		// size, 1.5 times what arrived, or the size of a large frame this
-		// stream completed before.
+		// as much again (or the batch size, which doubles as they do). A
+		// header alone, whatever length it declares, costs nothing, and
+		// the buffer is never more than twice what arrived, or the size
+		// of a large frame this stream completed before.
 		if pending < len(r.buf) {
 			want = len(r.buf)
 		} else {
@@ -129,7 +129,7 @@ func (r *Reader) fill(want int) error {
 	// not anything follows it.
 	r.full = n == space && len(r.buf) > r.start+want
 	switch {
-	case r.full && r.size < MaxReadBuf:
+	case n == space && r.size < MaxReadBuf:
 		r.size *= 2
 	case n < r.size/8 && r.size > minReadBuf:
 		r.size /= 2

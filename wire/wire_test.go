@@ -328,7 +328,7 @@ func TestReaderSmallFrameBuffersAsBytesArrive(t *testing.T) {
 		if _, err := rd.Next(); err != errStop {
 			t.Fatalf("%d bytes: %v", got, err)
 		}
-		if max := max(minReadBuf, got*3/2); rd.BufSize() > max {
+		if max := max(minReadBuf, 2*got); rd.BufSize() > max {
 			t.Errorf("%d bytes of a 60 KiB frame in: buffer of %d bytes, want at most %d", got, rd.BufSize(), max)
 		}
 	}
