@@ -3,9 +3,12 @@ package broker_test
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -124,4 +127,110 @@ func TestRevokedSessionPublishesNothingMore(t *testing.T) {
 			t.Fatalf("a revoked session's PUBLISH was delivered: %v %s", f.Op, f.Payload)
 		}
 	}
+}
+
+// Many kinds of clients at once, at random: fan-out and fan-in publishers,
+// large frames, subscribers that read, read slowly or never, partial
+// frames left hanging, and clients that come and go. The budget never goes
+// negative; with the publishers stopped and the readers drained, it holds
+// only the reader buffers its connections count; and it is back to zero
+// once every client has left.
+func TestBudgetInvariants(t *testing.T) {
+	chans := []string{"f", "i", "l"}
+	srv := brokertest.Start(t, flowUsers(chans...), func(c *broker.Config) {
+		c.MemoryLimit = 8 << 20
+		c.StallMark = 1 << 20
+		c.StallTimeout = 200 * time.Millisecond
+		c.FrameTimeout = time.Second
+	})
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 23))
+	stop := make(chan struct{})
+	var bad atomic.Value
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if used, buffered, releasing, _ := broker.BudgetParts(srv.Broker); used < 0 || buffered < 0 || releasing < 0 {
+				bad.Store(fmt.Sprintf("used %d, buffered %d, releasing %d", used, buffered, releasing))
+			}
+		}
+	}()
+	var readers, writers sync.WaitGroup
+	var clients []*brokertest.Client
+	for range 4 { // readers of every channel
+		for _, ch := range chans {
+			c := subscriber(t, srv.Addr, "s"+ch, ch)
+			clients = append(clients, c)
+			readers.Add(1)
+			go func() { defer readers.Done(); io.Copy(io.Discard, c.Conn) }()
+		}
+	}
+	for _, ch := range chans { // a subscriber that never reads, and a slow one
+		clients = append(clients, stalledSub(t, srv.Addr, "t"+ch, ch))
+		c := subscriber(t, srv.Addr, "t"+ch, ch)
+		clients = append(clients, c)
+		go io.Copy(io.Discard, &paced{r: c.Conn, rate: 100_000, start: time.Now()})
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for w := range 8 {
+		ch := chans[w%len(chans)]
+		size := []int{1 << 10, 1 << 10, 200 << 10}[w%len(chans)]
+		seed := rng.Uint64()
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			r := rand.New(rand.NewPCG(seed, 1))
+			frame := brokertest.Publish(t, "p"+ch, ch, strings.Repeat("x", size))
+			for time.Now().Before(deadline) {
+				c := brokertest.Login(t, srv.Addr, "p"+ch, "s")
+				c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				for n := r.IntN(200); n > 0; n-- {
+					if _, err := c.Conn.Write(frame); err != nil {
+						break
+					}
+				}
+				if r.IntN(3) == 0 { // leave a frame half sent
+					c.Conn.Write(frame[:len(frame)/2])
+					time.Sleep(time.Duration(r.IntN(50)) * time.Millisecond)
+				}
+				c.Conn.Close()
+			}
+		}()
+	}
+	writers.Wait()
+	// Every publisher is gone: only stalled queues and the readers' own
+	// buffers may hold anything, and the stalled ones are closed within
+	// the stall timeout.
+	brokertest.Eventually(t, "the budget to hold only reader buffers", func() error {
+		used, buffered, _, conns := broker.BudgetParts(srv.Broker)
+		if used != buffered || buffered != conns {
+			return fmt.Errorf("used %d, buffered %d, connections' buffers %d", used, buffered, conns)
+		}
+		return nil
+	})
+	for _, c := range clients {
+		c.Conn.Close()
+	}
+	readers.Wait()
+	brokertest.Eventually(t, "the budget to be empty", func() error {
+		if s := srv.Broker.Snapshot(); s.Connections != 0 {
+			return fmt.Errorf("%d connections", s.Connections)
+		}
+		if used, buffered, releasing, _ := broker.BudgetParts(srv.Broker); used != 0 || buffered != 0 || releasing != 0 {
+			return fmt.Errorf("used %d, buffered %d, releasing %d", used, buffered, releasing)
+		}
+		return nil
+	})
+	close(stop)
+	<-sampled
+	if v := bad.Load(); v != nil {
+		t.Errorf("the budget went negative: %s", v)
+	}
+	t.Logf("closes %v; partial closes %d, frame timeouts %d", srv.Broker.Snapshot().Backpressure,
+		srv.Broker.Snapshot().PartialCloses, srv.Broker.Snapshot().FrameTimeouts)
 }

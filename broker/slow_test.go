@@ -100,9 +100,9 @@ func TestSlowSubscribersCostOnlyThemselves(t *testing.T) {
 		countFrames(c, c.Conn, ch, &healthy[i])
 	}
 	p := brokertest.Login(t, srv.Addr, "p", "s")
-	stop := make(chan struct{})
-	defer close(stop)
-	go publishPaced(p, 4<<20, stop)
+	stop, published := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-published }()
+	go func() { defer close(published); publishPaced(p, 4<<20, stop) }()
 
 	time.Sleep(300 * time.Millisecond)
 	base := rates(1500*time.Millisecond, &healthy[0], &healthy[1])
