@@ -177,34 +177,49 @@ func (c *conn) log() *slog.Logger {
 }
 
 func (c *conn) serve() {
-	b := c.b
-	defer b.untrack(c)
-	b.stats.connectionMade()
-
-	if c.handshake() {
-		err := c.readLoop()
-		c.wakeWriters()
-		c.ended(err)
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-			c.log().Debug("connection closed", "err", err)
-		}
-		for _, t := range c.subs {
-			if t.remove(c) {
-				c.b.interestChanged(t.name)
-			}
-		}
-		c.q.abort()
-		<-c.q.done
-		c.b.mem.setBuffer(c, 0)
-	} else {
+	c.b.stats.connectionMade()
+	if !c.handshake() {
 		c.nc.Close()
+		c.finish()
+		return
 	}
+	if ok, err := c.login(); !ok {
+		c.end(err)
+		return
+	}
+	// The session's frames are read on a fresh goroutine: logging in (the
+	// credential lookup, the login line) grows a stack that an idle
+	// session, most connections, would otherwise keep for its lifetime.
+	go func() { c.end(c.readLoop()) }()
+}
+
+// end tears down a connection whose reader stopped with err.
+func (c *conn) end(err error) {
+	c.wakeWriters()
+	c.ended(err)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		c.log().Debug("connection closed", "err", err)
+	}
+	for _, t := range c.subs {
+		if t.remove(c) {
+			c.b.interestChanged(t.name)
+		}
+	}
+	c.q.abort()
+	<-c.q.done
+	c.b.mem.setBuffer(c, 0)
+	c.finish()
+}
+
+// finish counts the connection's end and forgets it.
+func (c *conn) finish() {
 	ident := ""
 	if s := c.sess.Load(); s != nil {
 		ident = s.identStr
 		c.logDisconnect(s)
 	}
-	b.stats.connectionLost(ident)
+	c.b.stats.connectionLost(ident)
+	c.b.untrack(c)
 }
 
 // closedState is why a connection ended, as nats-server's ClosedState
@@ -306,10 +321,11 @@ func (c *conn) handshake() bool {
 	return true
 }
 
-// readLoop reads frames until the connection ends. Frames that arrive
-// behind AUTH wait in the reader's buffer while the credential lookup runs,
-// then are handled in order.
-func (c *conn) readLoop() error {
+// login reads the first frame, which must be AUTH, and authenticates it.
+// Frames that arrive behind AUTH wait in the reader's buffer while the
+// credential lookup runs, then readLoop handles them in order. It reports
+// whether the session is established, or else the read error that ended it.
+func (c *conn) login() (bool, error) {
 	b := c.b
 	rd := wire.NewReader(c, b.preAuth)
 	c.rd = rd
@@ -319,21 +335,27 @@ func (c *conn) readLoop() error {
 		// reference's answer: its header says enough.
 		if errors.Is(err, wire.ErrTooLarge) && f.Op.Valid() && f.Op != wire.OpAuth {
 			c.fail("", CategoryInvalidFirstMessage, wire.ErrFirstNotAuth)
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
 	if f.Op != wire.OpAuth {
 		c.fail("", CategoryInvalidFirstMessage, wire.ErrFirstNotAuth)
-		return nil
+		return false, nil
 	}
 	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
 	if !c.authenticate(f) {
-		return nil
+		return false, nil
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	rd.Limits = b.postAuth
 	c.framed = true
+	return true, nil
+}
+
+// readLoop reads an authenticated session's frames until it ends.
+func (c *conn) readLoop() error {
+	rd := c.rd
 	for {
 		f, err := rd.Next()
 		if err != nil {
