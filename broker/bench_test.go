@@ -20,6 +20,7 @@ type discardConn struct {
 func (d *discardConn) Write(p []byte) (int, error)      { d.written.Add(int64(len(p))); return len(p), nil }
 func (d *discardConn) Close() error                     { return nil }
 func (d *discardConn) SetWriteDeadline(time.Time) error { return nil }
+func (d *discardConn) SetReadDeadline(time.Time) error  { return nil }
 func (d *discardConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 
 // benchConns makes a broker with a publisher and n subscribers of "chan"
@@ -82,7 +83,8 @@ func BenchmarkPublish(b *testing.B) {
 // BenchmarkPush is the per-delivery cost alone: queueing a shared frame.
 func BenchmarkPush(b *testing.B) {
 	_, _, _ = benchConns(b, 0)
-	br, err := New(Config{Auth: auth.Chain{}})
+	// Pushing outruns the writer here: no stall timeout closes it.
+	br, err := New(Config{Auth: auth.Chain{}, StallTimeout: -1})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -49,3 +49,39 @@ func TestOneStallPerRead(t *testing.T) {
 		t.Errorf("a stalled read was held %v; the documented stall is %v in all", shortest, MaxStall)
 	}
 }
+
+// Over the budget, a frame that has been arriving into its buffer for a
+// while goes before a subscriber that is reading, even one that holds
+// more; a subscriber whose write has been blocked as long goes before the
+// partial frame when it holds more.
+func TestEvictionOrder(t *testing.T) {
+	b, err := New(Config{Auth: auth.Chain{}, MemoryLimit: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown(t.Context())
+	mk := func() *conn {
+		c := newConn(b, &byteConn{}, ModePubSub, "test")
+		b.mu.Lock()
+		b.conns[c] = struct{}{}
+		b.mu.Unlock()
+		return c
+	}
+	stale := b.clock.Load() - int64(2*stuckAfter)
+	partial, reading, stuck := mk(), mk(), mk()
+	partial.buffered.Store(300 << 10)
+	partial.outgrownAt.Store(stale)
+	reading.q.queued = 2 << 20 // its write is not blocked: it reads
+	if !b.evictLargest() || !partial.evicted.Load() || reading.q.closing {
+		t.Fatalf("evicted the partial frame %v, closed the reading subscriber %v", partial.evicted.Load(), reading.q.closing)
+	}
+	partial.evicted.Store(false)
+	stuck.q.queued = 1 << 20
+	stuck.q.writingSince.Store(stale)
+	b.evictLargest()
+	if !stuck.q.closing || reading.q.closing {
+		t.Errorf("closed the stuck subscriber %v, the reading one %v", stuck.q.closing, reading.q.closing)
+	}
+	b.mem.used.Store(0) // the fakes held nothing real
+	b.mem.buffered.Store(0)
+}
