@@ -164,6 +164,7 @@ func TestMemoryBudgetClosesLargestQueueFirst(t *testing.T) {
 	srv := brokertest.Start(t, flowUsers("a", "b"), func(c *broker.Config) {
 		c.MemoryLimit = limit
 		c.MaxPublishSize = 128 << 10
+		c.StallTimeout = -1 // only the budget closes them
 	})
 	big := stalledSub(t, srv.Addr, "sa", "a")
 	small := stalledSub(t, srv.Addr, "sb", "b")

@@ -67,20 +67,21 @@ func TestEvictionOrder(t *testing.T) {
 		b.mu.Unlock()
 		return c
 	}
+	closing := func(c *conn) bool { c.q.mu.Lock(); defer c.q.mu.Unlock(); return c.q.closing }
 	stale := b.clock.Load() - int64(2*stuckAfter)
 	partial, reading, stuck := mk(), mk(), mk()
 	partial.buffered.Store(300 << 10)
 	partial.outgrownAt.Store(stale)
 	reading.q.queued = 2 << 20 // its write is not blocked: it reads
-	if !b.evictLargest() || !partial.evicted.Load() || reading.q.closing {
-		t.Fatalf("evicted the partial frame %v, closed the reading subscriber %v", partial.evicted.Load(), reading.q.closing)
+	if !b.evictLargest() || !partial.evicted.Load() || closing(reading) {
+		t.Fatalf("evicted the partial frame %v, closed the reading subscriber %v", partial.evicted.Load(), closing(reading))
 	}
 	partial.evicted.Store(false)
 	stuck.q.queued = 1 << 20
 	stuck.q.writingSince.Store(stale)
 	b.evictLargest()
-	if !stuck.q.closing || reading.q.closing {
-		t.Errorf("closed the stuck subscriber %v, the reading one %v", stuck.q.closing, reading.q.closing)
+	if !closing(stuck) || closing(reading) {
+		t.Errorf("closed the stuck subscriber %v, the reading one %v", closing(stuck), closing(reading))
 	}
 	b.mem.used.Store(0) // the fakes held nothing real
 	b.mem.buffered.Store(0)
