@@ -279,8 +279,13 @@ func (t *topic) publish(raw []byte, payload int, from *conn) {
 		if n > 1 || len(raw) > copyMax {
 			frame, sh = mem.share(raw)
 		}
+		taken := 0
 		for _, s := range t.subs {
-			if _, slow := s.q.push(frame, sh, from); slow {
+			queued, slow := s.q.push(frame, sh, from)
+			if queued {
+				taken++
+			}
+			if slow {
 				tooSlow = append(tooSlow, s)
 			}
 			// Counted even for a subscriber that is closing, as the
@@ -288,7 +293,7 @@ func (t *topic) publish(raw []byte, payload int, from *conn) {
 			s.stats.sendFill.Add(uint64(payload))
 		}
 		if sh != nil {
-			mem.unshare(frame, sh)
+			mem.unshare(frame, sh, taken)
 		}
 	}
 	t.mu.RUnlock()

@@ -108,24 +108,30 @@ func (m *memBudget) release(n int) {
 
 // sharedFrame is the hold of the send queues on one copy of a frame: the
 // budget charges the frame once when it is made, and releases it when the
-// last queue that took it has written or dropped it.
+// last queue that took it has written or dropped it. Pushing does not
+// touch the count (no shared cache line per delivery): it starts at
+// shareBias, each queue takes one off when it lets go, and unshare adds
+// how many queues took the frame, less the bias.
 type sharedFrame struct{ refs atomic.Int32 }
 
-// share copies raw into a frame to push to many queues. The caller holds
-// one reference until it calls m.unshare, so the frame cannot be released
-// while it is still being pushed.
+// shareBias is more holds than any frame gets before unshare.
+const shareBias = 1 << 30
+
+// share copies raw into a frame to push to queues (sendQueue.push); the
+// caller then calls unshare with how many took it.
 func (m *memBudget) share(raw []byte) ([]byte, *sharedFrame) {
 	frame := make([]byte, len(raw))
 	copy(frame, raw)
 	sh := &sharedFrame{}
-	sh.refs.Store(1)
+	sh.refs.Store(shareBias)
 	m.charge(len(frame))
 	return frame, sh
 }
 
-// unshare drops one hold on frame, releasing it with the last.
-func (m *memBudget) unshare(frame []byte, sh *sharedFrame) {
-	if sh.refs.Add(-1) == 0 {
+// unshare says taken queues took frame, releasing it if they all have let
+// go of it already (or none took it).
+func (m *memBudget) unshare(frame []byte, sh *sharedFrame, taken int) {
+	if sh.refs.Add(int32(taken)-shareBias) == 0 {
 		m.release(len(frame))
 	}
 }

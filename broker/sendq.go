@@ -113,8 +113,9 @@ type wakeup struct {
 }
 
 // push queues frame to this subscriber; it never blocks on I/O. With sh
-// set the frame is shared (memBudget.share) and the queue takes a hold on
-// it; without, the queue copies it and charges the copy. With a
+// set the frame is shared (memBudget.share: the caller counts the queues
+// that took it for unshare); without, the queue copies it and charges the
+// copy. With a
 // publishing connection from, the writer's wake-up and the queue's stall
 // are left for from to act on before its next read; without one (frames
 // from the cluster, catch-up) the writer is woken now. It reports whether
@@ -129,9 +130,7 @@ func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, too
 		q.mu.Unlock()
 		return false, false
 	}
-	if sh != nil {
-		sh.refs.Add(1)
-	} else {
+	if sh == nil {
 		frame = q.copyLocked(frame)
 		c.b.mem.charge(len(frame))
 	}
