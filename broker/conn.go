@@ -197,7 +197,7 @@ func (c *conn) serve() {
 func (c *conn) end(err error) {
 	c.wakeWriters()
 	c.ended(err)
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+	if c.reason.Load().state == closedReadError {
 		c.log().Debug("connection closed", "err", err)
 	}
 	for _, t := range c.subs {
@@ -228,7 +228,8 @@ type closedState uint8
 
 const (
 	closedByClient     closedState = iota + 1 // the client hung up
-	closedByBroker                            // shutdown, or a read error
+	closedByBroker                            // shutdown
+	closedReadError                           // the socket or the frames read failed
 	closedProtocol                            // an ERROR was sent: a refused frame or login
 	closedRevoked                             // the store no longer accepts the session
 	closedSlowConsumer                        // closed for backpressure
@@ -278,7 +279,7 @@ func (c *conn) ended(err error) {
 	case errors.Is(err, net.ErrClosed):
 		c.close(closedByBroker, "closed by the broker", nil)
 	default:
-		c.close(closedByBroker, err.Error(), nil)
+		c.close(closedReadError, err.Error(), nil)
 	}
 }
 
