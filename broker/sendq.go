@@ -168,13 +168,15 @@ func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, too
 }
 
 // waitDrained waits until at most mark bytes are queued, for at most d,
-// and reports whether they were. One caller at a time: it is for a
-// goroutine feeding this subscriber (a catch-up) that must not outrun it.
+// and reports whether they were; false too once the queue was thrown away
+// (the subscriber closed for backpressure). One caller at a time: it is
+// for a goroutine feeding this subscriber (a catch-up) that must not
+// outrun it.
 func (q *sendQueue) waitDrained(mark int, d time.Duration) bool {
 	q.mu.Lock()
 	if q.queued <= mark || q.closing {
 		q.mu.Unlock()
-		return q.queued <= mark
+		return q.queued <= mark && !q.dropped.Load()
 	}
 	ch := make(chan struct{})
 	q.drained, q.drainMark = ch, mark
@@ -183,7 +185,7 @@ func (q *sendQueue) waitDrained(mark int, d time.Duration) bool {
 	defer t.Stop()
 	select {
 	case <-ch:
-		return true
+		return !q.dropped.Load()
 	case <-t.C:
 		q.mu.Lock()
 		if q.drained == ch {

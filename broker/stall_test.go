@@ -86,3 +86,39 @@ func TestEvictionOrder(t *testing.T) {
 	b.mem.used.Store(0) // the fakes held nothing real
 	b.mem.buffered.Store(0)
 }
+
+// A feeder (a catch-up) can push shared frames to one subscriber and wait
+// for its queue to drain; a queue thrown away does not count as drained.
+func TestPushSharedAndWaitDrained(t *testing.T) {
+	b, err := New(Config{Auth: auth.Chain{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown(t.Context())
+	d := &discardConn{}
+	c := newConn(b, d, ModePubSub, "test")
+	raw, _ := wire.AppendPublish(nil, []byte("i"), []byte("c"), make([]byte, 1000))
+	frame, sh := b.mem.share(raw)
+	taken := 0
+	for range 100 {
+		if ok, _ := c.q.push(frame, sh, nil); ok {
+			taken++
+		}
+	}
+	b.mem.unshare(frame, sh, taken)
+	if !c.q.waitDrained(0, 10*time.Second) || c.q.queuedBytes() != 0 {
+		t.Fatalf("queue not drained: %d bytes", c.q.queuedBytes())
+	}
+	if got, want := d.written.Load(), int64(100*len(raw)); got != want {
+		t.Errorf("%d bytes written, want %d", got, want)
+	}
+	if u := b.mem.used.Load(); u != 0 {
+		t.Errorf("%d bytes still in the budget", u)
+	}
+	c.q.mu.Lock()
+	c.q.failLocked(BackpressureHardBound)
+	c.q.mu.Unlock()
+	if c.q.waitDrained(0, time.Second) {
+		t.Error("a queue thrown away counted as drained")
+	}
+}
