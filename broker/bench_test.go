@@ -20,6 +20,7 @@ type discardConn struct {
 func (d *discardConn) Write(p []byte) (int, error)      { d.written.Add(int64(len(p))); return len(p), nil }
 func (d *discardConn) Close() error                     { return nil }
 func (d *discardConn) SetWriteDeadline(time.Time) error { return nil }
+func (d *discardConn) SetReadDeadline(time.Time) error  { return nil }
 func (d *discardConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 
 // benchConns makes a broker with a publisher and n subscribers of "chan"
@@ -82,17 +83,20 @@ func BenchmarkPublish(b *testing.B) {
 // BenchmarkPush is the per-delivery cost alone: queueing a shared frame.
 func BenchmarkPush(b *testing.B) {
 	_, _, _ = benchConns(b, 0)
-	br, err := New(Config{Auth: auth.Chain{}})
+	// Pushing outruns the writer here: no stall timeout closes it.
+	br, err := New(Config{Auth: auth.Chain{}, StallTimeout: -1})
 	if err != nil {
 		b.Fatal(err)
 	}
 	d := &discardConn{}
 	c := newConn(br, d, ModePubSub, "bench")
 	defer func() { c.q.abort(); <-c.q.done }()
-	frame, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
+	raw, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
+	frame, sh := br.mem.share(raw)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c.q.push(frame, false, nil)
+		c.q.push(frame, sh, nil)
 	}
+	br.mem.unshare(frame, sh, b.N)
 }

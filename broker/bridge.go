@@ -47,8 +47,7 @@ func (b *Broker) DeliverRemote(frame []byte) bool {
 		return false
 	}
 	if t := b.topic(f.Channel, false); t != nil {
-		queued, _ := t.publish(frame, len(f.Payload), nil)
-		b.mem.add(queued)
+		t.publish(frame, len(f.Payload), nil)
 	}
 	return true
 }

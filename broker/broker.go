@@ -215,7 +215,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	for c := range b.conns {
-		c.setReason("broker shutting down")
+		c.close(closedByBroker, "broker shutting down", nil)
 		c.nc.Close()
 	}
 	b.mu.Unlock()
@@ -270,34 +270,36 @@ func newTopic(name string) *topic {
 	return &topic{name: name, idx: map[*conn]int{}}
 }
 
-// publish queues a copy of raw, a PUBLISH with payload bytes of payload,
-// to every subscriber and reports the bytes it queued and the number of
-// subscribers it found. The copy is made
-// once and shared: subscribers only read it. from is the publishing
-// connection, nil for frames from the cluster (see sendQueue.push).
-func (t *topic) publish(raw []byte, payload int, from *conn) (queued, subs int) {
+// publish queues raw, a PUBLISH with payload bytes of payload, to every
+// subscriber, and reports how many subscribers it found. One subscriber
+// (fan-in) gets a copy in its own chunk; more share one copy, which the
+// budget counts once (memBudget.share). from is the publishing connection,
+// nil for frames from the cluster (see sendQueue.push).
+func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
 	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()
-	n := len(t.subs)
-	if n > 0 {
-		// One subscriber (fan-in) gets a copy in its own chunk; more
-		// share one copy.
-		frame, own := raw, n == 1 && len(raw) <= copyMax
-		if !own {
-			frame = make([]byte, len(raw))
-			copy(frame, raw)
+	subs = len(t.subs)
+	if n := subs; n > 0 {
+		var sh *sharedFrame
+		frame, mem := raw, &t.subs[0].b.mem
+		if n > 1 || len(raw) > copyMax {
+			frame, sh = mem.share(raw)
 		}
+		taken := 0
 		for _, s := range t.subs {
-			ok, slow := s.q.push(frame, own, from)
+			queued, slow := s.q.push(frame, sh, from)
+			if queued {
+				taken++
+			}
 			if slow {
 				tooSlow = append(tooSlow, s)
-			}
-			if ok {
-				queued += len(frame)
 			}
 			// Counted even for a subscriber that is closing, as the
 			// reference does.
 			s.stats.sendFill.Add(uint64(payload))
+		}
+		if sh != nil {
+			mem.unshare(frame, sh, taken)
 		}
 	}
 	t.mu.RUnlock()
@@ -306,7 +308,7 @@ func (t *topic) publish(raw []byte, payload int, from *conn) (queued, subs int) 
 	for _, s := range tooSlow {
 		s.q.logTooSlow("send queue hard bound reached")
 	}
-	return queued, n
+	return subs
 }
 
 // add subscribes c and reports whether it is the channel's first

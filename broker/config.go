@@ -23,6 +23,7 @@ const (
 	DefaultBackpressureDeadline = 60 * time.Second
 	DefaultFlushTimeout         = 5 * time.Second
 	DefaultStallMark            = 4 << 20
+	DefaultStallTimeout         = time.Second
 	DefaultFrameTimeout         = 60 * time.Second
 	DefaultRevalidateEvery      = time.Minute
 )
@@ -57,6 +58,11 @@ type Config struct {
 	// publishing into it before their next read, for at most MaxStall
 	// each time, until it drains to half the mark (flow control).
 	StallMark int
+	// StallTimeout closes a subscriber, with the backpressure error, that
+	// has been past StallMark this long without draining to half of it:
+	// a slow subscriber holds its channel (and its publishers' other
+	// channels) for this long at most. Negative: never.
+	StallTimeout time.Duration
 	// FrameTimeout closes an authenticated connection whose frame in
 	// progress is not complete within it.
 	FrameTimeout time.Duration
@@ -135,6 +141,9 @@ func (c *Config) setDefaults() error {
 	def(&c.SendQueueHard, 2*c.SendQueueSoft)
 	def(&c.StallMark, min(DefaultStallMark, c.SendQueueSoft/2))
 	defd(&c.FrameTimeout, DefaultFrameTimeout)
+	if c.StallTimeout == 0 {
+		c.StallTimeout = DefaultStallTimeout
+	}
 
 	if c.PreAuthMaxSize < wire.HeaderLen+2+wire.HashLen {
 		return fmt.Errorf("pre-auth frame limit %d is too small for any AUTH", c.PreAuthMaxSize)

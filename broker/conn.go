@@ -101,8 +101,8 @@ type conn struct {
 	addr     string    // the peer's address, for status pages and logs
 	endpoint string    // the listener's endpoint, for status pages and logs
 
-	sess   atomic.Pointer[session] // nil until authenticated
-	reason atomic.Pointer[string]  // why the connection ends; the first cause wins
+	sess   atomic.Pointer[session]     // nil until authenticated
+	reason atomic.Pointer[closeReason] // set once the connection is closing; the first cause wins
 	// The session c.pubs and c.subs were last checked against: when
 	// revalidation stores another, the reader rechecks them (follow).
 	checked *session
@@ -125,15 +125,15 @@ type conn struct {
 
 	// Flow control and the memory budget (flow.go), owned by the reader.
 	rd           *wire.Reader
-	memPending   int             // bytes queued to subscribers, not yet in the budget
-	held         atomic.Int64    // the reader's buffer, as counted in the budget
+	buffered     atomic.Int64    // the reader's buffer, as counted in the budget
+	outgrownAt   atomic.Int64    // broker clock when the frame in progress outgrew the buffer; 0: it fits
 	evicted      atomic.Bool     // closed by enforceBudget for its partial frame
 	stalls       []chan struct{} // stalled queues pushed to since the last read
 	readCap      int             // bytes the next read may take; 0: no cap
 	pauseTimer   *time.Timer
 	framed       bool      // authenticated: the frame deadline applies
-	partialSince time.Time // when the frame in progress was first seen
-	partialAt    uint64    // parsedBytes then: a change means a new frame
+	frameSince   time.Time // when the frame in progress was first seen
+	frameSeq     uint64    // rd.Frames() then: a change means a new frame
 	headChecked  bool      // the large PUBLISH in progress passed its checks
 	readDeadline time.Time // armed for a frame in progress; zero if none
 
@@ -178,60 +178,117 @@ func (c *conn) log() *slog.Logger {
 }
 
 func (c *conn) serve() {
-	b := c.b
-	defer b.untrack(c)
-	b.stats.connectionMade()
-
-	if c.handshake() {
-		err := c.readLoop()
-		c.wakeWriters()
-		c.ended(err)
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-			c.log().Debug("connection closed", "err", err)
-		}
-		for _, t := range c.subs {
-			if t.remove(c) {
-				c.b.interestChanged(t.name)
-			}
-		}
-		c.q.abort()
-		<-c.q.done
-		c.b.mem.addPartial(-c.held.Swap(0))
-	} else {
+	c.b.stats.connectionMade()
+	if !c.handshake() {
 		c.nc.Close()
+		c.finish()
+		return
 	}
+	if ok, err := c.login(); !ok {
+		c.end(err)
+		return
+	}
+	// The session's frames are read on a fresh goroutine: logging in (the
+	// credential lookup, the login line) grows a stack that an idle
+	// session, most connections, would otherwise keep for its lifetime.
+	go func() { c.end(c.readLoop()) }()
+}
+
+// end tears down a connection whose reader stopped with err.
+func (c *conn) end(err error) {
+	c.wakeWriters()
+	c.ended(err)
+	if c.reason.Load().state == closedReadError {
+		c.log().Debug("connection closed", "err", err)
+	}
+	for _, t := range c.subs {
+		if t.remove(c) {
+			c.b.interestChanged(t.name)
+		}
+	}
+	c.q.abort()
+	<-c.q.done
+	c.b.mem.setBuffer(c, 0)
+	c.finish()
+}
+
+// finish counts the connection's end and forgets it.
+func (c *conn) finish() {
 	ident := ""
 	if s := c.sess.Load(); s != nil {
 		ident = s.identStr
 		c.logDisconnect(s)
 	}
-	b.stats.connectionLost(ident)
+	c.b.stats.connectionLost(ident)
+	c.b.untrack(c)
 }
 
-// setReason records why the connection ends, unless a cause already was.
-func (c *conn) setReason(r string) {
-	r = logText(r) // it may quote a client: a refused channel, a spoofed ident
-	c.reason.CompareAndSwap(nil, &r)
+// closedState is why a connection ended, as nats-server's ClosedState
+// says it: one typed path (close) records it and stops the reader.
+type closedState uint8
+
+const (
+	closedByClient     closedState = iota + 1 // the client hung up
+	closedByBroker                            // shutdown
+	closedReadError                           // the socket or the frames read failed
+	closedProtocol                            // an ERROR was sent: a refused frame or login
+	closedRevoked                             // the store no longer accepts the session
+	closedSlowConsumer                        // closed for backpressure
+	closedMemoryBudget                        // its partial frame was evicted
+	closedFrameTimeout                        // a frame not completed in time
+)
+
+// closeReason is a closedState and the words the logs and status pages show.
+type closeReason struct {
+	state closedState
+	text  string
 }
+
+// errClosing ends the reading of a connection that is being closed.
+var errClosing = errors.New("connection closing")
+
+// close is the one way a connection is closed. It records why, unless a
+// cause already was; with last, the writer sends what is queued and then
+// last (an ERROR) within the flush timeout, and closes; and it stops the
+// reader, so nothing the client sends afterwards is acted on. Paths that
+// close the writer themselves (failLocked, which drops the queue; the
+// socket closed at once) give no last.
+func (c *conn) close(state closedState, text string, last []byte) {
+	// The text may quote a client: a refused channel, a spoofed ident.
+	first := c.reason.CompareAndSwap(nil, &closeReason{state, logText(text)})
+	if last != nil {
+		c.q.closeWith(last)
+	}
+	if first {
+		// Wakes a reader blocked in Read (after the writer knows it
+		// is closing: the reader's exit aborts what is not). Read
+		// checks closing after any deadline of its own, so this one
+		// wins.
+		c.nc.SetReadDeadline(time.Now())
+	}
+}
+
+// closing reports whether the connection is being closed.
+func (c *conn) closing() bool { return c.reason.Load() != nil }
 
 // ended records why the reader stopped, if nothing before it said why.
 func (c *conn) ended(err error) {
 	switch {
 	case err == nil:
-		c.setReason("closed by the broker")
+		c.close(closedByBroker, "closed by the broker", nil)
 	case errors.Is(err, io.EOF):
-		c.setReason("closed by the client")
+		c.close(closedByClient, "closed by the client", nil)
 	case errors.Is(err, net.ErrClosed):
-		c.setReason("closed by the broker")
+		c.close(closedByBroker, "closed by the broker", nil)
 	default:
-		c.setReason(err.Error())
+		c.close(closedReadError, err.Error(), nil)
 	}
 }
 
 // Reason is why the connection ended, once it has.
 func (c *conn) Reason() string {
 	if r := c.reason.Load(); r != nil {
-		return *r
+		return r.text
 	}
 	return ""
 }
@@ -267,10 +324,11 @@ func (c *conn) handshake() bool {
 	return true
 }
 
-// readLoop reads frames until the connection ends. Frames that arrive
-// behind AUTH wait in the reader's buffer while the credential lookup runs,
-// then are handled in order.
-func (c *conn) readLoop() error {
+// login reads the first frame, which must be AUTH, and authenticates it.
+// Frames that arrive behind AUTH wait in the reader's buffer while the
+// credential lookup runs, then readLoop handles them in order. It reports
+// whether the session is established, or else the read error that ended it.
+func (c *conn) login() (bool, error) {
 	b := c.b
 	rd := wire.NewReader(c, b.preAuth)
 	c.rd = rd
@@ -280,25 +338,36 @@ func (c *conn) readLoop() error {
 		// reference's answer: its header says enough.
 		if errors.Is(err, wire.ErrTooLarge) && f.Op.Valid() && f.Op != wire.OpAuth {
 			c.fail("", CategoryInvalidFirstMessage, wire.ErrFirstNotAuth)
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
 	if f.Op != wire.OpAuth {
 		c.fail("", CategoryInvalidFirstMessage, wire.ErrFirstNotAuth)
-		return nil
+		return false, nil
 	}
 	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
 	if !c.authenticate(f) {
-		return nil
+		return false, nil
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	rd.Limits = b.postAuth
 	c.framed = true
+	return true, nil
+}
+
+// readLoop reads an authenticated session's frames until it ends.
+func (c *conn) readLoop() error {
+	rd := c.rd
 	for {
 		f, err := rd.Next()
 		if err != nil {
 			return err
+		}
+		if c.closing() {
+			// Closed (revoked, too slow, evicted) while this frame was
+			// in the buffer: it is not acted on.
+			return errClosing
 		}
 		c.stats.parsedBytes.Add(uint64(len(f.Raw)))
 		var ok bool
@@ -314,7 +383,7 @@ func (c *conn) readLoop() error {
 			// AUTH, INFO or ERROR from an authenticated client: the
 			// reference's session crashes on these; close it cleanly.
 			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
-			c.setReason("unexpected frame after authentication")
+			c.close(closedProtocol, "unexpected frame after authentication", nil)
 		}
 		if !ok {
 			return nil
@@ -404,8 +473,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	queued, subs := p.t.publish(f.Raw, len(f.Payload), c)
-	c.memPending += queued
+	subs := p.t.publish(f.Raw, len(f.Payload), c)
 	switch br := c.b.cfg.Bridge; {
 	case br != nil:
 		br.Forward(p.t.name, f.Raw, subs == 0)
@@ -488,23 +556,17 @@ func (c *conn) refuseLogin(ident, category, reason string) {
 // connection; ident labels the metric and is empty before authentication.
 func (c *conn) fail(ident, category, msg string) {
 	c.b.stats.connectionError(ident, category)
-	c.setReason(msg)
 	c.log().Debug("closing connection with error", "category", category, "error", logText(msg))
-	c.q.closeWith(wire.AppendError(nil, msg))
+	c.close(closedProtocol, msg, wire.AppendError(nil, msg))
 }
 
 // wakeWriters wakes the writers of the subscribers this connection queued
-// frames for, and counts those frames in the memory budget. The reader
-// calls it before each read, so a burst of publishes costs each subscriber
-// one wake-up.
+// frames for. The reader calls it before each read, so a burst of
+// publishes costs each subscriber one wake-up.
 func (c *conn) wakeWriters() {
 	for i, w := range c.later {
 		w.q.kick(w.start, !w.start)
 		c.later[i] = wakeup{}
 	}
 	c.later = c.later[:0]
-	if c.memPending != 0 {
-		c.b.mem.add(c.memPending)
-		c.memPending = 0
-	}
 }

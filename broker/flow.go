@@ -12,13 +12,14 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
-// MaxStall bounds how long flow control holds a publisher before one read,
-// whatever its subscribers do: it waits for the stalled subscribers it
-// queued to (all of them together, not each in turn) for at most this long,
-// then reads again. A publisher into subscribers that never drain therefore
-// still gets a read of up to 4 KiB every MaxStall, until the backpressure
-// deadline or hard bound closes them. The same bound holds a publisher while
-// memory is tight (see Config.MemoryLimit).
+// MaxStall bounds the one pause a read may get, whatever the subscribers
+// do: the reader waits for the stalled subscribers it queued to (all of
+// them together, not each in turn) and, while memory is tight, for the
+// budget, for at most this long in all, then reads again. A publisher into
+// subscribers that never drain therefore still gets a read of up to 4 KiB
+// every MaxStall, until Config.StallTimeout closes them. The one longer
+// wait is a frame in progress that does not fit its buffer while reader
+// buffers hold most of a tight budget (see holdPartial).
 const MaxStall = 5 * time.Millisecond
 
 const (
@@ -30,9 +31,16 @@ const (
 	// subscriber each get a read every MaxStall, and reads this size keep
 	// what they bring in below what the subscriber drains.
 	stalledRead = 4 << 10
-	// heldMin is the reader buffer size from which a connection's buffer
-	// counts in the memory budget: idle connections' small buffers don't.
-	heldMin = 4 << 10
+	// bufferedMin is the reader buffer size from which a connection's
+	// buffer counts in the memory budget: idle connections' small buffers
+	// don't.
+	bufferedMin = 4 << 10
+	// stuckAfter is how long a subscriber's write must have been blocked
+	// for it to count as not reading, and a frame must have been growing
+	// into its buffer to count as a partial frame, when the budget evicts:
+	// a publisher's large frame arrives, and a reading subscriber's write
+	// completes, well within it.
+	stuckAfter = 500 * time.Millisecond
 )
 
 // errFrameTimeout ends a connection whose frame was not completed in time.
@@ -41,45 +49,54 @@ var errFrameTimeout = errors.New("frame not completed within the frame timeout")
 // errRefusedEarly ends the reading of a PUBLISH refused from its header.
 var errRefusedEarly = errors.New("PUBLISH refused before its body was read")
 
-// memBudget counts the bytes of every send queue and large reader buffer.
-// Publishers count what they queue once per read batch, writers what they
-// wrote once per write: nothing per delivery.
+// memBudget is the one home of the memory budget: only its methods charge
+// and release bytes. It holds the frames in send queues, each counted once
+// however many subscribers share it (sharedFrame), and the reader buffers
+// of bufferedMin bytes or more, at their capacity. Publishers charge once
+// per publish, writers release once per write: nothing per delivery.
 type memBudget struct {
-	limit     int64 // zero: no budget, bytes are only counted
-	pauseAt   int64 // publishers pause from here (three quarters)
-	partialAt int64 // large partial frames pause from here (a quarter)
-	used      atomic.Int64
-	partial   atomic.Int64 // the part of used in reader buffers
+	limit          int64 // zero: no budget, bytes are only counted
+	publisherPause int64 // publishers pause from here (three quarters)
+	readerPause    int64 // frames that outgrow their buffer pause from here (a quarter)
+	used           atomic.Int64
+	buffered       atomic.Int64 // the part of used in reader buffers
 	// releasing is the part of used that closed subscribers' blocked
 	// writes still hold: it goes within the flush timeout, so closing
 	// more subscribers for it would not help.
 	releasing atomic.Int64
 
 	mu     sync.Mutex
-	relief chan struct{} // closed when used drops under pauseAt
+	relief chan struct{} // closed when used drops under publisherPause
 	over   chan struct{} // wakes enforceBudget
 
 	frameTimeouts, partialCloses atomic.Uint64
 }
 
 func (m *memBudget) init(limit int64) {
-	m.limit, m.pauseAt, m.partialAt = limit, limit/4*3, limit/4
+	m.limit, m.publisherPause, m.readerPause = limit, limit/4*3, limit/4
 	m.over = make(chan struct{}, 1)
 }
 
-func (m *memBudget) add(n int) {
+// charge counts n more bytes held.
+func (m *memBudget) charge(n int) {
 	if n == 0 {
 		return
 	}
-	u := m.used.Add(int64(n))
-	switch {
-	case m.limit == 0:
-	case n > 0 && u > m.limit:
+	if u := m.used.Add(int64(n)); m.limit > 0 && u > m.limit {
 		select {
 		case m.over <- struct{}{}:
 		default:
 		}
-	case n < 0 && u < m.pauseAt && u-int64(n) >= m.pauseAt:
+	}
+}
+
+// release counts n bytes let go.
+func (m *memBudget) release(n int) {
+	if n == 0 {
+		return
+	}
+	u := m.used.Add(-int64(n))
+	if m.limit > 0 && u < m.publisherPause && u+int64(n) >= m.publisherPause {
 		m.mu.Lock()
 		if m.relief != nil {
 			close(m.relief)
@@ -89,15 +106,84 @@ func (m *memBudget) add(n int) {
 	}
 }
 
-// addPartial counts n bytes of reader buffers.
-func (m *memBudget) addPartial(n int64) {
-	m.partial.Add(n)
-	m.add(int(n))
+// sharedFrame is the hold of the send queues on one copy of a frame: the
+// budget charges the frame once when it is made, and releases it when the
+// last queue that took it has written or dropped it. Pushing does not
+// touch the count (no shared cache line per delivery): it starts at
+// shareBias, each queue takes one off when it lets go, and unshare adds
+// how many queues took the frame, less the bias.
+type sharedFrame struct{ refs atomic.Int32 }
+
+// shareBias is more holds than any frame gets before unshare.
+const shareBias = 1 << 30
+
+// share copies raw into a frame to push to queues (sendQueue.push); the
+// caller then calls unshare with how many took it.
+func (m *memBudget) share(raw []byte) ([]byte, *sharedFrame) {
+	frame := make([]byte, len(raw))
+	copy(frame, raw)
+	sh := &sharedFrame{}
+	sh.refs.Store(shareBias)
+	m.charge(len(frame))
+	return frame, sh
 }
 
-// wait holds the caller until used drops under mark or d has passed; only
-// a drop under pauseAt wakes it early.
-func (m *memBudget) wait(t *time.Timer, d time.Duration, mark int64) {
+// unshare says taken queues took frame, releasing it if they all have let
+// go of it already (or none took it).
+func (m *memBudget) unshare(frame []byte, sh *sharedFrame, taken int) {
+	if sh.refs.Add(int32(taken)-shareBias) == 0 {
+		m.release(len(frame))
+	}
+}
+
+// releaseFrames lets go of frames a queue wrote or dropped.
+func (m *memBudget) releaseFrames(frames []qframe) {
+	n := 0
+	for _, f := range frames {
+		if f.sh == nil || f.sh.refs.Add(-1) == 0 {
+			n += len(f.b)
+		}
+	}
+	m.release(n)
+}
+
+// setBuffer counts c's reader buffer at size bytes (0: not counted).
+func (m *memBudget) setBuffer(c *conn, size int64) {
+	for {
+		// enforceBudget may take the buffer out of the budget meanwhile.
+		old := c.buffered.Load()
+		if old == size {
+			return
+		}
+		if c.buffered.CompareAndSwap(old, size) {
+			m.buffered.Add(size - old)
+			if size > old {
+				m.charge(int(size - old))
+			} else {
+				m.release(int(old - size))
+			}
+			return
+		}
+	}
+}
+
+// overLimit reports whether closing a connection would help the budget.
+func (m *memBudget) overLimit() bool {
+	return m.limit > 0 && m.used.Load()-m.releasing.Load() > m.limit
+}
+
+// readersCrowd reports whether reader buffers hold most of a budget, and
+// the buffers of readers other than c alone pass its reader pause mark:
+// only frames completing (or closed) free it then. A frame alone, however
+// large, is never held by its own buffer.
+func (m *memBudget) readersCrowd(c *conn) bool {
+	u, buf := m.used.Load(), m.buffered.Load()
+	return m.limit > 0 && 2*buf >= u && buf-c.buffered.Load() >= m.readerPause
+}
+
+// wait holds the caller until used drops under mark or t fires; only a
+// drop under publisherPause wakes it early.
+func (m *memBudget) wait(t *time.Timer, mark int64) {
 	m.mu.Lock()
 	if m.used.Load() < mark {
 		m.mu.Unlock()
@@ -108,18 +194,14 @@ func (m *memBudget) wait(t *time.Timer, d time.Duration, mark int64) {
 	}
 	ch := m.relief
 	m.mu.Unlock()
-	t.Reset(d)
 	select {
 	case <-ch:
 	case <-t.C:
 	}
-	t.Stop()
 }
 
 // enforceBudget closes connections, one at a time, while the budget is
-// exceeded: first the subscribers holding the most queued bytes, then, if
-// no queue holds anything, the connections holding the largest partial
-// frames.
+// exceeded (see evictLargest).
 func (b *Broker) enforceBudget() {
 	for {
 		select {
@@ -127,29 +209,67 @@ func (b *Broker) enforceBudget() {
 			return
 		case <-b.mem.over:
 		}
-		for b.mem.used.Load()-b.mem.releasing.Load() > b.mem.limit && (b.closeLargestQueue() || b.closeLargestPartial()) {
+		for b.mem.overLimit() && b.evictLargest() {
 		}
 	}
 }
 
-// closeLargestQueue closes the subscriber with the most queued bytes with
-// the backpressure error, and reports whether there was one.
-func (b *Broker) closeLargestQueue() bool {
-	var worst *conn
-	most := 0
+// holder is a connection and what it holds of the budget.
+type holder struct {
+	c       *conn
+	n       int64
+	partial bool // a reader buffer, not a send queue
+}
+
+// evictLargest closes the connection holding the most of the budget,
+// whatever holds it: first among frames that have been arriving into their
+// buffer for stuckAfter and subscribers whose write has been blocked that
+// long, then among all the others, so a stale partial frame always goes
+// before a subscriber that is reading. It reports whether there was one.
+func (b *Broker) evictLargest() bool {
+	stuck := b.clock.Load() - int64(stuckAfter)
+	var first, then holder
+	pick := func(h holder, stale bool) {
+		switch {
+		case stale && h.n > first.n:
+			first = h
+		case !stale && h.n > then.n:
+			then = h
+		}
+	}
 	b.mu.Lock()
 	for c := range b.conns {
-		c.q.mu.Lock()
-		if n := c.q.queued; n > most && !c.q.closing {
-			worst, most = c, n
+		if at := c.outgrownAt.Load(); at != 0 && !c.evicted.Load() {
+			pick(holder{c, c.buffered.Load(), true}, at <= stuck)
 		}
-		c.q.mu.Unlock()
+		q := &c.q
+		q.mu.Lock()
+		n, closing := int64(q.queued), q.closing
+		q.mu.Unlock()
+		if n > 0 && !closing {
+			at := q.writingSince.Load()
+			pick(holder{c, n, false}, at != 0 && at <= stuck)
+		}
 	}
 	b.mu.Unlock()
-	if worst == nil {
-		return false
+	h := first
+	if h.c == nil {
+		h = then
 	}
-	q := &worst.q
+	switch {
+	case h.c == nil:
+		return false
+	case h.partial:
+		b.evictPartial(h)
+	default:
+		b.evictQueue(h)
+	}
+	return true
+}
+
+// evictQueue closes a subscriber with the backpressure error.
+func (b *Broker) evictQueue(h holder) {
+	q := &h.c.q
 	q.mu.Lock()
 	if !q.closing {
 		q.failLocked(BackpressureMemoryBudget)
@@ -157,34 +277,23 @@ func (b *Broker) closeLargestQueue() bool {
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
 	q.kick(start, wake)
-	worst.log().Warn("subscriber holds the most queued bytes while the broker is over its memory budget; closing it",
-		"error", wire.ErrBackpressure, "queued", most, "budget", b.mem.limit)
-	return true
+	h.c.log().Warn("subscriber holds the most of the memory budget and is over it; closing it",
+		"error", wire.ErrBackpressure, "queued", h.n, "budget", b.mem.limit)
 }
 
-// closeLargestPartial closes the connection whose reader holds the most
-// memory, and reports whether there was one.
-func (b *Broker) closeLargestPartial() bool {
-	var worst *conn
-	var most int64
-	b.mu.Lock()
-	for c := range b.conns {
-		if n := c.held.Load(); n > most && !c.evicted.Load() {
-			worst, most = c, n
-		}
-	}
-	b.mu.Unlock()
-	if worst == nil || !worst.evicted.CompareAndSwap(false, true) {
-		return worst != nil
+// evictPartial closes a connection for the frame in progress it holds.
+func (b *Broker) evictPartial(h holder) {
+	c := h.c
+	if !c.evicted.CompareAndSwap(false, true) {
+		return
 	}
 	// Out of the budget now, and not chosen again while it closes.
-	b.mem.addPartial(-worst.held.Swap(0))
+	b.mem.setBuffer(c, 0)
 	b.mem.partialCloses.Add(1)
-	worst.setReason("over the memory budget with the largest partial frame")
-	worst.nc.Close()
-	worst.log().Warn("connection holds the largest partial frame while the broker is over its memory budget; closing it",
-		"buffered", most, "budget", b.mem.limit)
-	return true
+	c.close(closedMemoryBudget, "over the memory budget with the largest partial frame", nil)
+	c.nc.Close()
+	c.log().Warn("connection holds the largest partial frame while the broker is over its memory budget; closing it",
+		"buffered", h.n, "budget", b.mem.limit)
 }
 
 // RuntimeMemoryLimit is the Go runtime's soft memory limit that suits a
@@ -212,14 +321,164 @@ func (c *conn) noteStall(ch chan struct{}) {
 	}
 }
 
-// waitStalls holds the reader until the stalled subscribers it queued to
-// have drained to half their stall mark, or MaxStall has passed: TCP then
-// pushes back on the publisher instead of its burst piling up here.
-func (c *conn) waitStalls() {
+// Read is the frame reader's only way to the socket: beforeRead applies
+// the read rules, then it reads, going on over a deadline that fired
+// between frames.
+func (c *conn) Read(p []byte) (int, error) {
+	if err := c.beforeRead(); err != nil {
+		return 0, err
+	}
+	if c.readCap > 0 && len(p) > c.readCap {
+		p = p[:c.readCap]
+		c.readCap = 0
+	}
+	for {
+		// Checked after beforeRead moved the deadline: a close after
+		// this check sets its own deadline, which then wins.
+		if c.closing() {
+			return 0, errClosing
+		}
+		n, err := c.nc.Read(p)
+		c.stats.recvBytes.Add(uint64(n))
+		if n == 0 && c.framed && errors.Is(err, os.ErrDeadlineExceeded) && !c.closing() && c.frameTimeLeft() {
+			continue
+		}
+		return n, err
+	}
+}
+
+// beforeRead runs before every read, as nats-server's readLoop does its
+// checks: the frames read so far are acted on (writers woken), and once
+// authenticated the reader's buffer is counted, the frame in progress is
+// timed and checked from its head, and the read gets its one stall.
+func (c *conn) beforeRead() error {
+	c.wakeWriters()
+	if c.closing() {
+		return errClosing
+	}
+	if !c.framed {
+		return nil
+	}
+	c.countBuffer()
+	c.watchFrame()
+	if err := c.checkHead(); err != nil {
+		return err
+	}
+	if c.outgrownAt.Load() != 0 && c.b.mem.readersCrowd(c) {
+		if err := c.holdPartial(); err != nil {
+			return err
+		}
+	}
+	c.stall()
+	return nil
+}
+
+// countBuffer counts the reader's buffer in the budget while it is larger
+// than an idle connection's, and notes whether the frame in progress has
+// outgrown it (its bytes are still arriving into a buffer grown for them).
+func (c *conn) countBuffer() {
+	size := int64(c.rd.BufSize())
+	if size < bufferedMin || c.evicted.Load() {
+		size = 0
+	}
+	c.b.mem.setBuffer(c, size)
+	p := c.rd.Pending()
+	switch out := size > 0 && len(p) >= 4 && int64(binary.BigEndian.Uint32(p)) > size; {
+	case !out:
+		c.outgrownAt.Store(0)
+	case c.outgrownAt.Load() == 0:
+		c.outgrownAt.Store(c.b.clock.Load())
+	}
+}
+
+// watchFrame notes when a frame starts: bytes pending under a frame count
+// not seen before. The read deadline is armed once and left while frames
+// keep completing; frameTimeLeft moves it.
+func (c *conn) watchFrame() {
+	if len(c.rd.Pending()) == 0 {
+		c.frameSince = time.Time{}
+		return
+	}
+	if n := c.rd.Frames(); c.frameSince.IsZero() || n != c.frameSeq {
+		c.frameSince, c.frameSeq, c.headChecked = time.Now(), n, false
+		if c.readDeadline.IsZero() {
+			c.readDeadline = c.frameSince.Add(c.b.cfg.FrameTimeout)
+			c.nc.SetReadDeadline(c.readDeadline)
+		}
+	}
+}
+
+// checkHead refuses a large PUBLISH from its ident and channel rather than
+// after buffering its body.
+func (c *conn) checkHead() error {
+	p := c.rd.Pending()
+	if c.headChecked || len(p) < wire.HeaderLen || binary.BigEndian.Uint32(p) <= wire.MaxReadBuf {
+		return nil
+	}
+	if ident, channel, ok := wire.PublishHead(p); ok {
+		c.headChecked = true
+		if c.pubChan(ident, channel) == nil {
+			return errRefusedEarly
+		}
+	}
+	return nil
+}
+
+// holdPartial holds a frame that outgrew its buffer while reader buffers
+// hold most of a tight budget: it waits until there is room, its frame
+// deadline passes, or the connection is closed (enforceBudget evicts the
+// largest holder).
+func (c *conn) holdPartial() error {
+	m := &c.b.mem
+	c.stats.memoryPauses.Add(1)
+	t := c.timer()
+	for m.readersCrowd(c) && !c.closing() {
+		if time.Since(c.frameSince) >= c.b.cfg.FrameTimeout {
+			c.frameTimedOut()
+			return errFrameTimeout
+		}
+		t.Reset(MaxStall)
+		m.wait(t, m.readerPause)
+		t.Stop()
+	}
+	return nil
+}
+
+// stall is the read's one pause, MaxStall at most in all: first for the
+// stalled subscribers this connection queued to, until they drain to half
+// their stall mark (TCP then pushes back on the publisher instead of its
+// burst piling up here), then, while memory is tight, for the budget: a
+// publisher from three quarters of it, a frame that outgrew its buffer
+// from a quarter.
+func (c *conn) stall() {
+	m := &c.b.mem
+	mark := int64(-1)
+	switch {
+	case m.limit == 0:
+	case c.outgrownAt.Load() != 0:
+		mark = m.readerPause
+	case len(c.pubs) > 0:
+		mark = m.publisherPause
+	}
+	tight := mark >= 0 && m.used.Load() >= mark
+	if len(c.stalls) == 0 && !tight {
+		return
+	}
 	t := c.timer()
 	t.Reset(MaxStall)
-	paused := false
+	defer t.Stop()
 	c.readCap = 0
+	expired := c.waitStalls(t)
+	if tight && !expired && m.used.Load() >= mark {
+		c.stats.memoryPauses.Add(1)
+		m.wait(t, mark)
+	}
+}
+
+// waitStalls waits on the stalled subscribers until t fires, and reports
+// whether it did.
+func (c *conn) waitStalls(t *time.Timer) (expired bool) {
+	paused := false
 wait:
 	for _, ch := range c.stalls {
 		select {
@@ -232,124 +491,16 @@ wait:
 		case <-ch:
 		case <-t.C:
 			c.readCap = stalledRead
+			expired = true
 			break wait
 		}
 	}
-	t.Stop()
 	clear(c.stalls)
 	c.stalls = c.stalls[:0]
 	if paused {
 		c.stats.flowPauses.Add(1)
 	}
-}
-
-// Read is the frame reader's only way to the socket, so the policy of when
-// to read lives here: before each read the frames read so far are acted on
-// (writers woken, bytes counted, stalled subscribers waited for), and once
-// authenticated the frame in progress is checked, timed and paused while
-// memory is tight.
-func (c *conn) Read(p []byte) (int, error) {
-	c.wakeWriters()
-	if len(c.stalls) > 0 {
-		c.waitStalls()
-	}
-	if c.framed {
-		if err := c.framePolicy(); err != nil {
-			return 0, err
-		}
-	}
-	if c.readCap > 0 && len(p) > c.readCap {
-		p = p[:c.readCap]
-		c.readCap = 0
-	}
-	for {
-		n, err := c.nc.Read(p)
-		c.stats.recvBytes.Add(uint64(n))
-		if n == 0 && c.framed && errors.Is(err, os.ErrDeadlineExceeded) && c.frameTimeLeft() {
-			continue
-		}
-		return n, err
-	}
-}
-
-// framePolicy runs before each read of an authenticated connection.
-func (c *conn) framePolicy() error {
-	c.accountHeld()
-	pending := c.rd.Pending()
-	if len(pending) == 0 {
-		c.partialSince = time.Time{}
-	} else if parsed := c.stats.parsedBytes.Load(); c.partialSince.IsZero() || parsed != c.partialAt {
-		// A new frame in progress. The read deadline is armed once and
-		// left while frames keep completing; frameTimeLeft moves it.
-		c.partialSince, c.partialAt, c.headChecked = time.Now(), parsed, false
-		if c.readDeadline.IsZero() {
-			c.readDeadline = c.partialSince.Add(c.b.cfg.FrameTimeout)
-			c.nc.SetReadDeadline(c.readDeadline)
-		}
-	}
-	if !c.headChecked && len(pending) >= wire.HeaderLen && binary.BigEndian.Uint32(pending) > wire.MaxReadBuf {
-		// A large PUBLISH: refuse it from its ident and channel rather
-		// than after buffering its body.
-		if ident, channel, ok := wire.PublishHead(pending); ok {
-			c.headChecked = true
-			if c.pubChan(ident, channel) == nil {
-				return errRefusedEarly
-			}
-		}
-	}
-	if m := &c.b.mem; m.limit > 0 && m.used.Load() >= m.partialAt {
-		return c.memoryPause()
-	}
-	return nil
-}
-
-// accountHeld counts the reader's buffer in the memory budget while it is
-// larger than an idle connection's.
-func (c *conn) accountHeld() {
-	held := int64(c.rd.BufSize())
-	if held < heldMin {
-		held = 0
-	}
-	for {
-		// enforceBudget may take the buffer out of the budget meanwhile.
-		old := c.held.Load()
-		if old == held || c.held.CompareAndSwap(old, held) {
-			c.b.mem.addPartial(held - old)
-			return
-		}
-	}
-}
-
-// memoryPause holds a reader while memory is tight. A large partial frame
-// waits from a quarter of the budget, for as long as partial frames hold most of
-// it, until it has room, its frame deadline passes or enforceBudget closes
-// it; otherwise (the send queues hold most of it: only closing the largest
-// ones helps) it waits at most MaxStall, like a publisher from three
-// quarters of the budget.
-func (c *conn) memoryPause() error {
-	m := &c.b.mem
-	used := m.used.Load()
-	big := c.held.Load() > wire.MaxReadBuf
-	if !(big && used >= m.partialAt || len(c.pubs) > 0 && used >= m.pauseAt) {
-		return nil
-	}
-	c.stats.memoryPauses.Add(1)
-	t := c.timer()
-	// Closing the connection (the budget, revalidation, shutdown) sets
-	// its reason: a closed one stops waiting.
-	for big && m.used.Load() >= m.partialAt && 2*m.partial.Load() >= m.used.Load() && c.reason.Load() == nil {
-		if time.Since(c.partialSince) >= c.b.cfg.FrameTimeout {
-			c.frameTimedOut()
-			return errFrameTimeout
-		}
-		m.wait(t, MaxStall, m.partialAt)
-	}
-	mark := m.pauseAt
-	if big {
-		mark = m.partialAt
-	}
-	m.wait(t, MaxStall, mark)
-	return nil
+	return expired
 }
 
 // frameTimeLeft is called when a read timed out: the deadline is armed
@@ -357,8 +508,8 @@ func (c *conn) memoryPause() error {
 // or for a frame that started later. It moves the deadline and reports
 // whether to read again, or ends the connection.
 func (c *conn) frameTimeLeft() bool {
-	switch end := c.partialSince.Add(c.b.cfg.FrameTimeout); {
-	case c.partialSince.IsZero():
+	switch end := c.frameSince.Add(c.b.cfg.FrameTimeout); {
+	case c.frameSince.IsZero():
 		c.readDeadline = time.Time{}
 	case time.Now().Before(end):
 		c.readDeadline = end
@@ -372,7 +523,7 @@ func (c *conn) frameTimeLeft() bool {
 
 func (c *conn) frameTimedOut() {
 	c.b.mem.frameTimeouts.Add(1)
-	c.setReason(errFrameTimeout.Error())
+	c.close(closedFrameTimeout, errFrameTimeout.Error(), nil)
 	c.log().Debug("closing connection: frame not completed in time",
 		"timeout", c.b.cfg.FrameTimeout, "received", len(c.rd.Pending()))
 }

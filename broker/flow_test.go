@@ -91,6 +91,7 @@ func TestFlowControl(t *testing.T) {
 	srv := brokertest.Start(t, flowUsers("a", "b"), func(c *broker.Config) {
 		c.StallMark = 512 << 10
 		c.SendQueueSoft, c.SendQueueHard = 32<<20, 64<<20
+		c.StallTimeout = time.Minute // it comes back to read: the stall alone is tested
 	})
 	slow := stalledSub(t, srv.Addr, "sa", "a")
 	healthy := subscriber(t, srv.Addr, "ta", "a")
@@ -163,6 +164,7 @@ func TestMemoryBudgetClosesLargestQueueFirst(t *testing.T) {
 	srv := brokertest.Start(t, flowUsers("a", "b"), func(c *broker.Config) {
 		c.MemoryLimit = limit
 		c.MaxPublishSize = 128 << 10
+		c.StallTimeout = -1 // only the budget closes them
 	})
 	big := stalledSub(t, srv.Addr, "sa", "a")
 	small := stalledSub(t, srv.Addr, "sb", "b")
@@ -214,6 +216,7 @@ func TestEightStalledSubscribersWithinBudget(t *testing.T) {
 	srv := brokertest.Start(t, flowUsers(chans...), func(c *broker.Config) {
 		c.MemoryLimit = limit
 		c.BackpressureDeadline = time.Hour // only the budget bounds them
+		c.StallTimeout = -1
 	})
 	var clients []*brokertest.Client
 	for _, ch := range chans[:8] {

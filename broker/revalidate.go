@@ -177,9 +177,8 @@ func (c *conn) revalidate(u auth.User, found bool) {
 
 // revoke closes the session with the error a failed login gets.
 func (c *conn) revoke(s *session, why string) {
-	c.setReason(why)
 	c.b.cfg.Logger.Info("session closed: "+why, "ident", s.identStr, "addr", c.addr)
-	c.q.closeWith(wire.AppendError(nil, wire.AuthFailed(s.identStr)))
+	c.close(closedRevoked, why, wire.AppendError(nil, wire.AuthFailed(s.identStr)))
 }
 
 // changeSession stores the session with the store's channels and takes the

@@ -21,7 +21,7 @@ type sendQueue struct {
 	c *conn
 
 	mu     sync.Mutex
-	frames [][]byte
+	frames []qframe
 	// Frames copied for this subscriber alone (copyLocked) are written
 	// side by side into chunk; chunks lists the pooled chunks that frames
 	// use, which the writer returns to the pool once it has written them.
@@ -39,8 +39,19 @@ type sendQueue struct {
 	timer    *time.Timer // the backpressure deadline, while past the soft mark
 	// stall is closed when the queue drains to half the stall mark; it
 	// exists while the queue is past the mark, and publishers into it
-	// wait on it (briefly) before reading more (see conn.waitStalls).
-	stall chan struct{}
+	// wait on it (briefly) before reading more (see conn.stall). Past
+	// Config.StallTimeout, stallTimer closes the subscriber: a slow
+	// subscriber holds its publishers for that long at most.
+	stall      chan struct{}
+	stallTimer *time.Timer
+	// drained is closed when queued drops to drainMark (waitDrained).
+	drained   chan struct{}
+	drainMark int
+
+	// writingSince is the broker clock when the write in progress began,
+	// 0 between writes: the budget evicts a subscriber that is reading
+	// last (evictLargest).
+	writingSince atomic.Int64
 
 	dropped atomic.Bool // the queue was thrown away: stop writing it
 	wake    chan struct{}
@@ -49,6 +60,13 @@ type sendQueue struct {
 	// The writer's own state, kept between its runs while it is busy.
 	iov  [][]byte    // backing array for bufs
 	bufs net.Buffers // the writev in progress; WriteTo consumes it
+}
+
+// qframe is a queued frame: shared with other queues (sh set), or this
+// queue's own copy.
+type qframe struct {
+	b  []byte
+	sh *sharedFrame
 }
 
 // writerIdle is how long a writer with nothing to write waits before its
@@ -94,26 +112,29 @@ type wakeup struct {
 	start bool
 }
 
-// push queues frame, shared with other subscribers, or with own set a copy
-// of it for this subscriber alone; it never blocks on I/O. With a
+// push queues frame to this subscriber; it never blocks on I/O. With sh
+// set the frame is shared (memBudget.share: the caller counts the queues
+// that took it for unshare); without, the queue copies it and charges the
+// copy. With a
 // publishing connection from, the writer's wake-up and the queue's stall
 // are left for from to act on before its next read; without one (frames
-// from the cluster) the writer is woken now. Either way the caller counts
-// the queued bytes in the budget (topic.publish returns them). It reports
-// whether the frame was queued, and whether it took the queue past its
-// hard bound, closing the subscriber: the caller logs it (logTooSlow) once
-// it holds no lock.
-func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bool) {
-	cfg := &q.c.b.cfg
+// from the cluster, catch-up) the writer is woken now. It reports whether
+// the frame was queued, and whether it took the queue past its hard bound,
+// closing the subscriber: the caller logs it (logTooSlow) once it holds no
+// lock.
+func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, tooSlow bool) {
+	c := q.c
+	cfg := &c.b.cfg
 	q.mu.Lock()
 	if q.closing {
 		q.mu.Unlock()
 		return false, false
 	}
-	if own {
+	if sh == nil {
 		frame = q.copyLocked(frame)
+		c.b.mem.charge(len(frame))
 	}
-	q.frames = append(q.frames, frame)
+	q.frames = append(q.frames, qframe{frame, sh})
 	q.queued += len(frame)
 	failed := false
 	if q.queued > cfg.SendQueueHard {
@@ -121,10 +142,13 @@ func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bo
 		failed = true
 	} else if q.queued > cfg.SendQueueSoft && q.timer == nil {
 		q.timer = time.AfterFunc(cfg.BackpressureDeadline, q.deadlineExpired)
-		q.c.stats.deadlineStarts.Add(1)
+		c.stats.deadlineStarts.Add(1)
 	}
 	if q.queued > cfg.StallMark && q.stall == nil && !failed {
 		q.stall = make(chan struct{})
+		if cfg.StallTimeout > 0 {
+			q.stallTimer = time.AfterFunc(cfg.StallTimeout, q.stallExpired)
+		}
 	}
 	stall := q.stall
 	start, wake := q.kickLocked()
@@ -139,8 +163,44 @@ func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bo
 	} else {
 		q.kick(start, wake)
 	}
-	q.c.stats.queuedFrames.Add(1)
+	c.stats.queuedFrames.Add(1)
 	return true, failed
+}
+
+// waitDrained waits until at most mark bytes are queued, for at most d,
+// and reports whether they were; false too once the queue was thrown away
+// (the subscriber closed for backpressure). One caller at a time: it is
+// for a goroutine feeding this subscriber (a catch-up) that must not
+// outrun it.
+func (q *sendQueue) waitDrained(mark int, d time.Duration) bool {
+	q.mu.Lock()
+	if q.queued <= mark || q.closing {
+		q.mu.Unlock()
+		return q.queued <= mark && !q.dropped.Load()
+	}
+	ch := make(chan struct{})
+	q.drained, q.drainMark = ch, mark
+	q.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return !q.dropped.Load()
+	case <-t.C:
+		q.mu.Lock()
+		if q.drained == ch {
+			q.drained = nil
+		}
+		q.mu.Unlock()
+		return false
+	}
+}
+
+// queuedBytes is what this subscriber's queue holds, written or not.
+func (q *sendQueue) queuedBytes() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.queued
 }
 
 // copyLocked copies a frame of at most copyMax bytes for this queue alone:
@@ -149,7 +209,7 @@ func (q *sendQueue) push(frame []byte, own bool, from *conn) (queued, tooSlow bo
 // frames from the chunk, side by side, without copying them again (see
 // writeFrames).
 func (q *sendQueue) copyLocked(raw []byte) []byte {
-	if cap(q.chunk)-len(q.chunk) < len(raw) && len(q.frames) == 0 {
+	if cap(q.chunk)-len(q.chunk) < len(raw) && len(q.frames) == 0 || len(raw) > copyMax {
 		// Nothing waiting: a burst is not building, and a 64 KiB chunk
 		// for one frame would hold far more than the budget counts.
 		return append([]byte(nil), raw...)
@@ -192,6 +252,33 @@ func (q *sendQueue) deadlineExpired() {
 	q.logTooSlow("backpressure deadline expired")
 }
 
+// stallExpired closes a subscriber that held its publishers for
+// StallTimeout without draining to half the stall mark.
+func (q *sendQueue) stallExpired() {
+	q.mu.Lock()
+	if q.closing || q.stallTimer == nil {
+		q.mu.Unlock()
+		return
+	}
+	q.failLocked(BackpressureStalled)
+	start, wake := q.kickLocked()
+	q.mu.Unlock()
+	q.kick(start, wake)
+	q.logTooSlow("stalled its publishers for the stall timeout without draining")
+}
+
+// stopTimers stops the backpressure and stall deadlines.
+func (q *sendQueue) stopTimers() {
+	if q.timer != nil {
+		q.timer.Stop()
+		q.timer = nil
+	}
+	if q.stallTimer != nil {
+		q.stallTimer.Stop()
+		q.stallTimer = nil
+	}
+}
+
 // failLocked closes a subscriber that is too slow: what it has not been
 // sent is dropped, and it gets the backpressure error once the write in
 // progress (if any) completes, within the flush timeout.
@@ -199,17 +286,14 @@ func (q *sendQueue) failLocked(reason string) {
 	c := q.c
 	q.dropLocked()
 	q.last = wire.AppendError(nil, wire.ErrBackpressure)
-	if q.timer != nil {
-		q.timer.Stop()
-		q.timer = nil
-	}
+	q.stopTimers()
 	c.nc.SetWriteDeadline(time.Now().Add(c.b.cfg.FlushTimeout))
 	ident := ""
 	if s := c.sess.Load(); s != nil {
 		ident = s.identStr
 	}
 	c.b.stats.backpressureClose(ident, reason)
-	c.setReason("too slow: " + reason)
+	c.close(closedSlowConsumer, "too slow: "+reason, nil)
 }
 
 // dropLocked throws the queue away: nothing more is pushed or written, its
@@ -217,16 +301,29 @@ func (q *sendQueue) failLocked(reason string) {
 func (q *sendQueue) dropLocked() {
 	q.closing = true
 	q.dropped.Store(true)
+	q.c.b.mem.releaseFrames(q.frames)
 	clear(q.frames)
 	q.frames = q.frames[:0]
 	releaseChunks(q.chunks)
 	q.chunks, q.chunk = q.chunks[:0], nil
-	q.c.b.mem.add(-(q.queued - q.inflight))
 	q.c.b.mem.releasing.Add(int64(q.inflight))
 	q.queued = q.inflight
+	q.unstallLocked()
+	if q.drained != nil {
+		close(q.drained)
+		q.drained = nil
+	}
+}
+
+// unstallLocked lets the publishers waiting on this queue go on.
+func (q *sendQueue) unstallLocked() {
 	if q.stall != nil {
 		close(q.stall)
 		q.stall = nil
+	}
+	if q.stallTimer != nil {
+		q.stallTimer.Stop()
+		q.stallTimer = nil
 	}
 }
 
@@ -253,42 +350,38 @@ func (q *sendQueue) abort() {
 		q.dropLocked()
 		q.c.nc.Close()
 	}
-	if q.timer != nil {
-		q.timer.Stop()
-		q.timer = nil
-	}
+	q.stopTimers()
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
 	q.kick(start, wake)
 }
 
-// written accounts for n bytes that left, cancelling the backpressure
-// deadline once the queue is back under the low mark.
-func (q *sendQueue) written(n int) {
+// written accounts for frames, n bytes, that the writer wrote or let go:
+// they leave the queue and the memory budget. Back under the low mark the
+// backpressure deadline is cancelled, under half the stall mark the
+// publishers go on.
+func (q *sendQueue) written(frames []qframe, n int) {
 	cfg := &q.c.b.cfg
+	q.c.b.mem.releaseFrames(frames)
 	q.mu.Lock()
-	q.release(n)
+	q.queued -= n
+	q.inflight -= n
+	if q.dropped.Load() {
+		q.c.b.mem.releasing.Add(-int64(n))
+	}
 	if q.timer != nil && q.queued <= cfg.SendQueueLow {
 		q.timer.Stop()
 		q.timer = nil
 		q.c.stats.deadlineRecovers.Add(1)
 	}
-	if q.stall != nil && q.queued <= cfg.StallMark/2 {
-		close(q.stall)
-		q.stall = nil
+	if q.queued <= cfg.StallMark/2 {
+		q.unstallLocked()
+	}
+	if q.drained != nil && q.queued <= q.drainMark {
+		close(q.drained)
+		q.drained = nil
 	}
 	q.mu.Unlock()
-}
-
-// release takes n bytes of the writer's batch out of the queue and the
-// memory budget, written or let go. Called with q.mu held.
-func (q *sendQueue) release(n int) {
-	q.queued -= n
-	q.inflight -= n
-	q.c.b.mem.add(-n)
-	if q.dropped.Load() {
-		q.c.b.mem.releasing.Add(-int64(n))
-	}
 }
 
 // writeLoop is the connection's only writer. It exits when the connection
@@ -296,7 +389,7 @@ func (q *sendQueue) release(n int) {
 // to write.
 func (c *conn) writeLoop() {
 	q := &c.q
-	var batch [][]byte
+	var batch []qframe
 	var chunks []*[]byte
 	var idle *time.Timer
 	expired := false
@@ -334,13 +427,13 @@ func (c *conn) writeLoop() {
 
 		var err error
 		if n := len(batch); n > 0 {
-			err = c.writeFrames(batch)
+			var rest []qframe
+			rest, err = c.writeFrames(batch)
+			// What was not written: dropped, or a failed write.
+			q.written(rest, frameBytes(rest))
 			clear(batch)
 			batch = batch[:0]
 			releaseChunks(chunks)
-			q.mu.Lock()
-			q.release(q.inflight) // what was not written: dropped, or a failed write
-			q.mu.Unlock()
 			if cap(batch) > 1024 && n < cap(batch)/8 {
 				batch = nil // the burst that grew it is over; don't pin it
 			}
@@ -388,7 +481,19 @@ func adjacent(a, b []byte) bool {
 	return len(b) > 0 && cap(a) > len(a) && &a[:len(a)+1][len(a)] == &b[0]
 }
 
-func (c *conn) writeFrames(frames [][]byte) error {
+// frameBytes is the length of frames together.
+func frameBytes(frames []qframe) int {
+	n := 0
+	for _, f := range frames {
+		n += len(f.b)
+	}
+	return n
+}
+
+// writeFrames writes frames in rounds of at most roundMax bytes, releasing
+// each round once written, and returns those it did not write (the queue
+// was dropped, or a write failed).
+func (c *conn) writeFrames(frames []qframe) ([]qframe, error) {
 	q := &c.q
 	sp := scratchPool.Get().(*[]byte)
 	defer scratchPool.Put(sp)
@@ -397,8 +502,8 @@ func (c *conn) writeFrames(frames [][]byte) error {
 		iov := q.iov[:0]
 		seg, n, i := 0, 0, 0
 		for ; i < len(frames) && n < roundMax; i++ {
-			f := frames[i]
-			if len(f) <= copyMax && cap(f) == len(f) { // small and shared
+			f := frames[i].b
+			if len(f) <= copyMax && frames[i].sh != nil { // small and shared
 				if len(scratch)+len(f) > cap(scratch) {
 					break
 				}
@@ -419,17 +524,19 @@ func (c *conn) writeFrames(frames [][]byte) error {
 		if len(scratch) > seg {
 			iov = append(iov, scratch[seg:])
 		}
-		frames = frames[i:]
 		q.iov, q.bufs = iov, iov
+		q.writingSince.Store(c.b.clock.Load())
 		w, err := q.bufs.WriteTo(c.nc)
+		q.writingSince.Store(0)
 		clear(iov) // WriteTo leaves some entries set; don't pin frames
 		c.stats.sentBytes.Add(uint64(w))
 		c.stats.writes.Add(1)
-		q.written(n)
+		q.written(frames[:i], n)
+		frames = frames[i:]
 		if err != nil {
-			return err
+			return frames, err
 		}
 		c.stats.sentFrames.Add(uint64(i))
 	}
-	return nil
+	return frames, nil
 }

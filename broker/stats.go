@@ -31,6 +31,9 @@ const (
 	// The broker was over its memory budget and this subscriber held the
 	// most queued bytes.
 	BackpressureMemoryBudget = "memory-budget"
+	// It held its publishers past the stall mark for Config.StallTimeout
+	// without draining to half the mark.
+	BackpressureStalled = "stalled"
 )
 
 func (s *stats) init() {

@@ -28,6 +28,8 @@ type Reader struct {
 	// a large frame gets at once, since this stream has sent one that big
 	// whole (a stream of large frames then costs no growth steps).
 	lastLarge int
+	frames    uint64 // frames returned so far
+
 	// Limits bounds each frame's length by opcode; it may be changed
 	// between calls to Next (for instance once a client has authenticated).
 	Limits Limits
@@ -50,6 +52,7 @@ func (r *Reader) Next() (Frame, error) {
 		}
 		if n > 0 {
 			r.start += n
+			r.frames++
 			if n > MaxReadBuf {
 				r.lastLarge = n
 			}
@@ -70,8 +73,14 @@ func (r *Reader) Next() (Frame, error) {
 // aliases the buffer and is valid until the Reader's next read.
 func (r *Reader) Pending() []byte { return r.buf[r.start:r.end] }
 
-// BufSize is the size of the Reader's buffer, the memory it holds.
-func (r *Reader) BufSize() int { return len(r.buf) }
+// Frames is how many frames Next has returned. With Pending it tells a
+// caller when a frame starts: bytes pending under a count not seen before
+// are a new frame in progress.
+func (r *Reader) Frames() uint64 { return r.frames }
+
+// BufSize is the memory the Reader's buffer holds: its capacity, which a
+// pooled buffer may have beyond the length in use.
+func (r *Reader) BufSize() int { return cap(r.buf) }
 
 // fill reads at least once, making room for a frame of want bytes.
 func (r *Reader) fill(want int) error {
@@ -79,16 +88,17 @@ func (r *Reader) fill(want int) error {
 		r.size = minReadBuf
 	}
 	pending := r.end - r.start
-	if want > MaxReadBuf {
-		// A large frame gets room only as its bytes arrive: once they
-		// fill the buffer, half as much again. A header alone, however
-		// large its length, costs nothing, and the buffer is never more
-		// than 1.5 times what arrived, or the size of a large frame this
-		// stream completed before.
+	if want > max(r.size, len(r.buf)) {
+		// A frame larger than the buffer reads are batched into gets
+		// room only as its bytes arrive: once they fill the buffer, half
+		// as much again (or the batch size, which doubles as they do). A
+		// header alone, whatever length it declares, costs nothing, and
+		// the buffer is never more than twice what arrived, or the size
+		// of a large frame this stream completed before.
 		if pending < len(r.buf) {
 			want = len(r.buf)
 		} else {
-			want = min(want, max(MaxReadBuf, pending*3/2, r.lastLarge))
+			want = min(want, max(r.size, pending*3/2, r.lastLarge))
 		}
 	}
 	if pending == 0 {
@@ -145,8 +155,13 @@ var largeBufs sync.Pool
 
 func getBuf(size int) []byte {
 	if size > MaxReadBuf {
-		if p, ok := largeBufs.Get().(*[]byte); ok && cap(*p) >= size {
-			return (*p)[:size]
+		// A pooled buffer far larger than the frame would hold memory
+		// the frame's bytes never justified: leave it for a larger one.
+		if p, ok := largeBufs.Get().(*[]byte); ok {
+			if cap(*p) >= size && cap(*p) <= 2*size {
+				return (*p)[:size]
+			}
+			largeBufs.Put(p)
 		}
 	}
 	return make([]byte, size)

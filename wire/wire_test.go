@@ -316,3 +316,42 @@ func TestReaderBatchesStraddlingFrames(t *testing.T) {
 		t.Errorf("%d reads for %d frames of %d bytes", cr.reads, n, len(stream)/n)
 	}
 }
+
+// A frame of 64 KiB or less also gets room only as its bytes arrive: a
+// header that declares 64 KiB costs a few hundred bytes, not 64 KiB.
+func TestReaderSmallFrameBuffersAsBytesArrive(t *testing.T) {
+	frame, _ := AppendPublish(nil, []byte("ident"), []byte("chan"), bytes.Repeat([]byte("x"), 60<<10))
+	errStop := errors.New("stop")
+	for _, got := range []int{HeaderLen, 600, 20 << 10} {
+		r := io.MultiReader(bytes.NewReader(frame[:got]), iotest.ErrReader(errStop))
+		rd := NewReader(r, UniformLimits(1<<20))
+		if _, err := rd.Next(); err != errStop {
+			t.Fatalf("%d bytes: %v", got, err)
+		}
+		if max := max(minReadBuf, 2*got); rd.BufSize() > max {
+			t.Errorf("%d bytes of a 60 KiB frame in: buffer of %d bytes, want at most %d", got, rd.BufSize(), max)
+		}
+	}
+}
+
+// After a large frame, a smaller partial frame neither takes a pooled
+// buffer far larger than it nor hides one: BufSize is the memory held.
+func TestReaderCountsPooledBufferCapacity(t *testing.T) {
+	big, _ := AppendPublish(nil, []byte("i"), []byte("c"), bytes.Repeat([]byte("B"), 8<<20))
+	rd := NewReader(bytes.NewReader(big), UniformLimits(9<<20))
+	if _, err := rd.Next(); err != nil {
+		t.Fatal(err)
+	}
+	rd.Next() // EOF: the large buffer goes back to the pool
+	small, _ := AppendPublish(nil, []byte("i"), []byte("c"), bytes.Repeat([]byte("s"), 1<<20))
+	errStop := errors.New("stop")
+	for range 4 { // a pooled buffer may or may not come back; either way
+		rd = NewReader(io.MultiReader(bytes.NewReader(small[:100<<10]), iotest.ErrReader(errStop)), UniformLimits(2<<20))
+		if _, err := rd.Next(); err != errStop {
+			t.Fatal(err)
+		}
+		if rd.BufSize() > 2*(100<<10)*3/2 {
+			t.Errorf("100 KiB of a frame in: %d bytes held", rd.BufSize())
+		}
+	}
+}

@@ -115,6 +115,7 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.DurationVar(&o.cfg.LoginThrottle.MaxDelay, "login-throttle-max-delay", broker.DefaultThrottleMaxDelay, "the longest spacing (`DURATION`) between the checks of a throttled source's logins")
 	f.DurationVar(&o.cfg.BackpressureDeadline, "backpressure-deadline", broker.DefaultBackpressureDeadline, "how long a subscriber may stay past the soft mark (`DURATION`)")
 	f.IntVar(&o.cfg.StallMark, "send-queue-stall", broker.DefaultStallMark, "`BYTES` queued to a subscriber that pause its publishers' reads, 5 ms at most each time (flow control)")
+	f.DurationVar(&o.cfg.StallTimeout, "send-queue-stall-timeout", broker.DefaultStallTimeout, "close a subscriber past --send-queue-stall that has not drained to half of it within this `DURATION` (negative: never)")
 	f.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", broker.DefaultFrameTimeout, "close a connection whose frame in progress is not complete within this `DURATION`")
 	o.cfg.MemoryLimit = defaultMemoryLimit()
 	f.Var(byteSize{&o.cfg.MemoryLimit}, "memory-limit", "budget for send queues and partially received frames, e.g. 256MiB (0: none); also sets the Go runtime's soft memory limit; the default is the smaller of 1GiB and a quarter of the machine's or cgroup's memory")
