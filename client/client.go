@@ -407,15 +407,15 @@ func (c *Client) Drain(ctx context.Context) error {
 		c.wmu.Unlock()
 		return ErrDisconnected
 	}
-	var err error
-	if cw, ok := nc.(interface{ CloseWrite() error }); ok {
-		err = cw.CloseWrite()
-	} else {
-		err = fmt.Errorf("cannot half-close a %T", nc)
+	cw, ok := nc.(interface{ CloseWrite() error })
+	if ok {
+		// It fails when the broker has already closed (it refused
+		// something): the reader then tells what the broker sent.
+		cw.CloseWrite()
 	}
 	c.wmu.Unlock()
-	if err != nil {
-		return fmt.Errorf("ending the stream to %s: %w", c.cfg.Addr, err)
+	if !ok {
+		return fmt.Errorf("ending the stream to %s: cannot half-close a %T", c.cfg.Addr, nc)
 	}
 	select {
 	case err := <-done:
