@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hpfeeds-go/hpfeeds/retain"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -60,6 +61,7 @@ type Broker struct {
 	// loop, so a publish can stamp its channel without reading the clock.
 	clock atomic.Int64
 	rates rateWindow
+	ret   retainState // retained subscriptions (retain.go)
 }
 
 // New checks cfg and returns a broker ready to Serve.
@@ -241,10 +243,12 @@ func (b *Broker) topic(name []byte, create bool) *topic {
 	if t != nil || !create {
 		return t
 	}
+	rc := b.retainChannel(string(name)) // may read the store: not under topicsMu
 	b.topicsMu.Lock()
 	defer b.topicsMu.Unlock()
 	if t = b.topics[string(name)]; t == nil {
 		t = newTopic(string(name))
+		t.ret = rc
 		b.topics[t.name] = t
 	}
 	return t
@@ -259,6 +263,9 @@ type topic struct {
 	mu   sync.RWMutex
 	subs []*conn
 	idx  map[*conn]int // position in subs
+
+	ret         *retain.Channel // the channel's log if retained (retain.go)
+	undelivered atomic.Uint64   // publishes no subscriber got
 }
 
 func newTopic(name string) *topic {

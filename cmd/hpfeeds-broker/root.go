@@ -49,6 +49,7 @@ type options struct {
 	reloaders        []reloader // the stores SIGHUP re-reads
 	cfg              broker.Config
 	cluster          cluster.Options
+	retain           retainOptions // retain.go
 }
 
 func newRootCmd() *cobra.Command {
@@ -115,7 +116,8 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", broker.DefaultFrameTimeout, "close a connection whose frame in progress is not complete within this `DURATION`")
 	o.cfg.MemoryLimit = defaultMemoryLimit()
 	f.Var(byteSize{&o.cfg.MemoryLimit}, "memory-limit", "budget for send queues and partially received frames, e.g. 256MiB (0: none); also sets the Go runtime's soft memory limit; the default is the smaller of 1GiB and a quarter of the machine's or cgroup's memory")
-	cmd.AddCommand(newUserCmd(), newStatusCmd())
+	o.retain.addFlags(f)
+	cmd.AddCommand(newUserCmd(), newStatusCmd(), newRetainedCmd())
 	return cmd
 }
 
@@ -278,6 +280,11 @@ func (o *options) run(ctx context.Context) error {
 	if bridge != nil {
 		defer bridge.Close()
 		cfg.Bridge = bridge
+	}
+	if cfg.Retain, err = o.retain.open(log, o.cluster.Prefix, bridge); err != nil {
+		return err
+	} else if cfg.Retain != nil {
+		defer cfg.Retain.Close() // after the broker's shutdown saved the positions
 	}
 	b, err := broker.New(cfg)
 	if err != nil {

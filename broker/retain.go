@@ -1,0 +1,306 @@
+package broker
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/retain"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// Retained channels (see package retain and docs/retention.md). A publish
+// to a retained channel is appended to the channel's log and delivered
+// live under the log's lock, so log order is delivery order. A subscriber
+// whose ident has a saved position is not added to the channel at once: a
+// goroutine sends it the stored frames after the position as its queue
+// drains, then, under the log's lock, the frames not yet stored, and adds
+// it to the channel: nothing is missed or sent twice at the switch. When
+// the subscription ends, the position saved is that of the first frame the
+// peer's TCP did not acknowledge (see ackedOffset).
+
+// retainState is the broker's retained subscriptions, per connection.
+type retainState struct {
+	mu       sync.Mutex
+	subs     map[*conn][]*retainSub
+	catching atomic.Int64 // subscriptions catching up now
+}
+
+// catchUpMark is how full a catching-up subscriber's queue may be before
+// the next stored batch is read: what catch-up holds in memory per
+// subscriber is this plus one batch.
+const catchUpMark = 256 << 10
+
+// catchUpRing bounds the stored batches a catching-up subscription
+// remembers the queue offsets of.
+const catchUpRing = 256
+
+type ringEntry struct {
+	off int64 // the queue's pushed bytes before the batch's first frame
+	pos retain.Pos
+}
+
+// retainSub is one connection's subscription to a retained channel.
+type retainSub struct {
+	c      *conn
+	t      *topic
+	ident  string
+	closed atomic.Bool
+	live   bool  // added to the topic; guarded by the log's lock
+	liveAt int64 // the queue's pushed bytes when it went live; guarded by the log's lock
+
+	mu    sync.Mutex // guards the catch-up ring
+	start retain.Pos // where catch-up began, or the ring's last evicted entry
+	ring  []ringEntry
+}
+
+// deliver is the publish path: to a retained channel's log and live
+// subscribers under the log's lock, or to the subscribers alone.
+func (b *Broker) deliver(t *topic, raw []byte, payload int, from *conn) int {
+	rc := t.ret
+	if rc == nil {
+		n := t.publish(raw, payload, from)
+		if n == 0 {
+			t.undelivered.Add(1)
+		}
+		return n
+	}
+	rc.Lock()
+	rc.Append(raw)
+	n := t.publish(raw, payload, from)
+	rc.Unlock()
+	if n == 0 {
+		t.undelivered.Add(1)
+	}
+	return n
+}
+
+// retainChannel is channel's log, or nil if it is not retained.
+func (b *Broker) retainChannel(channel string) *retain.Channel {
+	if b.cfg.Retain == nil {
+		return nil
+	}
+	return b.cfg.Retain.Channel(channel)
+}
+
+// subscribeRetained subscribes c to t if t is retained, catching up from
+// the ident's position first; it reports false for a channel that is not.
+func (c *conn) subscribeRetained(t *topic) bool {
+	rc, b := t.ret, c.b
+	if rc == nil {
+		return false
+	}
+	rs := &retainSub{c: c, t: t, ident: c.sess.Load().identStr}
+	b.ret.mu.Lock()
+	if b.ret.subs == nil {
+		b.ret.subs = map[*conn][]*retainSub{}
+	}
+	b.ret.subs[c] = append(b.ret.subs[c], rs)
+	b.ret.mu.Unlock()
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
+	p, ok, err := b.cfg.Retain.Resume(ctx, rs.ident, rc)
+	cancel()
+	if err != nil {
+		c.log().Warn("retained channel: no resume position; starting live", "channel", t.name, "err", err)
+	}
+	if !ok {
+		rs.goLive(retain.Pos{}, true)
+		return true
+	}
+	rs.start = p
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); rs.catchUp(p) }()
+	return true
+}
+
+// catchUp sends the stored frames from p on, one batch whenever the queue
+// has drained under catchUpMark and the memory budget allows, then
+// switches to live delivery.
+func (rs *retainSub) catchUp(p retain.Pos) {
+	c, rc := rs.c, rs.t.ret
+	c.b.ret.catching.Add(1)
+	defer c.b.ret.catching.Add(-1)
+	for rs.waitRoom() {
+		ctx, cancel := context.WithTimeout(c.b.ctx, 10*time.Second)
+		s, found, err := rc.Read(ctx, p)
+		cancel()
+		if err != nil {
+			c.log().Warn("retained channel: reading the store failed; going live, frames may be missing", "channel", rs.t.name, "err", err)
+			rs.goLive(p, true)
+			return
+		}
+		if !found {
+			if rs.goLive(p, false) {
+				return
+			}
+			continue
+		}
+		rs.remember(s.Pos)
+		rs.push(s.Frames)
+		c.b.cfg.Retain.Replayed.Add(uint64(len(s.Frames)))
+		p = s.Next
+	}
+}
+
+// waitRoom waits until the queue and the memory budget have room for a
+// batch; false once the subscription or connection is closing.
+func (rs *retainSub) waitRoom() bool {
+	q, m := &rs.c.q, &rs.c.b.mem
+	for {
+		q.mu.Lock()
+		queued, closing := q.queued, q.closing
+		q.mu.Unlock()
+		if closing || rs.closed.Load() {
+			return false
+		}
+		if queued < catchUpMark && (m.limit == 0 || m.used.Load() < m.pauseAt) {
+			return true
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// push queues frames, shared, counting them in the memory budget.
+func (rs *retainSub) push(frames [][]byte) {
+	n := 0
+	for _, f := range frames {
+		if ok, _ := rs.c.q.push(f, false, nil); ok {
+			n += len(f)
+		}
+	}
+	rs.c.b.mem.add(n)
+}
+
+// goLive sends what the log holds past p that the store has not yet
+// acknowledged and adds the subscriber to the channel, unless the store
+// holds more to read first (false) and force is unset.
+func (rs *retainSub) goLive(p retain.Pos, force bool) bool {
+	rc, t, c := rs.t.ret, rs.t, rs.c
+	rc.Lock()
+	if rs.closed.Load() {
+		rc.Unlock()
+		return true
+	}
+	frames, ok := rc.Tail(p)
+	if !ok && !force {
+		rc.Unlock()
+		return false
+	}
+	rs.liveAt = c.q.pushedBytes()
+	if ok && p != (retain.Pos{}) {
+		rs.push(frames)
+	}
+	first := t.add(c)
+	rs.live = true
+	rc.Unlock()
+	if first {
+		c.b.interestChanged(t.name)
+	}
+	return true
+}
+
+func (rs *retainSub) remember(p retain.Pos) {
+	off := rs.c.q.pushedBytes()
+	rs.mu.Lock()
+	if len(rs.ring) == catchUpRing {
+		rs.start = rs.ring[0].pos
+		rs.ring = append(rs.ring[:0], rs.ring[1:]...)
+	}
+	rs.ring = append(rs.ring, ringEntry{off, p})
+	rs.mu.Unlock()
+}
+
+// caughtUpTo is where catch-up resumes when the peer acknowledged acked
+// bytes: the start of the stored batch it was in.
+func (rs *retainSub) caughtUpTo(acked int64) retain.Pos {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	p := rs.start
+	for _, e := range rs.ring {
+		if e.off > acked {
+			break
+		}
+		p = e.pos
+	}
+	return p
+}
+
+// pushedBytes is every byte ever pushed to the queue, queued or refused.
+func (q *sendQueue) pushedBytes() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pushed
+}
+
+// retainEnd ends c's retained subscriptions (only t's, if t is set) and
+// saves each one's position: the first frame the peer did not acknowledge.
+func (b *Broker) retainEnd(c *conn, t *topic) {
+	b.ret.mu.Lock()
+	all := b.ret.subs[c]
+	var ending, keep []*retainSub
+	for _, rs := range all {
+		if t == nil || rs.t == t {
+			ending = append(ending, rs)
+		} else {
+			keep = append(keep, rs)
+		}
+	}
+	if len(keep) == 0 {
+		delete(b.ret.subs, c)
+	} else {
+		b.ret.subs[c] = keep
+	}
+	b.ret.mu.Unlock()
+	if len(ending) == 0 {
+		return
+	}
+	pushed := c.q.pushedBytes()
+	acked := ackedOffset(c, infoLen(b.cfg.Name))
+	for _, rs := range ending {
+		rs.end(pushed, acked)
+	}
+}
+
+// end closes the subscription and saves its position in the background.
+func (rs *retainSub) end(pushed, acked int64) {
+	rc, t, b := rs.t.ret, rs.t, rs.c.b
+	rc.Lock()
+	rs.closed.Store(true)
+	last := t.remove(rs.c)
+	var m retain.Mark
+	live := rs.live && acked >= rs.liveAt
+	if live {
+		m = rc.Back(int(max(0, pushed-acked)))
+	}
+	rc.Unlock()
+	if last {
+		b.interestChanged(t.name)
+	}
+	var p retain.Pos
+	if !live {
+		p = rs.caughtUpTo(acked)
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if live {
+			var err error
+			if p, err = rc.Resolve(ctx, m); err != nil {
+				b.cfg.Logger.Warn("retained channel: position not saved", "ident", rs.ident, "channel", t.name, "err", err)
+				return
+			}
+		}
+		if err := b.cfg.Retain.Save(ctx, rs.ident, t.name, p); err != nil {
+			b.cfg.Logger.Warn("retained channel: position not saved", "ident", rs.ident, "err", err)
+		}
+	}()
+}
+
+// infoLen is the size of the INFO frame that precedes the queue's bytes
+// on the socket.
+func infoLen(name string) int64 {
+	return int64(wire.HeaderLen + 1 + len(name) + wire.NonceLen)
+}

@@ -1,0 +1,282 @@
+package retain
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Pos is a place in a channel's history: frame Idx of the stored message
+// Seq; a Seq with no message of the channel means the next one after it.
+type Pos struct {
+	Seq uint64
+	Idx int
+}
+
+// batch is one stored message in the making: PUBLISH frames side by side.
+type batch struct {
+	data   []byte
+	frames int
+	seq    uint64        // once done: where it was stored (or, failed, where it would resume)
+	failed bool          // the store refused it
+	done   chan struct{} // closed once stored or failed
+	at     time.Time     // when its first frame came
+}
+
+// Mark is a place in a channel's history that may not be stored yet:
+// after the first Idx frames of a batch, or, without one, Pos.
+type Mark struct {
+	b   *batch
+	idx int
+	pos Pos
+}
+
+// meta is a stored batch the channel still remembers, to walk back from
+// a disconnect over what the peer did not acknowledge.
+type meta struct {
+	seq  uint64
+	size int
+}
+
+const recentMax = 1024
+
+// Channel is one retained channel's log. The broker holds its lock while it
+// appends a frame and delivers it live, so the order of the log is the
+// order of delivery, and a subscriber switching from the log to live
+// delivery under the lock misses nothing and gets nothing twice.
+type Channel struct {
+	e       *Engine
+	name    string
+	subject string
+
+	mu        sync.Mutex
+	cur       *batch
+	inflight  []*batch // flushed, not yet acknowledged, in order
+	last      *batch   // the batch flushed last
+	recent    []meta   // a ring of the latest acknowledged batches
+	recentAt  int      // where the next goes in recent
+	base      uint64   // where the channel's log went on when opened
+	lastAcked uint64   // the sequence of the latest batch stored in order
+	timer     *time.Timer
+
+	Frames atomic.Uint64 // frames appended
+	Bytes  atomic.Uint64 // their bytes
+}
+
+// Lock and Unlock hold the channel for an append and its live delivery,
+// or for a subscriber's switch to live delivery.
+func (ch *Channel) Lock()   { ch.mu.Lock() }
+func (ch *Channel) Unlock() { ch.mu.Unlock() }
+
+// Name is the channel.
+func (ch *Channel) Name() string { return ch.name }
+
+// Append adds a PUBLISH frame to the log; the caller holds the lock. The
+// frame is copied. Nothing here waits for the store.
+func (ch *Channel) Append(frame []byte) {
+	max := ch.e.opts.BatchBytes
+	if ch.cur != nil && len(ch.cur.data)+len(frame) > max {
+		ch.flushLocked()
+	}
+	if ch.cur == nil {
+		ch.cur = &batch{data: make([]byte, 0, min(max, 4*len(frame)+512)), done: make(chan struct{}), at: time.Now()}
+		if ch.timer == nil {
+			ch.timer = time.AfterFunc(ch.e.opts.FlushAfter, ch.timedFlush)
+		} else {
+			ch.timer.Reset(ch.e.opts.FlushAfter)
+		}
+	}
+	ch.cur.data = append(ch.cur.data, frame...)
+	ch.cur.frames++
+	ch.Frames.Add(1)
+	ch.Bytes.Add(uint64(len(frame)))
+	if len(ch.cur.data) >= max {
+		ch.flushLocked()
+	}
+}
+
+func (ch *Channel) timedFlush() {
+	ch.mu.Lock()
+	ch.flushLocked()
+	ch.mu.Unlock()
+}
+
+// flushLocked publishes the batch in the making, without waiting for the
+// store's acknowledgement.
+func (ch *Channel) flushLocked() {
+	b := ch.cur
+	if b == nil || b.frames == 0 {
+		return
+	}
+	ch.cur, ch.last = nil, b
+	ch.inflight = append(ch.inflight, b)
+	fut, err := ch.e.js.PublishAsync(ch.subject, b.data, jetstream.WithStallWait(50*time.Millisecond))
+	if err != nil {
+		ch.settleLocked(b, 0, err)
+		return
+	}
+	go ch.await(b, fut)
+}
+
+func (ch *Channel) await(b *batch, fut jetstream.PubAckFuture) {
+	var seq uint64
+	var err error
+	select {
+	case ack := <-fut.Ok():
+		seq = ack.Sequence
+	case err = <-fut.Err():
+	}
+	ch.mu.Lock()
+	ch.settleLocked(b, seq, err)
+	ch.mu.Unlock()
+}
+
+// settleLocked records a batch's outcome and retires, in order, the
+// batches that are settled.
+func (ch *Channel) settleLocked(b *batch, seq uint64, err error) {
+	if err != nil {
+		b.failed = true
+		ch.e.failed(ch.name, b.frames, err)
+	} else {
+		b.seq = seq
+	}
+	for len(ch.inflight) > 0 {
+		f := ch.inflight[0]
+		if f.seq == 0 && !f.failed {
+			break
+		}
+		ch.inflight[0] = nil
+		ch.inflight = ch.inflight[1:]
+		if f.failed {
+			f.seq = ch.lastAcked + 1 // resume at whatever is stored next
+		} else {
+			ch.lastAcked = max(ch.lastAcked, f.seq)
+			ch.remember(meta{f.seq, len(f.data)})
+		}
+		close(f.done)
+	}
+}
+
+func (ch *Channel) remember(m meta) {
+	if len(ch.recent) < recentMax {
+		ch.recent = append(ch.recent, m)
+		return
+	}
+	ch.recent[ch.recentAt] = m
+	ch.recentAt = (ch.recentAt + 1) % recentMax
+}
+
+// Head is the place after the last frame appended; the caller holds the lock.
+func (ch *Channel) Head() Mark { return ch.Back(0) }
+
+// Back is the place back bytes of frames before the head: a subscriber
+// whose last back bytes were not acknowledged resumes there. Walked over
+// the frames in memory exactly, over older stored batches to the start of
+// the batch (a few more frames sent twice), and no further than the
+// batches remembered (see recentMax). The caller holds the lock.
+func (ch *Channel) Back(back int) Mark {
+	held := make([]*batch, 0, len(ch.inflight)+1)
+	held = append(held, ch.inflight...)
+	if ch.cur != nil && ch.cur.frames > 0 {
+		held = append(held, ch.cur)
+	}
+	for i := len(held) - 1; i >= 0; i-- {
+		b := held[i]
+		if back < len(b.data) || back == 0 {
+			return Mark{b: b, idx: frameAt(b.data, len(b.data)-back)}
+		}
+		back -= len(b.data)
+	}
+	if len(ch.recent) == 0 {
+		return Mark{pos: Pos{max(ch.base, ch.lastAcked+1), 0}}
+	}
+	n := len(ch.recent)
+	for k := 1; k <= n; k++ {
+		m := ch.recent[(ch.recentAt-k+n)%n]
+		if back == 0 {
+			return Mark{pos: Pos{m.seq + 1, 0}}
+		}
+		if back < m.size || k == n {
+			return Mark{pos: Pos{m.seq, 0}}
+		}
+		back -= m.size
+	}
+	panic("unreachable")
+}
+
+// frameAt is the index of the first frame in data that ends after off.
+func frameAt(data []byte, off int) int {
+	i, at := 0, 0
+	for at < len(data) {
+		at += int(binary.BigEndian.Uint32(data[at:]))
+		if at > off {
+			return i
+		}
+		i++
+	}
+	return i
+}
+
+// Resolve waits until m is stored and returns its position.
+func (ch *Channel) Resolve(ctx context.Context, m Mark) (Pos, error) {
+	if m.b == nil {
+		return m.pos, nil
+	}
+	select {
+	case <-m.b.done:
+	case <-ctx.Done():
+		return Pos{}, ctx.Err()
+	}
+	if m.b.failed {
+		return Pos{m.b.seq, 0}, nil
+	}
+	if m.idx >= m.b.frames {
+		return Pos{m.b.seq + 1, 0}, nil
+	}
+	return Pos{m.b.seq, m.idx}, nil
+}
+
+// Tail returns the frames appended and not yet known to be stored, if p is
+// past every stored batch of this broker's; ok is false if the store holds
+// more to read first. The caller holds the lock; the frames stay valid.
+func (ch *Channel) Tail(p Pos) (frames [][]byte, ok bool) {
+	if ch.lastAcked >= p.Seq {
+		return nil, false
+	}
+	for _, b := range ch.inflight {
+		frames = appendFrames(frames, b.data, 0)
+	}
+	if ch.cur != nil {
+		frames = appendFrames(frames, ch.cur.data, 0)
+	}
+	return frames, true
+}
+
+// appendFrames appends data's frames from the skip-th, each a slice with
+// no room past its end (so no writer mistakes it for a growing buffer).
+func appendFrames(frames [][]byte, data []byte, skip int) [][]byte {
+	for at, i := 0, 0; at+4 <= len(data); i++ {
+		n := int(binary.BigEndian.Uint32(data[at:]))
+		if n < 5 || at+n > len(data) {
+			break // not a frame: a foreign message on the subject
+		}
+		if i >= skip {
+			frames = append(frames, data[at:at+n:at+n])
+		}
+		at += n
+	}
+	return frames
+}
+
+// Oldest is the time of the channel's oldest stored batch, if any.
+func (ch *Channel) Oldest(ctx context.Context) (time.Time, bool) {
+	m, err := ch.e.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(ch.subject))
+	if err != nil {
+		return time.Time{}, false
+	}
+	return m.Time, true
+}
