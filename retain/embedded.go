@@ -23,19 +23,27 @@ func CheckDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("--retain-dir %s: %w", dir, err)
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("--retain-dir %s: %w", dir, err)
+	if err := CheckExisting(dir); err != nil {
+		return err
 	}
-	mark := filepath.Join(dir, marker)
-	if _, err := os.Stat(mark); errors.Is(err, fs.ErrNotExist) && len(entries) > 0 {
-		return fmt.Errorf("--retain-dir %s holds files but no %s marker: it is not a retained store; give an empty directory or the one the broker used before", dir, marker)
-	}
-	f, err := os.OpenFile(mark, os.O_CREATE|os.O_WRONLY, 0o640)
+	f, err := os.OpenFile(filepath.Join(dir, marker), os.O_CREATE|os.O_WRONLY, 0o640)
 	if err != nil {
 		return fmt.Errorf("--retain-dir %s is not writable: %w", dir, err)
 	}
 	return f.Close()
+}
+
+// CheckExisting reports an existing dir that is not a retained store: it
+// holds files but not the marker the engine leaves.
+func CheckExisting(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("--retain-dir %s: %w", dir, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, marker)); errors.Is(err, fs.ErrNotExist) && len(entries) > 0 {
+		return fmt.Errorf("--retain-dir %s holds files but no %s marker: it is not a retained store; give an empty directory or the one the broker used before", dir, marker)
+	}
+	return nil
 }
 
 // startEmbedded runs JetStream in this process, without a listener, and

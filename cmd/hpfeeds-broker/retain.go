@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -148,4 +149,31 @@ func (r *retainOptions) export(ctx context.Context, url, prefix, channel string,
 		}
 		return enc.Encode(line)
 	})
+}
+
+// checkConfig is --check-config's part for --retain: the flags, and the
+// directory, without creating it.
+func (r *retainOptions) checkConfig(clustered bool) (string, error) {
+	if len(r.patterns) == 0 {
+		return "", nil
+	}
+	if err := r.check(); err != nil {
+		return "", err
+	}
+	if clustered {
+		return ", retained: " + strings.Join(r.patterns, ",") + " on the cluster's JetStream", nil
+	}
+	dir := r.dir
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		dir = filepath.Dir(dir) // created at start-up: its parent must take it
+	} else if err := retain.CheckExisting(dir); err != nil {
+		return "", err
+	}
+	probe, err := os.CreateTemp(dir, ".hpfeeds-check-*") // removed at once
+	if err != nil {
+		return "", fmt.Errorf("--retain-dir %s: %s is not writable: %w", r.dir, dir, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return ", retained: " + strings.Join(r.patterns, ",") + " in " + r.dir, nil
 }

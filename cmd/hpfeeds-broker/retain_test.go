@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -274,6 +275,36 @@ func deleteRetainStream(t *testing.T, addr, prefix string) {
 	for _, s := range []string{stream, "KV_" + stream + "_POS"} {
 		if err := js.DeleteStream(ctx, s); err != nil {
 			t.Errorf("deleting stream %s: %v", s, err)
+		}
+	}
+}
+
+// --check-config checks the retain flags and directory; a foreign
+// directory stops the broker with one clear line.
+func TestRetainCheckConfig(t *testing.T) {
+	base := []string{"--auth=env", "-e", "tcp:interface=127.0.0.1:port=0"}
+	dir := t.TempDir() + "/store"
+	code, out := run(t, nil, append([]string{"--check-config", "--retain=events", "--retain-dir=" + dir}, base...)...)
+	if code != 0 || !strings.Contains(out, "retained: events in "+dir) {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	foreign := t.TempDir()
+	if err := os.WriteFile(foreign+"/notes.txt", []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--check-config", "--retain=events", "--retain-dir=" + foreign}, "not a retained store"},
+		{[]string{"--retain=events", "--retain-dir=" + foreign}, "not a retained store"},
+		{[]string{"--check-config", "--retain=[", "--retain-dir=" + dir}, "retain pattern"},
+		{[]string{"--check-config", "--retain=events", "--retain-max-bytes=1KiB"}, "--retain-max-bytes"},
+		{[]string{"--check-config", "--retain=events", "--retain-replicas=0"}, "--retain-replicas"},
+	} {
+		code, out := run(t, nil, append(c.args, base...)...)
+		if lines := strings.Split(strings.TrimSpace(out), "\n"); code == 0 || !strings.Contains(out, c.want) || len(lines) != 1 {
+			t.Errorf("%v: exit %d, output:\n%s\nwant one line mentioning %q", c.args, code, out, c.want)
 		}
 	}
 }
