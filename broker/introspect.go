@@ -40,6 +40,11 @@ type ChannelInfo struct {
 	MsgRate     float64   `json:"messages_per_second"`
 	ByteRate    float64   `json:"bytes_per_second"`
 	LastPublish time.Time `json:"last_publish,omitzero"`
+	// Publishes no subscriber got, and whether the channel has publishers
+	// and no subscriber now; its history if retained (retain_info.go).
+	Undelivered uint64        `json:"publishes_undelivered"`
+	Unheard     bool          `json:"unheard"`
+	Retained    *RetainedInfo `json:"retained,omitempty"`
 }
 
 // IdentInfo is an ident that has logged in since the broker started.
@@ -57,6 +62,7 @@ type IdentInfo struct {
 	LastReason     string               `json:"last_disconnect_reason,omitempty"`
 	LastPublish    time.Time            `json:"last_publish,omitzero"`
 	Channels       map[string]time.Time `json:"last_publish_per_channel"`
+	Retained       []RetainLag          `json:"retained,omitempty"` // retain_info.go
 }
 
 // identRecord is what the broker remembers of an ident between its
@@ -245,6 +251,7 @@ func (b *Broker) Channels() []ChannelInfo {
 			ci.MsgRate = float64(cur.msgs-old.msgs) / secs
 			ci.ByteRate = float64(cur.bytes-old.bytes) / secs
 		}
+		b.channelRetainInfo(t, &ci)
 		out = append(out, ci)
 	}
 	slices.SortFunc(out, func(a, b ChannelInfo) int { return cmp.Compare(a.Name, b.Name) })
@@ -269,8 +276,10 @@ func (b *Broker) Idents(staleAfter time.Duration) []IdentInfo {
 	}
 	b.mu.Unlock()
 	byIdent := make(map[string]*IdentInfo, len(out))
+	lags := b.RetainLags()
 	for i := range out {
 		byIdent[out[i].Ident] = &out[i]
+		out[i].Retained = lags[out[i].Ident]
 	}
 	for k, p := range s.Publishes {
 		if in := byIdent[k.Ident]; in != nil && p.Last != 0 {

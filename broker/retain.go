@@ -53,6 +53,7 @@ type retainSub struct {
 	mu    sync.Mutex // guards the catch-up ring
 	start retain.Pos // where catch-up began, or the ring's last evicted entry
 	ring  []ringEntry
+	at    retain.Pos // where catch-up reads next
 }
 
 // deliver is the publish path: to a retained channel's log and live
@@ -108,7 +109,7 @@ func (c *conn) subscribeRetained(t *topic) bool {
 		rs.goLive(retain.Pos{}, true)
 		return true
 	}
-	rs.start = p
+	rs.start, rs.at = p, p
 	b.wg.Add(1)
 	go func() { defer b.wg.Done(); rs.catchUp(p) }()
 	return true
@@ -140,6 +141,9 @@ func (rs *retainSub) catchUp(p retain.Pos) {
 		rs.push(s.Frames)
 		c.b.cfg.Retain.Replayed.Add(uint64(len(s.Frames)))
 		p = s.Next
+		rs.mu.Lock()
+		rs.at = p
+		rs.mu.Unlock()
 	}
 }
 

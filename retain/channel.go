@@ -3,10 +3,12 @@ package retain
 import (
 	"context"
 	"encoding/binary"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -63,9 +65,17 @@ type Channel struct {
 	lastAcked uint64   // the sequence of the latest batch stored in order
 	timer     *time.Timer
 
-	Frames atomic.Uint64 // frames appended
-	Bytes  atomic.Uint64 // their bytes
+	// Frames appended and their bytes, counted on from the values the
+	// channel's last stored batch carries (headers hdrFrames, hdrBytes),
+	// so stored counts survive a restart.
+	cumFrames, cumBytes atomic.Uint64
 }
+
+// Each stored batch carries the channel's frame and byte counts after it.
+const (
+	hdrFrames = "Hpfeeds-Frames"
+	hdrBytes  = "Hpfeeds-Bytes"
+)
 
 // Lock and Unlock hold the channel for an append and its live delivery,
 // or for a subscriber's switch to live delivery.
@@ -92,8 +102,8 @@ func (ch *Channel) Append(frame []byte) {
 	}
 	ch.cur.data = append(ch.cur.data, frame...)
 	ch.cur.frames++
-	ch.Frames.Add(1)
-	ch.Bytes.Add(uint64(len(frame)))
+	ch.cumFrames.Add(1)
+	ch.cumBytes.Add(uint64(len(frame)))
 	if len(ch.cur.data) >= max {
 		ch.flushLocked()
 	}
@@ -114,7 +124,11 @@ func (ch *Channel) flushLocked() {
 	}
 	ch.cur, ch.last = nil, b
 	ch.inflight = append(ch.inflight, b)
-	fut, err := ch.e.js.PublishAsync(ch.subject, b.data, jetstream.WithStallWait(50*time.Millisecond))
+	m := &nats.Msg{Subject: ch.subject, Data: b.data, Header: nats.Header{
+		hdrFrames: {strconv.FormatUint(ch.cumFrames.Load(), 10)},
+		hdrBytes:  {strconv.FormatUint(ch.cumBytes.Load(), 10)},
+	}}
+	fut, err := ch.e.js.PublishMsgAsync(m, jetstream.WithStallWait(50*time.Millisecond))
 	if err != nil {
 		ch.settleLocked(b, 0, err)
 		return
@@ -272,11 +286,45 @@ func appendFrames(frames [][]byte, data []byte, skip int) [][]byte {
 	return frames
 }
 
-// Oldest is the time of the channel's oldest stored batch, if any.
-func (ch *Channel) Oldest(ctx context.Context) (time.Time, bool) {
+// Stats are a retained channel's stored history.
+type Stats struct {
+	Messages, Bytes uint64
+	Oldest          time.Time // of the oldest stored batch; zero if none
+}
+
+// Stats reads the channel's oldest stored batch: with the counts the
+// newest carries, they give what is stored.
+func (ch *Channel) Stats(ctx context.Context) Stats {
 	m, err := ch.e.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(ch.subject))
 	if err != nil {
-		return time.Time{}, false
+		return Stats{}
 	}
-	return m.Time, true
+	frames, bytes := counts(m)
+	return Stats{
+		Messages: ch.cumFrames.Load() - (frames - uint64(len(appendFrames(nil, m.Data, 0)))),
+		Bytes:    ch.cumBytes.Load() - (bytes - uint64(len(m.Data))),
+		Oldest:   m.Time,
+	}
+}
+
+// counts are the channel's frame and byte counts after stored batch m.
+func counts(m *jetstream.RawStreamMsg) (frames, bytes uint64) {
+	frames, _ = strconv.ParseUint(m.Header.Get(hdrFrames), 10, 64)
+	bytes, _ = strconv.ParseUint(m.Header.Get(hdrBytes), 10, 64)
+	return frames, bytes
+}
+
+// Behind is how far p is behind the channel's head: in messages, and the
+// time the message at p was stored (zero when p is at the head).
+func (ch *Channel) Behind(ctx context.Context, p Pos) (msgs uint64, since time.Time) {
+	m, err := ch.e.stream.GetMsg(ctx, p.Seq, jetstream.WithGetMsgSubject(ch.subject))
+	if err != nil {
+		return 0, time.Time{}
+	}
+	frames, _ := counts(m)
+	at := frames - uint64(len(appendFrames(nil, m.Data, 0)))
+	if m.Sequence == p.Seq {
+		at += uint64(p.Idx)
+	}
+	return ch.cumFrames.Load() - min(at, ch.cumFrames.Load()), m.Time
 }

@@ -101,3 +101,55 @@ func (ch *Channel) Read(ctx context.Context, p Pos) (s Stored, found bool, err e
 	s = Stored{Pos: Pos{m.Sequence, skip}, Frames: appendFrames(nil, m.Data, skip), Time: m.Time, Next: Pos{m.Sequence + 1, 0}}
 	return s, true, nil
 }
+
+// Position is an ident's saved resume position in a channel.
+type Position struct {
+	Ident, Channel string
+	Pos            Pos
+}
+
+// Positions lists the saved positions, at most limit of them.
+func (e *Engine) Positions(ctx context.Context, limit int) ([]Position, error) {
+	keys, err := e.kv.Keys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("retain: listing positions: %w", err)
+	}
+	enc := base64.RawURLEncoding
+	var out []Position
+	for _, k := range keys[:min(len(keys), limit)] {
+		i, c, ok := strings.Cut(k, ".c")
+		ident, err1 := enc.DecodeString(strings.TrimPrefix(i, "i"))
+		channel, err2 := enc.DecodeString(c)
+		if !ok || err1 != nil || err2 != nil {
+			continue
+		}
+		ch := e.Channel(string(channel))
+		if ch == nil {
+			continue // no longer retained
+		}
+		if p, found, err := e.Resume(ctx, string(ident), ch); err == nil && found {
+			out = append(out, Position{string(ident), string(channel), p})
+		}
+	}
+	return out, nil
+}
+
+// Usage is the JetStream account's memory and store use.
+type Usage struct {
+	Memory, Store uint64
+	Failed        uint64 // batches the store refused
+	Replayed      uint64 // frames sent to catching-up subscribers
+	Truncated     uint64 // resumes from a position the limits had dropped
+}
+
+// Usage asks JetStream what the account uses.
+func (e *Engine) Usage(ctx context.Context) Usage {
+	u := Usage{Failed: e.Failed.Load(), Replayed: e.Replayed.Load(), Truncated: e.Truncated.Load()}
+	if ai, err := e.js.AccountInfo(ctx); err == nil {
+		u.Memory, u.Store = ai.Memory, ai.Store
+	}
+	return u
+}

@@ -235,6 +235,9 @@ func (e *Engine) Channel(channel string) *Channel {
 	defer cancel()
 	if m, err := e.stream.GetLastMsgForSubject(ctx, ch.subject); err == nil {
 		ch.base = m.Sequence + 1
+		frames, bytes := counts(m)
+		ch.cumFrames.Store(frames)
+		ch.cumBytes.Store(bytes)
 	} else if st, err := e.stream.Info(ctx); err == nil {
 		ch.base = st.State.LastSeq + 1
 	}
