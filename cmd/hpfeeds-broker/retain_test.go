@@ -4,9 +4,11 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -306,5 +308,72 @@ func TestRetainCheckConfig(t *testing.T) {
 		if lines := strings.Split(strings.TrimSpace(out), "\n"); code == 0 || !strings.Contains(out, c.want) || len(lines) != 1 {
 			t.Errorf("%v: exit %d, output:\n%s\nwant one line mentioning %q", c.args, code, out, c.want)
 		}
+	}
+}
+
+// While a logger is away, /chanz flags the channel, counts what it holds
+// and the publishes nobody got, /identz says how far behind the logger
+// is, and `retained export` writes the history as JSON lines.
+func TestRetainOperatorViews(t *testing.T) {
+	clusterUser("ologger")
+	clusterUser("osensor")
+	dir := t.TempDir()
+	b := retainBroker(t, dir)
+	sub := dialAs(t, b.addr, "ologger", "events")
+	pub := dialAs(t, b.addr, "osensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond)
+	for i := range 100 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("osensor")
+	time.Sleep(100 * time.Millisecond)
+	var chanz struct {
+		Channels []struct {
+			Name        string
+			Unheard     bool
+			Undelivered uint64 `json:"publishes_undelivered"`
+			Retained    *struct{ Messages, Bytes uint64 }
+		}
+	}
+	_, body := get(t, "http://"+b.exporter+"/chanz")
+	if err := json.Unmarshal([]byte(body), &chanz); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range chanz.Channels {
+		if c.Name == "events" {
+			found = true
+			if !c.Unheard || c.Undelivered < 100 || c.Retained == nil || c.Retained.Messages < 100 {
+				t.Errorf("/chanz events: %s", body)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no events in /chanz: %s", body)
+	}
+	_, body = get(t, "http://"+b.exporter+"/identz")
+	if !regexp.MustCompile(`"retained":\s*\[\s*\{\s*"channel":\s*"events",\s*"state":\s*"away",\s*"behind_messages":\s*100,`).MatchString(body) {
+		t.Errorf("/identz does not say ologger is 100 behind: %s", body)
+	}
+	_, metrics := get(t, "http://"+b.exporter+"/metrics")
+	for _, want := range []string{`hpfeeds_broker_publishes_undelivered_total{channel="events"}`,
+		`hpfeeds_broker_retain_behind_messages{channel="events",ident="ologger",state="away"} 100`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.cmd.Wait()
+	code, out := runIn(t, t.TempDir(), "", nil, "retained", "export", "--channel=events", "--since=1h", "--retain-dir="+dir)
+	if code != 0 {
+		t.Fatalf("export: exit %d: %s", code, out)
+	}
+	want := fmt.Sprintf(`"channel":"events","ident":"osensor","payload":%q,`, retainPayload(99))
+	if !strings.Contains(out, want) || strings.Count(out, "\n") < 100 {
+		t.Errorf("export wrote:\n%.2000s\nwant 100 lines and one with %s", out, want)
 	}
 }
