@@ -93,7 +93,7 @@ func (ch *Channel) Append(frame []byte) {
 		ch.flushLocked()
 	}
 	if ch.cur == nil {
-		ch.cur = &batch{data: make([]byte, 0, min(max, 4*len(frame)+512)), done: make(chan struct{}), at: time.Now()}
+		ch.cur = &batch{data: ch.e.buffer(len(frame)), done: make(chan struct{}), at: time.Now()}
 		if ch.timer == nil {
 			ch.timer = time.AfterFunc(ch.e.opts.FlushAfter, ch.timedFlush)
 		} else {
@@ -171,6 +171,9 @@ func (ch *Channel) settleLocked(b *batch, seq uint64, err error) {
 			ch.lastAcked = max(ch.lastAcked, f.seq)
 			ch.remember(meta{f.seq, len(f.data)})
 		}
+		// Settled: JetStream holds its own copy, and Tail hands out copies.
+		ch.e.release(f.data)
+		f.data = nil
 		close(f.done)
 	}
 }
@@ -261,13 +264,14 @@ func (ch *Channel) Tail(p Pos) (frames [][]byte, ok bool) {
 	if ch.lastAcked >= p.Seq {
 		return nil, false
 	}
+	var data []byte // a copy: the batches' buffers are reused once settled
 	for _, b := range ch.inflight {
-		frames = appendFrames(frames, b.data, 0)
+		data = append(data, b.data...)
 	}
 	if ch.cur != nil {
-		frames = appendFrames(frames, ch.cur.data, 0)
+		data = append(data, ch.cur.data...)
 	}
-	return frames, true
+	return appendFrames(frames, data, 0), true
 }
 
 // appendFrames appends data's frames from the skip-th, each a slice with

@@ -89,6 +89,27 @@ type Engine struct {
 	Truncated atomic.Uint64 // resumes whose position the limits had already dropped
 }
 
+// bufPool holds batch buffers of BatchBytes: a busy channel fills one per
+// batch, and growing each from small would copy and discard it repeatedly.
+var bufPool sync.Pool
+
+// buffer is a batch buffer for a batch starting with a frame of n bytes.
+func (e *Engine) buffer(n int) []byte {
+	if n >= e.opts.BatchBytes {
+		return make([]byte, 0, n)
+	}
+	if b, ok := bufPool.Get().(*[]byte); ok && cap(*b) >= e.opts.BatchBytes {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, e.opts.BatchBytes)
+}
+
+func (e *Engine) release(b []byte) {
+	if cap(b) == e.opts.BatchBytes {
+		bufPool.Put(&b)
+	}
+}
+
 // CheckPatterns reports a pattern path.Match cannot use.
 func CheckPatterns(patterns []string) error {
 	for _, p := range patterns {
