@@ -377,3 +377,63 @@ func TestRetainOperatorViews(t *testing.T) {
 		t.Errorf("export wrote:\n%.2000s\nwant 100 lines and one with %s", out, want)
 	}
 }
+
+// Catching up a backlog twice the --memory-limit keeps the broker's
+// resident memory under the limit: catch-up reads the store only as the
+// subscriber's queue drains. (The issue's 1 GiB under 256 MiB, scaled to
+// 256 MiB under 128 MiB for CI time.)
+func TestRetainCatchUpUnderMemoryLimit(t *testing.T) {
+	clusterUser("mlogger")
+	clusterUser("msensor")
+	const limit, backlog, size = 128 << 20, 256 << 20, 16 << 10
+	b := retainBroker(t, t.TempDir(), "--memory-limit=128MiB", "--retain-max-bytes=1GiB")
+	sub := dialAs(t, b.addr, "mlogger", "events")
+	pub := dialAs(t, b.addr, "msensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond)
+	n := backlog / size
+	pad := strings.Repeat("y", size-10)
+	for i := range n {
+		if err := pub.publish(fmt.Sprintf("%09d %s", i, pad)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("msensor")
+	time.Sleep(time.Second) // the last batches stored, the store's write cache idle
+	pid := b.cmd.Process.Pid
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatal(err)
+	}
+	before := vmKiB(t, pid, "VmRSS")
+	start := time.Now()
+	sub2 := resubscribe(t, b.addr, "mlogger")
+	for i := range n {
+		_, payload, ok := sub2.next(10 * time.Second)
+		for ok && strings.HasPrefix(payload, "probe-") {
+			_, payload, ok = sub2.next(10 * time.Second)
+		}
+		if !ok || payload != fmt.Sprintf("%09d %s", i, pad) {
+			t.Fatalf("message %d of %d missing or wrong: %.20q", i, n, payload)
+		}
+	}
+	peak := vmKiB(t, pid, "VmHWM")
+	t.Logf("caught up %d MiB (%d messages) in %v: broker RSS %d MiB before, peak %d MiB during (limit %d MiB)",
+		backlog>>20, n, time.Since(start).Round(time.Millisecond), before>>10, peak>>10, limit>>20)
+	if peak*1024 > limit {
+		t.Errorf("peak RSS %d MiB over the %d MiB limit", peak>>10, limit>>20)
+	}
+}
+
+func vmKiB(t *testing.T, pid int, field string) int {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + field + `:\s+(\d+) kB`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatalf("no %s in /proc/%d/status", field, pid)
+	}
+	v, _ := strconv.Atoi(string(m[1]))
+	return v
+}
