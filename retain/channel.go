@@ -3,6 +3,7 @@ package retain
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,8 @@ type batch struct {
 	failed bool          // the store refused it
 	done   chan struct{} // closed once stored or failed
 	at     time.Time     // when its first frame came
+	ch     *Channel
+	msg    *nats.Msg // as published
 }
 
 // Mark is a place in a channel's history that may not be stored yet:
@@ -64,6 +67,7 @@ type Channel struct {
 	base      uint64   // where the channel's log went on when opened
 	lastAcked uint64   // the sequence of the latest batch stored in order
 	timer     *time.Timer
+	closed    bool // the engine is closing
 
 	// Frames appended and their bytes, counted on from the values the
 	// channel's last stored batch carries (headers hdrFrames, hdrBytes),
@@ -115,25 +119,43 @@ func (ch *Channel) timedFlush() {
 	ch.mu.Unlock()
 }
 
-// flushLocked publishes the batch in the making, without waiting for the
-// store's acknowledgement.
+// flushLocked hands the batch in the making to the engine's publisher,
+// without waiting: a slow or stuck store must never hold up a publish. A
+// batch that finds the publisher's queue full is dropped and counted.
 func (ch *Channel) flushLocked() {
 	b := ch.cur
-	if b == nil || b.frames == 0 {
+	if b == nil || b.frames == 0 || ch.closed {
 		return
 	}
 	ch.cur, ch.last = nil, b
 	ch.inflight = append(ch.inflight, b)
-	m := &nats.Msg{Subject: ch.subject, Data: b.data, Header: nats.Header{
+	b.ch = ch
+	b.msg = &nats.Msg{Subject: ch.subject, Data: b.data, Header: nats.Header{
 		hdrFrames: {strconv.FormatUint(ch.cumFrames.Load(), 10)},
 		hdrBytes:  {strconv.FormatUint(ch.cumBytes.Load(), 10)},
 	}}
-	fut, err := ch.e.js.PublishMsgAsync(m, jetstream.WithStallWait(50*time.Millisecond))
-	if err != nil {
-		ch.settleLocked(b, 0, err)
-		return
+	select {
+	case ch.e.out <- b:
+	default:
+		ch.settleLocked(b, 0, errBacklog)
 	}
-	go ch.await(b, fut)
+}
+
+var errBacklog = errors.New("the store is not keeping up: batch dropped")
+
+// publishLoop publishes batches in the order they were flushed.
+func (e *Engine) publishLoop() {
+	defer close(e.published)
+	for b := range e.out {
+		fut, err := e.js.PublishMsgAsync(b.msg, jetstream.WithStallWait(time.Second))
+		if err != nil {
+			b.ch.mu.Lock()
+			b.ch.settleLocked(b, 0, err)
+			b.ch.mu.Unlock()
+			continue
+		}
+		go b.ch.await(b, fut)
+	}
 }
 
 func (ch *Channel) await(b *batch, fut jetstream.PubAckFuture) {
@@ -173,7 +195,7 @@ func (ch *Channel) settleLocked(b *batch, seq uint64, err error) {
 		}
 		// Settled: JetStream holds its own copy, and Tail hands out copies.
 		ch.e.release(f.data)
-		f.data = nil
+		f.data, f.msg = nil, nil
 		close(f.done)
 	}
 }

@@ -41,6 +41,9 @@ const (
 	jsMemory = 64 << 20
 	// kvReserve is the store space kept for the positions bucket.
 	kvReserve = 64 << 20
+	// publishQueue bounds the batches waiting to be published: 16 MiB of
+	// full batches; past it the store is not keeping up and batches drop.
+	publishQueue = 256
 	marker    = "hpfeeds-retain"
 )
 
@@ -82,6 +85,9 @@ type Engine struct {
 
 	mu       sync.Mutex
 	channels map[string]*Channel
+
+	out       chan *batch   // to publishLoop
+	published chan struct{} // closed when publishLoop has returned
 
 	Failed    atomic.Uint64 // batches the store refused
 	failLog   atomic.Int64  // when a failure was last logged (Unix ns)
@@ -139,6 +145,8 @@ func Open(opts Options) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
+	e.out, e.published = make(chan *batch, publishQueue), make(chan struct{})
+	go e.publishLoop()
 	return e, nil
 }
 
@@ -215,7 +223,12 @@ func (e *Engine) Close() {
 	for _, ch := range chans {
 		ch.Lock()
 		ch.flushLocked()
+		ch.closed = true // no more flushes: out closes
 		ch.Unlock()
+	}
+	if e.out != nil {
+		close(e.out)
+		<-e.published
 	}
 	if e.js != nil {
 		select {

@@ -5,6 +5,7 @@ import (
 
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -275,7 +276,7 @@ func deleteRetainStream(t *testing.T, addr, prefix string) {
 	defer cancel()
 	stream := strings.ToUpper(prefix) + "_RETAIN"
 	for _, s := range []string{stream, "KV_" + stream + "_POS"} {
-		if err := js.DeleteStream(ctx, s); err != nil {
+		if err := js.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			t.Errorf("deleting stream %s: %v", s, err)
 		}
 	}
@@ -436,4 +437,32 @@ func vmKiB(t *testing.T, pid int, field string) int {
 	}
 	v, _ := strconv.Atoi(string(m[1]))
 	return v
+}
+
+// A store that fails (its stream deleted under the broker) never stops
+// live delivery: the failures are counted.
+func TestRetainFailingStoreKeepsLive(t *testing.T) {
+	natsAddr := machineNATS(t)
+	clusterUser("xlogger")
+	clusterUser("xsensor")
+	prefix := fmt.Sprintf("rx%d", time.Now().UnixNano())
+	defer deleteRetainStream(t, natsAddr, prefix)
+	b := retainBroker(t, t.TempDir(), "--cluster=nats://"+natsAddr, "--cluster-prefix="+prefix)
+	sub := dialAs(t, b.addr, "xlogger", "events")
+	pub := dialAs(t, b.addr, "xsensor")
+	linked(t, pub, sub)
+	deleteRetainStream(t, natsAddr, prefix)
+	r := &reader{t: t, c: sub}
+	for i := range 2000 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 99 {
+			time.Sleep(10 * time.Millisecond) // several batches
+		}
+	}
+	r.until(1999)
+	brokertest.Eventually(t, "store failures counted", func() bool {
+		return b.metric(t, "hpfeeds_broker_retain_store_failures_total") > 0
+	})
 }
