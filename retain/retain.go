@@ -44,7 +44,7 @@ const (
 	// publishQueue bounds the batches waiting to be published: 16 MiB of
 	// full batches; past it the store is not keeping up and batches drop.
 	publishQueue = 256
-	marker    = "hpfeeds-retain"
+	marker       = "hpfeeds-retain"
 )
 
 // Options configure an Engine.
