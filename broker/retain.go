@@ -23,8 +23,16 @@ import (
 // retainState is the broker's retained subscriptions, per connection.
 type retainState struct {
 	mu       sync.Mutex
-	subs     map[*conn][]*retainSub
+	conns    map[*conn]*retainConn
 	catching atomic.Int64 // subscriptions catching up now
+}
+
+// retainConn is a connection's retained subscriptions, and a duplicate of
+// its socket (-1 if none) so the kernel can still be asked what the peer
+// acknowledged after the writer closed the connection on a failed write.
+type retainConn struct {
+	subs []*retainSub
+	sock int
 }
 
 // catchUpMark is how full a catching-up subscriber's queue may be before
@@ -94,10 +102,15 @@ func (c *conn) subscribeRetained(t *topic) bool {
 	}
 	rs := &retainSub{c: c, t: t, ident: c.sess.Load().identStr}
 	b.ret.mu.Lock()
-	if b.ret.subs == nil {
-		b.ret.subs = map[*conn][]*retainSub{}
+	if b.ret.conns == nil {
+		b.ret.conns = map[*conn]*retainConn{}
 	}
-	b.ret.subs[c] = append(b.ret.subs[c], rs)
+	rcn := b.ret.conns[c]
+	if rcn == nil {
+		rcn = &retainConn{sock: dupSocket(c)}
+		b.ret.conns[c] = rcn
+	}
+	rcn.subs = append(rcn.subs, rs)
 	b.ret.mu.Unlock()
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
 	p, ok, err := b.cfg.Retain.Resume(ctx, rs.ident, rc)
@@ -241,26 +254,32 @@ func (q *sendQueue) pushedBytes() int64 {
 // saves each one's position: the first frame the peer did not acknowledge.
 func (b *Broker) retainEnd(c *conn, t *topic) {
 	b.ret.mu.Lock()
-	all := b.ret.subs[c]
+	rcn := b.ret.conns[c]
+	if rcn == nil {
+		b.ret.mu.Unlock()
+		return
+	}
 	var ending, keep []*retainSub
-	for _, rs := range all {
+	for _, rs := range rcn.subs {
 		if t == nil || rs.t == t {
 			ending = append(ending, rs)
 		} else {
 			keep = append(keep, rs)
 		}
 	}
+	rcn.subs = keep
 	if len(keep) == 0 {
-		delete(b.ret.subs, c)
-	} else {
-		b.ret.subs[c] = keep
+		delete(b.ret.conns, c)
 	}
 	b.ret.mu.Unlock()
 	if len(ending) == 0 {
 		return
 	}
 	pushed := c.q.pushedBytes()
-	acked := ackedOffset(c, infoLen(b.cfg.Name))
+	acked := ackedOffset(c, rcn.sock, infoLen(b.cfg.Name))
+	if len(keep) == 0 {
+		closeSocket(rcn.sock)
+	}
 	for _, rs := range ending {
 		rs.end(pushed, acked)
 	}

@@ -56,8 +56,8 @@ func (b *Broker) RetainLags() map[string][]RetainLag {
 	seen := map[[2]string]bool{}
 	b.ret.mu.Lock()
 	var subs []*retainSub
-	for _, l := range b.ret.subs {
-		subs = append(subs, l...)
+	for _, rcn := range b.ret.conns {
+		subs = append(subs, rcn.subs...)
 	}
 	b.ret.mu.Unlock()
 	for _, rs := range subs {
