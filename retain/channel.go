@@ -119,9 +119,11 @@ func (ch *Channel) timedFlush() {
 	ch.mu.Unlock()
 }
 
-// flushLocked hands the batch in the making to the engine's publisher,
-// without waiting: a slow or stuck store must never hold up a publish. A
-// batch that finds the publisher's queue full is dropped and counted.
+// flushLocked hands the batch in the making to the engine's publisher. A
+// store slower than the publishers holds them up (flow control) for at
+// most storeStall per batch; a batch still not taken then is dropped and
+// counted, and until the store takes one again batches that find the
+// queue full drop at once: a stuck store never stops live delivery.
 func (ch *Channel) flushLocked() {
 	b := ch.cur
 	if b == nil || b.frames == 0 || ch.closed {
@@ -136,10 +138,26 @@ func (ch *Channel) flushLocked() {
 	}}
 	select {
 	case ch.e.out <- b:
+		ch.e.stuck.Store(false)
+		return
 	default:
+	}
+	if ch.e.stuck.Load() {
+		ch.settleLocked(b, 0, errBacklog)
+		return
+	}
+	t := time.NewTimer(storeStall)
+	defer t.Stop()
+	select {
+	case ch.e.out <- b:
+	case <-t.C:
+		ch.e.stuck.Store(true)
 		ch.settleLocked(b, 0, errBacklog)
 	}
 }
+
+// storeStall bounds how long a publish waits for the store to take a batch.
+const storeStall = 100 * time.Millisecond
 
 var errBacklog = errors.New("the store is not keeping up: batch dropped")
 

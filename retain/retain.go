@@ -41,9 +41,9 @@ const (
 	jsMemory = 64 << 20
 	// kvReserve is the store space kept for the positions bucket.
 	kvReserve = 64 << 20
-	// publishQueue bounds the batches waiting to be published: 16 MiB of
-	// full batches; past it the store is not keeping up and batches drop.
-	publishQueue = 256
+	// publishQueue bounds the batches waiting to be published, and those
+	// published and not yet acknowledged: 4 MiB of full batches each.
+	publishQueue = 64
 	marker       = "hpfeeds-retain"
 )
 
@@ -87,6 +87,7 @@ type Engine struct {
 	channels map[string]*Channel
 
 	out       chan *batch   // to publishLoop
+	stuck     atomic.Bool   // the store missed storeStall: drop, don't wait
 	published chan struct{} // closed when publishLoop has returned
 
 	Failed    atomic.Uint64 // batches the store refused
@@ -178,7 +179,7 @@ func (e *Engine) setDefaults() {
 func (e *Engine) openStream() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	js, err := jetstream.New(e.nc)
+	js, err := jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(publishQueue))
 	if err != nil {
 		return fmt.Errorf("retain: JetStream: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/cluster"
 	"github.com/hpfeeds-go/hpfeeds/retain"
 	"github.com/hpfeeds-go/hpfeeds/wire"
@@ -176,4 +177,30 @@ func (r *retainOptions) checkConfig(clustered bool) (string, error) {
 	probe.Close()
 	os.Remove(probe.Name())
 	return ", retained: " + strings.Join(r.patterns, ",") + " in " + r.dir, nil
+}
+
+// joinClusterAndRetain joins the --cluster and opens the retained store,
+// setting cfg's Bridge and Retain; closeAll closes both, the store first,
+// once the broker's shutdown has saved the positions.
+func (o *options) joinClusterAndRetain(log *slog.Logger, cfg *broker.Config) (bridge *cluster.Bridge, closeAll func(), err error) {
+	if bridge, err = o.joinCluster(log, *cfg, false); err != nil {
+		return nil, nil, err
+	}
+	if bridge != nil {
+		cfg.Bridge = bridge
+	}
+	if cfg.Retain, err = o.retain.open(log, o.cluster.Prefix, bridge); err != nil {
+		if bridge != nil {
+			bridge.Close()
+		}
+		return nil, nil, err
+	}
+	return bridge, func() {
+		if cfg.Retain != nil {
+			cfg.Retain.Close()
+		}
+		if bridge != nil {
+			bridge.Close()
+		}
+	}, nil
 }

@@ -273,19 +273,11 @@ func (o *options) run(ctx context.Context) error {
 		cfg.RevalidateEvery = -1 // the flag's 0 is the library's "never"
 	}
 	cfg.LoginThrottle.Disabled = cfg.LoginThrottle.After == 0
-	bridge, err := o.joinCluster(log, cfg, false)
+	bridge, closeBridge, err := o.joinClusterAndRetain(log, &cfg) // retain.go
 	if err != nil {
 		return err
 	}
-	if bridge != nil {
-		defer bridge.Close()
-		cfg.Bridge = bridge
-	}
-	if cfg.Retain, err = o.retain.open(log, o.cluster.Prefix, bridge); err != nil {
-		return err
-	} else if cfg.Retain != nil {
-		defer cfg.Retain.Close() // after the broker's shutdown saved the positions
-	}
+	defer closeBridge()
 	b, err := broker.New(cfg)
 	if err != nil {
 		return err
