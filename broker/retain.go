@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 // retainState is the broker's retained subscriptions, per connection.
 type retainState struct {
+	once     sync.Once // starts checkpointLoop
 	mu       sync.Mutex
 	conns    map[*conn]*retainConn
 	catching atomic.Int64 // subscriptions catching up now
@@ -62,6 +64,9 @@ type retainSub struct {
 	start retain.Pos // where catch-up began, or the ring's last evicted entry
 	ring  []ringEntry
 	at    retain.Pos // where catch-up reads next
+
+	saveMu sync.Mutex // orders checkpoints and the final save
+	saved  retain.Pos // the position last saved; guarded by saveMu
 }
 
 // deliver is the publish path: to a retained channel's log and live
@@ -112,6 +117,7 @@ func (c *conn) subscribeRetained(t *topic) bool {
 	}
 	rcn.subs = append(rcn.subs, rs)
 	b.ret.mu.Unlock()
+	b.ret.once.Do(func() { b.wg.Add(1); go b.checkpointLoop() })
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
 	p, ok, err := b.cfg.Retain.Resume(ctx, rs.ident, rc)
 	cancel()
@@ -277,11 +283,13 @@ func (b *Broker) retainEnd(c *conn, t *topic) {
 	}
 	pushed := c.q.pushedBytes()
 	acked := ackedOffset(c, rcn.sock, infoLen(b.cfg.Name))
-	if len(keep) == 0 {
-		closeSocket(rcn.sock)
-	}
 	for _, rs := range ending {
 		rs.end(pushed, acked)
+	}
+	if len(keep) == 0 {
+		// After end: a checkpoint that reads the number once reused
+		// finds its subscriptions closed and saves nothing.
+		closeSocket(rcn.sock)
 	}
 }
 
@@ -291,35 +299,89 @@ func (rs *retainSub) end(pushed, acked int64) {
 	rc.Lock()
 	rs.closed.Store(true)
 	last := t.remove(rs.c)
-	var m retain.Mark
-	live := rs.live && acked >= rs.liveAt
-	if live {
-		m = rc.Back(int(max(0, pushed-acked)))
-	}
+	m, p, live := rs.markLocked(pushed, acked)
 	rc.Unlock()
 	if last {
 		b.interestChanged(t.name)
 	}
-	var p retain.Pos
-	if !live {
-		p = rs.caughtUpTo(acked)
-	}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if live {
-			var err error
-			if p, err = rc.Resolve(ctx, m); err != nil {
-				b.cfg.Logger.Warn("retained channel: position not saved", "ident", rs.ident, "channel", t.name, "err", err)
-				return
+		rs.save(m, p, live, true)
+	}()
+}
+
+// markLocked is where rs resumes when the peer acknowledged acked of the
+// pushed bytes: a mark in the log once live, else a stored position. The
+// caller holds the log's lock.
+func (rs *retainSub) markLocked(pushed, acked int64) (m retain.Mark, p retain.Pos, live bool) {
+	if rs.live && acked >= rs.liveAt {
+		return rs.t.ret.Back(int(max(0, pushed-acked))), p, true
+	}
+	return m, rs.caughtUpTo(acked), false
+}
+
+// save stores the position; a checkpoint's (final unset) is skipped once
+// the subscription has ended, so it never overwrites the final one.
+func (rs *retainSub) save(m retain.Mark, p retain.Pos, live, final bool) {
+	b := rs.c.b
+	rs.saveMu.Lock()
+	defer rs.saveMu.Unlock()
+	if !final && rs.closed.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if live {
+		var err error
+		if p, err = rs.t.ret.Resolve(ctx, m); err != nil {
+			b.cfg.Logger.Warn("retained channel: position not saved", "ident", rs.ident, "channel", rs.t.name, "err", err)
+			return
+		}
+	}
+	if p == rs.saved {
+		return
+	}
+	if err := b.cfg.Retain.Save(ctx, rs.ident, rs.t.name, p); err != nil {
+		b.cfg.Logger.Warn("retained channel: position not saved", "ident", rs.ident, "err", err)
+		return
+	}
+	rs.saved = p
+}
+
+// checkpointEvery is how often the positions of open retained
+// subscriptions are saved, so a broker killed with kill -9 resumes its
+// subscribers at most this far back.
+const checkpointEvery = time.Second
+
+// checkpointLoop saves the open subscriptions' positions until shutdown.
+func (b *Broker) checkpointLoop() {
+	defer b.wg.Done()
+	tick := time.NewTicker(checkpointEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		b.ret.mu.Lock()
+		conns := make(map[*conn]retainConn, len(b.ret.conns))
+		for c, rcn := range b.ret.conns {
+			conns[c] = retainConn{subs: slices.Clone(rcn.subs), sock: rcn.sock}
+		}
+		b.ret.mu.Unlock()
+		for c, rcn := range conns {
+			pushed := c.q.pushedBytes()
+			acked := ackedOffset(c, rcn.sock, infoLen(b.cfg.Name))
+			for _, rs := range rcn.subs {
+				rs.t.ret.Lock()
+				m, p, live := rs.markLocked(pushed, acked)
+				rs.t.ret.Unlock()
+				rs.save(m, p, live, false)
 			}
 		}
-		if err := b.cfg.Retain.Save(ctx, rs.ident, t.name, p); err != nil {
-			b.cfg.Logger.Warn("retained channel: position not saved", "ident", rs.ident, "err", err)
-		}
-	}()
+	}
 }
 
 // infoLen is the size of the INFO frame that precedes the queue's bytes

@@ -466,3 +466,44 @@ func TestRetainFailingStoreKeepsLive(t *testing.T) {
 		return b.metric(t, "hpfeeds_broker_retain_store_failures_total") > 0
 	})
 }
+
+// A subscriber connected when the broker is killed with kill -9 resumes,
+// after the restart, from the checkpoint of its position: it gets what was
+// published after the restart and before it subscribed again.
+func TestRetainKill9WhileSubscribed(t *testing.T) {
+	clusterUser("qlogger")
+	clusterUser("qsensor")
+	dir := t.TempDir()
+	b := retainBroker(t, dir)
+	sub := dialAs(t, b.addr, "qlogger", "events")
+	pub := dialAs(t, b.addr, "qsensor")
+	linked(t, pub, sub)
+	for i := range 500 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &reader{t: t, c: sub}
+	r.until(499)
+	time.Sleep(1500 * time.Millisecond) // a checkpoint
+	b.cmd.Process.Signal(syscall.SIGKILL)
+	b.cmd.Wait()
+
+	b2 := retainBroker(t, dir)
+	pub2 := dialAs(t, b2.addr, "qsensor")
+	for i := 500; i < 1000; i++ {
+		if err := pub2.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub2.SubscribeOwn("qsensor")
+	time.Sleep(100 * time.Millisecond)
+	sub2 := resubscribe(t, b2.addr, "qlogger")
+	r2 := &reader{t: t, c: sub2}
+	first, ok := r2.read(10 * time.Second)
+	if !ok || first > 500 {
+		t.Fatalf("resumed at %d (ok %v), want 500 or before", first, ok)
+	}
+	r2.next = first + 1
+	r2.until(999)
+}
