@@ -264,8 +264,7 @@ type topic struct {
 	subs []*conn
 	idx  map[*conn]int // position in subs
 
-	ret         *retain.Channel // the channel's log if retained (retain.go)
-	undelivered atomic.Uint64   // publishes no subscriber got
+	ret *retain.Channel // the channel's log if retained (retain.go)
 }
 
 func newTopic(name string) *topic {

@@ -40,11 +40,8 @@ type ChannelInfo struct {
 	MsgRate     float64   `json:"messages_per_second"`
 	ByteRate    float64   `json:"bytes_per_second"`
 	LastPublish time.Time `json:"last_publish,omitzero"`
-	// Publishes no subscriber got, and whether the channel has publishers
-	// and no subscriber now; its history if retained (retain_info.go).
-	Undelivered uint64        `json:"publishes_undelivered"`
-	Unheard     bool          `json:"unheard"`
-	Retained    *RetainedInfo `json:"retained,omitempty"`
+	// Retained is the channel's stored history if retained (retain_info.go).
+	Retained *RetainedInfo `json:"retained,omitempty"`
 }
 
 // IdentInfo is an ident that has logged in since the broker started.

@@ -74,19 +74,12 @@ type retainSub struct {
 func (b *Broker) deliver(t *topic, raw []byte, payload int, from *conn) int {
 	rc := t.ret
 	if rc == nil {
-		n := t.publish(raw, payload, from)
-		if n == 0 {
-			t.undelivered.Add(1)
-		}
-		return n
+		return t.publish(raw, payload, from)
 	}
 	rc.Lock()
 	rc.Append(raw)
 	n := t.publish(raw, payload, from)
 	rc.Unlock()
-	if n == 0 {
-		t.undelivered.Add(1)
-	}
 	return n
 }
 

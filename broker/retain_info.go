@@ -28,10 +28,8 @@ type RetainLag struct {
 // maxListedPositions bounds the saved positions one status request reads.
 const maxListedPositions = 1000
 
-// channelRetainInfo adds t's undelivered count and stored history to ci.
+// channelRetainInfo adds t's stored history to ci.
 func (b *Broker) channelRetainInfo(t *topic, ci *ChannelInfo) {
-	ci.Undelivered = t.undelivered.Load()
-	ci.Unheard = ci.Publishers > 0 && ci.Subscribers == 0
 	if t.ret == nil {
 		return
 	}

@@ -7,8 +7,6 @@ import (
 )
 
 var (
-	descUndelivered = prometheus.NewDesc("hpfeeds_broker_publishes_undelivered_total",
-		"Publishes to a channel that no subscriber got (no subscriber connected)", []string{"channel"}, nil)
 	descRetainedMessages = prometheus.NewDesc("hpfeeds_broker_retained_messages",
 		"Messages a retained channel holds in the store", []string{"channel"}, nil)
 	descRetainedBytes = prometheus.NewDesc("hpfeeds_broker_retained_bytes",
@@ -29,8 +27,7 @@ var (
 		"JetStream's use for retained channels, by storage (memory, file)", []string{"storage"}, nil)
 )
 
-// RetainCollector exports undelivered publishes and, with --retain, the
-// retained store, read at each scrape.
+// RetainCollector exports the retained store, read at each scrape.
 type RetainCollector struct{ b *broker.Broker }
 
 // NewRetainCollector returns a collector of b's retention.
@@ -38,7 +35,7 @@ func NewRetainCollector(b *broker.Broker) *RetainCollector { return &RetainColle
 
 // Describe implements prometheus.Collector.
 func (c *RetainCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUndelivered, descRetainedMessages, descRetainedBytes,
+	for _, d := range []*prometheus.Desc{descRetainedMessages, descRetainedBytes,
 		descRetainedOldest, descRetainBehind, descRetainBehindSeconds, descRetainFailed,
 		descRetainReplayed, descRetainCatching, descRetainStore} {
 		ch <- d
@@ -52,7 +49,6 @@ func (c *RetainCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	retained := false
 	for _, ci := range c.b.Channels() {
-		m(descUndelivered, prometheus.CounterValue, float64(ci.Undelivered), ci.Name)
 		if r := ci.Retained; r != nil {
 			retained = true
 			m(descRetainedMessages, prometheus.GaugeValue, float64(r.Messages), ci.Name)
