@@ -18,17 +18,17 @@ import (
 // mistake.
 func CheckDir(dir string) error {
 	if dir == "" {
-		return errors.New("--retain-dir is empty: give a directory for the retained store")
+		return errors.New("no directory given for the retained store")
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("--retain-dir %s: %w", dir, err)
+		return fmt.Errorf("retained store directory %s: %w", dir, err)
 	}
 	if err := CheckExisting(dir); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(filepath.Join(dir, marker), os.O_CREATE|os.O_WRONLY, 0o640)
 	if err != nil {
-		return fmt.Errorf("--retain-dir %s is not writable: %w", dir, err)
+		return fmt.Errorf("retained store directory %s is not writable: %w", dir, err)
 	}
 	return f.Close()
 }
@@ -38,10 +38,10 @@ func CheckDir(dir string) error {
 func CheckExisting(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("--retain-dir %s: %w", dir, err)
+		return fmt.Errorf("retained store directory %s: %w", dir, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, marker)); errors.Is(err, fs.ErrNotExist) && len(entries) > 0 {
-		return fmt.Errorf("--retain-dir %s holds files but no %s marker: it is not a retained store; give an empty directory or the one the broker used before", dir, marker)
+		return fmt.Errorf("retained store directory %s holds files but no %s marker: it is not a retained store; give an empty directory or the one the broker used before", dir, marker)
 	}
 	return nil
 }
@@ -71,11 +71,11 @@ func (e *Engine) startEmbedded() error {
 	go srv.Start()
 	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
-		return fmt.Errorf("retain: the embedded JetStream did not start on --retain-dir %s (a corrupt store? move it aside)", e.opts.Dir)
+		return fmt.Errorf("retain: the embedded JetStream did not start on %s (a corrupt store? move it aside)", e.opts.Dir)
 	}
 	if !srv.JetStreamEnabled() {
 		srv.Shutdown()
-		return fmt.Errorf("retain: JetStream could not open --retain-dir %s (a corrupt or foreign store? move it aside)", e.opts.Dir)
+		return fmt.Errorf("retain: JetStream could not open %s (a corrupt or foreign store? move it aside)", e.opts.Dir)
 	}
 	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Name("hpfeeds-retain"))
 	if err != nil {

@@ -18,7 +18,7 @@ func OpenExisting(opts Options) (*Engine, error) {
 	e.setDefaults()
 	if opts.Conn == nil {
 		if _, err := os.Stat(filepath.Join(opts.Dir, marker)); err != nil {
-			return nil, fmt.Errorf("--retain-dir %s is not a retained store (no %s): %w", opts.Dir, marker, err)
+			return nil, fmt.Errorf("directory %s is not a retained store (no %s): %w", opts.Dir, marker, err)
 		}
 		if err := e.startEmbedded(); err != nil {
 			return nil, err

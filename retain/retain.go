@@ -197,7 +197,7 @@ func (e *Engine) openStream() error {
 		AllowDirect: true,
 	})
 	if err != nil {
-		return fmt.Errorf("retain: creating stream %s (is JetStream enabled, and are --retain-replicas that many servers?): %w", e.opts.Stream, err)
+		return fmt.Errorf("retain: creating stream %s (is JetStream enabled, and are there as many JetStream servers as replicas?): %w", e.opts.Stream, err)
 	}
 	e.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      e.opts.Stream + "_POS",

@@ -67,7 +67,10 @@ func (r *retainOptions) open(log *slog.Logger, clusterPrefix string, br *cluster
 	}
 	e, err := retain.Open(r.engineOptions(log, clusterPrefix, br))
 	if err != nil {
-		return nil, err
+		if br != nil {
+			return nil, fmt.Errorf("--retain with --cluster (--retain-replicas=%d): %w", r.replicas, err)
+		}
+		return nil, fmt.Errorf("--retain-dir=%s: %w", r.dir, err)
 	}
 	log.Info("retaining channels", "patterns", strings.Join(r.patterns, ","), "max_age", r.maxAge, "max_bytes", r.maxBytes)
 	return e, nil
@@ -132,7 +135,7 @@ func (r *retainOptions) export(ctx context.Context, url, prefix, channel string,
 	}
 	e, err := retain.OpenExisting(r.engineOptions(log, prefix, br))
 	if err != nil {
-		return err
+		return fmt.Errorf("--retain-dir=%s: %w", r.dir, err)
 	}
 	defer e.Close()
 	enc := json.NewEncoder(os.Stdout)
@@ -168,7 +171,7 @@ func (r *retainOptions) checkConfig(clustered bool) (string, error) {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		dir = filepath.Dir(dir) // created at start-up: its parent must take it
 	} else if err := retain.CheckExisting(dir); err != nil {
-		return "", err
+		return "", fmt.Errorf("--retain-dir: %w", err)
 	}
 	probe, err := os.CreateTemp(dir, ".hpfeeds-check-*") // removed at once
 	if err != nil {
