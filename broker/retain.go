@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"sync"
@@ -270,14 +271,18 @@ func (b *Broker) retainEnd(c *conn, t *topic) {
 	if len(keep) == 0 {
 		delete(b.ret.conns, c)
 	}
+	last := make([]bool, len(ending))
+	for i, rs := range ending {
+		last[i] = !b.ret.sharedLocked(rs)
+	}
 	b.ret.mu.Unlock()
 	if len(ending) == 0 {
 		return
 	}
 	pushed := c.q.pushedBytes()
 	acked := ackedOffset(c, rcn.sock, infoLen(b.cfg.Name))
-	for _, rs := range ending {
-		rs.end(pushed, acked)
+	for i, rs := range ending {
+		rs.end(pushed, acked, last[i])
 	}
 	if len(keep) == 0 {
 		// After end: a checkpoint that reads the number once reused
@@ -286,8 +291,23 @@ func (b *Broker) retainEnd(c *conn, t *topic) {
 	}
 }
 
-// end closes the subscription and saves its position in the background.
-func (rs *retainSub) end(pushed, acked int64) {
+// sharedLocked reports whether another connection of rs's ident is
+// subscribed to its channel: the ident's connections share one position,
+// written by the last to leave (docs/retention.md). Called with mu held.
+func (s *retainState) sharedLocked(rs *retainSub) bool {
+	for _, rcn := range s.conns {
+		for _, o := range rcn.subs {
+			if o != rs && o.t == rs.t && o.ident == rs.ident {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// end closes the subscription and, if it is its ident's last in the
+// channel, saves its position in the background.
+func (rs *retainSub) end(pushed, acked int64, save bool) {
 	rc, t, b := rs.t.ret, rs.t, rs.c.b
 	rc.Lock()
 	rs.closed.Store(true)
@@ -296,6 +316,9 @@ func (rs *retainSub) end(pushed, acked int64) {
 	rc.Unlock()
 	if last {
 		b.interestChanged(t.name)
+	}
+	if !save {
+		return
 	}
 	b.wg.Add(1)
 	go func() {
@@ -358,16 +381,31 @@ func (b *Broker) checkpointLoop() {
 			return
 		case <-tick.C:
 		}
-		b.ret.mu.Lock()
-		conns := make(map[*conn]retainConn, len(b.ret.conns))
-		for c, rcn := range b.ret.conns {
-			conns[c] = retainConn{subs: slices.Clone(rcn.subs), sock: rcn.sock}
-		}
-		b.ret.mu.Unlock()
-		for c, rcn := range conns {
-			pushed := c.q.pushedBytes()
-			acked := ackedOffset(c, rcn.sock, infoLen(b.cfg.Name))
-			for _, rs := range rcn.subs {
+		b.checkpoint()
+	}
+}
+
+// checkpoint saves each open subscription's position; of an ident's
+// connections to a channel, the earliest's.
+func (b *Broker) checkpoint() {
+	type open struct {
+		c   *conn
+		rcn retainConn
+	}
+	b.ret.mu.Lock()
+	conns := make([]open, 0, len(b.ret.conns))
+	for c, rcn := range b.ret.conns {
+		conns = append(conns, open{c, retainConn{subs: slices.Clone(rcn.subs), sock: rcn.sock}})
+	}
+	b.ret.mu.Unlock()
+	slices.SortFunc(conns, func(x, y open) int { return cmp.Compare(x.c.id, y.c.id) })
+	done := map[[2]string]bool{}
+	for _, o := range conns {
+		pushed := o.c.q.pushedBytes()
+		acked := ackedOffset(o.c, o.rcn.sock, infoLen(b.cfg.Name))
+		for _, rs := range o.rcn.subs {
+			if key := [2]string{rs.ident, rs.t.name}; !done[key] {
+				done[key] = true
 				rs.t.ret.Lock()
 				m, p, live := rs.markLocked(pushed, acked)
 				rs.t.ret.Unlock()

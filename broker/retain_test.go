@@ -71,3 +71,49 @@ func TestRetainCatchUpWhilePublishing(t *testing.T) {
 	read(sub, total)
 	wg.Wait()
 }
+
+// Each connection of an ident gets every live message; the last to leave
+// a channel writes the ident's position there.
+func TestRetainIdentConnectionsShare(t *testing.T) {
+	e, err := retain.Open(retain.Options{Patterns: []string{"chan"}, Dir: t.TempDir(), Wildcard: "r.*",
+		Subject: func(ch string) string { return "r.c" + fmt.Sprintf("%x", ch) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	users := brokertest.NewUsers(
+		auth.User{Ident: "pub", Secret: "p", PubChans: []string{"chan", "sync"}, SubChans: []string{"sync"}},
+		auth.User{Ident: "sub", Secret: "s", SubChans: []string{"chan", "sync"}, PubChans: []string{"sync"}})
+	srv := brokertest.Start(t, users, func(c *broker.Config) { c.Retain = e })
+	sub1 := brokertest.Login(t, srv.Addr, "sub", "s")
+	sub1.SubscribeSync("sub", "chan")
+	sub2 := brokertest.Login(t, srv.Addr, "sub", "s")
+	sub2.SubscribeSync("sub", "chan")
+	pub := brokertest.Login(t, srv.Addr, "pub", "p")
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			pub.Send(brokertest.Publish(t, "pub", "chan", fmt.Sprint(i)))
+		}
+	}
+	publish(0, 100)
+	for i := range 100 {
+		sub1.ExpectMessage("pub", "chan", fmt.Sprint(i))
+		sub2.ExpectMessage("pub", "chan", fmt.Sprint(i))
+	}
+	sub1.Conn.Close()
+	publish(100, 200)
+	for i := 100; i < 200; i++ {
+		sub2.ExpectMessage("pub", "chan", fmt.Sprint(i))
+	}
+	time.Sleep(100 * time.Millisecond) // sub1's end seen while sub2 is still subscribed
+	sub2.Conn.Close()
+	brokertest.Eventually(t, "sub's position saved", func() bool {
+		return srv.Broker.RetainLags()["sub"] != nil
+	})
+	publish(200, 210) // while the ident is away
+	sub3 := brokertest.Login(t, srv.Addr, "sub", "s")
+	sub3.Send(brokertest.Subscribe(t, "sub", "chan"))
+	for i := 200; i < 210; i++ { // from where the last to leave stopped
+		sub3.ExpectMessage("pub", "chan", fmt.Sprint(i))
+	}
+}
