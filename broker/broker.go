@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hpfeeds-go/hpfeeds/retain"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -61,6 +62,7 @@ type Broker struct {
 	// loop, so a publish can stamp its channel without reading the clock.
 	clock atomic.Int64
 	rates rateWindow
+	ret   retainState // retained subscriptions (retain.go)
 }
 
 // New checks cfg and returns a broker ready to Serve.
@@ -243,10 +245,12 @@ func (b *Broker) topic(name []byte, create bool) *topic {
 	if t != nil || !create {
 		return t
 	}
+	rc := b.retainChannel(string(name)) // may read the store: not under topicsMu
 	b.topicsMu.Lock()
 	defer b.topicsMu.Unlock()
 	if t = b.topics[string(name)]; t == nil {
 		t = newTopic(string(name))
+		t.ret = rc
 		b.topics[t.name] = t
 	}
 	return t
@@ -264,6 +268,7 @@ type topic struct {
 	// Messages published on this broker that reached no subscriber, here
 	// or (with a Bridge) on any other broker.
 	undelivered atomic.Uint64
+	ret         *retain.Channel // the channel's log if retained (retain.go)
 }
 
 func newTopic(name string) *topic {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/retain"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -84,6 +85,9 @@ type Config struct {
 
 	// Bridge, if set, shares channels with other brokers.
 	Bridge Bridge
+	// Retain, if set, stores the channels it retains and replays them to
+	// subscribers by ident (see retain.go).
+	Retain *retain.Engine
 
 	// FlushTimeout bounds writing the last frames and the ERROR to a
 	// connection being closed.

@@ -201,6 +201,7 @@ func (c *conn) end(err error) {
 	if c.reason.Load().state == closedReadError {
 		c.log().Debug("connection closed", "err", err)
 	}
+	c.b.retainEnd(c, nil) // retain.go: saves positions while the socket can say what was acked
 	for _, t := range c.subs {
 		if t.remove(c) {
 			c.b.interestChanged(t.name)
@@ -473,7 +474,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	subs := p.t.publish(f.Raw, len(f.Payload), c)
+	subs := c.b.deliver(p.t, f.Raw, len(f.Payload), c)
 	switch br := c.b.cfg.Bridge; {
 	case br != nil:
 		br.Forward(p.t.name, f.Raw, subs == 0)
@@ -498,6 +499,10 @@ func (c *conn) subscribe(f wire.Frame) bool {
 		return true
 	}
 	t := c.b.topic(f.Channel, true)
+	if c.subscribeRetained(t) { // retain.go: catch-up first, then live
+		c.subs = append(c.subs, t)
+		return true
+	}
 	if t.add(c) {
 		c.b.interestChanged(t.name)
 	}
@@ -528,6 +533,7 @@ func (c *conn) subscribed(channel []byte) int {
 func (c *conn) unsubscribe(f wire.Frame) {
 	c.stats.ctrlFrames.Add(1)
 	if i := c.subscribed(f.Channel); i >= 0 {
+		c.b.retainEnd(c, c.subs[i])
 		if c.subs[i].remove(c) {
 			c.b.interestChanged(c.subs[i].name)
 		}

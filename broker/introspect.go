@@ -47,6 +47,8 @@ type ChannelInfo struct {
 	// Unheard: publishers are connected, nobody subscribes, and messages
 	// went undelivered during the rate window (a logger is down).
 	Unheard bool `json:"unheard"`
+	// Retained is the channel's stored history if retained (retain_info.go).
+	Retained *RetainedInfo `json:"retained,omitempty"`
 }
 
 // IdentInfo is an ident that has logged in since the broker started.
@@ -64,6 +66,7 @@ type IdentInfo struct {
 	LastReason     string               `json:"last_disconnect_reason,omitempty"`
 	LastPublish    time.Time            `json:"last_publish,omitzero"`
 	Channels       map[string]time.Time `json:"last_publish_per_channel"`
+	Retained       []RetainLag          `json:"retained,omitempty"` // retain_info.go
 }
 
 // identRecord is what the broker remembers of an ident between its
@@ -299,6 +302,7 @@ func (b *Broker) Channels() []ChannelInfo {
 			ci.UndeliveredRate = float64(cur.undelivered-old.undelivered) / secs
 		}
 		ci.Unheard = ci.Publishers > 0 && cur.subscribers == 0 && cur.undelivered > old.undelivered
+		b.channelRetainInfo(t, &ci)
 		out = append(out, ci)
 	}
 	slices.SortFunc(out, func(a, b ChannelInfo) int { return cmp.Compare(a.Name, b.Name) })
@@ -323,8 +327,10 @@ func (b *Broker) Idents(staleAfter time.Duration) []IdentInfo {
 	}
 	b.mu.Unlock()
 	byIdent := make(map[string]*IdentInfo, len(out))
+	lags := b.RetainLags()
 	for i := range out {
 		byIdent[out[i].Ident] = &out[i]
+		out[i].Retained = lags[out[i].Ident]
 	}
 	for k, p := range s.Publishes {
 		if in := byIdent[k.Ident]; in != nil && p.Last != 0 {

@@ -27,7 +27,8 @@ type sendQueue struct {
 	// use, which the writer returns to the pool once it has written them.
 	chunk  []byte
 	chunks []*[]byte
-	queued int // bytes pushed and not yet written
+	queued int   // bytes pushed and not yet written
+	pushed int64 // every byte pushed, queued or refused (retain.go)
 	// inflight is the part of queued in the batch the writer took: after
 	// a drop it is still held, by a write that may block for the flush
 	// timeout, and stays in the memory budget until the writer lets go.
@@ -126,6 +127,7 @@ func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, too
 	c := q.c
 	cfg := &c.b.cfg
 	q.mu.Lock()
+	q.pushed += int64(len(frame))
 	if q.closing {
 		q.mu.Unlock()
 		return false, false

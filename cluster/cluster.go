@@ -555,3 +555,7 @@ func (br *Bridge) Close() {
 		br.forward.Wait()
 	})
 }
+
+// Conn is the bridge's NATS connection, which retained channels share to
+// reach JetStream (package retain).
+func (br *Bridge) Conn() *nats.Conn { return br.nc }

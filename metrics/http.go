@@ -23,6 +23,7 @@ func NewRegistry(b *broker.Broker, lookups *Lookups) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		NewCollector(b),
+		NewRetainCollector(b),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -58,6 +58,10 @@ func (o *options) check(ctx context.Context, eps []broker.Endpoint) error {
 	if err != nil {
 		return err
 	}
+	retained, err := o.retain.checkConfig(o.cluster.URLs != "")
+	if err != nil {
+		return err
+	}
 	clustered := ""
 	if bridge != nil {
 		defer bridge.Close()
@@ -69,7 +73,7 @@ func (o *options) check(ctx context.Context, eps []broker.Endpoint) error {
 	}
 	b.Shutdown(ctx)
 	o.warnAtStart(ctx, quiet)
-	line := fmt.Sprintf("configuration OK: %d endpoint(s), credential stores: %s%s", len(eps), store, clustered)
+	line := fmt.Sprintf("configuration OK: %d endpoint(s), credential stores: %s%s", len(eps), store, clustered+retained)
 	if w := strings.TrimSpace(warnings.String()); w != "" {
 		line += "; warning: " + strings.ReplaceAll(w, "\n", "; warning: ")
 	}

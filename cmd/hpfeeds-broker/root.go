@@ -51,6 +51,7 @@ type options struct {
 	opened           auth.Chain // the stores that answered at start, uninstrumented
 	cfg              broker.Config
 	cluster          cluster.Options
+	retain           retainOptions // retain.go
 }
 
 func newRootCmd() *cobra.Command {
@@ -119,7 +120,8 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", broker.DefaultFrameTimeout, "close a connection whose frame in progress is not complete within this `DURATION`")
 	o.cfg.MemoryLimit = defaultMemoryLimit()
 	f.Var(byteSize{&o.cfg.MemoryLimit}, "memory-limit", "budget for send queues and partially received frames, e.g. 256MiB (0: none); also sets the Go runtime's soft memory limit; the default is the smaller of 1GiB and a quarter of the machine's or cgroup's memory")
-	cmd.AddCommand(newUserCmd(), newStatusCmd())
+	o.retain.addFlags(f)
+	cmd.AddCommand(newUserCmd(), newStatusCmd(), newRetainedCmd())
 	return cmd
 }
 
@@ -278,14 +280,11 @@ func (o *options) run(ctx context.Context) error {
 		cfg.RevalidateEvery = -1 // the flag's 0 is the library's "never"
 	}
 	cfg.LoginThrottle.Disabled = cfg.LoginThrottle.After == 0
-	bridge, err := o.joinCluster(log, cfg, false)
+	bridge, closeBridge, err := o.joinClusterAndRetain(log, &cfg) // retain.go
 	if err != nil {
 		return err
 	}
-	if bridge != nil {
-		defer bridge.Close()
-		cfg.Bridge = bridge
-	}
+	defer closeBridge()
 	b, err := broker.New(cfg)
 	if err != nil {
 		return err

@@ -80,7 +80,7 @@ var flagName = regexp.MustCompile(`(^|[\s"'(=\[])--[a-z][a-z0-9-]+`)
 // name them when they wrap a library's error (see cluster.ErrUnreachable
 // and auth.NotCreatedError).
 func TestLibrariesNameNoFlags(t *testing.T) {
-	libraries := []string{"auth/", "broker/", "client/", "cluster/", "metrics/", "status/", "wire/", "internal/"}
+	libraries := []string{"auth/", "broker/", "client/", "cluster/", "metrics/", "retain/", "status/", "wire/", "internal/"}
 	testSupport := []string{"auth/storetest/", "broker/brokertest/"} // how to start a service, for people
 	sources(t, func(path string, _ *token.FileSet, file *ast.File) {
 		if !hasPrefix(path, libraries) || hasPrefix(path, testSupport) {

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/cluster"
+	"github.com/hpfeeds-go/hpfeeds/retain"
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+// retainOptions are the --retain* flags (docs/retention.md).
+type retainOptions struct {
+	patterns    []string
+	maxAge      time.Duration
+	maxBytes    int64
+	dir         string
+	replicas    int
+	replayFirst time.Duration
+}
+
+func (r *retainOptions) addFlags(f *pflag.FlagSet) {
+	f.StringSliceVar(&r.patterns, "retain", nil, "keep the history of channels matching `GLOBS` (e.g. dionaea.*,cowrie.sessions) and replay what a subscriber's ident missed when it subscribes again (off unless given)")
+	f.DurationVar(&r.maxAge, "retain-max-age", retain.DefaultMaxAge, "drop retained messages older than this `DURATION`")
+	r.maxBytes = retain.DefaultMaxBytes
+	f.Var(byteSize{&r.maxBytes}, "retain-max-bytes", "keep at most this much retained history, e.g. 10GiB; the oldest goes first")
+	f.StringVar(&r.dir, "retain-dir", "retained", "`DIR` of the retained store (without --cluster)")
+	f.IntVar(&r.replicas, "retain-replicas", 1, "copies of the retained store on the --cluster's JetStream servers")
+	f.DurationVar(&r.replayFirst, "retain-replay-first", 0, "an ident subscribing to a retained channel for the first time starts this `DURATION` back (0: live)")
+}
+
+// engineOptions are the engine's options for the flags; conn is the
+// cluster's NATS connection, nil for the embedded store.
+func (r *retainOptions) engineOptions(log *slog.Logger, clusterPrefix string, br *cluster.Bridge) retain.Options {
+	prefix, stream := "hpfeeds.retain", "HPFEEDS_RETAIN"
+	opts := retain.Options{Patterns: r.patterns, MaxAge: r.maxAge, MaxBytes: r.maxBytes, Dir: r.dir,
+		Replicas: r.replicas, ReplayFirst: r.replayFirst, Logger: log}
+	if br != nil {
+		prefix = clusterPrefix + ".retain"
+		stream = strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(clusterPrefix)) + "_RETAIN"
+		opts.Conn = br.Conn()
+	}
+	opts.Stream, opts.Wildcard = stream, prefix+".*"
+	opts.Subject = func(channel string) string { return cluster.Subject(prefix, channel) }
+	return opts
+}
+
+// open starts the retained store if --retain is given.
+func (r *retainOptions) open(log *slog.Logger, clusterPrefix string, br *cluster.Bridge) (*retain.Engine, error) {
+	if len(r.patterns) == 0 {
+		return nil, nil
+	}
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	e, err := retain.Open(r.engineOptions(log, clusterPrefix, br))
+	if err != nil {
+		if br != nil {
+			return nil, fmt.Errorf("--retain with --cluster (--retain-replicas=%d): %w", r.replicas, err)
+		}
+		return nil, fmt.Errorf("--retain-dir=%s: %w", r.dir, err)
+	}
+	log.Info("retaining channels", "patterns", strings.Join(r.patterns, ","), "max_age", r.maxAge, "max_bytes", r.maxBytes)
+	return e, nil
+}
+
+// check is what --check-config says about the retain flags.
+func (r *retainOptions) check() error {
+	if err := retain.CheckPatterns(r.patterns); err != nil {
+		return fmt.Errorf("--retain: %w", err)
+	}
+	switch {
+	case r.maxAge <= 0:
+		return errors.New("--retain-max-age must be more than 0")
+	case r.maxBytes < 1<<20:
+		return errors.New("--retain-max-bytes must be at least 1MiB")
+	case r.replicas < 1 || r.replicas > 5:
+		return errors.New("--retain-replicas must be 1 to 5 (JetStream's limit)")
+	case r.replayFirst < 0:
+		return errors.New("--retain-replay-first must be 0 or more")
+	}
+	return nil
+}
+
+// newRetainedCmd is `hpfeeds-broker retained export`.
+func newRetainedCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "retained", Short: "Read retained channels (see --retain)"}
+	var r retainOptions
+	var clusterURL, prefix, channel string
+	var since time.Duration
+	export := &cobra.Command{
+		Use:   "export",
+		Short: "Write a retained channel's messages as JSON lines, oldest first",
+		Long: `Write a retained channel's messages as JSON lines on stdout, oldest first:
+{"time":…,"seq":…,"ident":…,"channel":…,"payload":…} (payload_base64 when not UTF-8).
+Without --cluster it opens --retain-dir, which the broker must not be using.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return r.export(cmd.Context(), clusterURL, prefix, channel, since)
+		},
+	}
+	f := export.Flags()
+	f.StringVar(&channel, "channel", "", "the `CHANNEL` to export (required)")
+	f.DurationVar(&since, "since", time.Hour, "export messages stored in the last `DURATION`")
+	f.StringVar(&r.dir, "retain-dir", "retained", "`DIR` of the retained store")
+	f.StringVar(&clusterURL, "cluster", "", "read the stream on this NATS (`URL`) instead of --retain-dir")
+	f.StringVar(&prefix, "cluster-prefix", "hpfeeds", "the brokers' NATS subject `PREFIX`")
+	export.MarkFlagRequired("channel")
+	cmd.AddCommand(export)
+	return cmd
+}
+
+func (r *retainOptions) export(ctx context.Context, url, prefix, channel string, since time.Duration) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	r.patterns, r.maxAge, r.maxBytes, r.replicas = []string{channel}, retain.DefaultMaxAge, retain.DefaultMaxBytes, 1
+	var br *cluster.Bridge
+	if url != "" {
+		var err error
+		if br, err = cluster.New(cluster.Options{URLs: url, Prefix: prefix, MustConnect: true, Logger: log}); err != nil {
+			return fmt.Errorf("--cluster=%s: %w", cluster.Redact(url), err)
+		}
+		defer br.Close()
+	}
+	e, err := retain.OpenExisting(r.engineOptions(log, prefix, br))
+	if err != nil {
+		return fmt.Errorf("--retain-dir=%s: %w", r.dir, err)
+	}
+	defer e.Close()
+	enc := json.NewEncoder(os.Stdout)
+	return e.Export(ctx, channel, time.Now().Add(-since), func(s retain.Stored, frame []byte) error {
+		f, err := wire.Decode(wire.OpPublish, frame)
+		if err != nil {
+			return nil
+		}
+		line := map[string]any{"time": s.Time.UTC().Format(time.RFC3339Nano), "seq": s.Pos.Seq,
+			"ident": string(f.Ident), "channel": string(f.Channel)}
+		if utf8.Valid(f.Payload) {
+			line["payload"] = string(f.Payload)
+		} else {
+			line["payload_base64"] = f.Payload
+		}
+		return enc.Encode(line)
+	})
+}
+
+// checkConfig is --check-config's part for --retain: the flags, and the
+// directory, without creating it.
+func (r *retainOptions) checkConfig(clustered bool) (string, error) {
+	if len(r.patterns) == 0 {
+		return "", nil
+	}
+	if err := r.check(); err != nil {
+		return "", err
+	}
+	if clustered {
+		return ", retained: " + strings.Join(r.patterns, ",") + " on the cluster's JetStream", nil
+	}
+	dir := r.dir
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		dir = filepath.Dir(dir) // created at start-up: its parent must take it
+	} else if err := retain.CheckExisting(dir); err != nil {
+		return "", fmt.Errorf("--retain-dir: %w", err)
+	}
+	probe, err := os.CreateTemp(dir, ".hpfeeds-check-*") // removed at once
+	if err != nil {
+		return "", fmt.Errorf("--retain-dir %s: %s is not writable: %w", r.dir, dir, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return ", retained: " + strings.Join(r.patterns, ",") + " in " + r.dir, nil
+}
+
+// joinClusterAndRetain joins the --cluster and opens the retained store,
+// setting cfg's Bridge and Retain; closeAll closes both, the store first,
+// once the broker's shutdown has saved the positions.
+func (o *options) joinClusterAndRetain(log *slog.Logger, cfg *broker.Config) (bridge *cluster.Bridge, closeAll func(), err error) {
+	if bridge, err = o.joinCluster(log, *cfg, false); err != nil {
+		return nil, nil, err
+	}
+	if bridge != nil {
+		cfg.Bridge = bridge
+	}
+	if cfg.Retain, err = o.retain.open(log, o.cluster.Prefix, bridge); err != nil {
+		if bridge != nil {
+			bridge.Close()
+		}
+		return nil, nil, err
+	}
+	return bridge, func() {
+		if cfg.Retain != nil {
+			cfg.Retain.Close()
+		}
+		if bridge != nil {
+			bridge.Close()
+		}
+	}, nil
+}

@@ -1,0 +1,507 @@
+package main
+
+import (
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sys/unix"
+)
+
+// Retention tests: real broker processes, real sockets. Payloads are
+// "<n> " and padding, so a message's bytes follow from its number.
+
+const retainPad = 200
+
+func retainPayload(n int) string {
+	s := strconv.Itoa(n) + " "
+	return s + strings.Repeat("x", retainPad-len(s))
+}
+
+// pacedPublisher publishes numbered messages on events at about rate per
+// second until stopped; it returns how many it published.
+type pacedPublisher struct {
+	c    *wireClient
+	n    atomic.Int64
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startPublisher(t *testing.T, addr, ident string, rate int) *pacedPublisher {
+	p := &pacedPublisher{c: dialAs(t, addr, ident), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-tick.C:
+			}
+			for range rate / 100 {
+				if p.c.publish(retainPayload(int(p.n.Load()))) != nil {
+					return
+				}
+				p.n.Add(1)
+			}
+		}
+	}()
+	return p
+}
+
+func (p *pacedPublisher) finish() int {
+	close(p.stop)
+	<-p.done
+	return int(p.n.Load())
+}
+
+// reader reads numbered messages, checking each is byte-exact.
+type reader struct {
+	t    *testing.T
+	c    *wireClient
+	next int // the number expected next
+}
+
+// read reads one message and returns its number.
+func (r *reader) read(wait time.Duration) (int, bool) {
+	r.t.Helper()
+	_, payload, ok := r.c.next(wait)
+	for ok && strings.HasPrefix(payload, "probe-") {
+		_, payload, ok = r.c.next(wait)
+	}
+	if !ok {
+		return 0, false
+	}
+	num, _, _ := strings.Cut(payload, " ")
+	n, err := strconv.Atoi(num)
+	if err != nil || payload != retainPayload(n) {
+		r.t.Fatalf("message not byte-exact: %.40q", payload)
+	}
+	return n, true
+}
+
+// until reads in order up to message last, failing on a gap or reorder.
+func (r *reader) until(last int) {
+	r.t.Helper()
+	for r.next <= last {
+		n, ok := r.read(10 * time.Second)
+		if !ok {
+			r.t.Fatalf("got messages up to %d of %d, then nothing", r.next-1, last)
+		}
+		if n != r.next {
+			r.t.Fatalf("got message %d, want %d (in order, no gap)", n, r.next)
+		}
+		r.next++
+	}
+}
+
+// cutAbruptly closes the subscriber's socket with a reset, as the kernel
+// does for a killed process with unread data, and returns the bytes it
+// had received and not read: the receive queue and the reader's buffer.
+func cutAbruptly(t *testing.T, c *wireClient) (unread int) {
+	tc := c.Conn.(*net.TCPConn)
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) {
+		unread, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	unread += len(c.R.Pending())
+	tc.SetLinger(0)
+	tc.Close()
+	return unread
+}
+
+func retainBroker(t *testing.T, dir string, args ...string) *clusterBroker {
+	return startClusterBroker(t, append([]string{"--retain=events,other.*", "--retain-dir=" + dir}, args...)...)
+}
+
+// A subscriber cut off abruptly while 2,000 msg/s flow, kept down 3 s
+// (the issue's 30 s only lengthens the backlog; 3 s keeps CI short),
+// then reconnecting, gets every message after those the client had
+// consumed, in order and byte-exact. Messages can be lost only from the
+// bytes it had received and not read (its receive buffer), and are sent
+// twice only past those.
+func TestRetainResumeAfterCut(t *testing.T) {
+	clusterUser("rlogger")
+	clusterUser("rsensor")
+	b := retainBroker(t, t.TempDir())
+	sub := dialAs(t, b.addr, "rlogger", "events")
+	pub := startPublisher(t, b.addr, "rsensor", 2000)
+	r := &reader{t: t, c: sub}
+	n, ok := r.read(5 * time.Second)
+	if !ok {
+		t.Fatal("no live message")
+	}
+	r.next = n + 1
+	r.until(n + 2000) // a second of live traffic
+	unread := cutAbruptly(t, sub)
+	consumed := r.next - 1
+	time.Sleep(3 * time.Second)
+
+	sub2 := resubscribe(t, b.addr, "rlogger")
+	r2 := &reader{t: t, c: sub2}
+	first, ok := r2.read(10 * time.Second)
+	if !ok {
+		t.Fatal("nothing after reconnecting")
+	}
+	lost := max(0, first-consumed-1)
+	dups := max(0, consumed+1-first)
+	if lost*(4+2+len("rsensor")+len("events")+1+retainPad) > unread {
+		t.Fatalf("lost %d messages at the cut, more than the %d bytes the client had not read", lost, unread)
+	}
+	r2.next = first + 1
+	total := pub.finish()
+	r2.until(total - 1)
+	t.Logf("cut after message %d with %d bytes unread by the client: resumed at %d (%d lost, %d sent twice); %d messages, all in order",
+		consumed, unread, first, lost, dups, total)
+}
+
+// A subscriber that left cleanly gets, after kill -9 of the broker and a
+// restart on the same --retain-dir, what was published while it was away.
+func TestRetainSurvivesKill9(t *testing.T) {
+	clusterUser("klogger")
+	clusterUser("ksensor")
+	dir := t.TempDir()
+	b := retainBroker(t, dir)
+	sub := dialAs(t, b.addr, "klogger", "events")
+	pub := dialAs(t, b.addr, "ksensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond) // the position is saved after the close
+	for i := range 500 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("ksensor") // the broker has read them all
+	time.Sleep(100 * time.Millisecond)
+	b.cmd.Process.Signal(syscall.SIGKILL)
+	b.cmd.Wait()
+
+	b2 := retainBroker(t, dir)
+	sub2 := resubscribe(t, b2.addr, "klogger")
+	r := &reader{t: t, c: sub2}
+	r.until(499)
+}
+
+// Two brokers on the machine's NATS: a subscriber that left one resumes
+// on the other.
+func TestRetainClusterResume(t *testing.T) {
+	natsAddr := machineNATS(t)
+	clusterUser("clogger")
+	clusterUser("csensor")
+	prefix := fmt.Sprintf("rt%d", time.Now().UnixNano())
+	defer deleteRetainStream(t, natsAddr, prefix)
+	args := []string{"--cluster=nats://" + natsAddr, "--cluster-prefix=" + prefix}
+	a := retainBroker(t, t.TempDir(), args...)
+	b := retainBroker(t, t.TempDir(), args...)
+	sub := dialAs(t, a.addr, "clogger", "events")
+	pub := dialAs(t, a.addr, "csensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond)
+	for i := range 500 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("csensor")
+	time.Sleep(100 * time.Millisecond)
+	sub2 := resubscribe(t, b.addr, "clogger")
+	r := &reader{t: t, c: sub2}
+	r.until(499)
+}
+
+// A store far smaller than the traffic drops its oldest messages; live
+// delivery goes on untouched.
+func TestRetainFullStoreKeepsLive(t *testing.T) {
+	clusterUser("flogger")
+	clusterUser("fsensor")
+	b := retainBroker(t, t.TempDir(), "--retain-max-bytes=1MiB")
+	sub := dialAs(t, b.addr, "flogger", "events")
+	pub := dialAs(t, b.addr, "fsensor")
+	linked(t, pub, sub)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range 20000 { // 4 MB: four times the store
+			if err := pub.publish(retainPayload(i)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	r := &reader{t: t, c: sub}
+	r.until(19999)
+	wg.Wait()
+}
+
+// resubscribe logs in as ident and subscribes to events without waiting:
+// what catch-up sends first must not be passed over.
+func resubscribe(t *testing.T, addr, ident string) *wireClient {
+	c := &wireClient{Client: brokertest.Login(t, addr, ident, "s"), ident: ident}
+	c.Send(brokertest.Subscribe(t, ident, "events"))
+	return c
+}
+
+// deleteRetainStream removes what a cluster test's brokers made on NATS.
+func deleteRetainStream(t *testing.T, addr, prefix string) {
+	nc, err := nats.Connect("nats://" + addr)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream := strings.ToUpper(prefix) + "_RETAIN"
+	for _, s := range []string{stream, "KV_" + stream + "_POS"} {
+		if err := js.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Errorf("deleting stream %s: %v", s, err)
+		}
+	}
+}
+
+// --check-config checks the retain flags and directory; a foreign
+// directory stops the broker with one clear line.
+func TestRetainCheckConfig(t *testing.T) {
+	base := []string{"--auth=env", "-e", "tcp:interface=127.0.0.1:port=0"}
+	dir := t.TempDir() + "/store"
+	code, out := run(t, nil, append([]string{"--check-config", "--retain=events", "--retain-dir=" + dir}, base...)...)
+	if code != 0 || !strings.Contains(out, "retained: events in "+dir) {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	foreign := t.TempDir()
+	if err := os.WriteFile(foreign+"/notes.txt", []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--check-config", "--retain=events", "--retain-dir=" + foreign}, "not a retained store"},
+		{[]string{"--retain=events", "--retain-dir=" + foreign}, "not a retained store"},
+		{[]string{"--check-config", "--retain=[", "--retain-dir=" + dir}, "retain pattern"},
+		{[]string{"--check-config", "--retain=events", "--retain-max-bytes=1KiB"}, "--retain-max-bytes"},
+		{[]string{"--check-config", "--retain=events", "--retain-replicas=0"}, "--retain-replicas"},
+	} {
+		code, out := run(t, nil, append(c.args, base...)...)
+		if lines := strings.Split(strings.TrimSpace(out), "\n"); code == 0 || !strings.Contains(out, c.want) || len(lines) != 1 {
+			t.Errorf("%v: exit %d, output:\n%s\nwant one line mentioning %q", c.args, code, out, c.want)
+		}
+	}
+}
+
+// While a logger is away, /chanz counts what the channel holds, /identz
+// says how far behind the logger is, and `retained export` writes the
+// history as JSON lines.
+func TestRetainOperatorViews(t *testing.T) {
+	clusterUser("ologger")
+	clusterUser("osensor")
+	dir := t.TempDir()
+	b := retainBroker(t, dir)
+	sub := dialAs(t, b.addr, "ologger", "events")
+	pub := dialAs(t, b.addr, "osensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond)
+	for i := range 100 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("osensor")
+	time.Sleep(100 * time.Millisecond)
+	var chanz struct {
+		Channels []struct {
+			Name     string
+			Retained *struct{ Messages, Bytes uint64 }
+		}
+	}
+	_, body := get(t, "http://"+b.exporter+"/chanz")
+	if err := json.Unmarshal([]byte(body), &chanz); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range chanz.Channels {
+		if c.Name == "events" {
+			found = true
+			if c.Retained == nil || c.Retained.Messages < 100 {
+				t.Errorf("/chanz events: %s", body)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no events in /chanz: %s", body)
+	}
+	_, body = get(t, "http://"+b.exporter+"/identz")
+	if !regexp.MustCompile(`"retained":\s*\[\s*\{\s*"channel":\s*"events",\s*"state":\s*"away",\s*"behind_messages":\s*100,`).MatchString(body) {
+		t.Errorf("/identz does not say ologger is 100 behind: %s", body)
+	}
+	_, metrics := get(t, "http://"+b.exporter+"/metrics")
+	for _, want := range []string{`hpfeeds_broker_retained_messages{channel="events"}`,
+		`hpfeeds_broker_retain_behind_messages{channel="events",ident="ologger",state="away"} 100`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.cmd.Wait()
+	code, out := runIn(t, t.TempDir(), "", nil, "retained", "export", "--channel=events", "--since=1h", "--retain-dir="+dir)
+	if code != 0 {
+		t.Fatalf("export: exit %d: %s", code, out)
+	}
+	want := fmt.Sprintf(`"channel":"events","ident":"osensor","payload":%q,`, retainPayload(99))
+	if !strings.Contains(out, want) || strings.Count(out, "\n") < 100 {
+		t.Errorf("export wrote:\n%.2000s\nwant 100 lines and one with %s", out, want)
+	}
+}
+
+// Catching up a backlog twice the --memory-limit keeps the broker's
+// resident memory under the limit: catch-up reads the store only as the
+// subscriber's queue drains. (The issue's 1 GiB under 256 MiB, scaled to
+// 256 MiB under 128 MiB for CI time.)
+func TestRetainCatchUpUnderMemoryLimit(t *testing.T) {
+	clusterUser("mlogger")
+	clusterUser("msensor")
+	const limit, backlog, size = 128 << 20, 256 << 20, 16 << 10
+	b := retainBroker(t, t.TempDir(), "--memory-limit=128MiB", "--retain-max-bytes=1GiB")
+	sub := dialAs(t, b.addr, "mlogger", "events")
+	pub := dialAs(t, b.addr, "msensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond)
+	n := backlog / size
+	pad := strings.Repeat("y", size-10)
+	for i := range n {
+		if err := pub.publish(fmt.Sprintf("%09d %s", i, pad)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("msensor")
+	time.Sleep(time.Second) // the last batches stored, the store's write cache idle
+	pid := b.cmd.Process.Pid
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatal(err)
+	}
+	before := vmKiB(t, pid, "VmRSS")
+	start := time.Now()
+	sub2 := resubscribe(t, b.addr, "mlogger")
+	for i := range n {
+		_, payload, ok := sub2.next(10 * time.Second)
+		for ok && strings.HasPrefix(payload, "probe-") {
+			_, payload, ok = sub2.next(10 * time.Second)
+		}
+		if !ok || payload != fmt.Sprintf("%09d %s", i, pad) {
+			t.Fatalf("message %d of %d missing or wrong: %.20q", i, n, payload)
+		}
+	}
+	peak := vmKiB(t, pid, "VmHWM")
+	t.Logf("caught up %d MiB (%d messages) in %v: broker RSS %d MiB before, peak %d MiB during (limit %d MiB)",
+		backlog>>20, n, time.Since(start).Round(time.Millisecond), before>>10, peak>>10, limit>>20)
+	if peak*1024 > limit {
+		t.Errorf("peak RSS %d MiB over the %d MiB limit", peak>>10, limit>>20)
+	}
+}
+
+func vmKiB(t *testing.T, pid int, field string) int {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + field + `:\s+(\d+) kB`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatalf("no %s in /proc/%d/status", field, pid)
+	}
+	v, _ := strconv.Atoi(string(m[1]))
+	return v
+}
+
+// A store that fails (its stream deleted under the broker) never stops
+// live delivery: the failures are counted.
+func TestRetainFailingStoreKeepsLive(t *testing.T) {
+	natsAddr := machineNATS(t)
+	clusterUser("xlogger")
+	clusterUser("xsensor")
+	prefix := fmt.Sprintf("rx%d", time.Now().UnixNano())
+	defer deleteRetainStream(t, natsAddr, prefix)
+	b := retainBroker(t, t.TempDir(), "--cluster=nats://"+natsAddr, "--cluster-prefix="+prefix)
+	sub := dialAs(t, b.addr, "xlogger", "events")
+	pub := dialAs(t, b.addr, "xsensor")
+	linked(t, pub, sub)
+	deleteRetainStream(t, natsAddr, prefix)
+	r := &reader{t: t, c: sub}
+	for i := range 2000 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 99 {
+			time.Sleep(10 * time.Millisecond) // several batches
+		}
+	}
+	r.until(1999)
+	brokertest.Eventually(t, "store failures counted", func() bool {
+		return b.metric(t, "hpfeeds_broker_retain_store_failures_total") > 0
+	})
+}
+
+// A subscriber connected when the broker is killed with kill -9 resumes,
+// after the restart, from the checkpoint of its position: it gets what was
+// published after the restart and before it subscribed again.
+func TestRetainKill9WhileSubscribed(t *testing.T) {
+	clusterUser("qlogger")
+	clusterUser("qsensor")
+	dir := t.TempDir()
+	b := retainBroker(t, dir)
+	sub := dialAs(t, b.addr, "qlogger", "events")
+	pub := dialAs(t, b.addr, "qsensor")
+	linked(t, pub, sub)
+	for i := range 500 {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &reader{t: t, c: sub}
+	r.until(499)
+	time.Sleep(1500 * time.Millisecond) // a checkpoint
+	b.cmd.Process.Signal(syscall.SIGKILL)
+	b.cmd.Wait()
+
+	b2 := retainBroker(t, dir)
+	pub2 := dialAs(t, b2.addr, "qsensor")
+	for i := 500; i < 1000; i++ {
+		if err := pub2.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub2.SubscribeOwn("qsensor")
+	time.Sleep(100 * time.Millisecond)
+	sub2 := resubscribe(t, b2.addr, "qlogger")
+	r2 := &reader{t: t, c: sub2}
+	first, ok := r2.read(10 * time.Second)
+	if !ok || first > 500 {
+		t.Fatalf("resumed at %d (ok %v), want 500 or before", first, ok)
+	}
+	r2.next = first + 1
+	r2.until(999)
+}

@@ -1,0 +1,300 @@
+// Package retain keeps the frames of retained hpfeeds channels in NATS
+// JetStream, so a subscriber that was away can be sent what it missed.
+//
+// Storing one JetStream message per hpfeeds frame would cost more than the
+// rest of the broker's publish path, so frames are batched per channel: a
+// stored message is the PUBLISH frames of one channel side by side, as they
+// went out, flushed when it reaches BatchBytes or is FlushAfter old, and
+// published asynchronously. A position in a channel is (stream sequence,
+// frame index in that message). Resume positions per (ident, channel) live
+// in a JetStream key-value bucket beside the stream, so they survive a
+// restart and are shared by every broker of a cluster.
+//
+// Without a NATS URL the engine runs a JetStream server inside the process
+// (no listener), with its file store under Dir.
+package retain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxAge     = 24 * time.Hour
+	DefaultMaxBytes   = 1 << 30 // see docs/retention.md: fits a small VM's disk
+	DefaultFlushAfter = 2 * time.Millisecond
+	DefaultBatchBytes = 64 << 10
+	// jsMemory bounds the embedded JetStream's memory store; the engine
+	// keeps nothing there, so this is only a ceiling.
+	jsMemory = 64 << 20
+	// kvReserve is the store space kept for the positions bucket.
+	kvReserve = 64 << 20
+	// publishQueue bounds the batches waiting to be published, and those
+	// published and not yet acknowledged: 4 MiB of full batches each.
+	publishQueue = 64
+	marker       = "hpfeeds-retain"
+)
+
+// Options configure an Engine.
+type Options struct {
+	// Patterns are globs (path.Match) on channel names: a channel matching
+	// one is retained.
+	Patterns []string
+	MaxAge   time.Duration
+	MaxBytes int64
+	// Dir holds the embedded JetStream's files; unused with URL.
+	Dir string
+	// Conn, if set, is a connection to an external NATS with JetStream
+	// (cluster mode); the engine does not close it.
+	Conn     *nats.Conn
+	Replicas int
+	// Subject maps a channel to the subject its stored batches go to; the
+	// stream takes Subject("*")'s wildcard form (see cmd: cluster.Subject).
+	Subject func(channel string) string
+	// Wildcard is the stream's subject filter covering every Subject.
+	Wildcard string
+	// Stream names the stream; the positions bucket is Stream+"_POS".
+	Stream string
+	// ReplayFirst starts an ident with no position that far back.
+	ReplayFirst time.Duration
+	FlushAfter  time.Duration
+	BatchBytes  int
+	Logger      *slog.Logger
+}
+
+// Engine stores retained channels. Create one with Open.
+type Engine struct {
+	opts   Options
+	srv    *server.Server // the embedded server; nil in cluster mode
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	kv     jetstream.KeyValue
+
+	mu       sync.Mutex
+	channels map[string]*Channel
+
+	out       chan *batch   // to publishLoop
+	stuck     atomic.Bool   // the store missed storeStall: drop, don't wait
+	published chan struct{} // closed when publishLoop has returned
+
+	Failed    atomic.Uint64 // batches the store refused
+	failLog   atomic.Int64  // when a failure was last logged (Unix ns)
+	Replayed  atomic.Uint64 // frames sent from the store to catching-up subscribers
+	Truncated atomic.Uint64 // resumes whose position the limits had already dropped
+}
+
+// bufPool holds batch buffers of BatchBytes: a busy channel fills one per
+// batch, and growing each from small would copy and discard it repeatedly.
+var bufPool sync.Pool
+
+// buffer is a batch buffer for a batch starting with a frame of n bytes.
+func (e *Engine) buffer(n int) []byte {
+	if n >= e.opts.BatchBytes {
+		return make([]byte, 0, n)
+	}
+	if b, ok := bufPool.Get().(*[]byte); ok && cap(*b) >= e.opts.BatchBytes {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, e.opts.BatchBytes)
+}
+
+func (e *Engine) release(b []byte) {
+	if cap(b) == e.opts.BatchBytes {
+		bufPool.Put(&b)
+	}
+}
+
+// CheckPatterns reports a pattern path.Match cannot use.
+func CheckPatterns(patterns []string) error {
+	for _, p := range patterns {
+		if _, err := path.Match(p, ""); err != nil || p == "" {
+			return fmt.Errorf("retain pattern %q: use a glob like dionaea.* (path.Match syntax)", p)
+		}
+	}
+	return nil
+}
+
+// Open starts the store (embedded unless opts.Conn is set), and creates or
+// updates the stream and the positions bucket.
+func Open(opts Options) (*Engine, error) {
+	if err := CheckPatterns(opts.Patterns); err != nil {
+		return nil, err
+	}
+	e := &Engine{opts: opts, channels: map[string]*Channel{}}
+	e.setDefaults()
+	if e.opts.Conn == nil {
+		if err := e.startEmbedded(); err != nil {
+			return nil, err
+		}
+	} else {
+		e.nc = e.opts.Conn
+	}
+	if err := e.openStream(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	e.out, e.published = make(chan *batch, publishQueue), make(chan struct{})
+	go e.publishLoop()
+	return e, nil
+}
+
+func (e *Engine) setDefaults() {
+	o := &e.opts
+	if o.MaxAge <= 0 {
+		o.MaxAge = DefaultMaxAge
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.FlushAfter <= 0 {
+		o.FlushAfter = DefaultFlushAfter
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = DefaultBatchBytes
+	}
+	if o.Stream == "" {
+		o.Stream = "HPFEEDS_RETAIN"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+func (e *Engine) openStream() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(publishQueue))
+	if err != nil {
+		return fmt.Errorf("retain: JetStream: %w", err)
+	}
+	e.js = js
+	e.stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        e.opts.Stream,
+		Description: "hpfeeds retained channels: batches of PUBLISH frames",
+		Subjects:    []string{e.opts.Wildcard},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      e.opts.MaxAge,
+		MaxBytes:    e.opts.MaxBytes,
+		Storage:     jetstream.FileStorage,
+		Replicas:    e.opts.Replicas,
+		AllowDirect: true,
+	})
+	if err != nil {
+		return fmt.Errorf("retain: creating stream %s (is JetStream enabled, and are there as many JetStream servers as replicas?): %w", e.opts.Stream, err)
+	}
+	e.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      e.opts.Stream + "_POS",
+		Description: "hpfeeds resume positions per ident and channel",
+		History:     1,
+		TTL:         4 * e.opts.MaxAge, // positions past the history are useless
+		Storage:     jetstream.FileStorage,
+		Replicas:    e.opts.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("retain: creating position bucket: %w", err)
+	}
+	return nil
+}
+
+// Close flushes what is batched and stops the embedded server.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	chans := make([]*Channel, 0, len(e.channels))
+	for _, ch := range e.channels {
+		chans = append(chans, ch)
+	}
+	e.mu.Unlock()
+	for _, ch := range chans {
+		ch.Lock()
+		ch.flushLocked()
+		ch.closed = true // no more flushes: out closes
+		ch.Unlock()
+	}
+	if e.out != nil {
+		close(e.out)
+		<-e.published
+	}
+	if e.js != nil {
+		select {
+		case <-e.js.PublishAsyncComplete():
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if e.srv != nil {
+		e.nc.Close()
+		e.srv.Shutdown()
+		e.srv.WaitForShutdown()
+	}
+}
+
+// Retained reports whether channel matches a pattern.
+func (e *Engine) Retained(channel string) bool {
+	for _, p := range e.opts.Patterns {
+		if ok, _ := path.Match(p, channel); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Channel returns channel's log, or nil if channel is not retained. It
+// reads the store once per channel, to know where the channel ends.
+func (e *Engine) Channel(channel string) *Channel {
+	if !e.Retained(channel) {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ch := e.channels[channel]; ch != nil {
+		return ch
+	}
+	ch := &Channel{e: e, name: channel, subject: e.opts.Subject(channel)}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if m, err := e.stream.GetLastMsgForSubject(ctx, ch.subject); err == nil {
+		ch.base = m.Sequence + 1
+		frames, bytes := counts(m)
+		ch.cumFrames.Store(frames)
+		ch.cumBytes.Store(bytes)
+	} else if st, err := e.stream.Info(ctx); err == nil {
+		ch.base = st.State.LastSeq + 1
+	}
+	e.channels[channel] = ch
+	return ch
+}
+
+// failed counts a batch the store did not take, logging at most every 10 s:
+// live delivery does not depend on the store.
+func (e *Engine) failed(channel string, frames int, err error) {
+	n := e.Failed.Add(1)
+	now := time.Now().UnixNano()
+	last := e.failLog.Load()
+	if now-last < int64(10*time.Second) || !e.failLog.CompareAndSwap(last, now) {
+		return
+	}
+	e.opts.Logger.Warn("retain: the store refused a batch; live delivery goes on, but these frames cannot be replayed (further failures are logged at most every 10 s)",
+		"channel", channel, "frames", frames, "failed_batches", n, "err", err)
+}
+
+var errNotFound = jetstream.ErrMsgNotFound
+
+func isNotFound(err error) bool {
+	return errors.Is(err, errNotFound) || err != nil && strings.Contains(err.Error(), "no message found")
+}

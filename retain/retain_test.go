@@ -1,0 +1,160 @@
+package retain
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/wire"
+)
+
+func open(t *testing.T, dir string) *Engine {
+	t.Helper()
+	e, err := Open(Options{Patterns: []string{"ev*"}, Dir: dir, Wildcard: "t.*",
+		Subject: func(ch string) string { return "t.c" + fmt.Sprintf("%x", ch) }, FlushAfter: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func frame(t *testing.T, n int) []byte {
+	f, err := wire.AppendPublish(nil, []byte("s"), []byte("events"), []byte(fmt.Sprint(n)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// appendN appends frames from..to-1 and waits until they are stored.
+func appendN(t *testing.T, ch *Channel, from, to int) Mark {
+	ch.Lock()
+	for i := from; i < to; i++ {
+		ch.Append(frame(t, i))
+	}
+	m := ch.Head()
+	ch.Unlock()
+	return m
+}
+
+// readAll reads every frame stored from p on, as numbers.
+func readAll(t *testing.T, ch *Channel, p Pos) []string {
+	var got []string
+	for {
+		s, found, err := ch.Read(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !found {
+			return got
+		}
+		for _, f := range s.Frames {
+			d, err := wire.Decode(wire.OpPublish, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, string(d.Payload))
+		}
+		p = s.Next
+	}
+}
+
+// Frames come back in order from any position, a position survives a
+// restart, and Back walks back over the frames not acknowledged.
+func TestLogPositionsAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := open(t, dir)
+	if e.Channel("other") != nil {
+		t.Fatal("a channel no pattern matches is retained")
+	}
+	ch := e.Channel("events")
+	m := appendN(t, ch, 0, 10)
+	ctx := context.Background()
+	p, err := ch.Resolve(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, ch, 10, 20)
+	ch.Lock()
+	back := ch.Back(3 * len(frame(t, 19))) // the last three unacknowledged
+	ch.Unlock()
+	bp, err := ch.Resolve(ctx, back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(readAll(t, ch, bp), ","); got != "17,18,19" {
+		t.Errorf("from three frames back: %s", got)
+	}
+	if err := e.Save(ctx, "logger", "events", p); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+
+	e = open(t, dir)
+	defer e.Close()
+	ch = e.Channel("events")
+	got, found, err := e.Resume(ctx, "logger", ch)
+	if err != nil || !found || got != p {
+		t.Fatalf("position after restart: %v %v %v, want %v", got, found, err, p)
+	}
+	if s := strings.Join(readAll(t, ch, got), ","); s != "10,11,12,13,14,15,16,17,18,19" {
+		t.Errorf("resumed with %s", s)
+	}
+	if _, found, _ := e.Resume(ctx, "newcomer", ch); found {
+		t.Error("an ident never seen has a position")
+	}
+	if st := ch.Stats(ctx); st.Messages != 20 || st.Oldest.IsZero() {
+		t.Errorf("stats after restart: %+v, want 20 messages", st)
+	}
+	if n, _ := ch.Behind(ctx, got); n != 10 {
+		t.Errorf("behind %d, want 10", n)
+	}
+}
+
+// Tail hands out the frames not yet stored only once the reader has read
+// every stored batch.
+func TestTail(t *testing.T) {
+	e := open(t, t.TempDir())
+	defer e.Close()
+	ch := e.Channel("events")
+	m := appendN(t, ch, 0, 5)
+	p, err := ch.Resolve(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.Lock()
+	ch.Append(frame(t, 5))
+	frames, ok := ch.Tail(p)
+	ch.Unlock()
+	if !ok || len(frames) != 1 {
+		t.Fatalf("tail past the stored batches: %d frames, ok %v", len(frames), ok)
+	}
+	ch.Lock()
+	_, ok = ch.Tail(Pos{1, 0})
+	ch.Unlock()
+	if ok {
+		t.Error("tail before a stored batch was not refused")
+	}
+}
+
+func TestCheckDir(t *testing.T) {
+	foreign := t.TempDir()
+	os.WriteFile(filepath.Join(foreign, "x"), nil, 0o600)
+	if err := CheckDir(foreign); err == nil || !strings.Contains(err.Error(), "not a retained store") {
+		t.Errorf("foreign dir: %v", err)
+	}
+	fresh := filepath.Join(t.TempDir(), "new")
+	if err := CheckDir(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDir(fresh); err != nil {
+		t.Errorf("a store's own dir refused: %v", err)
+	}
+	if err := CheckPatterns([]string{"a[", ""}); err == nil {
+		t.Error("bad globs accepted")
+	}
+}
