@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/hpfeeds-go/hpfeeds/internal/source"
 )
 
 // Clients choose some of the text the broker records: the channel of a
@@ -69,7 +71,7 @@ type sourceLogs struct {
 func (s *sourceLogs) of(ip netip.Addr) (netip.Prefix, *quietLogs) {
 	var src netip.Prefix
 	if ip.IsValid() {
-		src = throttleSource(ip)
+		src = source.Prefix(ip)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

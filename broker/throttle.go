@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hpfeeds-go/hpfeeds/internal/source"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -87,17 +88,6 @@ type failures struct {
 	q        loginQueue
 }
 
-// throttleSource is what one throttled source is: an IPv4 address, or the
-// IPv6 /64 that one host or site is usually given.
-func throttleSource(ip netip.Addr) netip.Prefix {
-	bits := 32
-	if ip.Is6() {
-		bits = 64
-	}
-	p, _ := ip.Prefix(bits)
-	return p
-}
-
 // admit returns when a login from ip for class (its ident if the store
 // knows it, else "") may be checked, true; or false if it is refused
 // unchecked. Each admitted login is reported once with done.
@@ -143,7 +133,7 @@ func (t *throttle) admit(ip netip.Addr, class string, now time.Time) bool {
 // source returns ip's failures, starting its count again after a quiet
 // window; nil if there is no room to remember it. Called with t.mu held.
 func (t *throttle) source(ip netip.Addr, now time.Time) *failures {
-	src := throttleSource(ip)
+	src := source.Prefix(ip)
 	f := t.sources[src]
 	if f == nil {
 		if !t.room(now) {
@@ -203,7 +193,7 @@ func (t *throttle) done(ip netip.Addr, ok bool, now time.Time) (started bool) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	f := t.sources[throttleSource(ip)]
+	f := t.sources[source.Prefix(ip)]
 	if f == nil {
 		return false
 	}
@@ -251,7 +241,7 @@ func (c *conn) admitLogin(ident, class string) bool {
 	const reason = "its source is throttled and has too many logins waiting; refused unchecked"
 	if n, ok := b.failedLogins.due(reason, time.Now()); ok {
 		c.log().Info("login refused: "+reason+" (further refusals are logged at most every 10 s)",
-			"source", throttleSource(c.ip).String(), "refused", n)
+			"source", source.Prefix(c.ip).String(), "refused", n)
 	}
 	c.fail("", CategoryLoginThrottled, wire.AuthFailed(ident))
 	return false
@@ -262,7 +252,7 @@ func (c *conn) throttleStarted(now time.Time) {
 	b := c.b
 	if n, ok := b.throttle.started.due(now); ok {
 		c.log().Warn("repeated failed logins: this source's logins now wait their turn to be checked, one at a time (further sources are logged at most every 10 s)",
-			"source", throttleSource(c.ip).String(), "max_interval", b.cfg.LoginThrottle.MaxDelay, "sources", n)
+			"source", source.Prefix(c.ip).String(), "max_interval", b.cfg.LoginThrottle.MaxDelay, "sources", n)
 	}
 }
 

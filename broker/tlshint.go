@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/hpfeeds-go/hpfeeds/internal/source"
 )
 
 // maxPlaintextPeers bounds the sources whose plaintext-client lines are
@@ -45,7 +47,7 @@ func (c *conn) handshakeFailed(err error) {
 	if p.peers == nil {
 		p.peers = map[netip.Prefix]*quietLog{}
 	}
-	src := throttleSource(c.ip)
+	src := source.Prefix(c.ip)
 	q := p.peers[src]
 	if q == nil && len(p.peers) >= maxPlaintextPeers {
 		now := time.Now()

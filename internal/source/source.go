@@ -1,5 +1,6 @@
-// Package source keeps per-client-source state for the exporter's HTTP
-// pages: a source is an IPv4 address or the IPv6 /64 one host or site is
+// Package source says which source a client is, for the broker's login
+// throttling and log bounds, and keeps per-source state for the exporter's
+// HTTP pages: a source is an IPv4 address or the IPv6 /64 one host or site is
 // usually given.
 package source
 
@@ -27,13 +28,16 @@ func OfAddr(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-func ofIP(ip netip.Addr) netip.Addr {
-	ip = ip.Unmap()
+func ofIP(ip netip.Addr) netip.Addr { return Prefix(ip.Unmap()).Addr() }
+
+// Prefix is ip's source as a prefix: the IPv4 address, or the IPv6 /64.
+func Prefix(ip netip.Addr) netip.Prefix {
+	bits := 32
 	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.Addr()
+		bits = 64
 	}
-	return ip
+	p, _ := ip.Prefix(bits)
+	return p
 }
 
 // Map holds a T per source, made by New on first use. Past Max sources it
