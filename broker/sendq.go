@@ -176,9 +176,9 @@ func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, too
 // outrun it.
 func (q *sendQueue) waitDrained(mark int, d time.Duration) bool {
 	q.mu.Lock()
-	if q.queued <= mark || q.closing {
+	if drained := q.queued <= mark; drained || q.closing {
 		q.mu.Unlock()
-		return q.queued <= mark && !q.dropped.Load()
+		return drained && !q.dropped.Load()
 	}
 	ch := make(chan struct{})
 	q.drained, q.drainMark = ch, mark
