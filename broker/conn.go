@@ -358,37 +358,49 @@ func (c *conn) login() (bool, error) {
 
 // readLoop reads an authenticated session's frames until it ends.
 func (c *conn) readLoop() error {
-	rd := c.rd
 	for {
-		f, err := rd.Next()
-		if err != nil {
+		// Waiting apart from decoding keeps the idle reader's stack
+		// shallow, so the runtime shrinks it (see wire.Reader.Wait).
+		if err := c.rd.Wait(); err != nil {
 			return err
 		}
-		if c.closing() {
-			// Closed (revoked, too slow, evicted) while this frame was
-			// in the buffer: it is not acted on.
-			return errClosing
-		}
-		c.stats.parsedBytes.Add(uint64(len(f.Raw)))
-		var ok bool
-		switch f.Op {
-		case wire.OpPublish:
-			ok = c.publish(f)
-		case wire.OpSubscribe:
-			ok = c.subscribe(f)
-		case wire.OpUnsubscribe:
-			c.unsubscribe(f)
-			ok = true
-		default:
-			// AUTH, INFO or ERROR from an authenticated client: the
-			// reference's session crashes on these; close it cleanly.
-			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
-			c.close(closedProtocol, "unexpected frame after authentication", nil)
-		}
-		if !ok {
-			return nil
+		if ok, err := c.handleNext(); !ok {
+			return err
 		}
 	}
+}
+
+// handleNext acts on the buffered frame, and reports whether the session
+// goes on.
+//
+//go:noinline
+func (c *conn) handleNext() (bool, error) {
+	f, err := c.rd.Next()
+	if err != nil {
+		return false, err
+	}
+	if c.closing() {
+		// Closed (revoked, too slow, evicted) while this frame was
+		// in the buffer: it is not acted on.
+		return false, errClosing
+	}
+	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
+	var ok bool
+	switch f.Op {
+	case wire.OpPublish:
+		ok = c.publish(f)
+	case wire.OpSubscribe:
+		ok = c.subscribe(f)
+	case wire.OpUnsubscribe:
+		c.unsubscribe(f)
+		ok = true
+	default:
+		// AUTH, INFO or ERROR from an authenticated client: the
+		// reference's session crashes on these; close it cleanly.
+		c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
+		c.close(closedProtocol, "unexpected frame after authentication", nil)
+	}
+	return ok, nil
 }
 
 func (c *conn) authenticate(f wire.Frame) bool {
