@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
@@ -112,20 +113,44 @@ func (m *memBudget) release(n int) {
 // touch the count (no shared cache line per delivery): it starts at
 // shareBias, each queue takes one off when it lets go, and unshare adds
 // how many queues took the frame, less the bias.
+//
+// The count lives in the frameHeader bytes before the frame, in the same
+// allocation (newHeld): a publish allocates once, and a queue entry is the
+// frame alone, as small as before the budget counted frames. A held frame
+// is one whose capacity is its length; a frame a queue copied into its
+// chunk always has room after it (copyLocked).
 type sharedFrame struct{ refs atomic.Int32 }
 
 // shareBias is more holds than any frame gets before unshare.
 const shareBias = 1 << 30
 
+// frameHeader is the room for a held frame's sharedFrame.
+const frameHeader = 8
+
+// newHeld copies raw into a held frame whose count starts at refs.
+func newHeld(raw []byte, refs int32) []byte {
+	// Words, so the count is aligned whatever the allocator does.
+	words := make([]uint64, 1+(len(raw)+7)/8)
+	(*sharedFrame)(unsafe.Pointer(&words[0])).refs.Store(refs)
+	frame := unsafe.Slice((*byte)(unsafe.Pointer(&words[1])), len(raw))
+	copy(frame, raw)
+	return frame
+}
+
+// isHeld reports whether a queued frame was made by newHeld.
+func isHeld(frame []byte) bool { return cap(frame) == len(frame) }
+
+// holdOf is a held frame's count.
+func holdOf(frame []byte) *sharedFrame {
+	return (*sharedFrame)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(frame)), -frameHeader))
+}
+
 // share copies raw into a frame to push to queues (sendQueue.push); the
 // caller then calls unshare with how many took it.
 func (m *memBudget) share(raw []byte) ([]byte, *sharedFrame) {
-	frame := make([]byte, len(raw))
-	copy(frame, raw)
-	sh := &sharedFrame{}
-	sh.refs.Store(shareBias)
+	frame := newHeld(raw, shareBias)
 	m.charge(len(frame))
-	return frame, sh
+	return frame, holdOf(frame)
 }
 
 // unshare says taken queues took frame, releasing it if they all have let
@@ -137,11 +162,11 @@ func (m *memBudget) unshare(frame []byte, sh *sharedFrame, taken int) {
 }
 
 // releaseFrames lets go of frames a queue wrote or dropped.
-func (m *memBudget) releaseFrames(frames []qframe) {
+func (m *memBudget) releaseFrames(frames [][]byte) {
 	n := 0
 	for _, f := range frames {
-		if f.sh == nil || f.sh.refs.Add(-1) == 0 {
-			n += len(f.b)
+		if !isHeld(f) || holdOf(f).refs.Add(-1) == 0 {
+			n += len(f)
 		}
 	}
 	m.release(n)
