@@ -106,10 +106,10 @@ type wakeup struct {
 }
 
 // push queues frame to this subscriber; it never blocks on I/O. With sh
-// set the frame is shared (memBudget.share: the caller counts the queues
+// set the frame is shared, exactly as memBudget.share returned it (its
+// count is in front of it, see sharedFrame; the caller counts the queues
 // that took it for unshare); without, the queue copies it and charges the
-// copy. With a
-// publishing connection from, the writer's wake-up and the queue's stall
+// copy. With a publishing connection from, the writer's wake-up and the queue's stall
 // are left for from to act on before its next read; without one (frames
 // from the cluster, catch-up) the writer is woken now. It reports whether
 // the frame was queued, and whether it took the queue past its hard bound,
