@@ -54,8 +54,8 @@ func (r *Reader) Next() (Frame, error) {
 // Wait reads until a whole frame, or a header Next will refuse, is
 // buffered; it returns only read errors. A caller that waits here and then
 // calls Next blocks from a small stack frame rather than the decoder's: an
-// idle connection's reader waits here, and a shallow stack lets the
-// runtime shrink its goroutine's.
+// idle connection's reader waits here, within the 2 KiB stack a goroutine
+// starts with (which, once grown, Go does not shrink back).
 func (r *Reader) Wait() error {
 	for {
 		want, err := r.want()
