@@ -191,7 +191,7 @@ func (c *conn) serve() {
 	// The session's frames are read on a fresh goroutine: logging in (the
 	// credential lookup, the login line) grows a stack that an idle
 	// session, most connections, would otherwise keep for its lifetime.
-	go func() { c.end(c.readLoop()) }()
+	go c.readLoop()
 }
 
 // end tears down a connection whose reader stopped with err.
@@ -358,38 +358,61 @@ func (c *conn) login() (bool, error) {
 }
 
 // readLoop reads an authenticated session's frames until it ends.
-func (c *conn) readLoop() error {
-	rd := c.rd
+func (c *conn) readLoop() {
 	for {
-		f, err := rd.Next()
-		if err != nil {
-			return err
+		// Waiting apart from decoding keeps the idle reader's stack
+		// shallow (see wire.Reader.Wait).
+		if err := c.rd.Wait(); err != nil {
+			c.end(err)
+			return
 		}
-		if c.closing() {
-			// Closed (revoked, too slow, evicted) while this frame was
-			// in the buffer: it is not acted on.
-			return errClosing
-		}
-		c.stats.parsedBytes.Add(uint64(len(f.Raw)))
-		var ok bool
-		switch f.Op {
-		case wire.OpPublish:
-			ok = c.publish(f)
-		case wire.OpSubscribe:
-			ok = c.subscribe(f)
-		case wire.OpUnsubscribe:
-			c.unsubscribe(f)
-			ok = true
-		default:
-			// AUTH, INFO or ERROR from an authenticated client: the
-			// reference's session crashes on these; close it cleanly.
-			c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
-			c.close(closedProtocol, "unexpected frame after authentication", nil)
-		}
+		ok, ctrl, err := c.handleNext()
 		if !ok {
-			return nil
+			c.end(err)
+			return
+		}
+		if ctrl && len(c.rd.Pending()) == 0 {
+			// Handling a SUBSCRIBE grows the stack past the 2 KiB a
+			// goroutine starts with, and a stack in use never shrinks
+			// back: the next frame, often hours away, is awaited on a
+			// fresh goroutine. Control frames are rare, so this costs
+			// nothing on the publish path.
+			go c.readLoop()
+			return
 		}
 	}
+}
+
+// handleNext acts on the buffered frame, and reports whether the session
+// goes on and whether the frame was other than a PUBLISH.
+//
+//go:noinline
+func (c *conn) handleNext() (ok, ctrl bool, err error) {
+	f, err := c.rd.Next()
+	if err != nil {
+		return false, false, err
+	}
+	if c.closing() {
+		// Closed (revoked, too slow, evicted) while this frame was
+		// in the buffer: it is not acted on.
+		return false, false, errClosing
+	}
+	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
+	switch f.Op {
+	case wire.OpPublish:
+		ok = c.publish(f)
+	case wire.OpSubscribe:
+		ok = c.subscribe(f)
+	case wire.OpUnsubscribe:
+		c.unsubscribe(f)
+		ok = true
+	default:
+		// AUTH, INFO or ERROR from an authenticated client: the
+		// reference's session crashes on these; close it cleanly.
+		c.log().Debug("unexpected frame after authentication; closing", "op", f.Op)
+		c.close(closedProtocol, "unexpected frame after authentication", nil)
+	}
+	return ok, f.Op != wire.OpPublish, nil
 }
 
 func (c *conn) authenticate(f wire.Frame) bool {

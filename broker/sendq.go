@@ -21,7 +21,7 @@ type sendQueue struct {
 	c *conn
 
 	mu     sync.Mutex
-	frames []qframe
+	frames [][]byte // held frames (isHeld), or copies in chunk
 	// Frames copied for this subscriber alone (copyLocked) are written
 	// side by side into chunk; chunks lists the pooled chunks that frames
 	// use, which the writer returns to the pool once it has written them.
@@ -61,13 +61,6 @@ type sendQueue struct {
 	// The writer's own state, kept between its runs while it is busy.
 	iov  [][]byte    // backing array for bufs
 	bufs net.Buffers // the writev in progress; WriteTo consumes it
-}
-
-// qframe is a queued frame: shared with other queues (sh set), or this
-// queue's own copy.
-type qframe struct {
-	b  []byte
-	sh *sharedFrame
 }
 
 // writerIdle is how long a writer with nothing to write waits before its
@@ -114,10 +107,10 @@ type wakeup struct {
 }
 
 // push queues frame to this subscriber; it never blocks on I/O. With sh
-// set the frame is shared (memBudget.share: the caller counts the queues
+// set the frame is shared, exactly as memBudget.share returned it (its
+// count is in front of it, see sharedFrame; the caller counts the queues
 // that took it for unshare); without, the queue copies it and charges the
-// copy. With a
-// publishing connection from, the writer's wake-up and the queue's stall
+// copy. With a publishing connection from, the writer's wake-up and the queue's stall
 // are left for from to act on before its next read; without one (frames
 // from the cluster, catch-up) the writer is woken now. It reports whether
 // the frame was queued, and whether it took the queue past its hard bound,
@@ -136,7 +129,7 @@ func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, too
 		frame = q.copyLocked(frame)
 		c.b.mem.charge(len(frame))
 	}
-	q.frames = append(q.frames, qframe{frame, sh})
+	q.frames = append(q.frames, frame)
 	q.queued += len(frame)
 	failed := false
 	if q.queued > cfg.SendQueueHard {
@@ -205,18 +198,21 @@ func (q *sendQueue) queuedBytes() int {
 	return q.queued
 }
 
-// copyLocked copies a frame of at most copyMax bytes for this queue alone:
-// while frames are waiting, into the queue's chunk, so a burst of fan-in
-// to one subscriber allocates nothing per message and the writer sends the
-// frames from the chunk, side by side, without copying them again (see
-// writeFrames).
+// copyLocked copies a frame for this queue alone: while frames are waiting
+// and it is at most copyMax bytes, into the queue's chunk, so a burst of
+// fan-in to one subscriber allocates nothing per message and the writer
+// sends the frames from the chunk, side by side, without copying them
+// again (see writeFrames); otherwise into a frame held by this queue alone.
 func (q *sendQueue) copyLocked(raw []byte) []byte {
-	if cap(q.chunk)-len(q.chunk) < len(raw) && len(q.frames) == 0 || len(raw) > copyMax {
+	// A frame in the chunk keeps a byte of room after it: that tells it
+	// from a held frame (isHeld).
+	full := cap(q.chunk)-len(q.chunk) <= len(raw)
+	if full && len(q.frames) == 0 || len(raw) > copyMax {
 		// Nothing waiting: a burst is not building, and a 64 KiB chunk
 		// for one frame would hold far more than the budget counts.
-		return append([]byte(nil), raw...)
+		return newHeld(raw, 1)
 	}
-	if cap(q.chunk)-len(q.chunk) < len(raw) {
+	if full {
 		c := scratchPool.Get().(*[]byte)
 		q.chunk = (*c)[:0]
 		q.chunks = append(q.chunks, c)
@@ -362,7 +358,7 @@ func (q *sendQueue) abort() {
 // they leave the queue and the memory budget. Back under the low mark the
 // backpressure deadline is cancelled, under half the stall mark the
 // publishers go on.
-func (q *sendQueue) written(frames []qframe, n int) {
+func (q *sendQueue) written(frames [][]byte, n int) {
 	cfg := &q.c.b.cfg
 	q.c.b.mem.releaseFrames(frames)
 	q.mu.Lock()
@@ -391,7 +387,7 @@ func (q *sendQueue) written(frames []qframe, n int) {
 // to write.
 func (c *conn) writeLoop() {
 	q := &c.q
-	var batch []qframe
+	var batch [][]byte
 	var chunks []*[]byte
 	var idle *time.Timer
 	expired := false
@@ -429,7 +425,7 @@ func (c *conn) writeLoop() {
 
 		var err error
 		if n := len(batch); n > 0 {
-			var rest []qframe
+			var rest [][]byte
 			rest, err = c.writeFrames(batch)
 			// What was not written: dropped, or a failed write.
 			q.written(rest, frameBytes(rest))
@@ -484,10 +480,10 @@ func adjacent(a, b []byte) bool {
 }
 
 // frameBytes is the length of frames together.
-func frameBytes(frames []qframe) int {
+func frameBytes(frames [][]byte) int {
 	n := 0
 	for _, f := range frames {
-		n += len(f.b)
+		n += len(f)
 	}
 	return n
 }
@@ -495,7 +491,7 @@ func frameBytes(frames []qframe) int {
 // writeFrames writes frames in rounds of at most roundMax bytes, releasing
 // each round once written, and returns those it did not write (the queue
 // was dropped, or a write failed).
-func (c *conn) writeFrames(frames []qframe) ([]qframe, error) {
+func (c *conn) writeFrames(frames [][]byte) ([][]byte, error) {
 	q := &c.q
 	sp := scratchPool.Get().(*[]byte)
 	defer scratchPool.Put(sp)
@@ -504,8 +500,8 @@ func (c *conn) writeFrames(frames []qframe) ([]qframe, error) {
 		iov := q.iov[:0]
 		seg, n, i := 0, 0, 0
 		for ; i < len(frames) && n < roundMax; i++ {
-			f := frames[i].b
-			if len(f) <= copyMax && frames[i].sh != nil { // small and shared
+			f := frames[i]
+			if len(f) <= copyMax && isHeld(f) { // small and held
 				if len(scratch)+len(f) > cap(scratch) {
 					break
 				}

@@ -45,26 +45,60 @@ func NewReader(r io.Reader, limits Limits) *Reader {
 // the package's decoding errors; a read error is returned as is, with
 // io.ErrUnexpectedEOF when the stream ends inside a frame.
 func (r *Reader) Next() (Frame, error) {
+	if err := r.Wait(); err != nil {
+		return Frame{}, err
+	}
+	return r.decode()
+}
+
+// Wait reads until a whole frame, or a header Next will refuse, is
+// buffered; it returns only read errors. A caller that waits here and then
+// calls Next blocks from a small stack frame rather than the decoder's: an
+// idle connection's reader waits here, within the 2 KiB stack a goroutine
+// starts with (which, once grown, Go does not shrink back).
+func (r *Reader) Wait() error {
 	for {
-		f, n, want, err := Split(r.buf[r.start:r.end], &r.Limits)
-		if err != nil {
-			return f, err
-		}
-		if n > 0 {
-			r.start += n
-			r.frames++
-			if n > MaxReadBuf {
-				r.lastLarge = n
-			}
-			return f, nil
+		want, err := r.want()
+		if err != nil || want == 0 {
+			return nil
 		}
 		if err := r.fill(want); err != nil {
 			if err == io.EOF && r.end > r.start {
 				err = io.ErrUnexpectedEOF
 			}
-			return Frame{}, err
+			return err
 		}
 	}
+}
+
+// want is how many bytes the frame at the front needs, 0 once it is all
+// buffered; an error is the header's.
+func (r *Reader) want() (int, error) {
+	b := r.buf[r.start:r.end]
+	if len(b) < HeaderLen {
+		return HeaderLen, nil
+	}
+	size, _, err := Header(b, &r.Limits)
+	if err != nil || len(b) >= size {
+		return 0, err
+	}
+	return size, nil
+}
+
+// decode returns the whole frame at the front, or its header's error.
+//
+//go:noinline
+func (r *Reader) decode() (Frame, error) {
+	f, n, _, err := Split(r.buf[r.start:r.end], &r.Limits)
+	if err != nil {
+		return f, err
+	}
+	r.start += n
+	r.frames++
+	if n > MaxReadBuf {
+		r.lastLarge = n
+	}
+	return f, nil
 }
 
 // Pending returns the bytes read from the stream but not yet returned as

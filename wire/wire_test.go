@@ -355,3 +355,32 @@ func TestReaderCountsPooledBufferCapacity(t *testing.T) {
 		}
 	}
 }
+
+// Wait reads until a whole frame is buffered and leaves a refused header to
+// Next, which reports it; after Wait, Next does not read.
+func TestReaderWait(t *testing.T) {
+	frame, _ := AppendPublish(nil, []byte("i"), []byte("c"), []byte("payload"))
+	rd := NewReader(iotest.OneByteReader(bytes.NewReader(frame)), UniformLimits(100))
+	if err := rd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rd.Pending(), frame) {
+		t.Fatalf("buffered %x after Wait, want the frame %x", rd.Pending(), frame)
+	}
+	rd.r = errReader{} // Next must not read again
+	if f, err := rd.Next(); err != nil || !bytes.Equal(f.Raw, frame) {
+		t.Fatalf("Next after Wait: %v, %x", err, f.Raw)
+	}
+
+	big := NewReader(bytes.NewReader(frame), UniformLimits(10))
+	if err := big.Wait(); err != nil {
+		t.Fatalf("Wait on a refused header: %v, want nil (Next reports it)", err)
+	}
+	if _, err := big.Next(); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Next on a refused header: %v, want ErrTooLarge", err)
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("read after Wait") }
