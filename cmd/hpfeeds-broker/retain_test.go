@@ -133,15 +133,15 @@ func retainBroker(t *testing.T, dir string, args ...string) *clusterBroker {
 	return startClusterBroker(t, append([]string{"--retain=events,other.*", "--retain-dir=" + dir}, args...)...)
 }
 
-// A subscriber cut off abruptly while 2,000 msg/s flow, kept down 3 s
-// (the 30 s only lengthens the backlog; 3 s keeps CI short),
-// then reconnecting, gets every message after those the client had
+// A subscriber cut off abruptly while 2,000 msg/s flow, kept down 30 s
+// (beside the other long tests: t.Parallel), then reconnecting, gets every message after those the client had
 // consumed, in order and byte-exact. Messages can be lost only from the
 // bytes it had received and not read (its receive buffer), and are sent
 // twice only past those.
 func TestRetainResumeAfterCut(t *testing.T) {
 	clusterUser("rlogger")
 	clusterUser("rsensor")
+	t.Parallel()
 	b := retainBroker(t, t.TempDir())
 	sub := dialAs(t, b.addr, "rlogger", "events")
 	pub := startPublisher(t, b.addr, "rsensor", 2000)
@@ -154,7 +154,7 @@ func TestRetainResumeAfterCut(t *testing.T) {
 	r.until(n + 2000) // a second of live traffic
 	unread := cutAbruptly(t, sub)
 	consumed := r.next - 1
-	time.Sleep(3 * time.Second)
+	time.Sleep(30 * time.Second)
 
 	sub2 := resubscribe(t, b.addr, "rlogger")
 	r2 := &reader{t: t, c: sub2}
@@ -379,13 +379,14 @@ func TestRetainOperatorViews(t *testing.T) {
 
 // Catching up a backlog twice the --memory-limit keeps the broker's
 // resident memory under the limit: catch-up reads the store only as the
-// subscriber's queue drains. (The 1 GiB under 256 MiB, scaled to
-// 256 MiB under 128 MiB for CI time.)
+// subscriber's queue drains: the 1 GiB under 256 MiB, in 16 KiB
+// messages. It runs beside the other long tests (t.Parallel).
 func TestRetainCatchUpUnderMemoryLimit(t *testing.T) {
 	clusterUser("mlogger")
 	clusterUser("msensor")
-	const limit, backlog, size = 128 << 20, 256 << 20, 16 << 10
-	b := retainBroker(t, t.TempDir(), "--memory-limit=128MiB", "--retain-max-bytes=1GiB")
+	t.Parallel()
+	const limit, backlog, size = 256 << 20, 1 << 30, 16 << 10
+	b := retainBroker(t, t.TempDir(), "--memory-limit=256MiB", "--retain-max-bytes=2GiB")
 	sub := dialAs(t, b.addr, "mlogger", "events")
 	pub := dialAs(t, b.addr, "msensor")
 	linked(t, pub, sub)
@@ -393,6 +394,7 @@ func TestRetainCatchUpUnderMemoryLimit(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	n := backlog / size
 	pad := strings.Repeat("y", size-10)
+	pub.Conn.SetWriteDeadline(time.Now().Add(2 * time.Minute)) // a GiB at the store's pace
 	for i := range n {
 		if err := pub.publish(fmt.Sprintf("%09d %s", i, pad)); err != nil {
 			t.Fatal(err)
