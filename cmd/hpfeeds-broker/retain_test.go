@@ -36,16 +36,20 @@ func retainPayload(n int) string {
 // pacedPublisher publishes numbered messages on events at about rate per
 // second until stopped; it returns how many it published.
 type pacedPublisher struct {
+	t    *testing.T
 	c    *wireClient
+	err  error // why it stopped early; read after done
 	n    atomic.Int64
 	stop chan struct{}
 	done chan struct{}
 }
 
 func startPublisher(t *testing.T, addr, ident string, rate int) *pacedPublisher {
-	p := &pacedPublisher{c: dialAs(t, addr, ident), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &pacedPublisher{t: t, c: dialAs(t, addr, ident), stop: make(chan struct{}), done: make(chan struct{})}
+	p.c.Conn.SetWriteDeadline(time.Time{}) // it publishes for longer than Login's 10 s
 	go func() {
 		defer close(p.done)
+		start := time.Now()
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -54,8 +58,9 @@ func startPublisher(t *testing.T, addr, ident string, rate int) *pacedPublisher 
 				return
 			case <-tick.C:
 			}
-			for range rate / 100 {
-				if p.c.publish(retainPayload(int(p.n.Load()))) != nil {
+			// Up to the count due by now: a late tick does not lower the rate.
+			for p.n.Load() < int64(time.Since(start).Seconds()*float64(rate)) {
+				if p.err = p.c.publish(retainPayload(int(p.n.Load()))); p.err != nil {
 					return
 				}
 				p.n.Add(1)
@@ -68,6 +73,9 @@ func startPublisher(t *testing.T, addr, ident string, rate int) *pacedPublisher 
 func (p *pacedPublisher) finish() int {
 	close(p.stop)
 	<-p.done
+	if p.err != nil {
+		p.t.Fatalf("the publisher stopped after %d messages: %v", p.n.Load(), p.err)
+	}
 	return int(p.n.Load())
 }
 
