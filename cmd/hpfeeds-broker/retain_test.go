@@ -187,6 +187,7 @@ func TestRetainResumeAfterCut(t *testing.T) {
 func TestRetainSurvivesKill9(t *testing.T) {
 	clusterUser("klogger")
 	clusterUser("ksensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
 	sub := dialAs(t, b.addr, "klogger", "events")
@@ -216,6 +217,7 @@ func TestRetainClusterResume(t *testing.T) {
 	natsAddr := machineNATS(t)
 	clusterUser("clogger")
 	clusterUser("csensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	prefix := fmt.Sprintf("rt%d", time.Now().UnixNano())
 	defer deleteRetainStream(t, natsAddr, prefix)
 	args := []string{"--cluster=nats://" + natsAddr, "--cluster-prefix=" + prefix}
@@ -243,6 +245,7 @@ func TestRetainClusterResume(t *testing.T) {
 func TestRetainFullStoreKeepsLive(t *testing.T) {
 	clusterUser("flogger")
 	clusterUser("fsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	b := retainBroker(t, t.TempDir(), "--retain-max-bytes=1MiB")
 	sub := dialAs(t, b.addr, "flogger", "events")
 	pub := dialAs(t, b.addr, "fsensor")
@@ -326,6 +329,7 @@ func TestRetainCheckConfig(t *testing.T) {
 func TestRetainOperatorViews(t *testing.T) {
 	clusterUser("ologger")
 	clusterUser("osensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
 	sub := dialAs(t, b.addr, "ologger", "events")
@@ -453,6 +457,7 @@ func TestRetainFailingStoreKeepsLive(t *testing.T) {
 	natsAddr := machineNATS(t)
 	clusterUser("xlogger")
 	clusterUser("xsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	prefix := fmt.Sprintf("rx%d", time.Now().UnixNano())
 	defer deleteRetainStream(t, natsAddr, prefix)
 	b := retainBroker(t, t.TempDir(), "--cluster=nats://"+natsAddr, "--cluster-prefix="+prefix)
@@ -481,6 +486,7 @@ func TestRetainFailingStoreKeepsLive(t *testing.T) {
 func TestRetainKill9WhileSubscribed(t *testing.T) {
 	clusterUser("qlogger")
 	clusterUser("qsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
 	sub := dialAs(t, b.addr, "qlogger", "events")
