@@ -3,7 +3,6 @@ package broker
 import (
 	"cmp"
 	"context"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -152,7 +151,7 @@ func (rs *retainSub) catchUp(p retain.Pos) {
 			continue
 		}
 		rs.remember(s.Pos)
-		rs.push(s.Frames, true)
+		rs.push(s.Frames)
 		c.b.cfg.Retain.Replayed.Add(uint64(len(s.Frames)))
 		p = s.Next
 		rs.mu.Lock()
@@ -177,22 +176,11 @@ func (rs *retainSub) waitRoom() bool {
 	return false
 }
 
-// catchUpSlice is how many bytes of frames catch-up queues before it
-// yields the CPU: live deliveries waiting for one run in between, so a
-// large catch-up raises their latency less on a small machine.
-const catchUpSlice = 16 << 10
-
-// push queues frames; the queue copies each and charges the budget. With
-// yield (not under the log's lock) it yields the CPU every catchUpSlice.
-func (rs *retainSub) push(frames [][]byte, yield bool) {
-	n := 0
+// push queues frames; the queue copies each and charges the budget.
+func (rs *retainSub) push(frames [][]byte) {
 	for _, f := range frames {
 		if _, tooSlow := rs.c.q.push(f, nil, nil); tooSlow {
 			rs.c.q.logTooSlow("send queue hard bound reached")
-		}
-		if n += len(f); yield && n >= catchUpSlice {
-			n = 0
-			runtime.Gosched()
 		}
 	}
 }
@@ -214,7 +202,7 @@ func (rs *retainSub) goLive(p retain.Pos, force bool) bool {
 	}
 	rs.liveAt = c.q.pushedBytes()
 	if ok && p != (retain.Pos{}) {
-		rs.push(frames, false)
+		rs.push(frames)
 	}
 	first := t.add(c)
 	rs.live = true
