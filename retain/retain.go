@@ -35,15 +35,15 @@ const (
 	DefaultMaxAge     = 24 * time.Hour
 	DefaultMaxBytes   = 1 << 30 // see docs/retention.md: fits a small VM's disk
 	DefaultFlushAfter = 2 * time.Millisecond
-	DefaultBatchBytes = 64 << 10
+	DefaultBatchBytes = 256 << 10 // larger costs less CPU per frame (docs/retention.md)
 	// jsMemory bounds the embedded JetStream's memory store; the engine
 	// keeps nothing there, so this is only a ceiling.
 	jsMemory = 64 << 20
 	// kvReserve is the store space kept for the positions bucket.
 	kvReserve = 64 << 20
 	// publishQueue bounds the batches waiting to be published, and those
-	// published and not yet acknowledged: 4 MiB of full batches each.
-	publishQueue = 64
+	// published and not yet acknowledged: 8 MiB of full batches each.
+	publishQueue = 32
 	marker       = "hpfeeds-retain"
 )
 

@@ -36,16 +36,20 @@ func retainPayload(n int) string {
 // pacedPublisher publishes numbered messages on events at about rate per
 // second until stopped; it returns how many it published.
 type pacedPublisher struct {
+	t    *testing.T
 	c    *wireClient
+	err  error // why it stopped early; read after done
 	n    atomic.Int64
 	stop chan struct{}
 	done chan struct{}
 }
 
 func startPublisher(t *testing.T, addr, ident string, rate int) *pacedPublisher {
-	p := &pacedPublisher{c: dialAs(t, addr, ident), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &pacedPublisher{t: t, c: dialAs(t, addr, ident), stop: make(chan struct{}), done: make(chan struct{})}
+	p.c.Conn.SetWriteDeadline(time.Time{}) // it publishes for longer than Login's 10 s
 	go func() {
 		defer close(p.done)
+		start := time.Now()
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -54,8 +58,9 @@ func startPublisher(t *testing.T, addr, ident string, rate int) *pacedPublisher 
 				return
 			case <-tick.C:
 			}
-			for range rate / 100 {
-				if p.c.publish(retainPayload(int(p.n.Load()))) != nil {
+			// Up to the count due by now: a late tick does not lower the rate.
+			for p.n.Load() < int64(time.Since(start).Seconds()*float64(rate)) {
+				if p.err = p.c.publish(retainPayload(int(p.n.Load()))); p.err != nil {
 					return
 				}
 				p.n.Add(1)
@@ -68,6 +73,9 @@ func startPublisher(t *testing.T, addr, ident string, rate int) *pacedPublisher 
 func (p *pacedPublisher) finish() int {
 	close(p.stop)
 	<-p.done
+	if p.err != nil {
+		p.t.Fatalf("the publisher stopped after %d messages: %v", p.n.Load(), p.err)
+	}
 	return int(p.n.Load())
 }
 
@@ -133,15 +141,15 @@ func retainBroker(t *testing.T, dir string, args ...string) *clusterBroker {
 	return startClusterBroker(t, append([]string{"--retain=events,other.*", "--retain-dir=" + dir}, args...)...)
 }
 
-// A subscriber cut off abruptly while 2,000 msg/s flow, kept down 3 s
-// (the 30 s only lengthens the backlog; 3 s keeps CI short),
-// then reconnecting, gets every message after those the client had
+// A subscriber cut off abruptly while 2,000 msg/s flow, kept down 30 s
+// (beside the other long tests: t.Parallel), then reconnecting, gets every message after those the client had
 // consumed, in order and byte-exact. Messages can be lost only from the
 // bytes it had received and not read (its receive buffer), and are sent
 // twice only past those.
 func TestRetainResumeAfterCut(t *testing.T) {
 	clusterUser("rlogger")
 	clusterUser("rsensor")
+	t.Parallel()
 	b := retainBroker(t, t.TempDir())
 	sub := dialAs(t, b.addr, "rlogger", "events")
 	pub := startPublisher(t, b.addr, "rsensor", 2000)
@@ -154,7 +162,7 @@ func TestRetainResumeAfterCut(t *testing.T) {
 	r.until(n + 2000) // a second of live traffic
 	unread := cutAbruptly(t, sub)
 	consumed := r.next - 1
-	time.Sleep(3 * time.Second)
+	time.Sleep(30 * time.Second)
 
 	sub2 := resubscribe(t, b.addr, "rlogger")
 	r2 := &reader{t: t, c: sub2}
@@ -179,6 +187,7 @@ func TestRetainResumeAfterCut(t *testing.T) {
 func TestRetainSurvivesKill9(t *testing.T) {
 	clusterUser("klogger")
 	clusterUser("ksensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
 	sub := dialAs(t, b.addr, "klogger", "events")
@@ -208,6 +217,7 @@ func TestRetainClusterResume(t *testing.T) {
 	natsAddr := machineNATS(t)
 	clusterUser("clogger")
 	clusterUser("csensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	prefix := fmt.Sprintf("rt%d", time.Now().UnixNano())
 	defer deleteRetainStream(t, natsAddr, prefix)
 	args := []string{"--cluster=nats://" + natsAddr, "--cluster-prefix=" + prefix}
@@ -235,6 +245,7 @@ func TestRetainClusterResume(t *testing.T) {
 func TestRetainFullStoreKeepsLive(t *testing.T) {
 	clusterUser("flogger")
 	clusterUser("fsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	b := retainBroker(t, t.TempDir(), "--retain-max-bytes=1MiB")
 	sub := dialAs(t, b.addr, "flogger", "events")
 	pub := dialAs(t, b.addr, "fsensor")
@@ -318,6 +329,7 @@ func TestRetainCheckConfig(t *testing.T) {
 func TestRetainOperatorViews(t *testing.T) {
 	clusterUser("ologger")
 	clusterUser("osensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
 	sub := dialAs(t, b.addr, "ologger", "events")
@@ -379,13 +391,14 @@ func TestRetainOperatorViews(t *testing.T) {
 
 // Catching up a backlog twice the --memory-limit keeps the broker's
 // resident memory under the limit: catch-up reads the store only as the
-// subscriber's queue drains. (The 1 GiB under 256 MiB, scaled to
-// 256 MiB under 128 MiB for CI time.)
+// subscriber's queue drains: the 1 GiB under 256 MiB, in 16 KiB
+// messages. It runs beside the other long tests (t.Parallel).
 func TestRetainCatchUpUnderMemoryLimit(t *testing.T) {
 	clusterUser("mlogger")
 	clusterUser("msensor")
-	const limit, backlog, size = 128 << 20, 256 << 20, 16 << 10
-	b := retainBroker(t, t.TempDir(), "--memory-limit=128MiB", "--retain-max-bytes=1GiB")
+	t.Parallel()
+	const limit, backlog, size = 256 << 20, 1 << 30, 16 << 10
+	b := retainBroker(t, t.TempDir(), "--memory-limit=256MiB", "--retain-max-bytes=2GiB")
 	sub := dialAs(t, b.addr, "mlogger", "events")
 	pub := dialAs(t, b.addr, "msensor")
 	linked(t, pub, sub)
@@ -393,6 +406,7 @@ func TestRetainCatchUpUnderMemoryLimit(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	n := backlog / size
 	pad := strings.Repeat("y", size-10)
+	pub.Conn.SetWriteDeadline(time.Now().Add(2 * time.Minute)) // a GiB at the store's pace
 	for i := range n {
 		if err := pub.publish(fmt.Sprintf("%09d %s", i, pad)); err != nil {
 			t.Fatal(err)
@@ -443,6 +457,7 @@ func TestRetainFailingStoreKeepsLive(t *testing.T) {
 	natsAddr := machineNATS(t)
 	clusterUser("xlogger")
 	clusterUser("xsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	prefix := fmt.Sprintf("rx%d", time.Now().UnixNano())
 	defer deleteRetainStream(t, natsAddr, prefix)
 	b := retainBroker(t, t.TempDir(), "--cluster=nats://"+natsAddr, "--cluster-prefix="+prefix)
@@ -471,6 +486,7 @@ func TestRetainFailingStoreKeepsLive(t *testing.T) {
 func TestRetainKill9WhileSubscribed(t *testing.T) {
 	clusterUser("qlogger")
 	clusterUser("qsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
 	sub := dialAs(t, b.addr, "qlogger", "events")
