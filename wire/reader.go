@@ -45,10 +45,25 @@ func NewReader(r io.Reader, limits Limits) *Reader {
 // the package's decoding errors; a read error is returned as is, with
 // io.ErrUnexpectedEOF when the stream ends inside a frame.
 func (r *Reader) Next() (Frame, error) {
-	if err := r.Wait(); err != nil {
-		return Frame{}, err
+	// A frame already buffered (the caller waited, or a read brought
+	// several) is split at once: its header is checked once, and the
+	// Frame is built in place rather than copied up through helpers.
+	f, n, _, err := Split(r.buf[r.start:r.end], &r.Limits)
+	if n == 0 && err == nil {
+		if err := r.Wait(); err != nil {
+			return Frame{}, err
+		}
+		f, n, _, err = Split(r.buf[r.start:r.end], &r.Limits)
 	}
-	return r.decode()
+	if err != nil {
+		return f, err
+	}
+	r.start += n
+	r.frames++
+	if n > MaxReadBuf {
+		r.lastLarge = n
+	}
+	return f, nil
 }
 
 // Wait reads until a whole frame, or a header Next will refuse, is
@@ -83,22 +98,6 @@ func (r *Reader) want() (int, error) {
 		return 0, err
 	}
 	return size, nil
-}
-
-// decode returns the whole frame at the front, or its header's error.
-//
-//go:noinline
-func (r *Reader) decode() (Frame, error) {
-	f, n, _, err := Split(r.buf[r.start:r.end], &r.Limits)
-	if err != nil {
-		return f, err
-	}
-	r.start += n
-	r.frames++
-	if n > MaxReadBuf {
-		r.lastLarge = n
-	}
-	return f, nil
 }
 
 // Pending returns the bytes read from the stream but not yet returned as
