@@ -238,31 +238,28 @@ func (q *sendQueue) logTooSlow(reason string) {
 }
 
 func (q *sendQueue) deadlineExpired() {
-	q.mu.Lock()
-	if q.closing || q.timer == nil {
-		q.mu.Unlock()
-		return
-	}
-	q.failLocked(BackpressureDeadline)
-	start, wake := q.kickLocked()
-	q.mu.Unlock()
-	q.kick(start, wake)
-	q.logTooSlow("backpressure deadline expired")
+	q.expired(&q.timer, BackpressureDeadline, "backpressure deadline expired")
 }
 
 // stallExpired closes a subscriber that held its publishers for
 // StallTimeout without draining to half the stall mark.
 func (q *sendQueue) stallExpired() {
+	q.expired(&q.stallTimer, BackpressureStalled, "stalled its publishers for the stall timeout without draining")
+}
+
+// expired closes the subscriber for reason once timer fired, unless the
+// timer was stopped meanwhile or the queue is closing.
+func (q *sendQueue) expired(timer **time.Timer, reason, why string) {
 	q.mu.Lock()
-	if q.closing || q.stallTimer == nil {
+	if q.closing || *timer == nil {
 		q.mu.Unlock()
 		return
 	}
-	q.failLocked(BackpressureStalled)
+	q.failLocked(reason)
 	start, wake := q.kickLocked()
 	q.mu.Unlock()
 	q.kick(start, wake)
-	q.logTooSlow("stalled its publishers for the stall timeout without draining")
+	q.logTooSlow(why)
 }
 
 // stopTimers stops the backpressure and stall deadlines.
