@@ -55,11 +55,10 @@ type ringEntry struct {
 
 // catchUpRate bounds the bytes a second that every catch-up together
 // replays. Unbounded, one replay of 256-byte messages ran at 0.6 to 1.1
-// million a second, took most of a core and raised the live subscribers'
-// p99 latency about six-fold on a 2-core machine; at this rate such
-// messages still replay at about 290,000 a second, and the share of live
-// messages delayed past 1 ms during the replay fell four-fold
-// (docs/retention.md).
+// million a second, took most of a core and put about a quarter of the
+// live subscribers' messages past 1 ms on a 2-core machine; at this rate
+// such messages still replay at about 290,000 a second, and under a tenth
+// go past 1 ms (docs/retention.md).
 const catchUpRate = 80e6
 
 // catchUpSlack is how far behind its schedule the pacer may be and still
