@@ -61,10 +61,9 @@ type ringEntry struct {
 // go past 1 ms (docs/retention.md).
 const catchUpRate = 80e6
 
-// catchUpSlack is how far behind its schedule the pacer may be and still
-// catch up: timer wake-ups overshoot by up to a millisecond under load,
-// which would otherwise lower the rate. Time unused beyond it is not saved
-// up for a burst.
+// catchUpSlack is how far behind its schedule the pacer may fall and
+// still catch up, so that timers waking late under load do not lower the
+// rate. Time unused beyond it is not saved up for a burst.
 const catchUpSlack = 4 * time.Millisecond
 
 // pacer spaces catch-up batches so that together they go at most at
