@@ -4,9 +4,11 @@
 // (the contract of `hpfeeds-broker --retain`). Meanwhile a publisher sends
 // live traffic at -rate to a live subscriber of another ident; the result
 // is the replay's rate and the live subscriber's latency before and during
-// it, as JSON for bench/run.sh. Every message the reconnecting subscriber
-// missed or got live must arrive in order: a gap counts as lost and the
-// exit status is 1.
+// it (also at its socket, from the kernel's receive times), as JSON for
+// bench/run.sh. Every message the reconnecting subscriber missed or got
+// live must arrive in order: a gap counts as lost and the exit status is
+// 1. With -proto nats the same shape runs on nats-server's JetStream, the
+// row's anchor (nats.go).
 package main
 
 import (
@@ -80,8 +82,12 @@ func run(o options) (*result, error) {
 	if o.size < loadgen.MinSize+8 {
 		return nil, fmt.Errorf("-size must be at least %d", loadgen.MinSize+8)
 	}
-	if o.proto == "nats" {
+	switch o.proto {
+	case "nats":
 		return runNATS(o)
+	case "hpfeeds":
+	default:
+		return nil, fmt.Errorf("-proto %q: want hpfeeds or nats", o.proto)
 	}
 	live, err := newLive(o)
 	if err != nil {
