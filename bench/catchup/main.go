@@ -4,9 +4,11 @@
 // (the contract of `hpfeeds-broker --retain`). Meanwhile a publisher sends
 // live traffic at -rate to a live subscriber of another ident; the result
 // is the replay's rate and the live subscriber's latency before and during
-// it, as JSON for bench/run.sh. Every message the reconnecting subscriber
-// missed or got live must arrive in order: a gap counts as lost and the
-// exit status is 1.
+// it (also at its socket, from the kernel's receive times), as JSON for
+// bench/run.sh. Every message the reconnecting subscriber missed or got
+// live must arrive in order: a gap counts as lost and the exit status is
+// 1. With -proto nats the same shape runs on nats-server's JetStream, the
+// row's anchor (nats.go).
 package main
 
 import (
@@ -25,7 +27,7 @@ import (
 )
 
 type options struct {
-	addr, channel        string
+	proto, addr, channel string
 	ident, secret        string // the publisher and the live subscriber
 	catchup, catchSecret string // the reconnecting subscriber
 	n, size, rate        int
@@ -34,6 +36,7 @@ type options struct {
 
 func main() {
 	var o options
+	flag.StringVar(&o.proto, "proto", "hpfeeds", "hpfeeds, or nats: the same shape on nats-server's JetStream (a stream on the subject -channel, a durable consumer catching up, a core NATS live subscriber)")
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:10000", "broker `host:port`")
 	flag.StringVar(&o.channel, "channel", "bench.catchup", "a retained channel")
 	flag.StringVar(&o.ident, "ident", "bench", "ident of the publisher and the live subscriber")
@@ -65,14 +68,26 @@ type result struct {
 	LiveP99    float64 `json:"live_p99_us"`
 	LiveP50    float64 `json:"live_p50_us"`
 	BaseP99    float64 `json:"live_p99_us_before"`
-	Received   int64   `json:"received"`
-	Duplicates int64   `json:"duplicates"`
-	Lost       int64   `json:"lost"`
+	// The same, at the live subscriber's socket (the kernel's receive
+	// time): what the broker and loopback took, without this process.
+	// Not measured (omitted) through nats.go.
+	SockP99     float64 `json:"live_sock_p99_us,omitempty"`
+	SockBaseP99 float64 `json:"live_sock_p99_us_before,omitempty"`
+	Received    int64   `json:"received"`
+	Duplicates  int64   `json:"duplicates"`
+	Lost        int64   `json:"lost"`
 }
 
 func run(o options) (*result, error) {
 	if o.size < loadgen.MinSize+8 {
 		return nil, fmt.Errorf("-size must be at least %d", loadgen.MinSize+8)
+	}
+	switch o.proto {
+	case "nats":
+		return runNATS(o)
+	case "hpfeeds":
+	default:
+		return nil, fmt.Errorf("-proto %q: want hpfeeds or nats", o.proto)
 	}
 	live, err := newLive(o)
 	if err != nil {
@@ -83,18 +98,27 @@ func run(o options) (*result, error) {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
 	defer pub.nc.Close()
-	frame := mustFrame(o.ident, o.channel, o.size)
-	p := &publisher{c: pub, frame: frame, at: len(frame) - o.size}
-	if err := awayWhilePublished(o, p, live); err != nil {
+	p := newHpfeedsPublisher(pub, o.ident, o.channel, o.size)
+	if err := leave(o, pub); err != nil {
 		return nil, err
 	}
-	return replay(o, p, live)
+	if err := publishAway(o, p, live); err != nil {
+		return nil, err
+	}
+	return replay(o, p, live, func(cs *catchSub) (func(), error) {
+		c, err := dial(o.addr, o.catchup, o.catchSecret, o.channel)
+		if err != nil {
+			return nil, err
+		}
+		go cs.read(c.rd)
+		return func() { c.nc.Close() }, nil
+	})
 }
 
-// awayWhilePublished subscribes the catch-up ident, proves the
-// subscription is in place, disconnects it and publishes o.n messages,
-// as fast as the live subscriber takes them.
-func awayWhilePublished(o options, p *publisher, live *liveSub) error {
+// leave subscribes the catch-up ident, proves the subscription is in place
+// with a probe published on pub, and disconnects it: the broker saves its
+// position.
+func leave(o options, pub *client) error {
 	first, err := dial(o.addr, o.catchup, o.catchSecret, o.channel)
 	if err != nil {
 		return fmt.Errorf("catch-up subscriber: %w", err)
@@ -111,7 +135,7 @@ func awayWhilePublished(o options, p *publisher, live *liveSub) error {
 	}()
 	probe, _ := wire.AppendPublish(nil, []byte(o.ident), []byte(o.channel), []byte("Rcatchup"))
 	for waiting := true; waiting; {
-		p.c.nc.Write(probe)
+		pub.nc.Write(probe)
 		select {
 		case <-heard:
 			waiting = false
@@ -120,6 +144,12 @@ func awayWhilePublished(o options, p *publisher, live *liveSub) error {
 	}
 	first.nc.Close()
 	time.Sleep(500 * time.Millisecond) // the broker sees the disconnect before the first message
+	return nil
+}
+
+// publishAway publishes o.n messages while the catch-up reader is away, as
+// fast as the live subscriber takes them.
+func publishAway(o options, p *publisher, live *liveSub) error {
 	for k := 0; k < o.n; k++ {
 		if k%256 == 0 && !live.waitWithin(int64(k)-20000, o.timeout) {
 			return fmt.Errorf("the live subscriber stopped at %d of %d", live.got.Load(), k)
@@ -133,10 +163,11 @@ func awayWhilePublished(o options, p *publisher, live *liveSub) error {
 	return nil
 }
 
-// replay publishes live for o.baseline, reconnects the catch-up ident and
-// keeps publishing live until it has everything it missed and has caught
-// up with the live messages.
-func replay(o options, p *publisher, live *liveSub) (*result, error) {
+// replay publishes live for o.baseline, reconnects the catch-up reader
+// (connect feeds cs and returns how to disconnect it) and keeps publishing
+// live until it has everything it missed and has caught up with the live
+// messages.
+func replay(o options, p *publisher, live *liveSub, connect func(cs *catchSub) (func(), error)) (*result, error) {
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	live.phase.Store(phaseBefore)
@@ -144,14 +175,13 @@ func replay(o options, p *publisher, live *liveSub) (*result, error) {
 	time.Sleep(o.baseline)
 	live.phase.Store(phaseReplay)
 	start := time.Now()
-	c, err := dial(o.addr, o.catchup, o.catchSecret, o.channel)
+	cs := &catchSub{missed: uint64(o.n), replayed: make(chan time.Time, 1)}
+	disconnect, err := connect(cs)
 	if err != nil {
 		close(stop)
-		return nil, fmt.Errorf("catch-up subscriber reconnecting: %w", err)
+		return nil, fmt.Errorf("catch-up reader reconnecting: %w", err)
 	}
-	defer c.nc.Close()
-	cs := &catchSub{missed: uint64(o.n), replayed: make(chan time.Time, 1)}
-	go cs.read(c.rd)
+	defer disconnect()
 	var end time.Time
 	select {
 	case end = <-cs.replayed:
@@ -171,10 +201,12 @@ func replay(o options, p *publisher, live *liveSub) (*result, error) {
 		}
 	}
 	secs := end.Sub(start).Seconds()
-	base, during := live.quantiles()
+	base, during := live.quantiles(&live.lat)
+	sockBase, sockDuring := live.quantiles(&live.sock)
 	return &result{
 		Missed: o.n, Seconds: secs, ReplayedPS: float64(cs.replayedN.Load()) / secs,
 		LiveP99: during.Quantile(0.99), LiveP50: during.Quantile(0.50), BaseP99: base.Quantile(0.99),
+		SockP99: sockDuring.Quantile(0.99), SockBaseP99: sockBase.Quantile(0.99),
 		Received: cs.received.Load(), Duplicates: cs.dups.Load(),
 		Lost: int64(p.seq) - int64(cs.next.Load()) + cs.gaps.Load(),
 	}, nil
@@ -220,36 +252,45 @@ func mustFrame(ident, channel string, size int) []byte {
 	return f
 }
 
-// publisher writes numbered, timestamped messages: payload byte 0 is the
+// publisher sends numbered, timestamped messages: payload byte 0 is the
 // bench mark, 1..8 the send time, 9..16 the sequence number from 0.
 type publisher struct {
-	c     *client
-	frame []byte
-	at    int // where the payload starts in frame
-	buf   []byte
-	seq   uint64
+	payload []byte               // where the next message is built
+	emit    func(payload []byte) // sends (or buffers) the message built
+	flush   func()               // writes what emit buffered
+	seq     uint64
+}
+
+// newHpfeedsPublisher publishes PUBLISH frames on c, written in batches of
+// up to 64 KiB.
+func newHpfeedsPublisher(c *client, ident, channel string, size int) *publisher {
+	frame := mustFrame(ident, channel, size)
+	var buf []byte
+	p := &publisher{payload: frame[len(frame)-size:]}
+	p.flush = func() {
+		if len(buf) > 0 {
+			if _, err := c.nc.Write(buf); err != nil {
+				fmt.Fprintln(os.Stderr, "catchup: publisher:", err)
+				os.Exit(2)
+			}
+			buf = buf[:0]
+		}
+	}
+	p.emit = func([]byte) {
+		buf = append(buf, frame...)
+		if len(buf) >= 64<<10 {
+			p.flush()
+		}
+	}
+	return p
 }
 
 func (p *publisher) send() {
-	payload := p.frame[p.at:]
-	payload[0] = loadgen.MarkBench
-	binary.BigEndian.PutUint64(payload[1:9], uint64(time.Now().UnixNano()))
-	binary.BigEndian.PutUint64(payload[9:17], p.seq)
+	p.payload[0] = loadgen.MarkBench
+	binary.BigEndian.PutUint64(p.payload[1:9], uint64(time.Now().UnixNano()))
+	binary.BigEndian.PutUint64(p.payload[9:17], p.seq)
 	p.seq++
-	p.buf = append(p.buf, p.frame...)
-	if len(p.buf) >= 64<<10 {
-		p.flush()
-	}
-}
-
-func (p *publisher) flush() {
-	if len(p.buf) > 0 {
-		if _, err := p.c.nc.Write(p.buf); err != nil {
-			fmt.Fprintln(os.Stderr, "catchup: publisher:", err)
-			os.Exit(2)
-		}
-		p.buf = p.buf[:0]
-	}
+	p.emit(p.payload)
 }
 
 // paced publishes rate messages a second, in 1 ms ticks, until stop.
@@ -285,8 +326,10 @@ const (
 type liveSub struct {
 	got   atomic.Int64
 	phase atomic.Int32
+	sc    *stampedConn
 	mu    sync.Mutex
-	lat   [phaseAfter]loadgen.Latencies // phaseBefore and phaseReplay
+	lat   [phaseAfter]loadgen.Latencies // read by this process: phaseBefore and phaseReplay
+	sock  [phaseAfter]loadgen.Latencies // in its socket (the kernel's receive time)
 }
 
 func newLive(o options) (*liveSub, error) {
@@ -294,6 +337,12 @@ func newLive(o options) (*liveSub, error) {
 	if err != nil {
 		return nil, fmt.Errorf("live subscriber: %w", err)
 	}
+	sc, err := newStampedConn(c.nc)
+	if err != nil {
+		return nil, fmt.Errorf("live subscriber: kernel receive times: %w", err)
+	}
+	// The frames after INFO are read through sc: dial read only INFO.
+	c.rd = wire.NewReader(sc, wire.UniformLimits(wire.MaxFrameLen))
 	probe, _ := wire.AppendPublish(nil, []byte(o.ident), []byte(o.channel), []byte("Rlive"))
 	c.nc.Write(probe)
 	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -307,7 +356,7 @@ func newLive(o options) (*liveSub, error) {
 		}
 	}
 	c.nc.SetReadDeadline(time.Time{})
-	l := &liveSub{}
+	l := &liveSub{sc: sc}
 	go l.read(c.rd)
 	return l, nil
 }
@@ -318,17 +367,28 @@ func (l *liveSub) read(rd *wire.Reader) {
 		if err != nil {
 			return
 		}
-		if f.Op != wire.OpPublish || len(f.Payload) < loadgen.MinSize || f.Payload[0] != loadgen.MarkBench {
-			continue
+		if f.Op == wire.OpPublish {
+			l.record(f.Payload, l.sc.last)
 		}
-		if ph := l.phase.Load(); ph == phaseBefore || ph == phaseReplay {
-			sent := int64(binary.BigEndian.Uint64(f.Payload[1:9]))
-			l.mu.Lock()
-			l.lat[ph].Add(uint64(max(time.Now().UnixNano()-sent, 0) / 1000))
-			l.mu.Unlock()
-		}
-		l.got.Add(1)
 	}
+}
+
+// record counts a live message and its latency, and the time it reached
+// the socket if known (inSock is zero if not).
+func (l *liveSub) record(payload []byte, inSock time.Time) {
+	if len(payload) < loadgen.MinSize || payload[0] != loadgen.MarkBench {
+		return
+	}
+	if ph := l.phase.Load(); ph == phaseBefore || ph == phaseReplay {
+		sent := int64(binary.BigEndian.Uint64(payload[1:9]))
+		l.mu.Lock()
+		l.lat[ph].Add(uint64(max(time.Now().UnixNano()-sent, 0) / 1000))
+		if !inSock.IsZero() {
+			l.sock[ph].Add(uint64(max(inSock.UnixNano()-sent, 0) / 1000))
+		}
+		l.mu.Unlock()
+	}
+	l.got.Add(1)
 }
 
 // waitWithin waits until the live subscriber got n, or got nothing new
@@ -346,10 +406,10 @@ func (l *liveSub) waitWithin(n int64, timeout time.Duration) bool {
 	return true
 }
 
-func (l *liveSub) quantiles() (before, during *loadgen.Latencies) {
+func (l *liveSub) quantiles(lat *[phaseAfter]loadgen.Latencies) (before, during *loadgen.Latencies) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, d := l.lat[phaseBefore], l.lat[phaseReplay]
+	b, d := lat[phaseBefore], lat[phaseReplay]
 	return &b, &d
 }
 
@@ -369,27 +429,34 @@ func (c *catchSub) read(rd *wire.Reader) {
 		if err != nil {
 			return
 		}
-		if f.Op != wire.OpPublish || len(f.Payload) < loadgen.MinSize+8 || f.Payload[0] != loadgen.MarkBench {
-			continue
+		if f.Op == wire.OpPublish {
+			c.note(f.Payload)
 		}
-		c.received.Add(1)
-		seq, next := binary.BigEndian.Uint64(f.Payload[9:17]), c.next.Load()
-		switch {
-		case seq < next:
-			c.dups.Add(1)
-			continue
-		case seq > next:
-			c.gaps.Add(int64(seq - next))
-		}
-		c.next.Store(seq + 1)
-		if seq < c.missed {
-			c.replayedN.Add(1)
-		}
-		// The replay is over with the last missed message, or the first
-		// live one if the last missed never came.
-		if next < c.missed && seq+1 >= c.missed {
-			c.replayed <- time.Now()
-		}
+	}
+}
+
+// note checks one message's sequence number. One goroutine calls it.
+func (c *catchSub) note(payload []byte) {
+	if len(payload) < loadgen.MinSize+8 || payload[0] != loadgen.MarkBench {
+		return
+	}
+	c.received.Add(1)
+	seq, next := binary.BigEndian.Uint64(payload[9:17]), c.next.Load()
+	switch {
+	case seq < next:
+		c.dups.Add(1)
+		return
+	case seq > next:
+		c.gaps.Add(int64(seq - next))
+	}
+	c.next.Store(seq + 1)
+	if seq < c.missed {
+		c.replayedN.Add(1)
+	}
+	// The replay is over with the last missed message, or the first live
+	// one if the last missed never came.
+	if next < c.missed && seq+1 >= c.missed {
+		c.replayed <- time.Now()
 	}
 }
 
