@@ -96,7 +96,7 @@ func BenchmarkPush(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c.q.push(frame, sh, nil)
+		c.q.push(frame, 256, sh, nil)
 	}
 	br.mem.unshare(frame, sh, b.N)
 }

@@ -292,16 +292,13 @@ func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
 		}
 		taken := 0
 		for _, s := range t.subs {
-			queued, slow := s.q.push(frame, sh, from)
+			queued, slow := s.q.push(frame, payload, sh, from)
 			if queued {
 				taken++
 			}
 			if slow {
 				tooSlow = append(tooSlow, s)
 			}
-			// Counted even for a subscriber that is closing, as the
-			// reference does.
-			s.stats.sendFill.Add(uint64(payload))
 		}
 		if sh != nil {
 			mem.unshare(frame, sh, taken)

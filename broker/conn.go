@@ -122,6 +122,9 @@ type conn struct {
 	// Writers this reader has queued frames for and must wake before it
 	// next blocks reading (see wakeWriters).
 	later []wakeup
+	// credit is what the reader charged the budget ahead for the copies
+	// it has still to queue from this read (chargeCopy).
+	credit int
 
 	// Flow control and the memory budget (flow.go), owned by the reader.
 	rd           *wire.Reader
@@ -147,8 +150,6 @@ type connStats struct {
 	recvBytes        atomic.Uint64 // bytes read from the socket
 	recvAtAuth       atomic.Uint64 // recvBytes when AUTH succeeded
 	parsedBytes      atomic.Uint64 // bytes of the frames read so far
-	sendFill         atomic.Uint64 // payload bytes of messages queued for sending
-	queuedFrames     atomic.Uint64 // frames queued for sending (deliveries)
 	sentBytes        atomic.Uint64 // bytes written to the socket
 	sentFrames       atomic.Uint64 // frames written whole
 	writes           atomic.Uint64 // write syscalls (batches)
@@ -590,12 +591,34 @@ func (c *conn) fail(ident, category, msg string) {
 }
 
 // wakeWriters wakes the writers of the subscribers this connection queued
-// frames for. The reader calls it before each read, so a burst of
-// publishes costs each subscriber one wake-up.
+// frames for, and gives back the budget it charged ahead and did not use.
+// The reader calls it before each read, so a burst of publishes costs each
+// subscriber one wake-up.
 func (c *conn) wakeWriters() {
 	for i, w := range c.later {
 		w.q.kick(w.start, !w.start)
 		c.later[i] = wakeup{}
 	}
 	c.later = c.later[:0]
+	if c.credit > 0 {
+		c.b.mem.release(c.credit)
+		c.credit = 0
+	}
+}
+
+// chargeCopy counts n bytes this reader copied into a subscriber's queue.
+// The budget is charged ahead for the rest of the read: the bytes still
+// pending in the reader bound what it can copy before reading again, so a
+// burst of fan-in updates the shared count once per read rather than once
+// per frame, and the count never runs behind the writers' releases.
+func (c *conn) chargeCopy(n int) {
+	if c.credit < n {
+		grant := n
+		if c.rd != nil {
+			grant += len(c.rd.Pending())
+		}
+		c.b.mem.charge(grant)
+		c.credit += grant
+	}
+	c.credit -= n
 }

@@ -236,7 +236,7 @@ func (rs *retainSub) waitRoom() bool {
 // push queues frames; the queue copies each and charges the budget.
 func (rs *retainSub) push(frames [][]byte) {
 	for _, f := range frames {
-		if _, tooSlow := rs.c.q.push(f, nil, nil); tooSlow {
+		if _, tooSlow := rs.c.q.push(f, 0, nil, nil); tooSlow {
 			rs.c.q.logTooSlow("send queue hard bound reached")
 		}
 	}

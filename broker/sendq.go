@@ -29,6 +29,11 @@ type sendQueue struct {
 	chunks []*[]byte
 	queued int   // bytes pushed and not yet written
 	pushed int64 // every byte pushed, queued or refused (retain.go)
+	// Counted here, under the lock push holds anyway, rather than as
+	// atomics beside the writer's counters: no extra shared cache line
+	// per delivery.
+	fill      uint64 // payload bytes pushed, queued or refused (as the reference counts)
+	delivered uint64 // frames queued
 	// inflight is the part of queued in the batch the writer took: after
 	// a drop it is still held, by a write that may block for the flush
 	// timeout, and stays in the memory budget until the writer lets go.
@@ -106,7 +111,8 @@ type wakeup struct {
 	start bool
 }
 
-// push queues frame to this subscriber; it never blocks on I/O. With sh
+// push queues frame, a PUBLISH with payload bytes of payload, to this
+// subscriber; it never blocks on I/O. With sh
 // set the frame is shared, exactly as memBudget.share returned it (its
 // count is in front of it, see sharedFrame; the caller counts the queues
 // that took it for unshare); without, the queue copies it and charges the
@@ -116,21 +122,27 @@ type wakeup struct {
 // the frame was queued, and whether it took the queue past its hard bound,
 // closing the subscriber: the caller logs it (logTooSlow) once it holds no
 // lock.
-func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, tooSlow bool) {
+func (q *sendQueue) push(frame []byte, payload int, sh *sharedFrame, from *conn) (queued, tooSlow bool) {
 	c := q.c
 	cfg := &c.b.cfg
 	q.mu.Lock()
 	q.pushed += int64(len(frame))
+	q.fill += uint64(payload)
 	if q.closing {
 		q.mu.Unlock()
 		return false, false
 	}
 	if sh == nil {
 		frame = q.copyLocked(frame)
-		c.b.mem.charge(len(frame))
+		if from != nil {
+			from.chargeCopy(len(frame))
+		} else {
+			c.b.mem.charge(len(frame))
+		}
 	}
 	q.frames = append(q.frames, frame)
 	q.queued += len(frame)
+	q.delivered++
 	failed := false
 	if q.queued > cfg.SendQueueHard {
 		q.failLocked(BackpressureHardBound)
@@ -158,7 +170,6 @@ func (q *sendQueue) push(frame []byte, sh *sharedFrame, from *conn) (queued, too
 	} else {
 		q.kick(start, wake)
 	}
-	c.stats.queuedFrames.Add(1)
 	return true, failed
 }
 

@@ -101,7 +101,7 @@ func TestPushSharedAndWaitDrained(t *testing.T) {
 	frame, sh := b.mem.share(raw)
 	taken := 0
 	for range 100 {
-		if ok, _ := c.q.push(frame, sh, nil); ok {
+		if ok, _ := c.q.push(frame, 256, sh, nil); ok {
 			taken++
 		}
 	}
