@@ -29,6 +29,9 @@ type Reader struct {
 	// whole (a stream of large frames then costs no growth steps).
 	lastLarge int
 	frames    uint64 // frames returned so far
+	// spill holds the rest of a frame in progress that outgrew the
+	// largest buffer reads are batched into; nil otherwise.
+	spill *spill
 
 	// Limits bounds each frame's length by opcode; it may be changed
 	// between calls to Next (for instance once a client has authenticated).
@@ -102,18 +105,46 @@ func (r *Reader) want() (int, error) {
 
 // Pending returns the bytes read from the stream but not yet returned as
 // frames: while Next reads, the start of the frame in progress, so a caller
-// can look at its header and first fields before its body has arrived. It
-// aliases the buffer and is valid until the Reader's next read.
+// can look at its header and first fields before its body has arrived (of
+// a frame larger than MaxReadBuf, its first MaxReadBuf bytes or more; see
+// Buffered). It aliases the buffer and is valid until the Reader's next
+// read.
 func (r *Reader) Pending() []byte { return r.buf[r.start:r.end] }
+
+// Buffered is how many bytes were read but not yet returned as frames:
+// Pending's, and those of a large frame in progress past them.
+func (r *Reader) Buffered() int {
+	n := r.end - r.start
+	if s := r.spill; s != nil {
+		n += (len(s.chunks)-1)*chunkSize + s.last
+	}
+	return n
+}
 
 // Frames is how many frames Next has returned. With Pending it tells a
 // caller when a frame starts: bytes pending under a count not seen before
 // are a new frame in progress.
 func (r *Reader) Frames() uint64 { return r.frames }
 
-// BufSize is the memory the Reader's buffer holds: its capacity, which a
+// BufSize is the memory the Reader's buffers hold: their capacity, which a
 // pooled buffer may have beyond the length in use.
-func (r *Reader) BufSize() int { return cap(r.buf) }
+func (r *Reader) BufSize() int {
+	if r.spill != nil {
+		return cap(r.buf) + len(r.spill.chunks)*chunkSize
+	}
+	return cap(r.buf)
+}
+
+// Release lets go of the Reader's buffers, for other Readers to use; the
+// Reader must not be used after it.
+func (r *Reader) Release() {
+	if r.spill != nil {
+		r.spill.release()
+		r.spill = nil
+	}
+	putBuf(r.buf)
+	r.buf, r.start, r.end = nil, 0, 0
+}
 
 // fill reads at least once, making room for a frame of want bytes.
 func (r *Reader) fill(want int) error {
@@ -121,17 +152,27 @@ func (r *Reader) fill(want int) error {
 		r.size = minReadBuf
 	}
 	pending := r.end - r.start
+	if r.spill != nil {
+		return r.fillSpill(want)
+	}
 	if want > max(r.size, len(r.buf)) {
 		// A frame larger than the buffer reads are batched into gets
 		// room only as its bytes arrive: once they fill the buffer, half
 		// as much again (or the batch size, which doubles as they do). A
 		// header alone, whatever length it declares, costs nothing, and
 		// the buffer is never more than twice what arrived, or the size
-		// of a large frame this stream completed before.
-		if pending < len(r.buf) {
+		// of a large frame this stream completed before. Past
+		// MaxReadBuf, a frame larger than that one goes on in chunks
+		// (fillSpill) rather than in ever larger copies of its start.
+		switch {
+		case pending < len(r.buf):
 			want = len(r.buf)
-		} else {
-			want = min(want, max(r.size, pending*3/2, r.lastLarge))
+		case want <= r.lastLarge:
+		case pending >= MaxReadBuf:
+			r.spill = &spill{}
+			return r.fillSpill(want)
+		default:
+			want = min(want, max(r.size, pending*3/2), MaxReadBuf)
 		}
 	}
 	if pending == 0 {
@@ -178,6 +219,75 @@ func (r *Reader) fill(want int) error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// chunkSize is the size of the chunks a frame that outgrew MaxReadBuf is
+// read into: half of it, so the buffers never hold more than one and a
+// half times what arrived.
+const chunkSize = MaxReadBuf / 2
+
+// spill is the part of a frame in progress past the Reader's buffer, which
+// is full. Each chunk is filled before the next is taken.
+type spill struct {
+	chunks []*[chunkSize]byte
+	last   int // bytes in the last chunk
+}
+
+// fillSpill reads the rest of a frame of want bytes into chunks, and once
+// it has all arrived, makes it whole in one buffer. A frame that grew in
+// place would leave a copy of its start behind at every step, for the
+// garbage collector: the partial frames of the memory attacks left
+// several times what they held. Chunks are all one size, so those of a
+// frame completed or abandoned serve any other frame that outgrows its
+// buffer.
+func (r *Reader) fillSpill(want int) error {
+	s := r.spill
+	if len(s.chunks) == 0 || s.last == chunkSize {
+		s.chunks = append(s.chunks, getChunk())
+		s.last = 0
+	}
+	have := r.end - r.start + (len(s.chunks)-1)*chunkSize + s.last
+	// Only the frame's bytes: what follows it is read into the buffer
+	// the frame is made whole in, once it has been consumed.
+	n, err := r.r.Read(s.chunks[len(s.chunks)-1][s.last:min(chunkSize, s.last+want-have)])
+	s.last += n
+	r.full = false
+	if have+n == want {
+		nb := getBuf(want)
+		m := copy(nb, r.buf[r.start:r.end])
+		for _, c := range s.chunks[:len(s.chunks)-1] {
+			m += copy(nb[m:], c[:])
+		}
+		copy(nb[m:], s.chunks[len(s.chunks)-1][:s.last])
+		s.release()
+		putBuf(r.buf)
+		r.buf, r.start, r.end, r.spill = nb, 0, want, nil
+	}
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// release gives the chunks back for other frames.
+func (s *spill) release() {
+	for _, c := range s.chunks {
+		chunks.Put(c)
+	}
+	s.chunks = nil
+}
+
+// chunks holds the chunks of frames completed or abandoned.
+var chunks sync.Pool
+
+func getChunk() *[chunkSize]byte {
+	if c, ok := chunks.Get().(*[chunkSize]byte); ok {
+		return c
+	}
+	return new([chunkSize]byte)
 }
 
 // largeBufs holds buffers of more than MaxReadBuf bytes that readers let
