@@ -29,8 +29,8 @@ type Reader struct {
 	// whole (a stream of large frames then costs no growth steps).
 	lastLarge int
 	frames    uint64 // frames returned so far
-	// spill holds the rest of a frame in progress that outgrew the
-	// largest buffer reads are batched into; nil otherwise.
+	// spill holds the rest of a frame in progress that outgrew
+	// MaxReadBuf, past the full buffer; nil otherwise.
 	spill *spill
 
 	// Limits bounds each frame's length by opcode; it may be changed
@@ -251,7 +251,6 @@ func (r *Reader) fillSpill(want int) error {
 	// the frame is made whole in, once it has been consumed.
 	n, err := r.r.Read(s.chunks[len(s.chunks)-1][s.last:min(chunkSize, s.last+want-have)])
 	s.last += n
-	r.full = false
 	if have+n == want {
 		nb := getBuf(want)
 		m := copy(nb, r.buf[r.start:r.end])
