@@ -2,6 +2,7 @@ package wire
 
 import (
 	"io"
+	"math/bits"
 	"sync"
 )
 
@@ -29,8 +30,8 @@ type Reader struct {
 	// whole (a stream of large frames then costs no growth steps).
 	lastLarge int
 	frames    uint64 // frames returned so far
-	// spill holds the rest of a frame in progress that outgrew
-	// MaxReadBuf, past the full buffer; nil otherwise.
+	// spill holds the rest of a frame in progress that outgrew a buffer
+	// of spillFrom bytes or more, past that full buffer; nil otherwise.
 	spill *spill
 
 	// Limits bounds each frame's length by opcode; it may be changed
@@ -106,8 +107,7 @@ func (r *Reader) want() (int, error) {
 // Pending returns the bytes read from the stream but not yet returned as
 // frames: while Next reads, the start of the frame in progress, so a caller
 // can look at its header and first fields before its body has arrived (of
-// a frame larger than MaxReadBuf, its first MaxReadBuf bytes or more; see
-// Buffered). It aliases the buffer and is valid until the Reader's next
+// a frame larger than 4 KiB, its first 4 KiB or more; see Buffered). It aliases the buffer and is valid until the Reader's next
 // read.
 func (r *Reader) Pending() []byte { return r.buf[r.start:r.end] }
 
@@ -116,7 +116,7 @@ func (r *Reader) Pending() []byte { return r.buf[r.start:r.end] }
 func (r *Reader) Buffered() int {
 	n := r.end - r.start
 	if s := r.spill; s != nil {
-		n += (len(s.chunks)-1)*chunkSize + s.last
+		n += s.n
 	}
 	return n
 }
@@ -130,7 +130,7 @@ func (r *Reader) Frames() uint64 { return r.frames }
 // pooled buffer may have beyond the length in use.
 func (r *Reader) BufSize() int {
 	if r.spill != nil {
-		return cap(r.buf) + len(r.spill.chunks)*chunkSize
+		return cap(r.buf) + r.spill.held
 	}
 	return cap(r.buf)
 }
@@ -161,18 +161,18 @@ func (r *Reader) fill(want int) error {
 		// as much again (or the batch size, which doubles as they do). A
 		// header alone, whatever length it declares, costs nothing, and
 		// the buffer is never more than twice what arrived, or the size
-		// of a large frame this stream completed before. Past
-		// MaxReadBuf, a frame larger than that one goes on in chunks
+		// of a large frame this stream completed before. From
+		// spillFrom, a frame larger than that one goes on in chunks
 		// (fillSpill) rather than in ever larger copies of its start.
 		switch {
 		case pending < len(r.buf):
 			want = len(r.buf)
 		case want <= r.lastLarge:
-		case pending >= MaxReadBuf:
+		case pending >= spillFrom:
 			r.spill = &spill{}
 			return r.fillSpill(want)
 		default:
-			want = min(want, max(r.size, pending*3/2), MaxReadBuf)
+			want = min(want, max(r.size, pending*3/2))
 		}
 	}
 	if pending == 0 {
@@ -221,43 +221,50 @@ func (r *Reader) fill(want int) error {
 	return err
 }
 
-// chunkSize is the size of the chunks a frame that outgrew MaxReadBuf is
-// read into: half of it, so the buffers never hold more than one and a
-// half times what arrived.
-const chunkSize = MaxReadBuf / 2
+const (
+	// spillFrom is the buffer size from which a frame larger than the
+	// buffer goes on in chunks.
+	spillFrom = 4 << 10
+	// minChunk and maxChunk bound the chunks' sizes, powers of two.
+	minChunk, maxChunk = spillFrom / 2, MaxReadBuf / 2
+)
 
 // spill is the part of a frame in progress past the Reader's buffer, which
 // is full. Each chunk is filled before the next is taken.
 type spill struct {
-	chunks []*[chunkSize]byte
-	last   int // bytes in the last chunk
+	chunks []*[]byte
+	n      int // bytes in the chunks
+	held   int // the chunks' capacity
 }
 
 // fillSpill reads the rest of a frame of want bytes into chunks, and once
 // it has all arrived, makes it whole in one buffer. A frame that grew in
 // place would leave a copy of its start behind at every step, for the
 // garbage collector: the partial frames of the memory attacks left
-// several times what they held. Chunks are all one size, so those of a
-// frame completed or abandoned serve any other frame that outgrows its
-// buffer.
+// several times what they held. Each chunk is the largest power of two
+// up to half what arrived (up to maxChunk), so the buffers never hold
+// more than one and a half times what arrived, and chunks of a frame
+// completed or abandoned serve any other frame that outgrows its buffer.
 func (r *Reader) fillSpill(want int) error {
 	s := r.spill
-	if len(s.chunks) == 0 || s.last == chunkSize {
-		s.chunks = append(s.chunks, getChunk())
-		s.last = 0
+	have := r.end - r.start + s.n
+	if s.n == s.held {
+		size := min(maxChunk, 1<<(bits.Len(uint(have/2))-1))
+		s.chunks = append(s.chunks, getChunk(size))
+		s.held += size
 	}
-	have := r.end - r.start + (len(s.chunks)-1)*chunkSize + s.last
+	last := *s.chunks[len(s.chunks)-1]
+	off := len(last) - (s.held - s.n)
 	// Only the frame's bytes: what follows it is read into the buffer
 	// the frame is made whole in, once it has been consumed.
-	n, err := r.r.Read(s.chunks[len(s.chunks)-1][s.last:min(chunkSize, s.last+want-have)])
-	s.last += n
+	n, err := r.r.Read(last[off:min(len(last), off+want-have)])
+	s.n += n
 	if have+n == want {
 		nb := getBuf(want)
 		m := copy(nb, r.buf[r.start:r.end])
-		for _, c := range s.chunks[:len(s.chunks)-1] {
-			m += copy(nb[m:], c[:])
+		for _, c := range s.chunks {
+			m += copy(nb[m:], *c)
 		}
-		copy(nb[m:], s.chunks[len(s.chunks)-1][:s.last])
 		s.release()
 		putBuf(r.buf)
 		r.buf, r.start, r.end, r.spill = nb, 0, want, nil
@@ -274,19 +281,23 @@ func (r *Reader) fillSpill(want int) error {
 // release gives the chunks back for other frames.
 func (s *spill) release() {
 	for _, c := range s.chunks {
-		chunks.Put(c)
+		chunkPools[chunkClass(len(*c))].Put(c)
 	}
 	s.chunks = nil
 }
 
-// chunks holds the chunks of frames completed or abandoned.
-var chunks sync.Pool
+// chunkPools holds the chunks of frames completed or abandoned, one pool
+// per size: 2, 4, 8, 16 and 32 KiB.
+var chunkPools [5]sync.Pool
 
-func getChunk() *[chunkSize]byte {
-	if c, ok := chunks.Get().(*[chunkSize]byte); ok {
+func chunkClass(size int) int { return bits.Len(uint(size)) - bits.Len(minChunk) }
+
+func getChunk(size int) *[]byte {
+	if c, ok := chunkPools[chunkClass(size)].Get().(*[]byte); ok {
 		return c
 	}
-	return new([chunkSize]byte)
+	c := make([]byte, size)
+	return &c
 }
 
 // largeBufs holds buffers of more than MaxReadBuf bytes that readers let

@@ -269,7 +269,7 @@ func TestReaderBuffersAsBytesArrive(t *testing.T) {
 		if max := max(MaxReadBuf, got*3/2); rd.BufSize() > max {
 			t.Errorf("%d bytes of a 10 MiB frame in: buffer of %d bytes, want at most %d", got, rd.BufSize(), max)
 		}
-		if p := rd.Pending(); !bytes.Equal(p, frame[:len(p)]) || len(p) < min(got, MaxReadBuf) {
+		if p := rd.Pending(); !bytes.Equal(p, frame[:len(p)]) || len(p) < min(got, spillFrom) {
 			t.Errorf("%d bytes in: Pending has %d bytes", got, len(p))
 		}
 		if n := rd.Buffered(); n != got {
@@ -421,17 +421,17 @@ func TestReaderLargeFrameAllocatesWhatArrived(t *testing.T) {
 	}
 }
 
-// Frames larger than MaxReadBuf come out whole whatever the reads that
+// Frames larger than spillFrom come out whole whatever the reads that
 // bring them, alone or between others, around every chunk boundary.
 func TestReaderSpilledFramesReassemble(t *testing.T) {
 	var stream []byte
 	var payloads [][]byte
-	for i, size := range []int{10, MaxReadBuf, 3 * chunkSize, 3*chunkSize + 1, 100, 200 << 10, 1 << 20, 7} {
+	for i, size := range []int{10, spillFrom, 5000, 20000, MaxReadBuf, 3 * maxChunk, 3*maxChunk + 1, 100, 200 << 10, 1 << 20, 7} {
 		p := bytes.Repeat([]byte{byte('a' + i)}, size)
 		payloads = append(payloads, p)
 		stream, _ = AppendPublish(stream, []byte("ident"), []byte("chan"), p)
 	}
-	for _, n := range []int{3, 1000, chunkSize - 1, chunkSize, 50000, 1 << 20} {
+	for _, n := range []int{3, 1000, maxChunk - 1, maxChunk, 50000, 1 << 20} {
 		rd := NewReader(&chunked{b: stream, n: n}, UniformLimits(2<<20))
 		for i, want := range payloads {
 			f, err := rd.Next()
