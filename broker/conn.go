@@ -211,6 +211,7 @@ func (c *conn) end(err error) {
 	c.q.abort()
 	<-c.q.done
 	c.b.mem.setBuffer(c, 0)
+	c.rd.Release() // a partial frame's chunks serve other readers
 	c.finish()
 }
 

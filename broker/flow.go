@@ -560,5 +560,5 @@ func (c *conn) frameTimedOut() {
 	c.b.mem.frameTimeouts.Add(1)
 	c.close(closedFrameTimeout, errFrameTimeout.Error(), nil)
 	c.log().Debug("closing connection: frame not completed in time",
-		"timeout", c.b.cfg.FrameTimeout, "received", len(c.rd.Pending()))
+		"timeout", c.b.cfg.FrameTimeout, "received", c.rd.Buffered())
 }

@@ -46,3 +46,23 @@ func BenchmarkReader(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReaderFirstLargeFrame reads a 1 MiB publish on a fresh Reader,
+// as a connection's first large frame arrives: in 64 KiB reads, into
+// buffers that grow as its bytes do, then the stream ends.
+func BenchmarkReaderFirstLargeFrame(b *testing.B) {
+	frame, _ := AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 1<<20))
+	src := &chunked{}
+	b.SetBytes(int64(len(frame)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		src.b, src.n = frame, 64<<10
+		rd := NewReader(src, UniformLimits(2<<20))
+		if _, err := rd.Next(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := rd.Next(); err != io.EOF { // the buffer goes back to the pool
+			b.Fatal(err)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"io"
+	"math/bits"
 	"sync"
 )
 
@@ -29,6 +30,9 @@ type Reader struct {
 	// whole (a stream of large frames then costs no growth steps).
 	lastLarge int
 	frames    uint64 // frames returned so far
+	// spill holds the rest of a frame in progress that outgrew a buffer
+	// of spillFrom bytes or more, past that full buffer; nil otherwise.
+	spill *spill
 
 	// Limits bounds each frame's length by opcode; it may be changed
 	// between calls to Next (for instance once a client has authenticated).
@@ -102,18 +106,45 @@ func (r *Reader) want() (int, error) {
 
 // Pending returns the bytes read from the stream but not yet returned as
 // frames: while Next reads, the start of the frame in progress, so a caller
-// can look at its header and first fields before its body has arrived. It
-// aliases the buffer and is valid until the Reader's next read.
+// can look at its header and first fields before its body has arrived (of
+// a frame larger than 4 KiB, its first 4 KiB or more; see Buffered). It aliases the buffer and is valid until the Reader's next
+// read.
 func (r *Reader) Pending() []byte { return r.buf[r.start:r.end] }
+
+// Buffered is how many bytes were read but not yet returned as frames:
+// Pending's, and those of a large frame in progress past them.
+func (r *Reader) Buffered() int {
+	n := r.end - r.start
+	if s := r.spill; s != nil {
+		n += s.n
+	}
+	return n
+}
 
 // Frames is how many frames Next has returned. With Pending it tells a
 // caller when a frame starts: bytes pending under a count not seen before
 // are a new frame in progress.
 func (r *Reader) Frames() uint64 { return r.frames }
 
-// BufSize is the memory the Reader's buffer holds: its capacity, which a
+// BufSize is the memory the Reader's buffers hold: their capacity, which a
 // pooled buffer may have beyond the length in use.
-func (r *Reader) BufSize() int { return cap(r.buf) }
+func (r *Reader) BufSize() int {
+	if r.spill != nil {
+		return cap(r.buf) + r.spill.held
+	}
+	return cap(r.buf)
+}
+
+// Release lets go of the Reader's buffers, for other Readers to use; the
+// Reader must not be used after it.
+func (r *Reader) Release() {
+	if r.spill != nil {
+		r.spill.release()
+		r.spill = nil
+	}
+	putBuf(r.buf)
+	r.buf, r.start, r.end = nil, 0, 0
+}
 
 // fill reads at least once, making room for a frame of want bytes.
 func (r *Reader) fill(want int) error {
@@ -121,17 +152,27 @@ func (r *Reader) fill(want int) error {
 		r.size = minReadBuf
 	}
 	pending := r.end - r.start
+	if r.spill != nil {
+		return r.fillSpill(want)
+	}
 	if want > max(r.size, len(r.buf)) {
 		// A frame larger than the buffer reads are batched into gets
 		// room only as its bytes arrive: once they fill the buffer, half
 		// as much again (or the batch size, which doubles as they do). A
 		// header alone, whatever length it declares, costs nothing, and
 		// the buffer is never more than twice what arrived, or the size
-		// of a large frame this stream completed before.
-		if pending < len(r.buf) {
+		// of a large frame this stream completed before. From
+		// spillFrom, a frame larger than that one goes on in chunks
+		// (fillSpill) rather than in ever larger copies of its start.
+		switch {
+		case pending < len(r.buf):
 			want = len(r.buf)
-		} else {
-			want = min(want, max(r.size, pending*3/2, r.lastLarge))
+		case want <= r.lastLarge:
+		case pending >= spillFrom:
+			r.spill = &spill{}
+			return r.fillSpill(want)
+		default:
+			want = min(want, max(r.size, pending*3/2))
 		}
 	}
 	if pending == 0 {
@@ -178,6 +219,85 @@ func (r *Reader) fill(want int) error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+const (
+	// spillFrom is the buffer size from which a frame larger than the
+	// buffer goes on in chunks.
+	spillFrom = 4 << 10
+	// minChunk and maxChunk bound the chunks' sizes, powers of two.
+	minChunk, maxChunk = spillFrom / 2, MaxReadBuf / 2
+)
+
+// spill is the part of a frame in progress past the Reader's buffer, which
+// is full. Each chunk is filled before the next is taken.
+type spill struct {
+	chunks []*[]byte
+	n      int // bytes in the chunks
+	held   int // the chunks' capacity
+}
+
+// fillSpill reads the rest of a frame of want bytes into chunks, and once
+// it has all arrived, makes it whole in one buffer. A frame that grew in
+// place would leave a copy of its start behind at every step, for the
+// garbage collector: the partial frames of the memory attacks left
+// several times what they held. Each chunk is the largest power of two
+// up to half what arrived (up to maxChunk), so the buffers never hold
+// more than one and a half times what arrived, and chunks of a frame
+// completed or abandoned serve any other frame that outgrows its buffer.
+func (r *Reader) fillSpill(want int) error {
+	s := r.spill
+	have := r.end - r.start + s.n
+	if s.n == s.held {
+		size := min(maxChunk, 1<<(bits.Len(uint(have/2))-1))
+		s.chunks = append(s.chunks, getChunk(size))
+		s.held += size
+	}
+	last := *s.chunks[len(s.chunks)-1]
+	off := len(last) - (s.held - s.n)
+	// Only the frame's bytes: what follows it is read into the buffer
+	// the frame is made whole in, once it has been consumed.
+	n, err := r.r.Read(last[off:min(len(last), off+want-have)])
+	s.n += n
+	if have+n == want {
+		nb := getBuf(want)
+		m := copy(nb, r.buf[r.start:r.end])
+		for _, c := range s.chunks {
+			m += copy(nb[m:], *c)
+		}
+		s.release()
+		putBuf(r.buf)
+		r.buf, r.start, r.end, r.spill = nb, 0, want, nil
+	}
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// release gives the chunks back for other frames.
+func (s *spill) release() {
+	for _, c := range s.chunks {
+		chunkPools[chunkClass(len(*c))].Put(c)
+	}
+	s.chunks = nil
+}
+
+// chunkPools holds the chunks of frames completed or abandoned, one pool
+// per size: 2, 4, 8, 16 and 32 KiB.
+var chunkPools [5]sync.Pool
+
+func chunkClass(size int) int { return bits.Len(uint(size)) - bits.Len(minChunk) }
+
+func getChunk(size int) *[]byte {
+	if c, ok := chunkPools[chunkClass(size)].Get().(*[]byte); ok {
+		return c
+	}
+	c := make([]byte, size)
+	return &c
 }
 
 // largeBufs holds buffers of more than MaxReadBuf bytes that readers let

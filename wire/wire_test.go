@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -265,11 +266,14 @@ func TestReaderBuffersAsBytesArrive(t *testing.T) {
 		if _, err := rd.Next(); err != errStop {
 			t.Fatalf("%d bytes: %v", got, err)
 		}
-		if max := max(MaxReadBuf, 2*got); rd.BufSize() > max {
+		if max := max(MaxReadBuf, got*3/2); rd.BufSize() > max {
 			t.Errorf("%d bytes of a 10 MiB frame in: buffer of %d bytes, want at most %d", got, rd.BufSize(), max)
 		}
-		if p := rd.Pending(); !bytes.Equal(p, frame[:got]) {
+		if p := rd.Pending(); !bytes.Equal(p, frame[:len(p)]) || len(p) < min(got, spillFrom) {
 			t.Errorf("%d bytes in: Pending has %d bytes", got, len(p))
+		}
+		if n := rd.Buffered(); n != got {
+			t.Errorf("%d bytes in: Buffered says %d", got, n)
 		}
 	}
 }
@@ -384,3 +388,62 @@ func TestReaderWait(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("read after Wait") }
+
+// A large frame arriving costs about what arrived, not a trail of
+// outgrown copies of its start left for the garbage collector (the
+// partial-frame attacks peaked at 236 MiB so, with 48 MiB of frames
+// counted), and Release gives it all back.
+func TestReaderLargeFrameAllocatesWhatArrived(t *testing.T) {
+	frame, _ := AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 10<<20))
+	errStop := errors.New("stop")
+	for _, got := range []int{1 << 20, 9 << 20, len(frame)} {
+		r := io.MultiReader(bytes.NewReader(frame[:got]), iotest.ErrReader(errStop))
+		rd := NewReader(r, UniformLimits(11<<20))
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := rd.Next()
+		runtime.ReadMemStats(&after)
+		if got < len(frame) && err != errStop || got == len(frame) && err != nil {
+			t.Fatalf("%d bytes: %v", got, err)
+		}
+		// A whole frame is made whole once more, in one buffer.
+		limit := got * 3 / 2
+		if got == len(frame) {
+			limit = got * 5 / 2
+		}
+		if n := int(after.TotalAlloc - before.TotalAlloc); n > limit {
+			t.Errorf("%d bytes of a %d-byte frame in: %d bytes allocated, want at most %d", got, len(frame), n, limit)
+		}
+		rd.Release()
+		if n := rd.BufSize(); n != 0 {
+			t.Errorf("%d bytes in: %d bytes held after Release", got, n)
+		}
+	}
+}
+
+// Frames larger than spillFrom come out whole whatever the reads that
+// bring them, alone or between others, around every chunk boundary.
+func TestReaderSpilledFramesReassemble(t *testing.T) {
+	var stream []byte
+	var payloads [][]byte
+	for i, size := range []int{10, spillFrom, 5000, 20000, MaxReadBuf, 3 * maxChunk, 3*maxChunk + 1, 100, 200 << 10, 1 << 20, 7} {
+		p := bytes.Repeat([]byte{byte('a' + i)}, size)
+		payloads = append(payloads, p)
+		stream, _ = AppendPublish(stream, []byte("ident"), []byte("chan"), p)
+	}
+	for _, n := range []int{3, 1000, maxChunk - 1, maxChunk, 50000, 1 << 20} {
+		rd := NewReader(&chunked{b: stream, n: n}, UniformLimits(2<<20))
+		for i, want := range payloads {
+			f, err := rd.Next()
+			if err != nil {
+				t.Fatalf("reads of %d bytes, frame %d: %v", n, i, err)
+			}
+			if !bytes.Equal(f.Payload, want) {
+				t.Fatalf("reads of %d bytes, frame %d: payload of %d bytes, want %d", n, i, len(f.Payload), len(want))
+			}
+		}
+		if _, err := rd.Next(); err != io.EOF || rd.Buffered() != 0 {
+			t.Fatalf("reads of %d bytes, after the last frame: %v, %d bytes buffered", n, err, rd.Buffered())
+		}
+	}
+}
