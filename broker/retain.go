@@ -53,36 +53,31 @@ type ringEntry struct {
 	pos retain.Pos
 }
 
-// catchUpRate bounds the bytes a second that every catch-up together
-// replays. Unbounded, one replay of 256-byte messages ran at 0.6 to 1.1
-// million a second, took most of a core and put about a quarter of the
-// live subscribers' messages past 1 ms on a 2-core machine; at this rate
-// such messages still replay at about 290,000 a second, and under a tenth
-// go past 1 ms (docs/retention.md).
-const catchUpRate = 80e6
-
 // catchUpSlack is how far behind its schedule the pacer may fall and
 // still catch up, so that timers waking late under load do not lower the
 // rate. Time unused beyond it is not saved up for a burst.
 const catchUpSlack = 4 * time.Millisecond
 
-// pacer spaces catch-up batches so that together they go at most at
-// catchUpRate.
+// pacer spaces catch-up batches so that together they go at most at the
+// store's replay rate (retain.Options.ReplayRate).
 type pacer struct {
 	mu   sync.Mutex
 	next time.Time // when the next batch may go
 }
 
-// reserve books n bytes' share of the rate and returns how long after
-// now the caller must wait before sending them.
-func (p *pacer) reserve(now time.Time, n int) time.Duration {
+// reserve books n bytes' share of rate (bytes a second; 0: unpaced) and
+// returns how long after now the caller must wait before sending them.
+func (p *pacer) reserve(now time.Time, n int, rate int64) time.Duration {
+	if rate <= 0 {
+		return 0
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if early := now.Add(-catchUpSlack); p.next.Before(early) {
 		p.next = early
 	}
 	at := p.next
-	p.next = p.next.Add(time.Duration(float64(n) / catchUpRate * float64(time.Second)))
+	p.next = p.next.Add(time.Duration(float64(n) / float64(rate) * float64(time.Second)))
 	return max(0, at.Sub(now))
 }
 
@@ -197,13 +192,13 @@ func (rs *retainSub) catchUp(p retain.Pos) {
 	}
 }
 
-// paced waits for frames' turn under catchUpRate; false at shutdown.
+// paced waits for frames' turn under the replay rate; false at shutdown.
 func (rs *retainSub) paced(frames [][]byte) bool {
 	n := 0
 	for _, f := range frames {
 		n += len(f)
 	}
-	d := rs.c.b.ret.pace.reserve(time.Now(), n)
+	d := rs.c.b.ret.pace.reserve(time.Now(), n, rs.c.b.cfg.Retain.ReplayRate())
 	if d <= 0 {
 		return true
 	}

@@ -36,6 +36,13 @@ const (
 	DefaultMaxBytes   = 1 << 30 // see docs/retention.md: fits a small VM's disk
 	DefaultFlushAfter = 2 * time.Millisecond
 	DefaultBatchBytes = 256 << 10 // larger costs less CPU per frame (docs/retention.md)
+	// DefaultReplayRate bounds the bytes a second all catch-ups together
+	// replay. Unbounded, one replay of 256-byte messages ran at 0.6 to 1.1
+	// million a second, took most of a core and put about a quarter of the
+	// live subscribers' messages past 1 ms on a 2-core machine; at about
+	// this rate they still replay at some 290,000 a second, and under a
+	// tenth go past 1 ms (docs/retention.md).
+	DefaultReplayRate = 80 << 20
 	// jsMemory bounds the embedded JetStream's memory store; the engine
 	// keeps nothing there, so this is only a ceiling.
 	jsMemory = 64 << 20
@@ -69,9 +76,12 @@ type Options struct {
 	Stream string
 	// ReplayFirst starts an ident with no position that far back.
 	ReplayFirst time.Duration
-	FlushAfter  time.Duration
-	BatchBytes  int
-	Logger      *slog.Logger
+	// ReplayRate bounds the bytes a second that every catch-up together
+	// replays; negative: no bound.
+	ReplayRate int64
+	FlushAfter time.Duration
+	BatchBytes int
+	Logger     *slog.Logger
 }
 
 // Engine stores retained channels. Create one with Open.
@@ -95,6 +105,10 @@ type Engine struct {
 	Replayed  atomic.Uint64 // frames sent from the store to catching-up subscribers
 	Truncated atomic.Uint64 // resumes whose position the limits had already dropped
 }
+
+// ReplayRate is the bytes a second every catch-up together may replay;
+// 0 or less: no bound.
+func (e *Engine) ReplayRate() int64 { return e.opts.ReplayRate }
 
 // bufPool holds batch buffers of BatchBytes: a busy channel fills one per
 // batch, and growing each from small would copy and discard it repeatedly.
@@ -167,6 +181,9 @@ func (e *Engine) setDefaults() {
 	}
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = DefaultBatchBytes
+	}
+	if o.ReplayRate == 0 {
+		o.ReplayRate = DefaultReplayRate
 	}
 	if o.Stream == "" {
 		o.Stream = "HPFEEDS_RETAIN"

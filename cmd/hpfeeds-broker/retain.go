@@ -29,6 +29,7 @@ type retainOptions struct {
 	dir         string
 	replicas    int
 	replayFirst time.Duration
+	replayRate  int64
 }
 
 func (r *retainOptions) addFlags(f *pflag.FlagSet) {
@@ -39,6 +40,8 @@ func (r *retainOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&r.dir, "retain-dir", "retained", "`DIR` of the retained store (without --cluster)")
 	f.IntVar(&r.replicas, "retain-replicas", 1, "copies of the retained store on the --cluster's JetStream servers")
 	f.DurationVar(&r.replayFirst, "retain-replay-first", 0, "an ident subscribing to a retained channel for the first time starts this `DURATION` back (0: live)")
+	r.replayRate = retain.DefaultReplayRate
+	f.Var(byteSize{&r.replayRate}, "retain-replay-rate", "replay at most this many bytes a second to catching-up subscribers, all together, so live delivery keeps its share of the CPU (0: no bound)")
 }
 
 // engineOptions are the engine's options for the flags; conn is the
@@ -46,7 +49,10 @@ func (r *retainOptions) addFlags(f *pflag.FlagSet) {
 func (r *retainOptions) engineOptions(log *slog.Logger, clusterPrefix string, br *cluster.Bridge) retain.Options {
 	prefix, stream := "hpfeeds.retain", "HPFEEDS_RETAIN"
 	opts := retain.Options{Patterns: r.patterns, MaxAge: r.maxAge, MaxBytes: r.maxBytes, Dir: r.dir,
-		Replicas: r.replicas, ReplayFirst: r.replayFirst, Logger: log}
+		Replicas: r.replicas, ReplayFirst: r.replayFirst, ReplayRate: r.replayRate, Logger: log}
+	if r.replayRate == 0 {
+		opts.ReplayRate = -1 // the flag's 0 is no bound; the option's is the default
+	}
 	if br != nil {
 		prefix = clusterPrefix + ".retain"
 		stream = strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(clusterPrefix)) + "_RETAIN"

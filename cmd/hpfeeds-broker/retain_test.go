@@ -211,6 +211,39 @@ func TestRetainSurvivesKill9(t *testing.T) {
 	r.until(499)
 }
 
+// --retain-replay-rate bounds catch-up: 3 MiB missed, replayed at 1 MiB/s,
+// cannot arrive in less than about 2.75 s (all but the first 256 KiB batch
+// wait their turn). Only that lower bound is checked, which no load on
+// the machine can break; the default rate, 80 MiB/s, replays it in tens of
+// milliseconds.
+func TestRetainReplayRate(t *testing.T) {
+	clusterUser("plogger")
+	clusterUser("psensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	b := retainBroker(t, t.TempDir(), "--retain-replay-rate=1MiB")
+	sub := dialAs(t, b.addr, "plogger", "events")
+	pub := dialAs(t, b.addr, "psensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond) // the position is saved after the close
+	frame := 4 + 1 + 1 + len("psensor") + 1 + len("events") + retainPad
+	n := 3 << 20 / frame
+	for i := range n {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("psensor") // the broker has read them all
+	start := time.Now()
+	r := &reader{t: t, c: resubscribe(t, b.addr, "plogger")}
+	r.until(n - 1)
+	took := time.Since(start)
+	if took < 2500*time.Millisecond {
+		t.Fatalf("%d messages (%d bytes) caught up in %v at --retain-replay-rate=1MiB", n, n*frame, took)
+	}
+	t.Logf("%d messages (%d bytes) caught up in %v at 1 MiB/s", n, n*frame, took)
+}
+
 // Two brokers on the machine's NATS: a subscriber that left one resumes
 // on the other.
 func TestRetainClusterResume(t *testing.T) {
