@@ -54,7 +54,8 @@ var errRefusedEarly = errors.New("PUBLISH refused before its body was read")
 // and release bytes. It holds the frames in send queues, each counted once
 // however many subscribers share it (sharedFrame), and the reader buffers
 // of bufferedMin bytes or more, at their capacity. Publishers charge once
-// per publish, writers release once per write: nothing per delivery.
+// per publish (a shared frame) or once per read (the copies it queues, see
+// conn.chargeCopy), writers release once per write: nothing per delivery.
 type memBudget struct {
 	limit          int64 // zero: no budget, bytes are only counted
 	publisherPause int64 // publishers pause from here (three quarters)
