@@ -182,6 +182,24 @@ func TestRetainResumeAfterCut(t *testing.T) {
 		consumed, unread, first, lost, dups, total)
 }
 
+// missWhileAway subscribes logger to events on addr, makes sure sensor's
+// messages reach it, closes it (its position saved), then publishes n
+// numbered messages as sensor and waits until the broker has read them.
+func missWhileAway(t *testing.T, addr, logger, sensor string, n int) {
+	t.Helper()
+	sub := dialAs(t, addr, logger, "events")
+	pub := dialAs(t, addr, sensor)
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond) // the position is saved after the close
+	for i := range n {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn(sensor) // the broker has read them all
+}
+
 // A subscriber that left cleanly gets, after kill -9 of the broker and a
 // restart on the same --retain-dir, what was published while it was away.
 func TestRetainSurvivesKill9(t *testing.T) {
@@ -190,17 +208,7 @@ func TestRetainSurvivesKill9(t *testing.T) {
 	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
-	sub := dialAs(t, b.addr, "klogger", "events")
-	pub := dialAs(t, b.addr, "ksensor")
-	linked(t, pub, sub)
-	sub.Conn.Close()
-	time.Sleep(200 * time.Millisecond) // the position is saved after the close
-	for i := range 500 {
-		if err := pub.publish(retainPayload(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pub.SubscribeOwn("ksensor") // the broker has read them all
+	missWhileAway(t, b.addr, "klogger", "ksensor", 500)
 	time.Sleep(100 * time.Millisecond)
 	b.cmd.Process.Signal(syscall.SIGKILL)
 	b.cmd.Wait()
@@ -221,19 +229,9 @@ func TestRetainReplayRate(t *testing.T) {
 	clusterUser("psensor")
 	t.Parallel() // after clusterUser: it appends to a shared list
 	b := retainBroker(t, t.TempDir(), "--retain-replay-rate=1MiB")
-	sub := dialAs(t, b.addr, "plogger", "events")
-	pub := dialAs(t, b.addr, "psensor")
-	linked(t, pub, sub)
-	sub.Conn.Close()
-	time.Sleep(200 * time.Millisecond) // the position is saved after the close
 	frame := 4 + 1 + 1 + len("psensor") + 1 + len("events") + retainPad
 	n := 3 << 20 / frame
-	for i := range n {
-		if err := pub.publish(retainPayload(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pub.SubscribeOwn("psensor") // the broker has read them all
+	missWhileAway(t, b.addr, "plogger", "psensor", n)
 	start := time.Now()
 	r := &reader{t: t, c: resubscribe(t, b.addr, "plogger")}
 	r.until(n - 1)
@@ -256,17 +254,7 @@ func TestRetainClusterResume(t *testing.T) {
 	args := []string{"--cluster=nats://" + natsAddr, "--cluster-prefix=" + prefix}
 	a := retainBroker(t, t.TempDir(), args...)
 	b := retainBroker(t, t.TempDir(), args...)
-	sub := dialAs(t, a.addr, "clogger", "events")
-	pub := dialAs(t, a.addr, "csensor")
-	linked(t, pub, sub)
-	sub.Conn.Close()
-	time.Sleep(200 * time.Millisecond)
-	for i := range 500 {
-		if err := pub.publish(retainPayload(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pub.SubscribeOwn("csensor")
+	missWhileAway(t, a.addr, "clogger", "csensor", 500)
 	time.Sleep(100 * time.Millisecond)
 	sub2 := resubscribe(t, b.addr, "clogger")
 	r := &reader{t: t, c: sub2}
