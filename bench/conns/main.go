@@ -57,9 +57,13 @@ func main() {
 	})
 	runtime.KeepAlive(held)
 	if failed+missed > 0 {
+		fmt.Fprintf(os.Stderr, "conns: %d of %d connections failed or missed the broadcast; the first: %v\n", failed+missed, *n, *firstErr.Load())
 		os.Exit(1)
 	}
 }
+
+// firstErr is the first failure, so that a failed run says why.
+var firstErr atomic.Pointer[error]
 
 // openAll opens n connections, workers at a time, and returns those that
 // opened and how many failed.
@@ -76,6 +80,7 @@ func openAll(n, workers int, open func() (*conn, error)) (held []*conn, failed i
 				mu.Lock()
 				if err != nil {
 					failed++
+					firstErr.CompareAndSwap(nil, &err)
 				} else {
 					held = append(held, c)
 				}
@@ -104,8 +109,10 @@ func awaitBroadcast(held []*conn, broadcast func() error) int64 {
 		go func() {
 			defer wg.Done()
 			defer waiting.Add(-1)
-			if c.await() != nil {
+			if err := c.await(); err != nil {
 				missed.Add(1)
+				err = fmt.Errorf("no broadcast: %w", err)
+				firstErr.CompareAndSwap(nil, &err)
 			}
 		}()
 	}
