@@ -592,10 +592,17 @@ func (c *conn) fail(ident, category, msg string) {
 }
 
 // wakeWriters wakes the writers of the subscribers this connection queued
-// frames for, and gives back the budget it charged ahead and did not use.
+// frames for (or, for a single one, writes to it: flushInline), and gives
+// back the budget it charged ahead and did not use.
 // The reader calls it before each read, so a burst of publishes costs each
 // subscriber one wake-up.
 func (c *conn) wakeWriters() {
+	if len(c.later) == 1 && c.later[0].q.flushInline(c.later[0].start) {
+		// One subscriber (fan-in, or one to one): written from here.
+		// With more, their writers write in parallel.
+		c.later[0] = wakeup{}
+		c.later = c.later[:0]
+	}
 	for i, w := range c.later {
 		w.q.kick(w.start, !w.start)
 		c.later[i] = wakeup{}

@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/wire"
@@ -34,15 +35,34 @@ type sendQueue struct {
 	// per delivery.
 	fill      uint64 // payload bytes pushed, queued or refused (as the reference counts)
 	delivered uint64 // frames queued
-	// inflight is the part of queued in the batch the writer took: after
+	// inflight is the part of queued in the batch being written: after
 	// a drop it is still held, by a write that may block for the flush
 	// timeout, and stays in the memory budget until the writer lets go.
 	inflight int
-	running  bool        // a writer goroutine exists
-	awake    bool        // the writer has been signalled and not yet run
-	closing  bool        // no more pushes; the writer finishes and closes
-	last     []byte      // written after the queue, before closing (an ERROR)
-	timer    *time.Timer // the backpressure deadline, while past the soft mark
+	running  bool // a writer goroutine exists
+	awake    bool // the writer has been signalled and not yet run
+	// writing is set while a batch is being written, by the writer
+	// goroutine or by a publisher flushing inline (flushInline): one
+	// writer at a time.
+	writing bool
+	// pusher is the one publisher whose frames are queued, or mixed is
+	// set: frames of several publishers are left to the writer
+	// goroutine, which gathers them into fewer writes (flushInline).
+	pusher *conn
+	mixed  bool
+	// carry is what an inline flush left unwritten, the first frame from
+	// carrySkip on, with the chunks its frames use: the writer goroutine
+	// writes it before anything queued after it.
+	carry       [][]byte
+	carrySkip   int
+	carryChunks []*[]byte
+	// spare and spareChunks are the arrays the next batch taken leaves
+	// behind for new frames, so that a busy queue reuses two of each.
+	spare       [][]byte
+	spareChunks []*[]byte
+	closing     bool        // no more pushes; the writer finishes and closes
+	last        []byte      // written after the queue, before closing (an ERROR)
+	timer       *time.Timer // the backpressure deadline, while past the soft mark
 	// stall is closed when the queue drains to half the stall mark; it
 	// exists while the queue is past the mark, and publishers into it
 	// wait on it (briefly) before reading more (see conn.stall). Past
@@ -63,9 +83,14 @@ type sendQueue struct {
 	wake    chan struct{}
 	done    chan struct{} // closed when the writer has closed the socket
 
-	// The writer's own state, kept between its runs while it is busy.
+	// The writer's own state (whoever holds writing), kept between its
+	// runs while it is busy.
 	iov  [][]byte    // backing array for bufs
 	bufs net.Buffers // the writev in progress; WriteTo consumes it
+	// raw is the plain TCP socket, which a publisher may write to inline
+	// without blocking (flushInline); nil over TLS or off Linux.
+	raw syscall.RawConn
+	nbw *nonBlockingWrite // made at the first inline flush
 }
 
 // writerIdle is how long a writer with nothing to write waits before its
@@ -76,6 +101,9 @@ func (q *sendQueue) init(c *conn) {
 	q.c = c
 	q.wake = make(chan struct{}, 1)
 	q.done = make(chan struct{})
+	if tc, ok := c.nc.(*net.TCPConn); ok && inlineFlush {
+		q.raw, _ = tc.SyscallConn()
+	}
 }
 
 // kickLocked makes sure a writer will look at the queue: it reports whether
@@ -143,6 +171,13 @@ func (q *sendQueue) push(frame []byte, payload int, sh *sharedFrame, from *conn)
 	q.frames = append(q.frames, frame)
 	q.queued += len(frame)
 	q.delivered++
+	if q.pusher != from {
+		if q.pusher == nil {
+			q.pusher = from
+		} else {
+			q.mixed = true
+		}
+	}
 	failed := false
 	if q.queued > cfg.SendQueueHard {
 		q.failLocked(BackpressureHardBound)
@@ -312,6 +347,12 @@ func (q *sendQueue) dropLocked() {
 	q.frames = q.frames[:0]
 	releaseChunks(q.chunks)
 	q.chunks, q.chunk = q.chunks[:0], nil
+	if q.carry != nil {
+		q.c.b.mem.releaseFrames(q.carry)
+		clear(q.carry)
+		releaseChunks(q.carryChunks)
+		q.carry, q.carrySkip, q.carryChunks = nil, 0, nil
+	}
 	q.c.b.mem.releasing.Add(int64(q.inflight))
 	q.queued = q.inflight
 	q.unstallLocked()
@@ -390,28 +431,24 @@ func (q *sendQueue) written(frames [][]byte, n int) {
 	q.mu.Unlock()
 }
 
-// writeLoop is the connection's only writer. It exits when the connection
-// closes (closing the socket and q.done) or after writerIdle with nothing
-// to write.
+// writeLoop is the connection's writer goroutine. It exits when the
+// connection closes (closing the socket and q.done) or after writerIdle
+// with nothing to write.
 func (c *conn) writeLoop() {
 	q := &c.q
-	var batch [][]byte
-	var chunks []*[]byte
 	var idle *time.Timer
 	expired := false
 	for {
 		q.mu.Lock()
-		batch, q.frames = q.frames, batch[:0]
-		q.inflight = q.queued
-		// New frames go to a new chunk while these are written.
-		chunks, q.chunks, q.chunk = q.chunks, chunks[:0], nil
 		q.awake = false
 		closing, last := q.closing, q.last
-		if len(batch) == 0 && !closing {
-			if expired {
+		if q.writing || !closing && q.carry == nil && len(q.frames) == 0 {
+			// Nothing to write, or a publisher is writing inline and
+			// wakes this writer if it leaves anything.
+			if expired && !q.writing {
 				// Idle: release everything a burst grew.
 				q.running = false
-				q.frames, q.iov, q.bufs = nil, nil, nil
+				q.frames, q.spare, q.iov, q.bufs = nil, nil, nil, nil
 				q.mu.Unlock()
 				return
 			}
@@ -428,21 +465,23 @@ func (c *conn) writeLoop() {
 			}
 			continue
 		}
+		carried := q.carry != nil
+		batch, skip, chunks := q.takeLocked()
 		q.mu.Unlock()
 		expired = false
 
 		var err error
-		if n := len(batch); n > 0 {
+		if len(batch) > 0 {
 			var rest [][]byte
-			rest, err = c.writeFrames(batch)
+			rest, _, err = c.writeFrames(batch, skip, false)
 			// What was not written: dropped, or a failed write.
 			q.written(rest, frameBytes(rest))
-			clear(batch)
-			batch = batch[:0]
-			releaseChunks(chunks)
-			if cap(batch) > 1024 && n < cap(batch)/8 {
-				batch = nil // the burst that grew it is over; don't pin it
-			}
+		}
+		q.mu.Lock()
+		q.doneLocked(batch, chunks)
+		q.mu.Unlock()
+		if carried && closing && err == nil {
+			continue // what was queued after the carry goes before the close
 		}
 		if err != nil || closing {
 			if err == nil && last != nil {
@@ -465,6 +504,101 @@ func (c *conn) writeLoop() {
 			return
 		}
 	}
+}
+
+// takeLocked takes the next batch to write, and the chunks its frames
+// use: what an inline flush left, else everything queued. Until
+// doneLocked the caller alone writes.
+func (q *sendQueue) takeLocked() (batch [][]byte, skip int, chunks []*[]byte) {
+	if q.carry != nil {
+		batch, skip, chunks = q.carry, q.carrySkip, q.carryChunks
+		q.carry, q.carrySkip, q.carryChunks = nil, 0, nil
+		q.inflight = frameBytes(batch)
+	} else {
+		batch, q.frames, q.spare = q.frames, q.spare[:0], nil
+		q.pusher, q.mixed = nil, false
+		// New frames go to a new chunk while these are written.
+		chunks, q.chunks, q.chunk, q.spareChunks = q.chunks, q.spareChunks[:0], nil, nil
+		q.inflight = q.queued
+	}
+	q.writing = true
+	return batch, skip, chunks
+}
+
+// doneLocked ends the writing of batch, all of it written or let go: its
+// chunks go back to the pool and its arrays are kept for the next batch,
+// unless the burst that grew them is over.
+func (q *sendQueue) doneLocked(batch [][]byte, chunks []*[]byte) {
+	q.writing = false
+	releaseChunks(chunks)
+	q.spareChunks = chunks[:0]
+	n := len(batch)
+	clear(batch)
+	if cap(batch) > 1024 && n < cap(batch)/8 {
+		batch = nil // don't pin it
+	}
+	q.spare = batch[:0]
+}
+
+// flushInline is the publisher's shortcut past the writer goroutine:
+// after a read whose frames went to this queue alone, from this
+// publisher alone, the publisher writes one round of what is queued,
+// without blocking, on the core whose caches hold the frames, and leaves
+// the rest to the writer goroutine. Handing every batch to a goroutine on
+// the other core cost a quarter of the CPU per delivery on one-to-one
+// loads (docs/performance.md). start is the wake-up's (see wakeup): whether the publisher
+// would have had to start that goroutine. It reports whether it acted on
+// the wake-up; if not (another write is under way, or the socket is not
+// plain TCP), the caller kicks the writer as usual.
+func (q *sendQueue) flushInline(start bool) bool {
+	if q.raw == nil {
+		return false
+	}
+	q.mu.Lock()
+	// More than a round (a large frame, or a backlog the socket is
+	// unlikely to take) is the writer goroutine's, which may block.
+	if q.writing || q.closing || q.carry != nil || q.mixed || len(q.frames) == 0 || q.queued > roundMax {
+		q.mu.Unlock()
+		return false
+	}
+	batch, _, chunks := q.takeLocked()
+	q.mu.Unlock()
+	// A write that failed is met again by the writer goroutine, which
+	// ends the connection: what is left goes to it either way.
+	rest, skip, _ := q.c.writeFrames(batch, 0, true)
+	if len(rest) > 0 && q.dropped.Load() {
+		q.written(rest, frameBytes(rest))
+		rest = nil
+	}
+	q.mu.Lock()
+	if len(rest) > 0 {
+		clear(batch[:len(batch)-len(rest)]) // written: don't pin them
+		q.carry, q.carrySkip, q.carryChunks = rest, skip, chunks
+		q.writing = false // batch's array and chunks go with carry
+	} else {
+		q.doneLocked(batch, chunks)
+	}
+	left := q.carry != nil || len(q.frames) > 0 || q.closing
+	var wake bool
+	switch {
+	case !left:
+		// The writer, if one runs, was not signalled: pushes must
+		// signal it again.
+		q.awake = false
+		if start {
+			q.running = false
+		}
+	case start:
+	case !q.running:
+		q.running, start = true, true
+	default:
+		q.awake, wake = true, true
+	}
+	q.mu.Unlock()
+	if left {
+		q.kick(start, wake)
+	}
+	return true
 }
 
 const (
@@ -496,10 +630,13 @@ func frameBytes(frames [][]byte) int {
 	return n
 }
 
-// writeFrames writes frames in rounds of at most roundMax bytes, releasing
-// each round once written, and returns those it did not write (the queue
-// was dropped, or a write failed).
-func (c *conn) writeFrames(frames [][]byte) ([][]byte, error) {
+// writeFrames writes frames, the first from byte skip on, in rounds of at
+// most roundMax bytes, releasing each round once written, and returns what
+// it did not write (the queue was dropped, or a write failed), the first
+// of it from the byte it returns on. With nb (an inline flush) it writes
+// one round at most and never waits: what the socket would not take is
+// returned too.
+func (c *conn) writeFrames(frames [][]byte, skip int, nb bool) ([][]byte, int, error) {
 	q := &c.q
 	sp := scratchPool.Get().(*[]byte)
 	defer scratchPool.Put(sp)
@@ -509,6 +646,9 @@ func (c *conn) writeFrames(frames [][]byte) ([][]byte, error) {
 		seg, n, i := 0, 0, 0
 		for ; i < len(frames) && n < roundMax; i++ {
 			f := frames[i]
+			if i == 0 {
+				f = f[skip:] // still held or in a chunk: its end is unchanged
+			}
 			if len(f) <= copyMax && isHeld(f) { // small and held
 				if len(scratch)+len(f) > cap(scratch) {
 					break
@@ -532,17 +672,38 @@ func (c *conn) writeFrames(frames [][]byte) ([][]byte, error) {
 		}
 		q.iov, q.bufs = iov, iov
 		q.writingSince.Store(c.b.clock.Load())
-		w, err := q.bufs.WriteTo(c.nc)
+		var w int64
+		var err error
+		if nb {
+			w, err = q.writeNow(iov)
+		} else {
+			w, err = q.bufs.WriteTo(c.nc)
+		}
 		q.writingSince.Store(0)
 		clear(iov) // WriteTo leaves some entries set; don't pin frames
 		c.stats.sentBytes.Add(uint64(w))
 		c.stats.writes.Add(1)
-		q.written(frames[:i], n)
-		frames = frames[i:]
+		if nb && w < int64(n) {
+			// The frames the socket took whole are written; the rest,
+			// the first perhaps in part, is left.
+			k, at := 0, skip+int(w)
+			for k < i && at >= len(frames[k]) {
+				at -= len(frames[k])
+				k++
+			}
+			q.written(frames[:k], frameBytes(frames[:k]))
+			c.stats.sentFrames.Add(uint64(k))
+			return frames[k:], at, err
+		}
+		q.written(frames[:i], skip+n)
+		frames, skip = frames[i:], 0
 		if err != nil {
-			return frames, err
+			return frames, 0, err
 		}
 		c.stats.sentFrames.Add(uint64(i))
+		if nb {
+			break
+		}
 	}
-	return frames, nil
+	return frames, skip, nil
 }
