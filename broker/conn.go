@@ -122,6 +122,9 @@ type conn struct {
 	// Writers this reader has queued frames for and must wake before it
 	// next blocks reading (see wakeWriters).
 	later []wakeup
+	// fanned is set when a frame of this read went to several
+	// subscribers: their writers then write in parallel, none inline.
+	fanned bool
 	// credit is what the reader charged the budget ahead for the copies
 	// it has still to queue from this read (chargeCopy).
 	credit int
@@ -500,6 +503,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
 	subs := c.b.deliver(p.t, f.Raw, len(f.Payload), c)
+	c.fanned = c.fanned || subs > 1
 	switch br := c.b.cfg.Bridge; {
 	case br != nil:
 		br.Forward(p.t.name, f.Raw, subs == 0)
@@ -597,12 +601,13 @@ func (c *conn) fail(ident, category, msg string) {
 // The reader calls it before each read, so a burst of publishes costs each
 // subscriber one wake-up.
 func (c *conn) wakeWriters() {
-	if len(c.later) == 1 && c.later[0].q.flushInline(c.later[0].start) {
+	if len(c.later) == 1 && !c.fanned && c.later[0].q.flushInline(c.later[0].start) {
 		// One subscriber (fan-in, or one to one): written from here.
 		// With more, their writers write in parallel.
 		c.later[0] = wakeup{}
 		c.later = c.later[:0]
 	}
+	c.fanned = false
 	for i, w := range c.later {
 		w.q.kick(w.start, !w.start)
 		c.later[i] = wakeup{}

@@ -35,34 +35,20 @@ type sendQueue struct {
 	// per delivery.
 	fill      uint64 // payload bytes pushed, queued or refused (as the reference counts)
 	delivered uint64 // frames queued
-	// inflight is the part of queued in the batch being written: after
-	// a drop it is still held, by a write that may block for the flush
-	// timeout, and stays in the memory budget until the writer lets go.
-	inflight int
-	running  bool // a writer goroutine exists
-	awake    bool // the writer has been signalled and not yet run
-	// writing is set while a batch is being written, by the writer
-	// goroutine or by a publisher flushing inline (flushInline): one
-	// writer at a time.
-	writing bool
 	// pusher is the one publisher whose frames are queued, or mixed is
 	// set: frames of several publishers are left to the writer
 	// goroutine, which gathers them into fewer writes (flushInline).
 	pusher *conn
 	mixed  bool
-	// carry is what an inline flush left unwritten, the first frame from
-	// carrySkip on, with the chunks its frames use: the writer goroutine
-	// writes it before anything queued after it.
-	carry       [][]byte
-	carrySkip   int
-	carryChunks []*[]byte
-	// spare and spareChunks are the arrays the next batch taken leaves
-	// behind for new frames, so that a busy queue reuses two of each.
-	spare       [][]byte
-	spareChunks []*[]byte
-	closing     bool        // no more pushes; the writer finishes and closes
-	last        []byte      // written after the queue, before closing (an ERROR)
-	timer       *time.Timer // the backpressure deadline, while past the soft mark
+	// inflight is the part of queued in the batch being written: after
+	// a drop it is still held, by a write that may block for the flush
+	// timeout, and stays in the memory budget until the writer lets go.
+	inflight int
+	running  bool        // a writer goroutine exists
+	awake    bool        // the writer has been signalled and not yet run
+	closing  bool        // no more pushes; the writer finishes and closes
+	last     []byte      // written after the queue, before closing (an ERROR)
+	timer    *time.Timer // the backpressure deadline, while past the soft mark
 	// stall is closed when the queue drains to half the stall mark; it
 	// exists while the queue is past the mark, and publishers into it
 	// wait on it (briefly) before reading more (see conn.stall). Past
@@ -82,6 +68,21 @@ type sendQueue struct {
 	dropped atomic.Bool // the queue was thrown away: stop writing it
 	wake    chan struct{}
 	done    chan struct{} // closed when the writer has closed the socket
+
+	// writing is set while a batch is being written, by the writer
+	// goroutine or by a publisher flushing inline (flushInline): one
+	// writer at a time. Guarded by mu, as are carry and spare.
+	writing bool
+	// carry is what an inline flush left unwritten, the first frame from
+	// carrySkip on, with the chunks its frames use: the writer goroutine
+	// writes it before anything queued after it.
+	carry       [][]byte
+	carrySkip   int
+	carryChunks []*[]byte
+	// spare and spareChunks are the arrays the next batch taken leaves
+	// behind for new frames, so that a busy queue reuses two of each.
+	spare       [][]byte
+	spareChunks []*[]byte
 
 	// The writer's own state (whoever holds writing), kept between its
 	// runs while it is busy.
@@ -438,8 +439,14 @@ func (c *conn) writeLoop() {
 	q := &c.q
 	var idle *time.Timer
 	expired := false
+	var batch [][]byte // written, to hand back under the next lock
+	var chunks []*[]byte
 	for {
 		q.mu.Lock()
+		if batch != nil {
+			q.doneLocked(batch, chunks)
+			batch, chunks = nil, nil
+		}
 		q.awake = false
 		closing, last := q.closing, q.last
 		if q.writing || !closing && q.carry == nil && len(q.frames) == 0 {
@@ -466,7 +473,8 @@ func (c *conn) writeLoop() {
 			continue
 		}
 		carried := q.carry != nil
-		batch, skip, chunks := q.takeLocked()
+		var skip int
+		batch, skip, chunks = q.takeLocked()
 		q.mu.Unlock()
 		expired = false
 
@@ -474,12 +482,13 @@ func (c *conn) writeLoop() {
 		if len(batch) > 0 {
 			var rest [][]byte
 			rest, _, err = c.writeFrames(batch, skip, false)
-			// What was not written: dropped, or a failed write.
-			q.written(rest, frameBytes(rest))
+			if len(rest) > 0 { // dropped, or a failed write
+				q.written(rest, frameBytes(rest))
+			}
 		}
-		q.mu.Lock()
-		q.doneLocked(batch, chunks)
-		q.mu.Unlock()
+		if batch == nil {
+			batch = [][]byte{} // still handed back: it ends the writing
+		}
 		if carried && closing && err == nil {
 			continue // what was queued after the carry goes before the close
 		}
@@ -494,6 +503,7 @@ func (c *conn) writeLoop() {
 			}
 			c.nc.Close()
 			q.mu.Lock()
+			q.doneLocked(batch, chunks)
 			q.dropLocked() // a failed write ends the connection too
 			q.frames = nil
 			q.mu.Unlock()
