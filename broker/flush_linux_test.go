@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +21,7 @@ func (p pipeRaw) Write(f func(fd uintptr) bool) error { f(uintptr(p.fd)); return
 
 // recordConn keeps what the writer goroutine writes.
 type recordConn struct {
-	net.Conn
+	discardConn
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
@@ -32,15 +31,12 @@ func (r *recordConn) Write(p []byte) (int, error) {
 	defer r.mu.Unlock()
 	return r.buf.Write(p)
 }
+
 func (r *recordConn) bytes() []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return bytes.Clone(r.buf.Bytes())
 }
-func (r *recordConn) Close() error                     { return nil }
-func (r *recordConn) SetWriteDeadline(time.Time) error { return nil }
-func (r *recordConn) SetReadDeadline(time.Time) error  { return nil }
-func (r *recordConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 
 // An inline flush the socket cuts in the middle of a frame leaves the
 // frame's rest and the frames after it to the writer goroutine, which
