@@ -194,11 +194,7 @@ func (rs *retainSub) catchUp(p retain.Pos) {
 
 // paced waits for frames' turn under the replay rate; false at shutdown.
 func (rs *retainSub) paced(frames [][]byte) bool {
-	n := 0
-	for _, f := range frames {
-		n += len(f)
-	}
-	d := rs.c.b.ret.pace.reserve(time.Now(), n, rs.c.b.cfg.Retain.ReplayRate())
+	d := rs.c.b.ret.pace.reserve(time.Now(), frameBytes(frames), rs.c.b.cfg.Retain.ReplayRate())
 	if d <= 0 {
 		return true
 	}

@@ -107,8 +107,8 @@ func (r *Reader) want() (int, error) {
 // Pending returns the bytes read from the stream but not yet returned as
 // frames: while Next reads, the start of the frame in progress, so a caller
 // can look at its header and first fields before its body has arrived (of
-// a frame larger than 4 KiB, its first 4 KiB or more; see Buffered). It aliases the buffer and is valid until the Reader's next
-// read.
+// a frame larger than 4 KiB, its first 4 KiB or more; see Buffered). It
+// aliases the buffer and is valid until the Reader's next read.
 func (r *Reader) Pending() []byte { return r.buf[r.start:r.end] }
 
 // Buffered is how many bytes were read but not yet returned as frames:
