@@ -12,6 +12,7 @@
 # e.g. after `git worktree add --detach /tmp/old 1b38a85` and building
 # /tmp/old's and this tree's cmd/hpfeeds-broker:
 #   bench/compare.sh 3 /tmp/broker-old /tmp/broker-new
+# ROWS, a regular expression, picks the rows run: ROWS='50→1' bench/compare.sh …
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; shift
@@ -40,6 +41,7 @@ rows=("paced 1→1|--publishers 1 --subscribers 1 --size 256 --count 1500000"
 for _ in $(seq "$rounds"); do
   for row in "${rows[@]}"; do
     name=${row%%|*}; args=${row#*|}
+    [[ $name =~ ${ROWS:-.} ]] || continue
     for i in "${!pids[@]}"; do
       pid=${pids[$i]}
       echo 5 >"/proc/$pid/clear_refs"

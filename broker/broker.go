@@ -277,13 +277,28 @@ func newTopic(name string) *topic {
 
 // publish queues raw, a PUBLISH with payload bytes of payload, to every
 // subscriber, and reports how many subscribers it found. One subscriber
-// (fan-in) gets a copy in its own chunk; more share one copy, which the
+// (fan-in) gets a copy in its own chunk, made with the read's other frames
+// for it (conn.queueFanIn) unless the channel is retained (a retained
+// frame is queued under its log's lock, see goLive); more share one copy, which the
 // budget counts once (memBudget.share). from is the publishing connection,
 // nil for frames from the cluster (see sendQueue.push).
 func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
 	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()
 	subs = len(t.subs)
+	if subs == 1 && from != nil && t.ret == nil && len(raw) <= copyMax {
+		q := &t.subs[0].q
+		t.mu.RUnlock()
+		from.queueFanIn(q, raw, payload)
+		return subs
+	}
+	if from != nil && from.fanIn != nil {
+		// Frames held for a subscriber go first: it gets a publisher's
+		// frames in order.
+		if q := from.pushFanIn(); q != nil {
+			tooSlow = append(tooSlow, q.c)
+		}
+	}
 	if n := subs; n > 0 {
 		var sh *sharedFrame
 		frame, mem := raw, &t.subs[0].b.mem

@@ -125,6 +125,9 @@ type conn struct {
 	// fanned is set when a frame of this read went to several
 	// subscribers: their writers then write in parallel, none inline.
 	fanned bool
+	// fanIn is frames of this read for one subscriber alone, not yet
+	// queued (queueFanIn); nil if none.
+	fanIn *fanIn
 	// credit is what the reader charged the budget ahead for the copies
 	// it has still to queue from this read (chargeCopy).
 	credit int
@@ -200,6 +203,7 @@ func (c *conn) serve() {
 
 // end tears down a connection whose reader stopped with err.
 func (c *conn) end(err error) {
+	c.flushFanIn()
 	c.wakeWriters()
 	c.ended(err)
 	if c.reason.Load().state == closedReadError {
@@ -367,6 +371,9 @@ func (c *conn) readLoop() {
 	for {
 		// Waiting apart from decoding keeps the idle reader's stack
 		// shallow (see wire.Reader.Wait).
+		if c.fanIn != nil && !c.rd.Ready() {
+			c.flushFanIn() // before the read moves the frames it holds
+		}
 		if err := c.rd.Wait(); err != nil {
 			c.end(err)
 			return
@@ -616,6 +623,76 @@ func (c *conn) wakeWriters() {
 	if c.credit > 0 {
 		c.b.mem.release(c.credit)
 		c.credit = 0
+	}
+}
+
+// fanIn is frames a publisher read for one subscriber alone (a channel
+// with one subscriber, or several such channels with the same one), queued
+// to it together (sendQueue.pushAll): a burst of fan-in takes the queue's
+// lock, which the subscriber's writer takes too, once per read rather than
+// once per frame. The frames alias the reader's buffer, so they are queued
+// before it reads again.
+type fanIn struct {
+	q       *sendQueue
+	frames  [][]byte
+	payload int
+}
+
+// fanInMax bounds the frames a fanIn holds.
+const fanInMax = 64
+
+var fanInPool = sync.Pool{New: func() any { return &fanIn{frames: make([][]byte, 0, fanInMax)} }}
+
+// queueFanIn queues frame, a PUBLISH with payload bytes of payload, to q,
+// the one subscriber of its channel, with the frames of this read for q
+// that follow it. A frame with nothing read behind it is queued at once:
+// a publisher that sends one frame at a time holds no fanIn.
+func (c *conn) queueFanIn(q *sendQueue, frame []byte, payload int) {
+	f := c.fanIn
+	if f != nil && f.q != q {
+		c.flushFanIn() // a subscriber gets a publisher's frames in order
+		f = nil
+	}
+	if f == nil {
+		if c.rd == nil || len(c.rd.Pending()) == 0 {
+			if _, tooSlow := q.push(frame, payload, nil, c); tooSlow {
+				q.logTooSlow("send queue hard bound reached")
+			}
+			return
+		}
+		f = fanInPool.Get().(*fanIn)
+		f.q = q
+		c.fanIn = f
+	}
+	f.frames = append(f.frames, frame)
+	f.payload += payload
+	if len(f.frames) == fanInMax {
+		c.flushFanIn()
+	}
+}
+
+// pushFanIn queues the frames fanIn holds. It returns their queue if that
+// closed its subscriber as too slow, for the caller to log once it holds no
+// lock.
+func (c *conn) pushFanIn() (tooSlow *sendQueue) {
+	f := c.fanIn
+	if f == nil {
+		return nil
+	}
+	c.fanIn = nil
+	if _, slow := f.q.pushAll(f.frames, f.payload, false, c); slow {
+		tooSlow = f.q
+	}
+	clear(f.frames)
+	f.q, f.frames, f.payload = nil, f.frames[:0], 0
+	fanInPool.Put(f)
+	return tooSlow
+}
+
+// flushFanIn is pushFanIn for a caller that holds no lock.
+func (c *conn) flushFanIn() {
+	if q := c.pushFanIn(); q != nil {
+		q.logTooSlow("send queue hard bound reached")
 	}
 }
 

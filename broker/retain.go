@@ -224,12 +224,11 @@ func (rs *retainSub) waitRoom() bool {
 	return false
 }
 
-// push queues frames; the queue copies each and charges the budget.
+// push queues frames, under one taking of the queue's lock; the queue
+// copies each and charges the budget.
 func (rs *retainSub) push(frames [][]byte) {
-	for _, f := range frames {
-		if _, tooSlow := rs.c.q.push(f, 0, nil, nil); tooSlow {
-			rs.c.q.logTooSlow("send queue hard bound reached")
-		}
+	if _, tooSlow := rs.c.q.pushAll(frames, 0, false, nil); tooSlow {
+		rs.c.q.logTooSlow("send queue hard bound reached")
 	}
 }
 

@@ -152,26 +152,38 @@ type wakeup struct {
 // closing the subscriber: the caller logs it (logTooSlow) once it holds no
 // lock.
 func (q *sendQueue) push(frame []byte, payload int, sh *sharedFrame, from *conn) (queued, tooSlow bool) {
+	one := [1][]byte{frame}
+	return q.pushAll(one[:], payload, sh != nil, from)
+}
+
+// pushAll is push for several frames at once, all shared or all to copy,
+// with payload bytes of payload together: one taking of the lock for a
+// publisher's burst to one subscriber (conn.fanIn) or a stored batch.
+func (q *sendQueue) pushAll(frames [][]byte, payload int, shared bool, from *conn) (queued, tooSlow bool) {
 	c := q.c
 	cfg := &c.b.cfg
+	n := frameBytes(frames)
 	q.mu.Lock()
-	q.pushed += int64(len(frame))
+	q.pushed += int64(n)
 	q.fill += uint64(payload)
 	if q.closing {
 		q.mu.Unlock()
 		return false, false
 	}
-	if sh == nil {
-		frame = q.copyLocked(frame)
+	if shared {
+		q.frames = append(q.frames, frames...)
+	} else {
+		for _, f := range frames {
+			q.frames = append(q.frames, q.copyLocked(f))
+		}
 		if from != nil {
-			from.chargeCopy(len(frame))
+			from.chargeCopy(n)
 		} else {
-			c.b.mem.charge(len(frame))
+			c.b.mem.charge(n)
 		}
 	}
-	q.frames = append(q.frames, frame)
-	q.queued += len(frame)
-	q.delivered++
+	q.queued += n
+	q.delivered += uint64(len(frames))
 	if q.pusher != from {
 		if q.pusher == nil {
 			q.pusher = from

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/binary"
 	"io"
 	"math/bits"
 	"sync"
@@ -45,7 +46,8 @@ func NewReader(r io.Reader, limits Limits) *Reader {
 }
 
 // Next returns the next whole frame. The frame aliases the Reader's buffer
-// and is valid only until the next call. A malformed frame returns one of
+// and is valid until the Reader next reads from the stream, which Next does
+// only when Ready is false. A malformed frame returns one of
 // the package's decoding errors; a read error is returned as is, with
 // io.ErrUnexpectedEOF when the stream ends inside a frame.
 func (r *Reader) Next() (Frame, error) {
@@ -68,6 +70,17 @@ func (r *Reader) Next() (Frame, error) {
 		r.lastLarge = n
 	}
 	return f, nil
+}
+
+// Ready reports that Next will return without reading: as many bytes as
+// the next frame declares are buffered. Until a read, the frames Next
+// returned stay where they are, so a caller may keep them across calls.
+// It looks at the length alone, small enough to inline on the hot path: a
+// header Next refuses may report false, which only costs the caller what it
+// does before a read.
+func (r *Reader) Ready() bool {
+	b := r.buf[r.start:r.end]
+	return len(b) >= HeaderLen && int(binary.BigEndian.Uint32(b)) <= len(b)
 }
 
 // Wait reads until a whole frame, or a header Next will refuse, is

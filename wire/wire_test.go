@@ -385,6 +385,51 @@ func TestReaderWait(t *testing.T) {
 	}
 }
 
+// Ready is true only when Next will not read, and while it is, the frames
+// Next returned before stay as they were: the broker queues a read's frames
+// from the buffer before it reads again.
+func TestReaderReady(t *testing.T) {
+	a, _ := AppendPublish(nil, []byte("i"), []byte("c"), []byte("first"))
+	b, _ := AppendPublish(nil, []byte("i"), []byte("c"), []byte("second"))
+	stream := append(append(append([]byte{}, a...), b...), b[:7]...)
+	rd := NewReader(bytes.NewReader(stream), UniformLimits(100))
+	if rd.Ready() {
+		t.Fatal("Ready before anything was read")
+	}
+	if err := rd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	rd.r = errReader{}
+	var kept [][]byte
+	for range 2 {
+		if !rd.Ready() {
+			t.Fatalf("not Ready with %x buffered", rd.Pending())
+		}
+		f, err := rd.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, f.Raw)
+	}
+	if rd.Ready() {
+		t.Fatalf("Ready with a partial frame %x buffered", rd.Pending())
+	}
+	if !bytes.Equal(kept[0], a) || !bytes.Equal(kept[1], b) {
+		t.Fatalf("frames kept across calls changed: %x %x", kept[0], kept[1])
+	}
+	// A length Next refuses without reading may be Ready.
+	short := NewReader(bytes.NewReader([]byte{0, 0, 0, 1, 3}), UniformLimits(100))
+	if err := short.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !short.Ready() {
+		t.Fatal("not Ready on a header Next refuses")
+	}
+	if _, err := short.Next(); !errors.Is(err, ErrShortLength) {
+		t.Fatalf("Next: %v, want ErrShortLength", err)
+	}
+}
+
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("read after Wait") }
