@@ -265,6 +265,10 @@ type topic struct {
 	mu   sync.RWMutex
 	subs []*conn
 	idx  map[*conn]int // position in subs
+	// gen counts changes to subs, made under mu: a publisher that saw
+	// this channel's one subscriber earlier in a read reuses what it saw
+	// while gen is unchanged, without mu (conn.queueFanIn).
+	gen atomic.Uint64
 	// Messages published on this broker that reached no subscriber, here
 	// or (with a Bridge) on any other broker.
 	undelivered atomic.Uint64
@@ -283,13 +287,20 @@ func newTopic(name string) *topic {
 // budget counts once (memBudget.share). from is the publishing connection,
 // nil for frames from the cluster (see sendQueue.push).
 func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
+	if f := from.heldFanIn(); f != nil && f.t == t && len(raw) <= copyMax && t.gen.Load() == f.gen {
+		// The same one subscriber as this read's frame before: taking
+		// the read lock, a store to a line fifty publishers share, cost
+		// 5 % of the CPU of fan-in.
+		from.queueFanIn(t, f.gen, f.q, raw, payload)
+		return 1
+	}
 	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()
 	subs = len(t.subs)
 	if subs == 1 && from != nil && t.ret == nil && len(raw) <= copyMax {
-		q := &t.subs[0].q
+		q, gen := &t.subs[0].q, t.gen.Load()
 		t.mu.RUnlock()
-		from.queueFanIn(q, raw, payload)
+		from.queueFanIn(t, gen, q, raw, payload)
 		return subs
 	}
 	if from != nil && from.fanIn != nil {
@@ -338,6 +349,7 @@ func (t *topic) add(c *conn) bool {
 	}
 	t.idx[c] = len(t.subs)
 	t.subs = append(t.subs, c)
+	t.gen.Add(1)
 	return len(t.subs) == 1
 }
 
@@ -356,5 +368,6 @@ func (t *topic) remove(c *conn) bool {
 	t.subs[last] = nil
 	t.subs = t.subs[:last]
 	delete(t.idx, c)
+	t.gen.Add(1)
 	return last == 0
 }

@@ -636,6 +636,10 @@ type fanIn struct {
 	q       *sendQueue
 	frames  [][]byte
 	payload int
+	// The channel of the last frame, whose one subscriber q was when its
+	// gen was this.
+	t   *topic
+	gen uint64
 }
 
 // fanInMax bounds the frames a fanIn holds.
@@ -643,11 +647,19 @@ const fanInMax = 64
 
 var fanInPool = sync.Pool{New: func() any { return &fanIn{frames: make([][]byte, 0, fanInMax)} }}
 
+// heldFanIn is c's fanIn, nil if none or c is nil.
+func (c *conn) heldFanIn() *fanIn {
+	if c == nil {
+		return nil
+	}
+	return c.fanIn
+}
+
 // queueFanIn queues frame, a PUBLISH with payload bytes of payload, to q,
-// the one subscriber of its channel, with the frames of this read for q
-// that follow it. A frame with nothing read behind it is queued at once:
-// a publisher that sends one frame at a time holds no fanIn.
-func (c *conn) queueFanIn(q *sendQueue, frame []byte, payload int) {
+// the one subscriber of t when t's gen was gen, with the frames of this
+// read for q that follow it. A frame with nothing read behind it is queued
+// at once: a publisher that sends one frame at a time holds no fanIn.
+func (c *conn) queueFanIn(t *topic, gen uint64, q *sendQueue, frame []byte, payload int) {
 	f := c.fanIn
 	if f != nil && f.q != q {
 		c.flushFanIn() // a subscriber gets a publisher's frames in order
@@ -666,6 +678,7 @@ func (c *conn) queueFanIn(q *sendQueue, frame []byte, payload int) {
 	}
 	f.frames = append(f.frames, frame)
 	f.payload += payload
+	f.t, f.gen = t, gen
 	if len(f.frames) == fanInMax {
 		c.flushFanIn()
 	}
@@ -684,7 +697,7 @@ func (c *conn) pushFanIn() (tooSlow *sendQueue) {
 		tooSlow = f.q
 	}
 	clear(f.frames)
-	f.q, f.frames, f.payload = nil, f.frames[:0], 0
+	*f = fanIn{frames: f.frames[:0]}
 	fanInPool.Put(f)
 	return tooSlow
 }
