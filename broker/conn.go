@@ -123,8 +123,10 @@ type conn struct {
 	// next blocks reading (see wakeWriters).
 	later []wakeup
 	// fanned is set when a frame of this read went to several
-	// subscribers: their writers then write in parallel, none inline.
-	fanned bool
+	// subscribers: their writers then write in parallel, none inline,
+	// unless the read brought few bytes (readBytes).
+	fanned    bool
+	readBytes int // PUBLISH bytes in this read
 	// fanIn is frames of this read for one subscriber alone, not yet
 	// queued (queueFanIn); nil if none.
 	fanIn *fanIn
@@ -511,6 +513,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	// bytes are exactly what every subscriber gets.
 	subs := c.b.deliver(p.t, f.Raw, len(f.Payload), c)
 	c.fanned = c.fanned || subs > 1
+	c.readBytes += len(f.Raw)
 	switch br := c.b.cfg.Bridge; {
 	case br != nil:
 		br.Forward(p.t.name, f.Raw, subs == 0)
@@ -608,13 +611,26 @@ func (c *conn) fail(ident, category, msg string) {
 // The reader calls it before each read, so a burst of publishes costs each
 // subscriber one wake-up.
 func (c *conn) wakeWriters() {
-	if len(c.later) == 1 && !c.fanned && c.later[0].q.flushInline(c.later[0].start) {
+	switch {
+	case len(c.later) == 1 && !c.fanned:
 		// One subscriber (fan-in, or one to one): written from here.
-		// With more, their writers write in parallel.
-		c.later[0] = wakeup{}
+		if c.later[0].q.flushInline(c.later[0].start) {
+			c.later[0] = wakeup{}
+			c.later = c.later[:0]
+		}
+	case c.readBytes <= inlineFanOutBytes && len(c.later) <= inlineFanOut:
+		// A few frames to a few subscribers, as at a moderate rate: a
+		// writev each from here costs less than waking their writers.
+		// A burst fans out to writers that write in parallel.
+		for i, w := range c.later {
+			if !w.q.flushInline(w.start) {
+				w.q.kick(w.start, !w.start)
+			}
+			c.later[i] = wakeup{}
+		}
 		c.later = c.later[:0]
 	}
-	c.fanned = false
+	c.fanned, c.readBytes = false, 0
 	for i, w := range c.later {
 		w.q.kick(w.start, !w.start)
 		c.later[i] = wakeup{}
@@ -708,6 +724,14 @@ func (c *conn) flushFanIn() {
 		q.logTooSlow("send queue hard bound reached")
 	}
 }
+
+// A read of at most inlineFanOutBytes of PUBLISH frames that went to at
+// most inlineFanOut subscribers is written to them by the publisher
+// (wakeWriters).
+const (
+	inlineFanOut      = 64
+	inlineFanOutBytes = 16 << 10
+)
 
 // chargeCopy counts n bytes this reader copied into a subscriber's queue.
 // The budget is charged ahead for the rest of the read: the bytes still

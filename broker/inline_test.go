@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
+	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // A publisher writing to its one subscriber itself (flushInline) leaves to
@@ -128,5 +129,64 @@ func TestInlineFlushLeavesMixedQueuesToTheWriter(t *testing.T) {
 	sub.q.mu.Unlock()
 	if !mixed {
 		t.Fatal("a queue holding two publishers' frames is not marked mixed")
+	}
+}
+
+// A read of a few frames for several subscribers is written to them by the
+// publisher: no writer goroutine starts, and each socket gets the frames.
+func TestInlineFlushFansOutASmallRead(t *testing.T) {
+	if !inlineFlush {
+		t.Skip("no inline flush on this OS: every write goes through the writer goroutine")
+	}
+	br, err := New(Config{Auth: auth.Chain{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := br.topic([]byte("chan"), true)
+	var subs []*conn
+	var clients []net.Conn
+	for range 3 {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newConn(br, server, ModePubSub, "t")
+		defer func() { s.q.abort(); <-s.q.done }()
+		ch.add(s)
+		subs, clients = append(subs, s), append(clients, client)
+	}
+	pub := newConn(br, &discardConn{}, ModePubSub, "t")
+	pub.sess.Store(newSession(auth.User{Ident: "pub", PubChans: []string{"chan"}}))
+
+	var want []byte
+	for i := range 3 {
+		raw, _ := wire.AppendPublish(nil, []byte("pub"), []byte("chan"), []byte{'a' + byte(i)})
+		f, _ := wire.Decode(wire.OpPublish, raw)
+		pub.publish(f)
+		want = append(want, raw...)
+	}
+	pub.wakeWriters()
+	for i, s := range subs {
+		s.q.mu.Lock()
+		running := s.q.running
+		s.q.mu.Unlock()
+		if running {
+			t.Errorf("subscriber %d: a writer goroutine was started for a small read", i)
+		}
+		got := make([]byte, len(want))
+		clients[i].SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(clients[i], got); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("subscriber %d got %x, %v; want %x", i, got, err, want)
+		}
 	}
 }
