@@ -37,7 +37,8 @@ rows=("paced 1→1|--publishers 1 --subscribers 1 --size 256 --count 1500000"
   "paced 1→10|--publishers 1 --subscribers 10 --size 256 --count 500000"
   "unpaced 1→10|--window 0 --publishers 1 --subscribers 10 --size 256 --count 300000"
   "paced 1→50, 1 KiB|--publishers 1 --subscribers 50 --size 1024 --count 50000"
-  "paced 1→2, 1 MiB|--publishers 1 --subscribers 2 --size 1048576 --count 500")
+  "paced 1→2, 1 MiB|--publishers 1 --subscribers 2 --size 1048576 --count 500"
+  "steady 1→10 at 20,000/s|--publishers 1 --subscribers 10 --size 256 --rate 20000 --duration 5s")
 for _ in $(seq "$rounds"); do
   for row in "${rows[@]}"; do
     name=${row%%|*}; args=${row#*|}
