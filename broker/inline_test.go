@@ -27,20 +27,7 @@ func TestInlineFlushLeavesTheRestInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, server := tcpPair(t)
 	client.(*net.TCPConn).SetReadBuffer(128 << 10) // at least loopback's MSS, or the window crawls
 	server.(*net.TCPConn).SetWriteBuffer(4 << 10)
 	sub := newConn(br, server, ModePubSub, "t")
@@ -142,24 +129,11 @@ func TestInlineFlushFansOutASmallRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	ch := br.topic([]byte("chan"), true)
 	var subs []*conn
 	var clients []net.Conn
 	for range 3 {
-		client, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
-		server, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		client, server := tcpPair(t)
 		s := newConn(br, server, ModePubSub, "t")
 		defer func() { s.q.abort(); <-s.q.done }()
 		ch.add(s)
@@ -189,4 +163,25 @@ func TestInlineFlushFansOutASmallRead(t *testing.T) {
 			t.Fatalf("subscriber %d got %x, %v; want %x", i, got, err, want)
 		}
 	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection, the client's
+// closed when the test ends.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, server
 }
