@@ -57,3 +57,23 @@ func TestFanInKeepsThePublishersOrder(t *testing.T) {
 	x.ExpectSilence()
 	y.ExpectSilence()
 }
+
+// Frames a publisher's read held for a subscriber are still queued when a
+// later frame of the same read ends the session: what the broker accepted
+// before the refused frame is delivered, as it was when each frame was
+// queued at once.
+func TestFanInDeliversWhatCameBeforeARefusedFrame(t *testing.T) {
+	srv := brokertest.Start(t, testUsers())
+	s := brokertest.Login(t, srv.Addr, "sub", "subsecret")
+	s.SubscribeSync("sub", "chan")
+	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
+	var burst [][]byte
+	for i := range 20 {
+		burst = append(burst, brokertest.Publish(t, "pub", "chan", fmt.Sprint(i)))
+	}
+	p.Send(append(burst, brokertest.Publish(t, "pub", "forbidden", "refused"))...)
+	for i := range 20 {
+		s.ExpectMessage("pub", "chan", fmt.Sprint(i))
+	}
+	s.ExpectSilence()
+}
