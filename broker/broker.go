@@ -281,18 +281,21 @@ func newTopic(name string) *topic {
 
 // publish queues raw, a PUBLISH with payload bytes of payload, to every
 // subscriber, and reports how many subscribers it found. One subscriber
-// (fan-in) gets a copy in its own chunk, made with the read's other frames
-// for it (conn.queueFanIn) unless the channel is retained (a retained
-// frame is queued under its log's lock, see goLive); more share one copy, which the
-// budget counts once (memBudget.share). from is the publishing connection,
-// nil for frames from the cluster (see sendQueue.push).
+// (fan-in) gets a copy in its own chunk, made with the read's other
+// frames for it (conn.queueFanIn) unless the channel is retained (a
+// retained frame is queued under its log's lock, see goLive); more share
+// one copy, which the budget counts once (memBudget.share). from is the
+// publishing connection, nil for frames from the cluster (see
+// sendQueue.push).
 func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
-	if f := from.heldFanIn(); f != nil && f.t == t && len(raw) <= copyMax && t.gen.Load() == f.gen {
-		// The same one subscriber as this read's frame before: taking
-		// the read lock, a store to a line fifty publishers share, cost
-		// 5 % of the CPU of fan-in.
-		from.queueFanIn(t, f.gen, f.q, raw, payload)
-		return 1
+	if from != nil {
+		if f := from.fanIn; f != nil && f.t == t && len(raw) <= copyMax && t.gen.Load() == f.gen {
+			// The same one subscriber as this read's frame before:
+			// taking the read lock, a store to a line fifty
+			// publishers share, cost 5 % of the CPU of fan-in.
+			from.queueFanIn(t, f.gen, f.q, raw, payload)
+			return 1
+		}
 	}
 	var tooSlow []*conn // rare: allocated only when a subscriber fails
 	t.mu.RLock()

@@ -606,8 +606,9 @@ func (c *conn) fail(ident, category, msg string) {
 }
 
 // wakeWriters wakes the writers of the subscribers this connection queued
-// frames for (or, for a single one, writes to it: flushInline), and gives
-// back the budget it charged ahead and did not use.
+// frames for (or writes to them itself, flushInline: to a single one, or
+// a small read to a few), and gives back the budget it charged ahead and
+// did not use.
 // The reader calls it before each read, so a burst of publishes costs each
 // subscriber one wake-up.
 func (c *conn) wakeWriters() {
@@ -662,14 +663,6 @@ type fanIn struct {
 const fanInMax = 64
 
 var fanInPool = sync.Pool{New: func() any { return &fanIn{frames: make([][]byte, 0, fanInMax)} }}
-
-// heldFanIn is c's fanIn, nil if none or c is nil.
-func (c *conn) heldFanIn() *fanIn {
-	if c == nil {
-		return nil
-	}
-	return c.fanIn
-}
 
 // queueFanIn queues frame, a PUBLISH with payload bytes of payload, to q,
 // the one subscriber of t when t's gen was gen, with the frames of this
