@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"testing"
+	"unsafe"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
 )
@@ -45,5 +46,23 @@ func TestChunkCopiesAreNotHeld(t *testing.T) {
 	}
 	if u := br.mem.used.Load(); u != 0 {
 		t.Errorf("budget holds %d bytes after unshare", u)
+	}
+}
+
+// A large frame starts on a page of its own: the kernel copied a 1 MiB
+// frame 8 bytes into a page markedly slower (docs/performance.md).
+func TestLargeHeldFramesStartOnAPage(t *testing.T) {
+	for _, n := range []int{pageAlignFrom + 1, 1 << 20} {
+		raw := bytes.Repeat([]byte{9}, n)
+		f := newHeld(raw, 3)
+		if addr := uintptr(unsafe.Pointer(unsafe.SliceData(f))); addr%4096 != 0 {
+			t.Errorf("%d bytes: frame at %#x, %d into its page", n, addr, addr%4096)
+		}
+		if !isHeld(f) || holdOf(f).refs.Load() != 3 || !bytes.Equal(f, raw) {
+			t.Errorf("%d bytes: held %v, count %d, same bytes %v", n, isHeld(f), holdOf(f).refs.Load(), bytes.Equal(f, raw))
+		}
+	}
+	if f := newHeld(make([]byte, pageAlignFrom), 1); uintptr(unsafe.Pointer(unsafe.SliceData(f)))%4096 == 0 {
+		t.Errorf("a %d-byte frame was given a page of headroom", pageAlignFrom)
 	}
 }
