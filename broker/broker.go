@@ -284,9 +284,10 @@ func newTopic(name string) *topic {
 // (fan-in) gets a copy in its own chunk, made with the read's other
 // frames for it (conn.queueFanIn) unless the channel is retained (a
 // retained frame is queued under its log's lock, see goLive); more share
-// one copy, which the budget counts once (memBudget.share). from is the
-// publishing connection, nil for frames from the cluster (see
-// sendQueue.push).
+// one copy, which the budget counts once (memBudget.share), made for the
+// frame and those of the read that follow it for the same channel
+// (conn.fanOut) unless the channel is retained. from is the publishing
+// connection, nil for frames from the cluster (see sendQueue.push).
 func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
 	if from != nil {
 		if f := from.fanIn; f != nil && f.t == t && len(raw) <= copyMax && t.gen.Load() == f.gen {
@@ -313,25 +314,13 @@ func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
 			tooSlow = append(tooSlow, q.c)
 		}
 	}
-	if n := subs; n > 0 {
-		var sh *sharedFrame
-		frame, mem := raw, &t.subs[0].b.mem
-		if n > 1 || len(raw) > copyMax {
-			frame, sh = mem.share(raw)
-		}
-		taken := 0
-		for _, s := range t.subs {
-			queued, slow := s.q.push(frame, payload, sh, from)
-			if queued {
-				taken++
-			}
-			if slow {
-				tooSlow = append(tooSlow, s)
-			}
-		}
-		if sh != nil {
-			mem.unshare(frame, sh, taken)
-		}
+	switch {
+	case subs > 1 && from != nil && t.ret == nil && len(raw) <= copyMax && from.rd != nil && len(from.rd.Pending()) > 0:
+		// More was read behind it: frames for this channel that follow
+		// it are queued with it, as one block (conn.fanOut).
+		from.startFanOut(t, t.gen.Load(), subs, raw, payload)
+	case subs > 0:
+		tooSlow = t.queueLocked(raw, 1, payload, from, tooSlow)
 	}
 	t.mu.RUnlock()
 	// Logged without the lock: a slow log sink must not hold up the
@@ -340,6 +329,33 @@ func (t *topic) publish(raw []byte, payload int, from *conn) (subs int) {
 		s.q.logTooSlow("send queue hard bound reached")
 	}
 	return subs
+}
+
+// queueLocked queues raw, frames PUBLISH frames (one, or a run of them,
+// see conn.fanOut) with payload bytes of payload together, to every
+// subscriber of t, whose read lock the caller holds. Subscribers closed as
+// too slow are appended to tooSlow, for the caller to log without the lock.
+func (t *topic) queueLocked(raw []byte, frames, payload int, from *conn, tooSlow []*conn) []*conn {
+	var sh *sharedFrame
+	frame, mem := raw, &t.subs[0].b.mem
+	if len(t.subs) > 1 || len(raw) > copyMax || frames > 1 {
+		frame, sh = mem.share(raw)
+		sh.frames = int32(frames)
+	}
+	taken := 0
+	for _, s := range t.subs {
+		queued, slow := s.q.push(frame, payload, sh, from)
+		if queued {
+			taken++
+		}
+		if slow {
+			tooSlow = append(tooSlow, s)
+		}
+	}
+	if sh != nil {
+		mem.unshare(frame, sh, taken)
+	}
+	return tooSlow
 }
 
 // add subscribes c and reports whether it is the channel's first

@@ -128,8 +128,11 @@ type conn struct {
 	fanned    bool
 	readBytes int // PUBLISH bytes in this read
 	// fanIn is frames of this read for one subscriber alone, not yet
-	// queued (queueFanIn); nil if none.
-	fanIn *fanIn
+	// queued (queueFanIn); nil if none. fanOut is a run of this read's
+	// frames for one channel with several subscribers, not yet queued;
+	// nil if none. At most one of them is set at a time.
+	fanIn  *fanIn
+	fanOut *fanOut
 	// credit is what the reader charged the budget ahead for the copies
 	// it has still to queue from this read (chargeCopy).
 	credit int
@@ -206,6 +209,7 @@ func (c *conn) serve() {
 // end tears down a connection whose reader stopped with err.
 func (c *conn) end(err error) {
 	c.flushFanIn()
+	c.flushFanOut()
 	c.wakeWriters()
 	c.ended(err)
 	if c.reason.Load().state == closedReadError {
@@ -373,8 +377,10 @@ func (c *conn) readLoop() {
 	for {
 		// Waiting apart from decoding keeps the idle reader's stack
 		// shallow (see wire.Reader.Wait).
-		if c.fanIn != nil && !c.rd.Ready() {
-			c.flushFanIn() // before the read moves the frames it holds
+		if (c.fanIn != nil || c.fanOut != nil) && !c.rd.Ready() {
+			// Before the read moves the frames they hold.
+			c.flushFanIn()
+			c.flushFanOut()
 		}
 		if err := c.rd.Wait(); err != nil {
 			c.end(err)
@@ -416,8 +422,12 @@ func (c *conn) handleNext() (ok, ctrl bool, err error) {
 	case wire.OpPublish:
 		ok = c.publish(f)
 	case wire.OpSubscribe:
+		// A run held for a channel goes to its subscribers before
+		// this one joins them.
+		c.flushFanOut()
 		ok = c.subscribe(f)
 	case wire.OpUnsubscribe:
+		c.flushFanOut()
 		c.unsubscribe(f)
 		ok = true
 	default:
@@ -511,7 +521,13 @@ func (c *conn) publish(f wire.Frame) bool {
 	p.observe(len(f.Payload), c.b.clock.Load())
 	// The frame already carries the authenticated ident, so the received
 	// bytes are exactly what every subscriber gets.
-	subs := c.b.deliver(p.t, f.Raw, len(f.Payload), c)
+	var subs int
+	if o := c.fanOut; o != nil && o.takes(p.t, f.Raw) {
+		subs = o.add(f.Raw, len(f.Payload))
+	} else {
+		c.flushFanOut()
+		subs = c.b.deliver(p.t, f.Raw, len(f.Payload), c)
+	}
 	c.fanned = c.fanned || subs > 1
 	c.readBytes += len(f.Raw)
 	switch br := c.b.cfg.Bridge; {
@@ -702,7 +718,7 @@ func (c *conn) pushFanIn() (tooSlow *sendQueue) {
 		return nil
 	}
 	c.fanIn = nil
-	if _, slow := f.q.pushAll(f.frames, f.payload, false, c); slow {
+	if _, slow := f.q.pushAll(f.frames, len(f.frames), f.payload, false, c); slow {
 		tooSlow = f.q
 	}
 	clear(f.frames)
@@ -716,6 +732,73 @@ func (c *conn) flushFanIn() {
 	if q := c.pushFanIn(); q != nil {
 		q.logTooSlow("send queue hard bound reached")
 	}
+}
+
+// fanOut is a run of PUBLISH frames a publisher read for one channel with
+// several subscribers, side by side in the reader's buffer: they are
+// queued as one shared block (queueLocked), so a burst of fan-out
+// allocates, copies and takes each subscriber's lock once per run rather
+// than once per frame, and each writer sends the block as one piece. The
+// run aliases the reader's buffer, so it is queued before the reader reads
+// again, before a frame that goes anywhere else, and before a SUBSCRIBE or
+// UNSUBSCRIBE of this connection.
+type fanOut struct {
+	t       *topic
+	gen     uint64 // t's gen when the run began
+	subs    int    // t's subscribers then
+	run     []byte
+	frames  int
+	payload int
+}
+
+// fanOutMax bounds a run's bytes: a block is at most a read's worth.
+const fanOutMax = 64 << 10
+
+var fanOutPool = sync.Pool{New: func() any { return new(fanOut) }}
+
+// startFanOut holds frame, a PUBLISH for t's subs subscribers when t's gen
+// was gen, for the frames of this read for t that follow it.
+func (c *conn) startFanOut(t *topic, gen uint64, subs int, frame []byte, payload int) {
+	o := fanOutPool.Get().(*fanOut)
+	*o = fanOut{t: t, gen: gen, subs: subs, run: frame, frames: 1, payload: payload}
+	c.fanOut = o
+}
+
+// takes reports whether frame, a PUBLISH for t, extends the run: the
+// frame follows it in the buffer and t's subscribers are unchanged.
+func (o *fanOut) takes(t *topic, frame []byte) bool {
+	return o.t == t && len(frame) <= copyMax && len(o.run)+len(frame) <= fanOutMax &&
+		adjacent(o.run, frame) && t.gen.Load() == o.gen
+}
+
+// add extends the run by frame, which takes said it may; it returns the
+// subscribers the run goes to.
+func (o *fanOut) add(frame []byte, payload int) int {
+	o.run = o.run[:len(o.run)+len(frame)]
+	o.frames++
+	o.payload += payload
+	return o.subs
+}
+
+// flushFanOut queues the run fanOut holds to its channel's subscribers.
+func (c *conn) flushFanOut() {
+	o := c.fanOut
+	if o == nil {
+		return
+	}
+	c.fanOut = nil
+	t := o.t
+	var tooSlow []*conn
+	t.mu.RLock()
+	if len(t.subs) > 0 {
+		tooSlow = t.queueLocked(o.run, o.frames, o.payload, c, nil)
+	}
+	t.mu.RUnlock()
+	for _, s := range tooSlow {
+		s.q.logTooSlow("send queue hard bound reached")
+	}
+	*o = fanOut{}
+	fanOutPool.Put(o)
 }
 
 // A read of at most inlineFanOutBytes of PUBLISH frames that went to at

@@ -38,6 +38,7 @@ func TestFanInSeesASubscriberJoinMidRead(t *testing.T) {
 	ch.add(joiner)
 	ch.publish(frame, 7, pub)
 	pub.flushFanIn()
+	pub.flushFanOut()
 	pub.wakeWriters()
 
 	delivered := func(c *conn) uint64 {

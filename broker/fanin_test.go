@@ -10,10 +10,12 @@ import (
 )
 
 // A publisher's frames for a channel with one subscriber are queued a read
-// at a time (conn.queueFanIn), from the reader's buffer. The subscriber
-// still gets them byte for byte and in the order sent, with frames for a
-// channel it shares with another subscriber between them, and with reads
-// that end inside a frame (after which the buffer moves).
+// at a time (conn.queueFanIn), and runs of its frames for a channel with
+// several (conn.fanOut) as one block, both from the reader's buffer. The
+// subscriber still gets them byte for byte and in the order sent, with
+// runs for a channel it shares with another subscriber between the
+// frames for its own, and with reads that end inside a frame, some of
+// them inside a run (after which the buffer moves).
 func TestFanInKeepsThePublishersOrder(t *testing.T) {
 	srv := brokertest.Start(t, testUsers())
 	x := brokertest.Login(t, srv.Addr, "sub", "subsecret")
@@ -27,14 +29,14 @@ func TestFanInKeepsThePublishersOrder(t *testing.T) {
 	var burst [][]byte
 	for i := range 3000 {
 		channel := "chan"
-		if i%11 == 10 {
+		if i%11 >= 8 { // runs of three
 			channel = "other"
 		}
 		// Sizes from 20 bytes to 3 KiB, so reads end inside frames.
 		payload := fmt.Sprintf("%d:%s", i, strings.Repeat(string(rune('a'+i%26)), (i*131)%3000))
 		sent = append(sent, msg{channel, payload})
 		burst = append(burst, brokertest.Publish(t, "pub", channel, payload))
-		if i%500 == 499 {
+		if i%500 == 499 || i%700 == 691 { // 691: the second of a run
 			// Half a frame, then the rest once the broker has read it:
 			// the reader moves the half to the front of its buffer.
 			last := burst[len(burst)-1]

@@ -120,7 +120,12 @@ func (m *memBudget) release(n int) {
 // frame alone, as small as before the budget counted frames. A held frame
 // is one whose capacity is its length; a frame a queue copied into its
 // chunk always has room after it (copyLocked).
-type sharedFrame struct{ refs atomic.Int32 }
+type sharedFrame struct {
+	refs atomic.Int32
+	// frames is how many PUBLISH frames the held bytes are: one, or a
+	// publisher's run of frames for one channel (conn.fanOut).
+	frames int32
+}
 
 // shareBias is more holds than any frame gets before unshare.
 const shareBias = 1 << 30
@@ -159,7 +164,9 @@ func newHeld(raw []byte, refs int32) []byte {
 		header = buf[:frameHeader]
 	}
 	frame := buf[len(header):len(buf):len(buf)]
-	holdOf(frame).refs.Store(refs)
+	h := holdOf(frame)
+	h.refs.Store(refs)
+	h.frames = 1
 	return frame
 }
 
@@ -177,6 +184,19 @@ func (m *memBudget) share(raw []byte) ([]byte, *sharedFrame) {
 	frame := newHeld(raw, shareBias)
 	m.charge(len(frame))
 	return frame, holdOf(frame)
+}
+
+// framesIn is how many PUBLISH frames the queued frames are.
+func framesIn(frames [][]byte) int {
+	n := 0
+	for _, f := range frames {
+		if isHeld(f) {
+			n += int(holdOf(f).frames)
+		} else {
+			n++
+		}
+	}
+	return n
 }
 
 // unshare says taken queues took frame, releasing it if they all have let

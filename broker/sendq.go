@@ -22,7 +22,7 @@ type sendQueue struct {
 	c *conn
 
 	mu     sync.Mutex
-	frames [][]byte // held frames (isHeld), or copies in chunk
+	frames [][]byte // held frames (isHeld; a shared one may be a run, see framesIn), or copies in chunk
 	// Frames copied for this subscriber alone (copyLocked) are written
 	// side by side into chunk; chunks lists the pooled chunks that frames
 	// use, which the writer returns to the pool once it has written them.
@@ -152,14 +152,18 @@ type wakeup struct {
 // closing the subscriber: the caller logs it (logTooSlow) once it holds no
 // lock.
 func (q *sendQueue) push(frame []byte, payload int, sh *sharedFrame, from *conn) (queued, tooSlow bool) {
-	one := [1][]byte{frame}
-	return q.pushAll(one[:], payload, sh != nil, from)
+	one, n := [1][]byte{frame}, 1
+	if sh != nil {
+		n = int(sh.frames)
+	}
+	return q.pushAll(one[:], n, payload, sh != nil, from)
 }
 
 // pushAll is push for several frames at once, all shared or all to copy,
-// with payload bytes of payload together: one taking of the lock for a
-// publisher's burst to one subscriber (conn.fanIn) or a stored batch.
-func (q *sendQueue) pushAll(frames [][]byte, payload int, shared bool, from *conn) (queued, tooSlow bool) {
+// count PUBLISH frames with payload bytes of payload together (a shared
+// frame may be a run of them, see conn.fanOut): one taking of the lock for
+// a publisher's burst to one subscriber (conn.fanIn) or a stored batch.
+func (q *sendQueue) pushAll(frames [][]byte, count, payload int, shared bool, from *conn) (queued, tooSlow bool) {
 	c := q.c
 	cfg := &c.b.cfg
 	n := frameBytes(frames)
@@ -183,7 +187,7 @@ func (q *sendQueue) pushAll(frames [][]byte, payload int, shared bool, from *con
 		}
 	}
 	q.queued += n
-	q.delivered += uint64(len(frames))
+	q.delivered += uint64(count)
 	if q.pusher != from {
 		if q.pusher == nil {
 			q.pusher = from
@@ -713,16 +717,17 @@ func (c *conn) writeFrames(frames [][]byte, skip int, nb bool) ([][]byte, int, e
 				at -= len(frames[k])
 				k++
 			}
+			c.stats.sentFrames.Add(uint64(framesIn(frames[:k])))
 			q.written(frames[:k], frameBytes(frames[:k]))
-			c.stats.sentFrames.Add(uint64(k))
 			return frames[k:], at, err
 		}
+		sent := framesIn(frames[:i])
 		q.written(frames[:i], skip+n)
 		frames, skip = frames[i:], 0
 		if err != nil {
 			return frames, 0, err
 		}
-		c.stats.sentFrames.Add(uint64(i))
+		c.stats.sentFrames.Add(uint64(sent))
 		if nb {
 			break
 		}
