@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -99,4 +100,58 @@ func BenchmarkPush(b *testing.B) {
 		c.q.push(frame, 256, sh, nil)
 	}
 	br.mem.unshare(frame, sh, b.N)
+}
+
+// repeatReader is a stream of the same burst over and over, read at most
+// a burst at a time, as a sensor that keeps sending it.
+type repeatReader struct {
+	data []byte
+	off  int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	n := copy(p, r.data[r.off:])
+	r.off = (r.off + n) % len(r.data)
+	return n, nil
+}
+
+// BenchmarkPublishRead measures reads of 64 PUBLISH frames each, as a busy
+// sensor's reads bring them, to n subscribers, through the read loop's
+// steps: a read's run of frames for the channel is queued as one block
+// (conn.fanOut), or, to one subscriber, together (conn.fanIn).
+func BenchmarkPublishRead(b *testing.B) {
+	const perRead = 64
+	for _, n := range []int{1, 10, 50} {
+		b.Run(fmt.Sprintf("subs=%d/payload=256", n), func(b *testing.B) {
+			_, pub, ds := benchConns(b, n)
+			raw, _ := wire.AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
+			pub.rd = wire.NewReader(&repeatReader{data: bytes.Repeat(raw, perRead)}, wire.UniformLimits(1<<20))
+			b.SetBytes(int64(len(raw) * perRead * n))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N*perRead; i++ {
+				if !pub.rd.Ready() { // as readLoop and beforeRead do
+					pub.flushFanIn()
+					pub.flushFanOut()
+					pub.wakeWriters()
+				}
+				if err := pub.rd.Wait(); err != nil {
+					b.Fatal(err)
+				}
+				if ok, _, err := pub.handleNext(); !ok {
+					b.Fatal(err)
+				}
+			}
+			pub.flushFanIn()
+			pub.flushFanOut()
+			pub.wakeWriters()
+			want := int64(len(raw)) * int64(b.N*perRead)
+			for _, d := range ds {
+				for d.written.Load() < want {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			b.ReportMetric(float64(b.N*perRead*n)/b.Elapsed().Seconds(), "deliveries/s")
+		})
+	}
 }

@@ -208,7 +208,7 @@ func (r *Reader) fill(want int) error {
 		r.end = copy(r.buf, r.buf[r.start:r.end])
 		r.start = 0
 	}
-	space := len(r.buf) - r.end
+	space, wasFull := len(r.buf)-r.end, r.full
 	n, err := r.r.Read(r.buf[r.end:])
 	r.end += n
 	// Full only if the read could have brought more than the frame in
@@ -218,7 +218,10 @@ func (r *Reader) fill(want int) error {
 	switch {
 	case n == space && r.size < MaxReadBuf:
 		r.size *= 2
-	case n < r.size/8 && r.size > minReadBuf:
+	case n < r.size/8 && r.size > minReadBuf && !wasFull:
+		// Not after a read that filled the buffer: that short read is
+		// the rest of the same burst, and halving on it made a stream of
+		// bursts a little over the buffer take two new buffers a burst.
 		r.size /= 2
 	}
 	if n > 0 {

@@ -321,6 +321,41 @@ func TestReaderBatchesStraddlingFrames(t *testing.T) {
 	}
 }
 
+// burstReader is a stream of the same burst over and over, read at most a
+// burst at a time, as from a sensor that sends a burst now and then.
+type burstReader struct {
+	burst []byte
+	off   int
+}
+
+func (b *burstReader) Read(p []byte) (int, error) {
+	n := copy(p, b.burst[b.off:])
+	b.off = (b.off + n) % len(b.burst)
+	return n, nil
+}
+
+// Bursts a little larger than the buffer (a read that fills it, then a
+// short one with the rest) do not make it shrink and grow again, a new
+// buffer each time, on every burst.
+func TestReaderKeepsItsSizeForBurstsOverIt(t *testing.T) {
+	frame, _ := AppendPublish(nil, []byte("ident"), []byte("chan"), make([]byte, 256))
+	const perBurst = 64 // 17,856 bytes: over 16 KiB
+	rd := NewReader(&burstReader{burst: bytes.Repeat(frame, perBurst)}, UniformLimits(1<<20))
+	burst := func() {
+		for range perBurst {
+			if _, err := rd.Next(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 10 {
+		burst() // the buffer grows to fit
+	}
+	if a := testing.AllocsPerRun(50, burst); a != 0 {
+		t.Errorf("%.1f allocations a burst of %d bytes, with a %d-byte buffer", a, len(frame)*perBurst, rd.BufSize())
+	}
+}
+
 // A frame of 64 KiB or less also gets room only as its bytes arrive: a
 // header that declares 64 KiB costs a few hundred bytes, not 64 KiB.
 func TestReaderSmallFrameBuffersAsBytesArrive(t *testing.T) {
