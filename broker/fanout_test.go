@@ -8,24 +8,46 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
+// chanSubscribers starts a broker with two subscribers of "chan", a
+// channel whose runs of frames are held (conn.fanOut).
+func chanSubscribers(t *testing.T) (*brokertest.Server, []*brokertest.Client) {
+	srv := brokertest.Start(t, testUsers())
+	var subs []*brokertest.Client
+	for range 2 {
+		s := brokertest.Login(t, srv.Addr, "sub", "subsecret")
+		s.SubscribeSync("sub", "chan")
+		subs = append(subs, s)
+	}
+	return srv, subs
+}
+
+// numbered is n PUBLISH frames of ident on "chan", their payloads from
+// to from+n-1.
+func numbered(t *testing.T, ident string, from, n int) [][]byte {
+	var frames [][]byte
+	for i := from; i < from+n; i++ {
+		frames = append(frames, brokertest.Publish(t, ident, "chan", fmt.Sprint(i)))
+	}
+	return frames
+}
+
+// expectNumbered has each of subs read the messages numbered sends.
+func expectNumbered(subs []*brokertest.Client, ident string, from, n int) {
+	for _, s := range subs {
+		for i := from; i < from+n; i++ {
+			s.ExpectMessage(ident, "chan", fmt.Sprint(i))
+		}
+	}
+}
+
 // A run of frames held for a channel's subscribers (conn.fanOut) is still
 // queued when a later frame of the same read ends the session.
 func TestFanOutDeliversWhatCameBeforeARefusedFrame(t *testing.T) {
-	srv := brokertest.Start(t, testUsers())
-	s1 := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s1.SubscribeSync("sub", "chan")
-	s2 := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s2.SubscribeSync("sub", "chan")
+	srv, subs := chanSubscribers(t)
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
-	var burst [][]byte
-	for i := range 20 {
-		burst = append(burst, brokertest.Publish(t, "pub", "chan", fmt.Sprint(i)))
-	}
-	p.Send(append(burst, brokertest.Publish(t, "pub", "forbidden", "refused"))...)
-	for _, s := range []*brokertest.Client{s1, s2} {
-		for i := range 20 {
-			s.ExpectMessage("pub", "chan", fmt.Sprint(i))
-		}
+	p.Send(append(numbered(t, "pub", 0, 20), brokertest.Publish(t, "pub", "forbidden", "refused"))...)
+	expectNumbered(subs, "pub", 0, 20)
+	for _, s := range subs {
 		s.ExpectSilence()
 	}
 }
@@ -34,27 +56,15 @@ func TestFanOutDeliversWhatCameBeforeARefusedFrame(t *testing.T) {
 // itself subscribes to it or unsubscribes: a connection gets the messages
 // it published while subscribed, and only those, whatever shares the read.
 func TestFanOutRunGoesBeforeThePublishersSubscribe(t *testing.T) {
-	srv := brokertest.Start(t, testUsers())
-	s1 := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s1.SubscribeSync("sub", "chan")
-	s2 := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s2.SubscribeSync("sub", "chan")
+	srv, subs := chanSubscribers(t)
 	p := brokertest.Login(t, srv.Addr, "both", "bothsecret")
-	p.Send(brokertest.Publish(t, "both", "chan", "0"),
-		brokertest.Publish(t, "both", "chan", "1"),
-		brokertest.Subscribe(t, "both", "chan"),
-		brokertest.Publish(t, "both", "chan", "2"),
-		brokertest.Publish(t, "both", "chan", "3"),
-		brokertest.Unsubscribe(t, "both", "chan"),
-		brokertest.Publish(t, "both", "chan", "4"),
-		brokertest.Publish(t, "both", "chan", "5"))
-	for _, s := range []*brokertest.Client{s1, s2} {
-		for i := range 6 {
-			s.ExpectMessage("both", "chan", fmt.Sprint(i))
-		}
-	}
-	p.ExpectMessage("both", "chan", "2")
-	p.ExpectMessage("both", "chan", "3")
+	read := numbered(t, "both", 0, 2)
+	read = append(read, brokertest.Subscribe(t, "both", "chan"))
+	read = append(read, numbered(t, "both", 2, 2)...)
+	read = append(read, brokertest.Unsubscribe(t, "both", "chan"))
+	p.Send(append(read, numbered(t, "both", 4, 2)...)...)
+	expectNumbered(subs, "both", 0, 6)
+	expectNumbered([]*brokertest.Client{p}, "both", 2, 2)
 	p.ExpectSilence()
 }
 
@@ -62,11 +72,7 @@ func TestFanOutRunGoesBeforeThePublishersSubscribe(t *testing.T) {
 // frames_out, hpfeeds_broker_messages_delivered_total and
 // hpfeeds_broker_frames_written_total count its frames.
 func TestFanOutCountsFramesNotBlocks(t *testing.T) {
-	srv := brokertest.Start(t, testUsers())
-	s1 := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s1.SubscribeSync("sub", "chan")
-	s2 := brokertest.Login(t, srv.Addr, "sub", "subsecret")
-	s2.SubscribeSync("sub", "chan")
+	srv, subs := chanSubscribers(t)
 	p := brokertest.Login(t, srv.Addr, "pub", "pubsecret")
 	counts := func() (framesOut, delivered, written uint64) {
 		for _, c := range srv.Broker.Connections() {
@@ -78,16 +84,8 @@ func TestFanOutCountsFramesNotBlocks(t *testing.T) {
 		return framesOut, st.Delivered, st.FramesWritten
 	}
 	out0, del0, wr0 := counts()
-	var burst [][]byte
-	for i := range 50 {
-		burst = append(burst, brokertest.Publish(t, "pub", "chan", fmt.Sprint(i)))
-	}
-	p.Send(burst...)
-	for _, s := range []*brokertest.Client{s1, s2} {
-		for i := range 50 {
-			s.ExpectMessage("pub", "chan", fmt.Sprint(i))
-		}
-	}
+	p.Send(numbered(t, "pub", 0, 50)...)
+	expectNumbered(subs, "pub", 0, 50)
 	// The writer counts a frame once its write returns, which may be
 	// after the client has read it.
 	deadline := time.Now().Add(5 * time.Second)
