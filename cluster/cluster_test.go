@@ -338,6 +338,10 @@ func TestInterestFollowsLocalSubscribers(t *testing.T) {
 	if err := first.write(b1); err != nil {
 		t.Fatal(err)
 	}
+	// Once its own token is back, broker a has handled the UNSUBSCRIBE
+	// sent before it: the message below cannot overtake it.
+	a.syncs.Add(1)
+	first.SubscribeOwn(first.ident)
 	// second still listens, so the channel stays subscribed.
 	p.publish("events", "still there")
 	if _, got := second.next(); got != "still there" {
