@@ -131,8 +131,7 @@ func BenchmarkPublishRead(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N*perRead; i++ {
 				if !pub.rd.Ready() { // as readLoop and beforeRead do
-					pub.flushFanIn()
-					pub.flushFanOut()
+					pub.flushRead()
 					pub.wakeWriters()
 				}
 				if err := pub.rd.Wait(); err != nil {
@@ -142,8 +141,7 @@ func BenchmarkPublishRead(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			pub.flushFanIn()
-			pub.flushFanOut()
+			pub.flushRead()
 			pub.wakeWriters()
 			want := int64(len(raw)) * int64(b.N*perRead)
 			for _, d := range ds {

@@ -208,8 +208,7 @@ func (c *conn) serve() {
 
 // end tears down a connection whose reader stopped with err.
 func (c *conn) end(err error) {
-	c.flushFanIn()
-	c.flushFanOut()
+	c.flushRead()
 	c.wakeWriters()
 	c.ended(err)
 	if c.reason.Load().state == closedReadError {
@@ -378,9 +377,7 @@ func (c *conn) readLoop() {
 		// Waiting apart from decoding keeps the idle reader's stack
 		// shallow (see wire.Reader.Wait).
 		if (c.fanIn != nil || c.fanOut != nil) && !c.rd.Ready() {
-			// Before the read moves the frames they hold.
-			c.flushFanIn()
-			c.flushFanOut()
+			c.flushRead() // before the read moves the frames they hold
 		}
 		if err := c.rd.Wait(); err != nil {
 			c.end(err)
@@ -525,7 +522,9 @@ func (c *conn) publish(f wire.Frame) bool {
 	if o := c.fanOut; o != nil && o.takes(p.t, f.Raw) {
 		subs = o.add(f.Raw, len(f.Payload))
 	} else {
-		c.flushFanOut()
+		if o != nil {
+			c.flushFanOut()
+		}
 		subs = c.b.deliver(p.t, f.Raw, len(f.Payload), c)
 	}
 	c.fanned = c.fanned || subs > 1
@@ -741,7 +740,9 @@ func (c *conn) flushFanIn() {
 // than once per frame, and each writer sends the block as one piece. The
 // run aliases the reader's buffer, so it is queued before the reader reads
 // again, before a frame that goes anywhere else, and before a SUBSCRIBE or
-// UNSUBSCRIBE of this connection.
+// UNSUBSCRIBE of this connection. It goes to the channel's subscribers of
+// when it is queued: one that joins after its last frame and before then
+// gets it, as if the broker had read its SUBSCRIBE first.
 type fanOut struct {
 	t       *topic
 	gen     uint64 // t's gen when the run began
@@ -778,6 +779,13 @@ func (o *fanOut) add(frame []byte, payload int) int {
 	o.frames++
 	o.payload += payload
 	return o.subs
+}
+
+// flushRead queues what this read's frames left held, for fan-in and for
+// fan-out.
+func (c *conn) flushRead() {
+	c.flushFanIn()
+	c.flushFanOut()
 }
 
 // flushFanOut queues the run fanOut holds to its channel's subscribers.
