@@ -37,8 +37,7 @@ func TestFanInSeesASubscriberJoinMidRead(t *testing.T) {
 	}
 	ch.add(joiner)
 	ch.publish(frame, 7, pub)
-	pub.flushFanIn()
-	pub.flushFanOut()
+	pub.flushRead()
 	pub.wakeWriters()
 
 	delivered := func(c *conn) uint64 {
@@ -49,4 +48,35 @@ func TestFanInSeesASubscriberJoinMidRead(t *testing.T) {
 	if n, m := delivered(first), delivered(joiner); n != 3 || m != 1 {
 		t.Fatalf("queued %d frames to the first subscriber, %d to the one who joined; want 3 and 1", n, m)
 	}
+}
+
+// A run for a channel with several subscribers takes the frames that
+// follow it in the reader's buffer only while the channel's subscribers
+// are unchanged: after a join or a leave the next frame starts afresh, and
+// counts the subscribers it finds.
+func TestFanOutRunEndsWhenSubscribersChange(t *testing.T) {
+	br, err := New(Config{Auth: auth.Chain{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := newConn(br, &discardConn{}, ModePubSub, "t")
+	ch := br.topic([]byte("chan"), true)
+	ch.add(newConn(br, &discardConn{}, ModePubSub, "t"))
+	ch.add(newConn(br, &discardConn{}, ModePubSub, "t"))
+	frame, _ := wire.AppendPublish(nil, []byte("pub"), []byte("chan"), []byte("payload"))
+	buf := append(append([]byte(nil), frame...), frame...)
+	first, next := buf[:len(frame)], buf[len(frame):]
+
+	pub.startFanOut(ch, ch.gen.Load(), 2, first, 7)
+	if !pub.fanOut.takes(ch, next) {
+		t.Fatal("the frame right after the run is not taken")
+	}
+	if pub.fanOut.takes(ch, frame) {
+		t.Fatal("a frame elsewhere in memory is taken")
+	}
+	ch.add(newConn(br, &discardConn{}, ModePubSub, "t"))
+	if pub.fanOut.takes(ch, next) {
+		t.Fatal("the run goes on after a subscriber joined")
+	}
+	pub.flushFanOut()
 }
