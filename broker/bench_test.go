@@ -45,7 +45,7 @@ func benchConns(b *testing.B, n int) (*Broker, *conn, []*discardConn) {
 		b.Cleanup(func() { c.q.abort(); <-c.q.done })
 		sf, _ := wire.AppendSubscribe(nil, []byte("ident"), []byte("chan"))
 		f, _ := wire.Decode(wire.OpSubscribe, sf)
-		c.subscribe(f)
+		c.subscribe(&f)
 		ds = append(ds, d)
 	}
 	return br, pub, ds
@@ -65,7 +65,7 @@ func BenchmarkPublish(b *testing.B) {
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
-					pub.publish(f)
+					pub.publish(&f)
 					pub.wakeWriters() // as if each read returned one frame
 				}
 				// Wait for the writers so the time includes the writes.

@@ -362,7 +362,7 @@ func (c *conn) login() (bool, error) {
 		return false, nil
 	}
 	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
-	if !c.authenticate(f) {
+	if !c.authenticate(&f) {
 		return false, nil
 	}
 	c.nc.SetReadDeadline(time.Time{})
@@ -376,12 +376,14 @@ func (c *conn) readLoop() {
 	for {
 		// Waiting apart from decoding keeps the idle reader's stack
 		// shallow (see wire.Reader.Wait).
-		if (c.fanIn != nil || c.fanOut != nil) && !c.rd.Ready() {
-			c.flushRead() // before the read moves the frames they hold
-		}
-		if err := c.rd.Wait(); err != nil {
-			c.end(err)
-			return
+		if !c.rd.Ready() {
+			if c.fanIn != nil || c.fanOut != nil {
+				c.flushRead() // before the read moves the frames they hold
+			}
+			if err := c.rd.Wait(); err != nil {
+				c.end(err)
+				return
+			}
 		}
 		ok, ctrl, err := c.handleNext()
 		if !ok {
@@ -405,8 +407,8 @@ func (c *conn) readLoop() {
 //
 //go:noinline
 func (c *conn) handleNext() (ok, ctrl bool, err error) {
-	f, err := c.rd.Next()
-	if err != nil {
+	var f wire.Frame
+	if err := c.rd.NextInto(&f); err != nil {
 		return false, false, err
 	}
 	if c.closing() {
@@ -417,15 +419,15 @@ func (c *conn) handleNext() (ok, ctrl bool, err error) {
 	c.stats.parsedBytes.Add(uint64(len(f.Raw)))
 	switch f.Op {
 	case wire.OpPublish:
-		ok = c.publish(f)
+		ok = c.publish(&f)
 	case wire.OpSubscribe:
 		// A run held for a channel goes to its subscribers before
 		// this one joins them.
 		c.flushFanOut()
-		ok = c.subscribe(f)
+		ok = c.subscribe(&f)
 	case wire.OpUnsubscribe:
 		c.flushFanOut()
-		c.unsubscribe(f)
+		c.unsubscribe(&f)
 		ok = true
 	default:
 		// AUTH, INFO or ERROR from an authenticated client: the
@@ -436,7 +438,7 @@ func (c *conn) handleNext() (ok, ctrl bool, err error) {
 	return ok, f.Op != wire.OpPublish, nil
 }
 
-func (c *conn) authenticate(f wire.Frame) bool {
+func (c *conn) authenticate(f *wire.Frame) bool {
 	b := c.b
 	ident := string(f.Ident)
 	if err := auth.CheckIdent(ident); err != nil {
@@ -510,7 +512,7 @@ func (c *conn) pubChan(ident, channel []byte) *pubChan {
 	return p
 }
 
-func (c *conn) publish(f wire.Frame) bool {
+func (c *conn) publish(f *wire.Frame) bool {
 	p := c.pubChan(f.Ident, f.Channel)
 	if p == nil {
 		return false
@@ -538,7 +540,7 @@ func (c *conn) publish(f wire.Frame) bool {
 	return true
 }
 
-func (c *conn) subscribe(f wire.Frame) bool {
+func (c *conn) subscribe(f *wire.Frame) bool {
 	c.stats.ctrlFrames.Add(1)
 	s := c.sess.Load()
 	if s != c.checked {
@@ -584,7 +586,7 @@ func (c *conn) subscribed(channel []byte) int {
 	return -1
 }
 
-func (c *conn) unsubscribe(f wire.Frame) {
+func (c *conn) unsubscribe(f *wire.Frame) {
 	c.stats.ctrlFrames.Add(1)
 	if i := c.subscribed(f.Channel); i >= 0 {
 		c.b.retainEnd(c, c.subs[i])

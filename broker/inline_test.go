@@ -146,7 +146,7 @@ func TestInlineFlushFansOutASmallRead(t *testing.T) {
 	for i := range 3 {
 		raw, _ := wire.AppendPublish(nil, []byte("pub"), []byte("chan"), []byte{'a' + byte(i)})
 		f, _ := wire.Decode(wire.OpPublish, raw)
-		pub.publish(f)
+		pub.publish(&f)
 		want = append(want, raw...)
 	}
 	pub.wakeWriters()

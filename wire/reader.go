@@ -51,25 +51,32 @@ func NewReader(r io.Reader, limits Limits) *Reader {
 // the package's decoding errors; a read error is returned as is, with
 // io.ErrUnexpectedEOF when the stream ends inside a frame.
 func (r *Reader) Next() (Frame, error) {
+	var f Frame
+	err := r.NextInto(&f)
+	return f, err
+}
+
+// NextInto is Next decoding into *f, for a caller on the hot path: a
+// Frame is 13 words, and returned by value it is copied at each step up.
+func (r *Reader) NextInto(f *Frame) error {
 	// A frame already buffered (the caller waited, or a read brought
-	// several) is split at once: its header is checked once, and the
-	// Frame is built in place rather than copied up through helpers.
-	f, n, _, err := Split(r.buf[r.start:r.end], &r.Limits)
+	// several) is split at once: its header is checked once.
+	n, _, err := f.split(r.buf[r.start:r.end], &r.Limits)
 	if n == 0 && err == nil {
 		if err := r.Wait(); err != nil {
-			return Frame{}, err
+			return err
 		}
-		f, n, _, err = Split(r.buf[r.start:r.end], &r.Limits)
+		n, _, err = f.split(r.buf[r.start:r.end], &r.Limits)
 	}
 	if err != nil {
-		return f, err
+		return err
 	}
 	r.start += n
 	r.frames++
 	if n > MaxReadBuf {
 		r.lastLarge = n
 	}
-	return f, nil
+	return nil
 }
 
 // Ready reports that Next will return without reading: as many bytes as

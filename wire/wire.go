@@ -107,18 +107,25 @@ func Header(b []byte, limits *Limits) (int, Op, error) {
 // not hold a whole frame yet. want is the length of the frame in progress
 // once its header is known, so a reader can grow its buffer in one step.
 func Split(b []byte, limits *Limits) (f Frame, n, want int, err error) {
+	n, want, err = f.split(b, limits)
+	return f, n, want, err
+}
+
+// split is Split decoding into f, which it leaves alone unless a whole
+// frame (or a header it refuses) is there.
+func (f *Frame) split(b []byte, limits *Limits) (n, want int, err error) {
 	if len(b) < HeaderLen {
-		return Frame{}, 0, HeaderLen, nil
+		return 0, HeaderLen, nil
 	}
 	size, op, err := Header(b, limits)
 	if err != nil {
-		return Frame{Op: op}, 0, 0, err
+		*f = Frame{Op: op}
+		return 0, 0, err
 	}
 	if len(b) < size {
-		return Frame{}, 0, size, nil
+		return 0, size, nil
 	}
-	f, err = Decode(op, b[:size])
-	return f, size, size, err
+	return size, size, f.decode(op, b[:size])
 }
 
 // Frame is a decoded frame. Its slices alias the buffer it was decoded from.
@@ -138,35 +145,48 @@ type Frame struct {
 
 // Decode parses the body of a whole frame raw whose opcode is op.
 func Decode(op Op, raw []byte) (Frame, error) {
-	f := Frame{Op: op, Raw: raw}
+	var f Frame
+	err := f.decode(op, raw)
+	return f, err
+}
+
+// decode is Decode into f. Each case sets f once, whole: the reader's
+// frame is decoded in place, for every PUBLISH, and field-by-field
+// stores into it cost more than the parsing.
+func (f *Frame) decode(op Op, raw []byte) error {
 	body := raw[HeaderLen:]
+	var ident, channel []byte
 	var ok bool
 	switch op {
 	case OpError:
-		f.Payload = body
-		return f, nil
+		*f = Frame{Op: op, Raw: raw, Payload: body}
+		return nil
 	case OpInfo, OpAuth:
-		if f.Ident, body, ok = str8(body); !ok {
-			return f, ErrBadBody
+		if ident, body, ok = str8(body); !ok {
+			*f = Frame{Op: op, Raw: raw}
+			return ErrBadBody
 		}
-		f.Payload = body
+		*f = Frame{Op: op, Raw: raw, Ident: ident, Payload: body}
 	case OpPublish:
-		if f.Ident, body, ok = str8(body); !ok {
-			return f, ErrBadBody
+		if ident, body, ok = str8(body); ok {
+			channel, body, ok = str8(body)
 		}
-		if f.Channel, body, ok = str8(body); !ok {
-			return f, ErrBadBody
+		if !ok {
+			*f = Frame{Op: op, Raw: raw, Ident: ident}
+			return ErrBadBody
 		}
-		f.Payload = body
+		*f = Frame{Op: op, Raw: raw, Ident: ident, Channel: channel, Payload: body}
 	case OpSubscribe, OpUnsubscribe:
-		if f.Ident, body, ok = str8(body); !ok {
-			return f, ErrBadBody
+		if ident, body, ok = str8(body); !ok {
+			*f = Frame{Op: op, Raw: raw}
+			return ErrBadBody
 		}
-		f.Channel = body
+		*f = Frame{Op: op, Raw: raw, Ident: ident, Channel: body}
 	default:
-		return f, ErrUnknownOp
+		*f = Frame{Op: op, Raw: raw}
+		return ErrUnknownOp
 	}
-	return f, nil
+	return nil
 }
 
 // PublishHead returns the ident and channel of a PUBLISH from the start of
