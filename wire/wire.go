@@ -150,43 +150,33 @@ func Decode(op Op, raw []byte) (Frame, error) {
 	return f, err
 }
 
-// decode is Decode into f. Each case sets f once, whole: the reader's
-// frame is decoded in place, for every PUBLISH, and field-by-field
-// stores into it cost more than the parsing.
+// decode is Decode into f. Every field is set, by plain stores: a
+// composite literal assigned through the pointer is built aside and
+// copied, which took as long as the parsing.
 func (f *Frame) decode(op Op, raw []byte) error {
 	body := raw[HeaderLen:]
-	var ident, channel []byte
-	var ok bool
+	var ident, channel, payload []byte
+	var err error
+	ok := true
 	switch op {
 	case OpError:
-		*f = Frame{Op: op, Raw: raw, Payload: body}
-		return nil
+		payload = body
 	case OpInfo, OpAuth:
-		if ident, body, ok = str8(body); !ok {
-			*f = Frame{Op: op, Raw: raw}
-			return ErrBadBody
-		}
-		*f = Frame{Op: op, Raw: raw, Ident: ident, Payload: body}
+		ident, payload, ok = str8(body)
 	case OpPublish:
 		if ident, body, ok = str8(body); ok {
-			channel, body, ok = str8(body)
+			channel, payload, ok = str8(body)
 		}
-		if !ok {
-			*f = Frame{Op: op, Raw: raw, Ident: ident}
-			return ErrBadBody
-		}
-		*f = Frame{Op: op, Raw: raw, Ident: ident, Channel: channel, Payload: body}
 	case OpSubscribe, OpUnsubscribe:
-		if ident, body, ok = str8(body); !ok {
-			*f = Frame{Op: op, Raw: raw}
-			return ErrBadBody
-		}
-		*f = Frame{Op: op, Raw: raw, Ident: ident, Channel: body}
+		ident, channel, ok = str8(body)
 	default:
-		*f = Frame{Op: op, Raw: raw}
-		return ErrUnknownOp
+		err = ErrUnknownOp
 	}
-	return nil
+	if !ok {
+		err = ErrBadBody
+	}
+	f.Op, f.Raw, f.Ident, f.Channel, f.Payload = op, raw, ident, channel, payload
+	return err
 }
 
 // PublishHead returns the ident and channel of a PUBLISH from the start of
