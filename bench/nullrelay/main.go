@@ -16,7 +16,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"flag"
 	"fmt"
 	"net"
@@ -130,9 +129,9 @@ func (r *relay) serve(nc net.Conn) {
 	rd := wire.NewReader(nc, wire.UniformLimits(wire.MaxFrameLen))
 	var touched []*conn
 	var channels []string
+	var f wire.Frame
 	for {
-		f, err := rd.Next()
-		if err != nil {
+		if err := rd.NextInto(&f); err != nil {
 			break
 		}
 		switch f.Op {
@@ -142,9 +141,9 @@ func (r *relay) serve(nc net.Conn) {
 		case wire.OpUnsubscribe:
 			r.follow(string(f.Channel), c, false)
 		case wire.OpPublish:
-			touched = r.publish(f, touched)
+			touched = r.publish(&f, touched)
 		}
-		if !wholeFrame(rd.Pending()) { // the next Next reads: send now
+		if !rd.Ready() { // the next NextInto reads: send now
 			for _, s := range touched {
 				s.signal()
 			}
@@ -162,14 +161,9 @@ func (r *relay) serve(nc net.Conn) {
 	nc.Close()
 }
 
-// wholeFrame reports whether b starts with a whole frame.
-func wholeFrame(b []byte) bool {
-	return len(b) >= wire.HeaderLen && int(binary.BigEndian.Uint32(b)) <= len(b)
-}
-
 // publish queues f to every subscriber of its channel and returns touched
 // with those it queued to, whose writers are to be woken.
-func (r *relay) publish(f wire.Frame, touched []*conn) []*conn {
+func (r *relay) publish(f *wire.Frame, touched []*conn) []*conn {
 	r.mu.RLock()
 	subs := r.subs[string(f.Channel)]
 	r.mu.RUnlock()
