@@ -86,6 +86,47 @@ func TestDecodeVectors(t *testing.T) {
 	}
 }
 
+// TestNextIntoOverwritesTheFrame decodes the vectors above through one
+// Reader into one Frame, as the broker's read loop does: no field of a
+// frame may survive into the next (a SUBSCRIBE after a PUBLISH has no
+// payload, an ERROR after an UNSUBSCRIBE no ident or channel).
+func TestNextIntoOverwritesTheFrame(t *testing.T) {
+	var stream []byte
+	for _, h := range []string{
+		"00000017 03 05 6964656e74 04 6368616e 7061796c6f6164",
+		"0000000f 04 05 6964656e74 6368616e",
+		"0000000f 05 05 6964656e74 6368616e",
+		"0000000a 00 6572726f72",
+		"0000000e 01 04 6e616d65 00000000",
+	} {
+		stream = append(stream, unhex(t, h)...)
+	}
+	want := []Frame{
+		{Op: OpPublish, Ident: []byte("ident"), Channel: []byte("chan"), Payload: []byte("payload")},
+		{Op: OpSubscribe, Ident: []byte("ident"), Channel: []byte("chan")},
+		{Op: OpUnsubscribe, Ident: []byte("ident"), Channel: []byte("chan")},
+		{Op: OpError, Payload: []byte("error")},
+		{Op: OpInfo, Ident: []byte("name"), Payload: []byte{0, 0, 0, 0}},
+	}
+	rd := NewReader(bytes.NewReader(stream), UniformLimits(1<<20))
+	var f Frame
+	off := 0
+	for i, w := range want {
+		if err := rd.NextInto(&f); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		n := int(stream[off+3]) // every vector is under 256 bytes
+		if f.Op != w.Op || !bytes.Equal(f.Raw, stream[off:off+n]) || !bytes.Equal(f.Ident, w.Ident) ||
+			!bytes.Equal(f.Channel, w.Channel) || !bytes.Equal(f.Payload, w.Payload) {
+			t.Errorf("frame %d: decoded %+v, want %+v", i, f, w)
+		}
+		off += n
+	}
+	if err := rd.NextInto(&f); err != io.EOF {
+		t.Fatalf("after the last frame: %v, want EOF", err)
+	}
+}
+
 func TestMalformed(t *testing.T) {
 	lim := UniformLimits(1000)
 	for _, c := range []struct {
