@@ -99,13 +99,21 @@ hpbench() { # hpbench PORT ARGS... : hpfeeds bench against the broker on PORT
   local port=$1; shift
   "$work/hpfeeds" bench --host 127.0.0.1 -p "$port" -i bench -s benchsecret --json "$@"
 }
+# A row runs ROUNDS times (BENCH_ROUNDS, 3 unless set; 1 with --smoke),
+# alternating the two brokers and the floor, and the table shows each
+# measure's median: one run of a short row varies by a fifth on this kind
+# of shared machine, enough to move a row across the floor.
+rounds=$(scale "${BENCH_ROUNDS:-3}" 1)
 row() { # row NAME ARGS... : one throughput/latency row on both brokers and the floor
   local name=$1; shift
-  local hp nats floor
-  hp=$(measure "$hp_pid" hpbench "$hp_port" "$@")
-  nats=$(measure "$nats_pid" "$work/natsbench" -url "nats://127.0.0.1:$nats_port" "$@")
-  floor=$(measure "$relay_pid" hpbench "$relay_port" "$@")
-  echo "{\"row\": \"$name\", \"hpfeeds\": $hp, \"nats\": $nats, \"floor\": $floor}" >>"$results"
+  local hp=() nats=() floor=()
+  for _ in $(seq "$rounds"); do
+    hp+=("$(measure "$hp_pid" hpbench "$hp_port" "$@")")
+    nats+=("$(measure "$nats_pid" "$work/natsbench" -url "nats://127.0.0.1:$nats_port" "$@")")
+    floor+=("$(measure "$relay_pid" hpbench "$relay_port" "$@")")
+  done
+  local IFS=,
+  echo "{\"row\": \"$name\", \"hpfeeds\": [${hp[*]}], \"nats\": [${nats[*]}], \"floor\": [${floor[*]}]}" >>"$results"
 }
 retained() { # retained NAME ARGS... : the same with --retain against JetStream
   local name=$1; shift
@@ -144,7 +152,7 @@ retained "1→1, 256 B, unpaced, retained" --window 0 --publishers 1 --subscribe
 row "50→1, 256 B, unpaced" --window 0 --publishers 50 --subscribers 1 --size 256 --count "$(scale 16000 100)"
 retained "50→1, 256 B, unpaced, retained" --window 0 --publishers 50 --subscribers 1 --size 256 --count "$(scale 4000 100)"
 row "1→10, 256 B, unpaced" --window 0 --publishers 1 --subscribers 10 --size 256 --count "$(scale 300000 2000)"
-row "latency 1→10 at 20,000/s" --publishers 1 --subscribers 10 --size 256 --rate 20000 --duration "$(scale 10s 1s)"
+row "latency 1→10 at 20,000/s" --publishers 1 --subscribers 10 --size 256 --rate 20000 --duration "$(scale 5s 1s)"
 # Catch-up: a subscriber ident misses N messages and reconnects while live
 # traffic flows to another subscriber (bench/catchup).
 if [ "$retain" = 1 ]; then
@@ -186,7 +194,7 @@ hp=$("$work/hpfeeds" bench --host 127.0.0.1 -p "$hp_port" --sub-port "$hp_port2"
 echo "{\"row\": \"1→10 across two brokers\", \"solo\": true, \"hpfeeds\": {\"res\": ${hp:-null}}, \"nats\": null}" >>"$results"
 
 python3 - "$results" "$smoke" "$(getconf CLK_TCK)" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 smoke = sys.argv[2] == "1"
 tck = float(sys.argv[3])
@@ -199,7 +207,13 @@ def fmt(v, unit):
     if unit == "MiB": return f"{v:.1f} MiB"
     if unit == "n": return f"{v:,.0f}"
     return f"{v:.2f} KiB"
+def runs(side):
+    """A side's runs: a row's rounds are a list, other rows one run."""
+    return side if isinstance(side, list) else [side]
 def value(side, key):
+    if isinstance(side, list):
+        vs = [value(s, key) for s in side]
+        return None if not vs or None in vs else statistics.median(vs)
     if side is None or side.get("res") is None: return None
     if key == "cpu_us_per_delivery":
         d = side["res"].get("delivered")
@@ -230,10 +244,13 @@ def measures(r):
 by_name = {r["row"]: r for r in rows}
 print("retained rows: hpfeeds with --retain=bench against nats-server JetStream (file-backed stream, durable consumer);")
 print("null relay: bench/nullrelay, the floor; × floor: hpfeeds CPU per delivery / the relay's")
+rounds = max(len(r["hpfeeds"]) for r in rows if isinstance(r["hpfeeds"], list))
+print((f"delivery rows: the median of {rounds} rounds, each running hpfeeds, nats-server and the null relay in turn;"
+       if rounds > 1 else "delivery rows: one run each;") + " retained rows: one run on a fresh broker, then one warm")
 print(f"{'row':32} {'measure':22} {'hpfeeds':>14} {'nats-server':>14} {'ahead':>7} {'null relay':>12} {'× floor':>8}")
 for r in rows:
     h, n, f = r["hpfeeds"], r["nats"], r.get("floor")
-    skipped = h.get("skipped") if h else None
+    skipped = h.get("skipped") if isinstance(h, dict) else None
     if skipped and r.get("solo"):
         print(f"{r['row']:32} {'every measure':22} {'skipped':>14}")
     for label, key, unit, higher in ([] if skipped and r.get("solo") else measures(r)):
@@ -264,12 +281,14 @@ for r in rows:
         print(f"  FAILED: hpfeeds, warm run: {'no result' if w.get('res') is None else 'lost ' + str(w['res']['lost'])}"); failed = True
     if skipped:
         print(f"  skipped: {skipped}")
-    for side, res in (("hpfeeds", None if skipped else h and h.get("res")), ("nats-server", n and n.get("res")), ("null relay", f and f.get("res"))):
-        if res is None and (skipped and side == "hpfeeds" or side == "nats-server" and r.get("solo") or side == "null relay" and f is None):
+    for side, got in (("hpfeeds", None if skipped else h), ("nats-server", n), ("null relay", f)):
+        if got is None and (skipped and side == "hpfeeds" or side == "nats-server" and r.get("solo") or side == "null relay" and f is None):
             continue
-        if res is None:
-            print(f"  FAILED: {side} produced no result"); failed = True
-        elif res.get("lost") or res.get("failed"):
-            print(f"  FAILED: {side} lost {res.get('lost') or res.get('failed')}"); failed = True
+        for run in runs(got):
+            res = run and run.get("res")
+            if res is None:
+                print(f"  FAILED: {side} produced no result"); failed = True
+            elif res.get("lost") or res.get("failed"):
+                print(f"  FAILED: {side} lost {res.get('lost') or res.get('failed')}"); failed = True
 sys.exit(1 if failed else 0)
 PY
