@@ -719,7 +719,7 @@ func (c *conn) pushFanIn() (tooSlow *sendQueue) {
 		return nil
 	}
 	c.fanIn = nil
-	if _, slow := f.q.pushAll(f.frames, len(f.frames), f.payload, false, c); slow {
+	if _, slow := f.q.pushAll(f.frames, f.payload, false, c); slow {
 		tooSlow = f.q
 	}
 	clear(f.frames)

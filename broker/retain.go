@@ -227,7 +227,7 @@ func (rs *retainSub) waitRoom() bool {
 // push queues frames, under one taking of the queue's lock; the queue
 // copies each and charges the budget.
 func (rs *retainSub) push(frames [][]byte) {
-	if _, tooSlow := rs.c.q.pushAll(frames, len(frames), 0, false, nil); tooSlow {
+	if _, tooSlow := rs.c.q.pushAll(frames, 0, false, nil); tooSlow {
 		rs.c.q.logTooSlow("send queue hard bound reached")
 	}
 }

@@ -152,21 +152,24 @@ type wakeup struct {
 // closing the subscriber: the caller logs it (logTooSlow) once it holds no
 // lock.
 func (q *sendQueue) push(frame []byte, payload int, sh *sharedFrame, from *conn) (queued, tooSlow bool) {
-	one, n := [1][]byte{frame}, 1
-	if sh != nil {
-		n = int(sh.frames)
-	}
-	return q.pushAll(one[:], n, payload, sh != nil, from)
+	one := [1][]byte{frame}
+	return q.pushAll(one[:], payload, sh != nil, from)
 }
 
 // pushAll is push for several frames at once, all shared or all to copy,
-// count PUBLISH frames with payload bytes of payload together (a shared
-// frame may be a run of them, see conn.fanOut): one taking of the lock for
-// a publisher's burst to one subscriber (conn.fanIn) or a stored batch.
-func (q *sendQueue) pushAll(frames [][]byte, count, payload int, shared bool, from *conn) (queued, tooSlow bool) {
+// with payload bytes of payload together (a shared frame may be a run of
+// PUBLISH frames, see conn.fanOut): one taking of the lock for a
+// publisher's burst to one subscriber (conn.fanIn) or a stored batch.
+func (q *sendQueue) pushAll(frames [][]byte, payload int, shared bool, from *conn) (queued, tooSlow bool) {
 	c := q.c
 	cfg := &c.b.cfg
 	n := frameBytes(frames)
+	count := len(frames)
+	if shared {
+		// Only a held frame carries its count: a frame to copy may end
+		// where its buffer does, and so look held (isHeld).
+		count = framesIn(frames)
+	}
 	q.mu.Lock()
 	q.pushed += int64(n)
 	q.fill += uint64(payload)
