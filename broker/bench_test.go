@@ -133,9 +133,9 @@ func BenchmarkPublishRead(b *testing.B) {
 				if !pub.rd.Ready() { // as readLoop and beforeRead do
 					pub.flushRead()
 					pub.wakeWriters()
-				}
-				if err := pub.rd.Wait(); err != nil {
-					b.Fatal(err)
+					if err := pub.rd.Wait(); err != nil {
+						b.Fatal(err)
+					}
 				}
 				if ok, _, err := pub.handleNext(); !ok {
 					b.Fatal(err)
