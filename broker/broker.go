@@ -340,7 +340,7 @@ func (t *topic) queueLocked(raw []byte, frames, payload int, from *conn, tooSlow
 	frame, mem := raw, &t.subs[0].b.mem
 	if len(t.subs) > 1 || len(raw) > copyMax || frames > 1 {
 		frame, sh = mem.share(raw)
-		sh.frames = int32(frames)
+		sh.frames = uint16(frames)
 	}
 	taken := 0
 	for _, s := range t.subs {

@@ -143,6 +143,7 @@ func TestBudgetInvariants(t *testing.T) {
 		c.StallTimeout = 200 * time.Millisecond
 		c.FrameTimeout = time.Second
 	})
+	bufs := broker.BufsInUse() // what queues of earlier tests still hold
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 23))
 	stop := make(chan struct{})
 	var bad atomic.Value
@@ -223,6 +224,9 @@ func TestBudgetInvariants(t *testing.T) {
 		}
 		if used, buffered, releasing, _ := broker.BudgetParts(srv.Broker); used != 0 || buffered != 0 || releasing != 0 {
 			return fmt.Errorf("used %d, buffered %d, releasing %d", used, buffered, releasing)
+		}
+		if n := broker.BufsInUse() - bufs; n > 0 {
+			return fmt.Errorf("%d bytes of mapped frame buffers still in use", n)
 		}
 		return nil
 	})

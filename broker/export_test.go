@@ -27,3 +27,10 @@ func BudgetParts(b *Broker) (used, buffered, releasing, connBuffers int64) {
 	b.mu.Unlock()
 	return b.mem.used.Load(), b.mem.buffered.Load(), b.mem.releasing.Load(), connBuffers
 }
+
+// Every test of the package runs with recycled frame buffers cleared, so
+// that a frame used after its last holder let go reads as zeros.
+func init() { poisonBufs = true }
+
+// BufsInUse is how many bytes of mapped buffers hold frames (bufs.go).
+func BufsInUse() int64 { return bufMapped.Load() - bufFreeBytes.Load() }

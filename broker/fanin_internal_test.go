@@ -26,6 +26,8 @@ func TestFanInSeesASubscriberJoinMidRead(t *testing.T) {
 	}
 	first := newConn(br, &discardConn{}, ModePubSub, "t")
 	joiner := newConn(br, &discardConn{}, ModePubSub, "t")
+	defer first.q.abort() // gives the frames' buffers back (BufsInUse)
+	defer joiner.q.abort()
 	ch := br.topic([]byte("chan"), true)
 	ch.add(first)
 	frame, _ := wire.AppendPublish(nil, []byte("pub"), []byte("chan"), []byte("payload"))

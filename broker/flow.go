@@ -123,8 +123,13 @@ func (m *memBudget) release(n int) {
 type sharedFrame struct {
 	refs atomic.Int32
 	// frames is how many PUBLISH frames the held bytes are: one, or a
-	// publisher's run of frames for one channel (conn.fanOut).
-	frames int32
+	// publisher's run of frames for one channel (conn.fanOut, at most
+	// fanOutMax bytes).
+	frames uint16
+	// class is 1 + the bufSizes class of the buffer the frame is in
+	// (takeBuf), 0 for one of the heap's.
+	class uint8
+	_     uint8
 }
 
 // shareBias is more holds than any frame gets before unshare.
@@ -148,6 +153,16 @@ var zeroPage [4096]byte
 // newHeld copies raw (never empty) into a held frame whose count starts at
 // refs.
 func newHeld(raw []byte, refs int32) []byte {
+	if k := heldClass(len(raw)); k >= 0 {
+		if p := takeBuf(k); p != nil {
+			frame := unsafe.Slice((*byte)(p), frameHeader+len(raw))[frameHeader:]
+			copy(frame, raw)
+			h := holdOf(frame)
+			h.refs.Store(refs)
+			h.frames, h.class = 1, uint8(k+1)
+			return frame
+		}
+	}
 	header := zeroHeader[:]
 	if len(raw) > pageAlignFrom {
 		header = zeroPage[:]
@@ -166,7 +181,7 @@ func newHeld(raw []byte, refs int32) []byte {
 	frame := buf[len(header):len(buf):len(buf)]
 	h := holdOf(frame)
 	h.refs.Store(refs)
-	h.frames = 1
+	h.frames, h.class = 1, 0
 	return frame
 }
 
@@ -182,7 +197,7 @@ func holdOf(frame []byte) *sharedFrame {
 // caller then calls unshare with how many took it.
 func (m *memBudget) share(raw []byte) ([]byte, *sharedFrame) {
 	frame := newHeld(raw, shareBias)
-	m.charge(len(frame))
+	m.charge(heldSize(frame))
 	return frame, holdOf(frame)
 }
 
@@ -203,7 +218,8 @@ func framesIn(frames [][]byte) int {
 // go of it already (or none took it).
 func (m *memBudget) unshare(frame []byte, sh *sharedFrame, taken int) {
 	if sh.refs.Add(int32(taken)-shareBias) == 0 {
-		m.release(len(frame))
+		m.release(heldSize(frame))
+		recycle(frame)
 	}
 }
 
@@ -211,8 +227,11 @@ func (m *memBudget) unshare(frame []byte, sh *sharedFrame, taken int) {
 func (m *memBudget) releaseFrames(frames [][]byte) {
 	n := 0
 	for _, f := range frames {
-		if !isHeld(f) || holdOf(f).refs.Add(-1) == 0 {
+		if !isHeld(f) {
 			n += len(f)
+		} else if holdOf(f).refs.Add(-1) == 0 {
+			n += heldSize(f)
+			recycle(f)
 		}
 	}
 	m.release(n)

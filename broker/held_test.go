@@ -62,7 +62,66 @@ func TestLargeHeldFramesStartOnAPage(t *testing.T) {
 			t.Errorf("%d bytes: held %v, count %d, same bytes %v", n, isHeld(f), holdOf(f).refs.Load(), bytes.Equal(f, raw))
 		}
 	}
-	if f := newHeld(make([]byte, pageAlignFrom), 1); uintptr(unsafe.Pointer(unsafe.SliceData(f)))%4096 == 0 {
+	f := newHeld(make([]byte, pageAlignFrom), 1)
+	if uintptr(unsafe.Pointer(unsafe.SliceData(f)))%4096 == 0 {
 		t.Errorf("a %d-byte frame was given a page of headroom", pageAlignFrom)
+	}
+	recycle(f) // its buffer is mapped (bufs.go): not to be left in use
+}
+
+// Frames of heldMin to fanOutMax bytes are carved from buffers of whole
+// pages mapped outside the heap: the budget counts the buffer, all of it
+// comes back when the last holder lets go, the buffer goes back on its
+// free list then, and a trim unmaps the buffers that sat there unused
+// since the one before.
+func TestHeldBuffersAreCountedAndRecycled(t *testing.T) {
+	m := &memBudget{} // no broker: no trims but the test's own
+	m.init(0)
+	inUse := func() int64 { return bufMapped.Load() - bufFreeBytes.Load() }
+	before := inUse()
+	for _, c := range []struct{ n, counted int }{
+		{heldMin - 1, heldMin - 1}, {heldMin, pageSize}, {pageSize - frameHeader, pageSize},
+		{pageSize - frameHeader + 1, 2 * pageSize}, {9 * pageSize, 10 * pageSize},
+		{fanOutMax, fanOutMax + pageSize}, {fanOutMax + 1, fanOutMax + 1},
+	} {
+		raw := bytes.Repeat([]byte{5}, c.n)
+		f, sh := m.share(raw)
+		if got := m.used.Load(); got != int64(c.counted) || !bytes.Equal(f, raw) || !isHeld(f) {
+			t.Fatalf("%d bytes: counted %d, want %d; same bytes %v, held %v", c.n, got, c.counted, bytes.Equal(f, raw), isHeld(f))
+		}
+		if mapped := heldClass(c.n) >= 0; mapped && inUse()-before != int64(c.counted) || !mapped && inUse() != before {
+			t.Errorf("%d bytes: %d bytes of mapped buffers in use, want %d", c.n, inUse()-before, c.counted)
+		}
+		m.unshare(f, sh, 2)
+		m.releaseFrames([][]byte{f})
+		if !bytes.Equal(f, raw) {
+			t.Fatalf("%d bytes: changed while a queue still held it", c.n)
+		}
+		m.releaseFrames([][]byte{f}) // f may be unmapped from here on
+		if got := m.used.Load(); got != 0 {
+			t.Fatalf("%d bytes: %d still counted after the last holder let go", c.n, got)
+		}
+		if inUse() != before {
+			t.Errorf("%d bytes: %d bytes of mapped buffers still in use after the last holder let go", c.n, inUse()-before)
+		}
+	}
+	frames := make([][]byte, 64)
+	for i := range frames {
+		frames[i] = newHeld(make([]byte, fanOutMax), 1)
+	}
+	m.releaseFrames(frames)
+	if free := bufFreeBytes.Load(); free < int64(len(frames)*(fanOutMax+pageSize)) {
+		t.Errorf("%d bytes on the free lists after %d buffers came back", free, len(frames))
+	}
+	trimBufs() // the list went down to empty since the last trim: kept
+	if free := bufFreeBytes.Load(); free < int64(len(frames)*(fanOutMax+pageSize)) {
+		t.Errorf("%d bytes on the free lists after a trim; the buffers were in use since the last one", free)
+	}
+	trimBufs() // unused for a whole interval: unmapped
+	if free := bufFreeBytes.Load(); free != 0 {
+		t.Errorf("%d bytes on the free lists after a trim interval without use", free)
+	}
+	if inUse() != before {
+		t.Errorf("%d bytes of mapped buffers still in use", inUse()-before)
 	}
 }

@@ -108,7 +108,8 @@ func TestInlineFlushLeavesMixedQueuesToTheWriter(t *testing.T) {
 	sub := newConn(br, &discardConn{}, ModePubSub, "t")
 	a := newConn(br, &discardConn{}, ModePubSub, "a")
 	b := newConn(br, &discardConn{}, ModePubSub, "b")
-	sub.q.raw = nil // a discardConn has no socket: only the choice is tested
+	sub.q.raw = nil     // a discardConn has no socket: only the choice is tested
+	defer sub.q.abort() // gives the frames' buffers back (BufsInUse)
 	sub.q.push([]byte("from a"), 6, nil, a)
 	sub.q.push([]byte("from b"), 6, nil, b)
 	sub.q.mu.Lock()

@@ -403,6 +403,9 @@ func (b *Broker) background() {
 		case <-tick.C:
 			now := time.Now()
 			b.clock.Store(now.UnixNano())
+			if n%int(bufTrim/clockTick) == 0 {
+				trimBufs()
+			}
 			if n%sampleEvery == 0 {
 				b.rates.add(now, b.channelTotals())
 				b.logSuppressed(b.sessionLogs.sweep(now, false))

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
@@ -24,10 +25,10 @@ type sendQueue struct {
 	mu     sync.Mutex
 	frames [][]byte // held frames (isHeld; a shared one may be a run, see framesIn), or copies in chunk
 	// Frames copied for this subscriber alone (copyLocked) are written
-	// side by side into chunk; chunks lists the pooled chunks that frames
-	// use, which the writer returns to the pool once it has written them.
+	// side by side into chunk; chunks lists the chunks (takeBuf's) that
+	// frames use, which the writer gives back once it has written them.
 	chunk  []byte
-	chunks []*[]byte
+	chunks []unsafe.Pointer
 	queued int   // bytes pushed and not yet written
 	pushed int64 // every byte pushed, queued or refused (retain.go)
 	// Counted here, under the lock push holds anyway, rather than as
@@ -78,11 +79,11 @@ type sendQueue struct {
 	// writes it before anything queued after it.
 	carry       [][]byte
 	carrySkip   int
-	carryChunks []*[]byte
+	carryChunks []unsafe.Pointer
 	// spare and spareChunks are the arrays the next batch taken leaves
 	// behind for new frames, so that a busy queue reuses two of each.
 	spare       [][]byte
-	spareChunks []*[]byte
+	spareChunks []unsafe.Pointer
 
 	// The writer's own state (whoever holds writing), kept between its
 	// runs while it is busy.
@@ -276,12 +277,15 @@ func (q *sendQueue) copyLocked(raw []byte) []byte {
 	if full && len(q.frames) == 0 || len(raw) > copyMax {
 		// Nothing waiting: a burst is not building, and a 64 KiB chunk
 		// for one frame would hold far more than the budget counts.
-		return newHeld(raw, 1)
+		return q.holdAlone(raw)
 	}
 	if full {
-		c := scratchPool.Get().(*[]byte)
-		q.chunk = (*c)[:0]
-		q.chunks = append(q.chunks, c)
+		p := takeBuf(chunkClass)
+		if p == nil {
+			return q.holdAlone(raw)
+		}
+		q.chunk = unsafe.Slice((*byte)(p), scratchSize)[:0]
+		q.chunks = append(q.chunks, p)
 	}
 	start := len(q.chunk)
 	q.chunk = append(q.chunk, raw...)
@@ -290,10 +294,17 @@ func (q *sendQueue) copyLocked(raw []byte) []byte {
 	return q.chunk[start:len(q.chunk)]
 }
 
-// releaseChunks returns chunks to the pool; nothing may use them after.
-func releaseChunks(chunks []*[]byte) {
-	for i, c := range chunks {
-		scratchPool.Put(c)
+// holdAlone copies raw into a frame held by this queue alone.
+func (q *sendQueue) holdAlone(raw []byte) []byte {
+	f := newHeld(raw, 1)
+	q.c.b.mem.charge(heldSize(f) - len(f)) // the rest of its buffer
+	return f
+}
+
+// releaseChunks gives chunks back (putBuf); nothing may use them after.
+func releaseChunks(chunks []unsafe.Pointer) {
+	for i, p := range chunks {
+		putBuf(p, chunkClass)
 		chunks[i] = nil
 	}
 }
@@ -459,7 +470,7 @@ func (c *conn) writeLoop() {
 	var idle *time.Timer
 	expired := false
 	var batch [][]byte // written, to hand back under the next lock
-	var chunks []*[]byte
+	var chunks []unsafe.Pointer
 	for {
 		q.mu.Lock()
 		if batch != nil {
@@ -538,7 +549,7 @@ func (c *conn) writeLoop() {
 // takeLocked takes the next batch to write, and the chunks its frames
 // use: what an inline flush left, else everything queued. Until
 // doneLocked the caller alone writes.
-func (q *sendQueue) takeLocked() (batch [][]byte, skip int, chunks []*[]byte) {
+func (q *sendQueue) takeLocked() (batch [][]byte, skip int, chunks []unsafe.Pointer) {
 	if q.carry != nil {
 		batch, skip, chunks = q.carry, q.carrySkip, q.carryChunks
 		q.carry, q.carrySkip, q.carryChunks = nil, 0, nil
@@ -555,9 +566,9 @@ func (q *sendQueue) takeLocked() (batch [][]byte, skip int, chunks []*[]byte) {
 }
 
 // doneLocked ends the writing of batch, all of it written or let go: its
-// chunks go back to the pool and its arrays are kept for the next batch,
+// chunks are given back (putBuf) and its arrays are kept for the next batch,
 // unless the burst that grew them is over.
-func (q *sendQueue) doneLocked(batch [][]byte, chunks []*[]byte) {
+func (q *sendQueue) doneLocked(batch [][]byte, chunks []unsafe.Pointer) {
 	q.writing = false
 	releaseChunks(chunks)
 	q.spareChunks = chunks[:0]
@@ -642,7 +653,8 @@ const (
 )
 
 // scratchPool holds 64 KiB buffers: the writer's copy of small shared
-// frames, and the chunks frames are copied into for one subscriber.
+// frames (the chunks frames are copied into for one subscriber are
+// takeBuf's).
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, scratchSize); return &b }}
 
 // adjacent reports whether b starts where a ends, in the same array.

@@ -1,0 +1,139 @@
+package broker
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// Queued frames of a few KiB up to fanOutMax (a fan-out's runs, a frame a
+// queue holds alone) and the chunks a queue copies small frames into are
+// made and let go of at the rate frames are read. On the collector's heap
+// they kept the collector, the scavenger and page faults busy (a quarter
+// of the broker's CPU in fan-out to ten subscribers, docs/performance.md),
+// and, recycled there, the heap they grew stayed resident long after a
+// burst, as the collector then rarely ran. So they live outside the heap: whole pages mapped for them
+// (mapBuf), put on a free list when the last queue lets go, and unmapped
+// when they have sat on it unused for a trim interval (trimBufs, every
+// bufTrim): a burst's memory goes back to the system within two intervals,
+// and a steady load maps nothing. Frames under heldMin stay on the heap,
+// where the allocator's size classes fit them better than a page would.
+const (
+	heldMin  = 2 << 10
+	pageSize = 4096 // where the system's pages are larger, it rounds a mapping up
+	bufTrim  = 2 * time.Second
+)
+
+// bufSizes are the buffers' sizes in bytes: whole pages, at most a quarter
+// more than a frame and its header need from two pages on, up to
+// fanOutMax and its header. scratchSize is one of them (chunkClass).
+var bufSizes = func() (sizes []int) {
+	for _, pages := range []int{1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16} {
+		sizes = append(sizes, pages*pageSize)
+	}
+	return append(sizes, fanOutMax+pageSize)
+}()
+
+// chunkClass is the class of a queue's chunk (copyLocked).
+var chunkClass, _ = slices.BinarySearch(bufSizes, scratchSize)
+
+// A bufList is one class's free buffers.
+type bufList struct {
+	mu   sync.Mutex
+	free []unsafe.Pointer
+	low  int // the fewest buffers free since the last trim
+}
+
+var (
+	bufLists     = make([]bufList, len(bufSizes))
+	bufFreeBytes atomic.Int64 // on the lists
+	bufMapped    atomic.Int64 // mapped in all, on the lists or in use
+)
+
+// takeBuf is a buffer of class k, from its list or newly mapped; nil if
+// none could be mapped.
+func takeBuf(k int) unsafe.Pointer {
+	l := &bufLists[k]
+	l.mu.Lock()
+	if n := len(l.free) - 1; n >= 0 {
+		p := l.free[n]
+		l.free[n] = nil
+		l.free = l.free[:n]
+		l.low = min(l.low, n)
+		l.mu.Unlock()
+		bufFreeBytes.Add(-int64(bufSizes[k]))
+		return p
+	}
+	l.low = 0
+	l.mu.Unlock()
+	p := mapBuf(bufSizes[k])
+	if p != nil {
+		bufMapped.Add(int64(bufSizes[k]))
+	}
+	return p
+}
+
+// putBuf puts a buffer of takeBuf's back on its list; nothing may use it
+// after. Tests clear it first (poisonBufs).
+func putBuf(p unsafe.Pointer, k int) {
+	if poisonBufs {
+		clear(unsafe.Slice((*byte)(p), bufSizes[k]))
+	}
+	l := &bufLists[k]
+	l.mu.Lock()
+	l.free = append(l.free, p)
+	l.mu.Unlock()
+	bufFreeBytes.Add(int64(bufSizes[k]))
+}
+
+// trimBufs unmaps the buffers that stayed on their list since the last
+// trim: the oldest ones, as many as the list never went below.
+func trimBufs() {
+	for k := range bufLists {
+		l := &bufLists[k]
+		l.mu.Lock()
+		idle := slices.Clone(l.free[:l.low])
+		n := copy(l.free, l.free[l.low:])
+		clear(l.free[n:])
+		l.free = l.free[:n]
+		l.low = n
+		l.mu.Unlock()
+		for _, p := range idle {
+			unmapBuf(p, bufSizes[k])
+		}
+		bufFreeBytes.Add(-int64(len(idle) * bufSizes[k]))
+		bufMapped.Add(-int64(len(idle) * bufSizes[k]))
+	}
+}
+
+// poisonBufs makes putBuf clear a buffer before it is reused, so that a
+// frame still used after its last holder let go shows in tests.
+var poisonBufs = false
+
+// heldClass is the class a held frame of n bytes is carved from, -1 for
+// none (the heap).
+func heldClass(n int) int {
+	if n < heldMin || n > fanOutMax {
+		return -1
+	}
+	k, _ := slices.BinarySearch(bufSizes, frameHeader+n)
+	return k
+}
+
+// heldSize is what a held frame counts in the budget: its buffer's size
+// when it has one of its own, else its length.
+func heldSize(frame []byte) int {
+	if k := holdOf(frame).class; k != 0 {
+		return bufSizes[k-1]
+	}
+	return len(frame)
+}
+
+// recycle gives a held frame's buffer back once no queue holds it.
+func recycle(frame []byte) {
+	if k := int(holdOf(frame).class) - 1; k >= 0 {
+		putBuf(unsafe.Pointer(holdOf(frame)), k)
+	}
+}
