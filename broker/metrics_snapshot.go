@@ -114,6 +114,9 @@ type Snapshot struct {
 	MemoryLimit   int64  // the budget; zero if none
 	FrameTimeouts uint64 // connections closed for a frame not completed in time
 	PartialCloses uint64 // connections closed over the budget for the largest partial frame
+	// Frame buffers outside the Go heap (bufs.go), in bytes: holding
+	// queued frames, and free, kept for reuse until the next trim.
+	FrameBuffersInUse, FrameBuffersFree int64
 
 	Idents        map[string]*IdentStats
 	Owners        map[IdentOwner]int // live authenticated connections
@@ -165,6 +168,8 @@ func (b *Broker) Snapshot() *Snapshot {
 	s.Refused = b.refused()
 	s.Throttle = b.throttle.stats(time.Now())
 	s.MemoryUsed, s.MemoryLimit = b.mem.used.Load(), b.mem.limit
+	s.FrameBuffersFree = bufFreeBytes.Load()
+	s.FrameBuffersInUse = bufMapped.Load() - s.FrameBuffersFree
 	s.FrameTimeouts = b.mem.frameTimeouts.Load()
 	s.PartialCloses = b.mem.partialCloses.Load()
 	b.stats.mu.Lock()

@@ -69,6 +69,9 @@ var (
 		"Bytes in the memory budget: every send queue and every reader buffer larger than an idle connection's", nil, nil)
 	descMemoryLimit = prometheus.NewDesc("hpfeeds_broker_memory_budget_bytes",
 		"The memory budget (0: none)", nil, nil)
+	descFrameBuffers = prometheus.NewDesc("hpfeeds_broker_frame_buffers_bytes",
+		"Bytes of frame buffers mapped outside the Go heap (so not in go_memstats): holding queued frames (state=in-use), or free for reuse until unused for 2 s (state=free)",
+		[]string{"state"}, nil)
 	descPublisherPauses = prometheus.NewDesc("hpfeeds_broker_publisher_pauses_total",
 		"Number of times a connection's next read was held back: for subscribers past their stall mark (reason=flow-control, 5 ms at most), or because memory was tight (reason=memory)",
 		[]string{"ident", "reason"}, nil)
@@ -137,7 +140,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descSubscriptions, descPublishCount, descPublishSize, descAuthenticated,
 		descDelivered, descFramesWritten, descWrites, descBackpressureCloses, descConnectionsRefused,
 		descIdentLastPublish, descLoginThrottled, descLoginThrottledSources,
-		descMemoryUsed, descMemoryLimit, descPublisherPauses, descPartialCloses,
+		descMemoryUsed, descMemoryLimit, descFrameBuffers, descPublisherPauses, descPartialCloses,
 		descPublishesUndelivered,
 	} {
 		ch <- d
@@ -217,6 +220,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 func collectFlow(s *broker.Snapshot, gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, uint64, ...string)) {
 	gauge(descMemoryUsed, float64(s.MemoryUsed))
 	gauge(descMemoryLimit, float64(s.MemoryLimit))
+	gauge(descFrameBuffers, float64(s.FrameBuffersInUse), "in-use")
+	gauge(descFrameBuffers, float64(s.FrameBuffersFree), "free")
 	counter(descPartialCloses, s.FrameTimeouts, "frame-timeout")
 	counter(descPartialCloses, s.PartialCloses, "memory-budget")
 	for id, st := range s.Idents {

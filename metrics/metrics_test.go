@@ -103,6 +103,11 @@ func TestSeriesAfterTraffic(t *testing.T) {
 	expect(t, sc, 4, "hpfeeds_broker_frames_written_total", "ident", "sub")
 	expect(t, sc, 4, "hpfeeds_broker_writes_total", "ident", "sub")
 	expect(t, sc, 2, "hpfeeds_broker_receive_publish_count_total", "ident", "pub", "chan", "chan")
+	// Frame buffers outside the heap: none holds a frame once all left.
+	expect(t, sc, 0, "hpfeeds_broker_frame_buffers_bytes", "state", "in-use")
+	if sc.metric("hpfeeds_broker_frame_buffers_bytes", "state", "free") == nil {
+		t.Error("no hpfeeds_broker_frame_buffers_bytes{state=\"free\"}")
+	}
 
 	m := sc.metric("hpfeeds_broker_receive_publish_size", "ident", "pub", "chan", "chan")
 	if m == nil || m.Histogram == nil {
