@@ -14,11 +14,13 @@ import (
 // they kept the collector, the scavenger and page faults busy (a quarter
 // of the broker's CPU in fan-out to ten subscribers, docs/performance.md),
 // and, recycled there, the heap they grew stayed resident long after a
-// burst, as the collector then rarely ran. So they live outside the heap: whole pages mapped for them
-// (mapBuf), put on a free list when the last queue lets go, and unmapped
-// when they have sat on it unused for a trim interval (trimBufs, every
-// bufTrim): a burst's memory goes back to the system within two intervals,
-// and a steady load maps nothing. Frames under heldMin stay on the heap,
+// burst, as the collector then rarely ran. So they live outside the heap:
+// whole pages mapped for them (mapBuf), put on a free list when the last
+// queue lets go, and unmapped when they have sat on it unused for a trim
+// interval (trimBufs, every bufTrim from Broker.background; one process
+// has one set of lists, which each broker in it trims): a burst's memory
+// goes back to the system within two intervals, and a steady load maps
+// nothing. Frames under heldMin stay on the heap,
 // where the allocator's size classes fit them better than a page would.
 const (
 	heldMin  = 2 << 10
@@ -133,7 +135,8 @@ func heldSize(frame []byte) int {
 
 // recycle gives a held frame's buffer back once no queue holds it.
 func recycle(frame []byte) {
-	if k := int(holdOf(frame).class) - 1; k >= 0 {
-		putBuf(unsafe.Pointer(holdOf(frame)), k)
+	h := holdOf(frame)
+	if h.class != 0 {
+		putBuf(unsafe.Pointer(h), int(h.class)-1)
 	}
 }

@@ -129,7 +129,6 @@ type sharedFrame struct {
 	// class is 1 + the bufSizes class of the buffer the frame is in
 	// (takeBuf), 0 for one of the heap's.
 	class uint8
-	_     uint8
 }
 
 // shareBias is more holds than any frame gets before unshare.

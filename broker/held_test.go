@@ -2,7 +2,9 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/hpfeeds-go/hpfeeds/auth"
@@ -123,5 +125,27 @@ func TestHeldBuffersAreCountedAndRecycled(t *testing.T) {
 	}
 	if inUse() != before {
 		t.Errorf("%d bytes of mapped buffers still in use", inUse()-before)
+	}
+}
+
+// A running broker trims the free lists on its clock: a buffer given back
+// and not reused is unmapped within two trim intervals.
+func TestBrokerUnmapsIdleBuffers(t *testing.T) {
+	br, err := New(Config{Auth: auth.Chain{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Shutdown(context.Background())
+	f, sh := br.mem.share(make([]byte, fanOutMax))
+	br.mem.unshare(f, sh, 0)
+	if bufFreeBytes.Load() == 0 {
+		t.Fatal("a buffer given back is not on its free list")
+	}
+	deadline := time.Now().Add(3 * bufTrim)
+	for bufFreeBytes.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still on the free lists %v after they were last used", bufFreeBytes.Load(), 3*bufTrim)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
