@@ -2,7 +2,6 @@ package loadgen
 
 import (
 	"math"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,13 +104,13 @@ func (c *calls) Send([]byte) error { c.seq = append(c.seq, 'S'); return nil }
 func (c *calls) Flush() error      { c.seq = append(c.seq, 'F'); return nil }
 func (c *calls) Done() error       { c.seq = append(c.seq, 'D'); return nil }
 
-// A paced run ends at its deadline, and flushes its last message before it
-// waits for the deadline rather than holding it there.
+// A paced run ends at its deadline, and writes each message as it is
+// sent rather than holding any until a sleep or the deadline.
 func TestPacedRunEndsAtItsDeadline(t *testing.T) {
 	p := &calls{}
 	cfg := Config{Publishers: 1, Size: MinSize, Rate: 4, Duration: 600 * time.Millisecond, FrameBytes: 32}
 	r := Run(cfg, []Publisher{p}, nil, nil)
-	if r.Published != 3 || !strings.HasSuffix(string(p.seq), "SFD") {
-		t.Errorf("published %d, calls %s: want 3 sends (at 0, 250 and 500 ms), the last flushed before Done", r.Published, p.seq)
+	if r.Published != 3 || string(p.seq) != "SFSFSFD" {
+		t.Errorf("published %d, calls %s: want 3 sends (at 0, 250 and 500 ms), each flushed, then Done", r.Published, p.seq)
 	}
 }
