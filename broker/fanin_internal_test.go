@@ -82,3 +82,40 @@ func TestFanOutRunEndsWhenSubscribersChange(t *testing.T) {
 	}
 	pub.flushFanOut()
 }
+
+// A burst into a stalled queue alternates one large batch and a few small
+// ones: the array the large one grew is kept through fewer than
+// underusedMax small batches in a row, so that the next large batch need
+// not grow it again, and let go at the underusedMax-th, so that a queue
+// whose burst is over pins nothing.
+func TestBatchArrayKeptThroughABurstLetGoAfter(t *testing.T) {
+	var q sendQueue
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	const size = 4096
+	// small hands back a batch of 10 frames in the kept array.
+	small := func() {
+		b := q.spare[:10]
+		q.spare = nil
+		q.doneLocked(b, nil)
+	}
+	q.doneLocked(make([][]byte, size), nil)
+	for round := range 3 {
+		for i := 1; i < underusedMax; i++ {
+			small()
+			if cap(q.spare) != size {
+				t.Fatalf("round %d: the array was let go after %d small batches, want it kept until %d", round, i, underusedMax)
+			}
+		}
+		// A large batch again: the count starts over.
+		b := q.spare[:size]
+		q.spare = nil
+		q.doneLocked(b, nil)
+	}
+	for range underusedMax {
+		small()
+	}
+	if cap(q.spare) != 0 {
+		t.Fatalf("after %d small batches in a row the array (cap %d) is still kept", underusedMax, cap(q.spare))
+	}
+}
