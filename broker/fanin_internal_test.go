@@ -83,13 +83,17 @@ func TestFanOutRunEndsWhenSubscribersChange(t *testing.T) {
 	pub.flushFanOut()
 }
 
-// A burst into a stalled queue alternates one large batch and a few small
-// ones: the array the large one grew is kept through fewer than
-// underusedMax small batches in a row, so that the next large batch need
-// not grow it again, and let go at the underusedMax-th, so that a queue
-// whose burst is over pins nothing.
+// A burst into a stalled queue alternates large batches and runs of
+// small ones: the array a large batch grew is kept through small batches,
+// so that the next large batch need not grow it again, and let go at the
+// first small batch once none used an eighth of it for arrayKept, so that
+// a queue whose burst is over pins nothing.
 func TestBatchArrayKeptThroughABurstLetGoAfter(t *testing.T) {
-	var q sendQueue
+	br, err := New(Config{Auth: auth.Chain{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &newConn(br, &discardConn{}, ModePubSub, "t").q
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	const size = 4096
@@ -100,22 +104,15 @@ func TestBatchArrayKeptThroughABurstLetGoAfter(t *testing.T) {
 		q.doneLocked(b, nil)
 	}
 	q.doneLocked(make([][]byte, size), nil)
-	for round := range 3 {
-		for i := 1; i < underusedMax; i++ {
-			small()
-			if cap(q.spare) != size {
-				t.Fatalf("round %d: the array was let go after %d small batches, want it kept until %d", round, i, underusedMax)
-			}
-		}
-		// A large batch again: the count starts over.
-		b := q.spare[:size]
-		q.spare = nil
-		q.doneLocked(b, nil)
-	}
-	for range underusedMax {
+	for i := range 100 {
 		small()
+		if cap(q.spare) != size {
+			t.Fatalf("the array was let go after %d small batches, within %v of a large one", i+1, arrayKept)
+		}
 	}
+	q.usedAt -= int64(arrayKept) // the large batch was that long ago
+	small()
 	if cap(q.spare) != 0 {
-		t.Fatalf("after %d small batches in a row the array (cap %d) is still kept", underusedMax, cap(q.spare))
+		t.Fatalf("no batch used an eighth of the array for %v, and it (cap %d) is still kept", arrayKept, cap(q.spare))
 	}
 }

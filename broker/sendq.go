@@ -48,11 +48,11 @@ type sendQueue struct {
 	running  bool // a writer goroutine exists
 	awake    bool // the writer has been signalled and not yet run
 	closing  bool // no more pushes; the writer finishes and closes
-	// underused counts the batches in a row that used under an eighth
-	// of their array (doneLocked).
-	underused uint8
-	last      []byte      // written after the queue, before closing (an ERROR)
-	timer     *time.Timer // the backpressure deadline, while past the soft mark
+	// usedAt is the broker clock at the last batch that used an eighth
+	// of its array or more (doneLocked).
+	usedAt int64
+	last   []byte      // written after the queue, before closing (an ERROR)
+	timer  *time.Timer // the backpressure deadline, while past the soft mark
 	// stall is closed when the queue drains to half the stall mark; it
 	// exists while the queue is past the mark, and publishers into it
 	// wait on it (briefly) before reading more (see conn.stall). Past
@@ -98,9 +98,9 @@ type sendQueue struct {
 	nbw *nonBlockingWrite // made at the first inline flush
 }
 
-// underusedMax is how many batches in a row must leave most of their
-// array unused before it is let go (doneLocked).
-const underusedMax = 8
+// arrayKept is how long a batch's array is kept while no batch uses an
+// eighth of it (doneLocked).
+const arrayKept = time.Second
 
 // writerIdle is how long a writer with nothing to write waits before its
 // goroutine exits.
@@ -574,21 +574,22 @@ func (q *sendQueue) takeLocked() (batch [][]byte, skip int, chunks []unsafe.Poin
 
 // doneLocked ends the writing of batch, all of it written or let go: its
 // chunks are given back (putBuf) and its arrays are kept for the next batch,
-// unless the burst that grew them is over: underusedMax batches in a row
-// used under an eighth of theirs. One small batch does not tell: a burst
-// into a stalled queue alternates one large batch and a few small ones,
-// and letting the array go at each small one had it grown again, from
-// nothing, a few times a second (unpaced 50→1: 94 MB of arrays for 1.6
-// million messages).
+// unless the burst that grew them is over: no batch used an eighth of its
+// array for arrayKept. One small batch does not tell: a burst into a
+// stalled queue alternates large batches and runs of small ones, and
+// letting the array go at each small one had it grown again, from
+// nothing, several times a second (unpaced 50→1: 97 MB of arrays
+// allocated for 1.6 million messages).
 func (q *sendQueue) doneLocked(batch [][]byte, chunks []unsafe.Pointer) {
 	q.writing = false
 	releaseChunks(chunks)
 	q.spareChunks = chunks[:0]
 	n := len(batch)
 	clear(batch)
+	now := q.c.b.clock.Load()
 	if cap(batch) <= 1024 || n >= cap(batch)/8 {
-		q.underused = 0
-	} else if q.underused = min(q.underused+1, underusedMax); q.underused == underusedMax {
+		q.usedAt = now
+	} else if now-q.usedAt >= int64(arrayKept) {
 		batch = nil // don't pin it
 	}
 	q.spare = batch[:0]
