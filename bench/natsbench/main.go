@@ -70,7 +70,7 @@ func run() bool {
 			fail(err)
 		}
 		defer nc.Close()
-		pubs[i] = &publisher{nc: nc, js: newJetStream(nc), subject: *subject, paced: cfg.Rate > 0}
+		pubs[i] = &publisher{nc: nc, js: newJetStream(nc), subject: *subject}
 	}
 	r := loadgen.Run(cfg, pubs, sinks, nil)
 	json.NewEncoder(os.Stdout).Encode(r)
@@ -186,13 +186,12 @@ func consume(nc *nats.Conn, stream, durable string, handle func([]byte)) {
 }
 
 // publisher publishes to the stream on one NATS connection, with
-// asynchronous acks; nats.go buffers and flushes on its own, so only a
-// rate-paced run flushes before sleeping (a round trip).
+// asynchronous acks. nats.go's flusher goroutine writes each publish
+// soon after it is made; its Flush, a round trip, is left to Done.
 type publisher struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	subject string
-	paced   bool
 }
 
 func (p *publisher) Send(payload []byte) error {
@@ -202,12 +201,7 @@ func (p *publisher) Send(payload []byte) error {
 	return nil
 }
 
-func (p *publisher) Flush() error {
-	if p.paced {
-		return p.nc.Flush()
-	}
-	return nil
-}
+func (p *publisher) Flush() error { return nil }
 
 func (p *publisher) Done() error {
 	select {
