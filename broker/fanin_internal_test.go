@@ -89,13 +89,7 @@ func TestFanOutRunEndsWhenSubscribersChange(t *testing.T) {
 // first small batch once none used an eighth of it for arrayKept, so that
 // a queue whose burst is over pins nothing.
 func TestBatchArrayKeptThroughABurstLetGoAfter(t *testing.T) {
-	br, err := New(Config{Auth: auth.Chain{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := &newConn(br, &discardConn{}, ModePubSub, "t").q
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q := lockedQueue(t)
 	const size = 4096
 	// small hands back a batch of 10 frames in the kept array.
 	small := func() {

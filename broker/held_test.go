@@ -10,18 +10,26 @@ import (
 	"github.com/hpfeeds-go/hpfeeds/auth"
 )
 
-// A frame a queue copied into its chunk must never look held (isHeld):
-// the writer would otherwise count a hold that does not exist, in memory
-// before the frame. The boundary is a frame that exactly fills the
-// chunk's room.
-func TestChunkCopiesAreNotHeld(t *testing.T) {
+// lockedQueue is a subscriber's queue on a broker of its own, locked
+// until the test ends.
+func lockedQueue(t *testing.T) *sendQueue {
 	br, err := New(Config{Auth: auth.Chain{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	q := &newConn(br, &discardConn{}, ModePubSub, "t").q
 	q.mu.Lock()
-	defer q.mu.Unlock()
+	t.Cleanup(q.mu.Unlock)
+	return q
+}
+
+// A frame a queue copied into its chunk must never look held (isHeld):
+// the writer would otherwise count a hold that does not exist, in memory
+// before the frame. The boundary is a frame that exactly fills the
+// chunk's room.
+func TestChunkCopiesAreNotHeld(t *testing.T) {
+	q := lockedQueue(t)
+	br := q.c.b
 	q.frames = append(q.frames, nil) // a frame waiting: copies go to the chunk
 	raw := bytes.Repeat([]byte{7}, copyMax)
 	for i := 0; i < 3*scratchSize/copyMax; i++ {
