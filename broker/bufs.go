@@ -20,23 +20,40 @@ import (
 // interval (trimBufs, every bufTrim from Broker.background; one process
 // has one set of lists, which each broker in it trims): a burst's memory
 // goes back to the system within two intervals, and a steady load maps
-// nothing. Frames under heldMin stay on the heap,
-// where the allocator's size classes fit them better than a page would.
+// nothing. Frames larger than fanOutMax, up to heldMax, have buffers of
+// their own too: on the heap each such frame was a large allocation the
+// collector swept and the scavenger handed back, which with page faults
+// took a third of the broker's CPU on 1 MiB frames. Frames under heldMin
+// stay on the heap, where the allocator's size classes fit them better
+// than a page would, as do frames over heldMax.
 const (
 	heldMin  = 2 << 10
+	heldMax  = 16 << 20
 	pageSize = 4096 // where the system's pages are larger, it rounds a mapping up
 	bufTrim  = 2 * time.Second
 )
 
 // bufSizes are the buffers' sizes in bytes: whole pages, at most a quarter
 // more than a frame and its header need from two pages on, up to
-// fanOutMax and its header. scratchSize is one of them (chunkClass).
+// fanOutMax and its header (scratchSize is one of them, chunkClass); then,
+// from largeClass on, a page of headroom (see pageAlignFrom) and eight
+// sizes per doubling up to heldMax, at most an eighth more than a frame.
 var bufSizes = func() (sizes []int) {
 	for _, pages := range []int{1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16} {
 		sizes = append(sizes, pages*pageSize)
 	}
-	return append(sizes, fanOutMax+pageSize)
+	sizes = append(sizes, fanOutMax+pageSize)
+	for base := fanOutMax; base < heldMax; base *= 2 {
+		for eighths := 9; eighths <= 16; eighths++ {
+			sizes = append(sizes, pageSize+base*eighths/8)
+		}
+	}
+	return sizes
 }()
+
+// largeClass is the first class of frames over fanOutMax, which start a
+// page into their buffer; the others start frameHeader into it.
+var largeClass = slices.Index(bufSizes, fanOutMax+pageSize) + 1
 
 // chunkClass is the class of a queue's chunk (copyLocked).
 var chunkClass, _ = slices.BinarySearch(bufSizes, scratchSize)
@@ -117,11 +134,23 @@ var poisonBufs = false
 // heldClass is the class a held frame of n bytes is carved from, -1 for
 // none (the heap).
 func heldClass(n int) int {
-	if n < heldMin || n > fanOutMax {
+	if n < heldMin || n > heldMax {
 		return -1
+	}
+	if n > fanOutMax {
+		k, _ := slices.BinarySearch(bufSizes[largeClass:], pageSize+n)
+		return largeClass + k
 	}
 	k, _ := slices.BinarySearch(bufSizes, frameHeader+n)
 	return k
+}
+
+// frameOffset is where a held frame starts in a buffer of class k.
+func frameOffset(k int) int {
+	if k >= largeClass {
+		return pageSize
+	}
+	return frameHeader
 }
 
 // heldSize is what a held frame counts in the budget: its buffer's size
@@ -135,8 +164,7 @@ func heldSize(frame []byte) int {
 
 // recycle gives a held frame's buffer back once no queue holds it.
 func recycle(frame []byte) {
-	h := holdOf(frame)
-	if h.class != 0 {
-		putBuf(unsafe.Pointer(h), int(h.class)-1)
+	if k := int(holdOf(frame).class) - 1; k >= 0 {
+		putBuf(unsafe.Add(unsafe.Pointer(unsafe.SliceData(frame)), -frameOffset(k)), k)
 	}
 }

@@ -140,11 +140,12 @@ const frameHeader = 8
 // zeroHeader is what a held frame's allocation starts from.
 var zeroHeader [frameHeader]byte
 
-// A frame larger than pageAlignFrom starts after a page of headroom
-// (zeroPage), so on a page boundary, its count at the page's end: the
-// kernel copied a 1 MiB frame 8 bytes into a page to the socket about a
-// tenth slower (docs/performance.md). The page is not counted in the
-// budget: at most 1/16 of such a frame.
+// A frame larger than pageAlignFrom starts after a page of headroom, so
+// on a page boundary, its count at the page's end: the kernel copied a 1
+// MiB frame 8 bytes into a page to the socket about a tenth slower
+// (docs/performance.md). In a mapped buffer (frameOffset) the budget
+// counts the page with the buffer; on the heap (frames over heldMax, after
+// zeroPage) it does not: at most 1/4096 of such a frame.
 const pageAlignFrom = 64 << 10
 
 var zeroPage [4096]byte
@@ -154,7 +155,8 @@ var zeroPage [4096]byte
 func newHeld(raw []byte, refs int32) []byte {
 	if k := heldClass(len(raw)); k >= 0 {
 		if p := takeBuf(k); p != nil {
-			frame := unsafe.Slice((*byte)(p), frameHeader+len(raw))[frameHeader:]
+			at := frameOffset(k)
+			frame := unsafe.Slice((*byte)(p), at+len(raw))[at:]
 			copy(frame, raw)
 			h := holdOf(frame)
 			h.refs.Store(refs)

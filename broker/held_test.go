@@ -62,7 +62,8 @@ func TestChunkCopiesAreNotHeld(t *testing.T) {
 // A large frame starts on a page of its own: the kernel copied a 1 MiB
 // frame 8 bytes into a page markedly slower (docs/performance.md).
 func TestLargeHeldFramesStartOnAPage(t *testing.T) {
-	for _, n := range []int{pageAlignFrom + 1, 1 << 20} {
+	// In a mapped buffer, and past heldMax on the heap.
+	for _, n := range []int{pageAlignFrom + 1, 1 << 20, heldMax + 1} {
 		raw := bytes.Repeat([]byte{9}, n)
 		f := newHeld(raw, 3)
 		if addr := uintptr(unsafe.Pointer(unsafe.SliceData(f))); addr%4096 != 0 {
@@ -71,6 +72,7 @@ func TestLargeHeldFramesStartOnAPage(t *testing.T) {
 		if !isHeld(f) || holdOf(f).refs.Load() != 3 || !bytes.Equal(f, raw) {
 			t.Errorf("%d bytes: held %v, count %d, same bytes %v", n, isHeld(f), holdOf(f).refs.Load(), bytes.Equal(f, raw))
 		}
+		recycle(f)
 	}
 	f := newHeld(make([]byte, pageAlignFrom), 1)
 	if uintptr(unsafe.Pointer(unsafe.SliceData(f)))%4096 == 0 {
@@ -79,7 +81,7 @@ func TestLargeHeldFramesStartOnAPage(t *testing.T) {
 	recycle(f) // its buffer is mapped (bufs.go): not to be left in use
 }
 
-// Frames of heldMin to fanOutMax bytes are carved from buffers of whole
+// Frames of heldMin to heldMax bytes are carved from buffers of whole
 // pages mapped outside the heap: the budget counts the buffer, all of it
 // comes back when the last holder lets go, the buffer goes back on its
 // free list then, and a trim unmaps the buffers that sat there unused
@@ -92,7 +94,10 @@ func TestHeldBuffersAreCountedAndRecycled(t *testing.T) {
 	for _, c := range []struct{ n, counted int }{
 		{heldMin - 1, heldMin - 1}, {heldMin, pageSize}, {pageSize - frameHeader, pageSize},
 		{pageSize - frameHeader + 1, 2 * pageSize}, {9 * pageSize, 10 * pageSize},
-		{fanOutMax, fanOutMax + pageSize}, {fanOutMax + 1, fanOutMax + 1},
+		{fanOutMax, fanOutMax + pageSize},
+		// Past fanOutMax a page of headroom, then sizes an eighth apart.
+		{fanOutMax + 1, pageSize + fanOutMax*9/8}, {1<<20 + 40, pageSize + (1<<20)*9/8},
+		{heldMax, pageSize + heldMax}, {heldMax + 1, heldMax + 1},
 	} {
 		raw := bytes.Repeat([]byte{5}, c.n)
 		f, sh := m.share(raw)
