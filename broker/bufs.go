@@ -71,6 +71,9 @@ var (
 	bufMapped    atomic.Int64 // mapped in all, on the lists or in use
 )
 
+// bufsInUse is how many bytes of mapped buffers hold frames.
+func bufsInUse() int64 { return bufMapped.Load() - bufFreeBytes.Load() }
+
 // takeBuf is a buffer of class k, from its list or newly mapped; nil if
 // none could be mapped.
 func takeBuf(k int) unsafe.Pointer {

@@ -33,4 +33,4 @@ func BudgetParts(b *Broker) (used, buffered, releasing, connBuffers int64) {
 func init() { poisonBufs = true }
 
 // BufsInUse is how many bytes of mapped buffers hold frames (bufs.go).
-func BufsInUse() int64 { return bufMapped.Load() - bufFreeBytes.Load() }
+func BufsInUse() int64 { return bufsInUse() }

@@ -89,8 +89,7 @@ func TestLargeHeldFramesStartOnAPage(t *testing.T) {
 func TestHeldBuffersAreCountedAndRecycled(t *testing.T) {
 	m := &memBudget{} // no broker: no trims but the test's own
 	m.init(0)
-	inUse := func() int64 { return bufMapped.Load() - bufFreeBytes.Load() }
-	before := inUse()
+	before := bufsInUse()
 	for _, c := range []struct{ n, counted int }{
 		{heldMin - 1, heldMin - 1}, {heldMin, pageSize}, {pageSize - frameHeader, pageSize},
 		{pageSize - frameHeader + 1, 2 * pageSize}, {9 * pageSize, 10 * pageSize},
@@ -104,8 +103,8 @@ func TestHeldBuffersAreCountedAndRecycled(t *testing.T) {
 		if got := m.used.Load(); got != int64(c.counted) || !bytes.Equal(f, raw) || !isHeld(f) {
 			t.Fatalf("%d bytes: counted %d, want %d; same bytes %v, held %v", c.n, got, c.counted, bytes.Equal(f, raw), isHeld(f))
 		}
-		if mapped := heldClass(c.n) >= 0; mapped && inUse()-before != int64(c.counted) || !mapped && inUse() != before {
-			t.Errorf("%d bytes: %d bytes of mapped buffers in use, want %d", c.n, inUse()-before, c.counted)
+		if mapped := heldClass(c.n) >= 0; mapped && bufsInUse()-before != int64(c.counted) || !mapped && bufsInUse() != before {
+			t.Errorf("%d bytes: %d bytes of mapped buffers in use, want %d", c.n, bufsInUse()-before, c.counted)
 		}
 		m.unshare(f, sh, 2)
 		m.releaseFrames([][]byte{f})
@@ -116,8 +115,8 @@ func TestHeldBuffersAreCountedAndRecycled(t *testing.T) {
 		if got := m.used.Load(); got != 0 {
 			t.Fatalf("%d bytes: %d still counted after the last holder let go", c.n, got)
 		}
-		if inUse() != before {
-			t.Errorf("%d bytes: %d bytes of mapped buffers still in use after the last holder let go", c.n, inUse()-before)
+		if bufsInUse() != before {
+			t.Errorf("%d bytes: %d bytes of mapped buffers still in use after the last holder let go", c.n, bufsInUse()-before)
 		}
 	}
 	frames := make([][]byte, 64)
@@ -136,8 +135,8 @@ func TestHeldBuffersAreCountedAndRecycled(t *testing.T) {
 	if free := bufFreeBytes.Load(); free != 0 {
 		t.Errorf("%d bytes on the free lists after a trim interval without use", free)
 	}
-	if inUse() != before {
-		t.Errorf("%d bytes of mapped buffers still in use", inUse()-before)
+	if bufsInUse() != before {
+		t.Errorf("%d bytes of mapped buffers still in use", bufsInUse()-before)
 	}
 }
 

@@ -168,8 +168,7 @@ func (b *Broker) Snapshot() *Snapshot {
 	s.Refused = b.refused()
 	s.Throttle = b.throttle.stats(time.Now())
 	s.MemoryUsed, s.MemoryLimit = b.mem.used.Load(), b.mem.limit
-	s.FrameBuffersFree = bufFreeBytes.Load()
-	s.FrameBuffersInUse = bufMapped.Load() - s.FrameBuffersFree
+	s.FrameBuffersInUse, s.FrameBuffersFree = bufsInUse(), bufFreeBytes.Load()
 	s.FrameTimeouts = b.mem.frameTimeouts.Load()
 	s.PartialCloses = b.mem.partialCloses.Load()
 	b.stats.mu.Lock()
