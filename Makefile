@@ -43,16 +43,21 @@ ferretdb: $(FERRETDB)
 $(FERRETDB): testservers/ferretdb/main.go testservers/ferretdb/go.mod testservers/ferretdb/go.sum
 	cd testservers/ferretdb && CGO_ENABLED=0 $(GO) build -o ../../$(FERRETDB) .
 
-# The tests run against a FerretDB started here on a free port, stopped and
-# removed when they end, whatever their outcome.
+# The tests run against a FerretDB and a nats-server with JetStream started
+# here on free ports, stopped and removed when they end, whatever their
+# outcome: a run never depends on the machine's nats-server being up (a CI
+# run once found 127.0.0.1:4222 down) nor leaves streams in it.
 test: deps lint cross $(FERRETDB)
 	@dir=$$(mktemp -d); \
 	$(FERRETDB) -dir $$dir/data -uri-file $$dir/uri >/dev/null 2>$$dir/log & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
-	for i in $$(seq 100); do [ -s $$dir/uri ] && break; sleep 0.1; done; \
+	nats-server -a 127.0.0.1 -p -1 -js -sd $$dir/nats --ports_file_dir $$dir >$$dir/nats.log 2>&1 & npid=$$!; \
+	trap 'kill $$pid $$npid 2>/dev/null; wait $$pid $$npid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for i in $$(seq 100); do [ -s $$dir/uri ] && [ -s $$dir/nats-server_$$npid.ports ] && break; sleep 0.1; done; \
 	[ -s $$dir/uri ] || { echo "the FerretDB test server did not start:"; cat $$dir/log; exit 1; }; \
-	echo "FerretDB test server: $$(cat $$dir/uri)"; \
-	HPFEEDS_TEST_MONGODB_URI=$$(cat $$dir/uri) $(GO) test -race -count=1 ./...
+	nats=$$(sed -n 's|.*"nats://\([^"]*\)".*|\1|p' $$dir/nats-server_$$npid.ports 2>/dev/null); \
+	[ -n "$$nats" ] || { echo "the nats-server test server did not start:"; cat $$dir/nats.log; exit 1; }; \
+	echo "FerretDB test server: $$(cat $$dir/uri); nats-server test server: $$nats"; \
+	HPFEEDS_TEST_MONGODB_URI=$$(cat $$dir/uri) HPFEEDS_TEST_NATS=$$nats $(GO) test -race -count=1 ./...
 	$(MAKE) fuzz-smoke
 	$(MAKE) bench-smoke
 

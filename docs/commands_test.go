@@ -152,7 +152,7 @@ func TestDocumentedCommands(t *testing.T) {
 		}
 	}
 
-	storetest.RequireService(t, "127.0.0.1:4222", "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server")
+	nats := storetest.NATS(t)
 
 	users := brokertest.NewUsers(
 		auth.User{Ident: "logger", Secret: "s3cret", SubChans: []string{"dionaea.capture", "cowrie.sessions"}},
@@ -174,7 +174,7 @@ func TestDocumentedCommands(t *testing.T) {
 		with string
 	}{
 		{regexp.MustCompile(`http://(127\.0\.0\.1|localhost):9431`), exporter.URL},
-		{regexp.MustCompile(`nats://[^'"\s]*`), "nats://127.0.0.1:4222"},
+		{regexp.MustCompile(`nats://[^'"\s]*`), "nats://" + nats},
 		{regexp.MustCompile(`\bport=\d+`), "port=0"},
 		{regexp.MustCompile(`--exporter[= ](0\.0\.0\.0|127\.0\.0\.1):\d+`), "--exporter=127.0.0.1:0"},
 		{regexp.MustCompile(`interface=10\.0\.0\.1`), "interface=127.0.0.1"},

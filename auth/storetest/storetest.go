@@ -298,6 +298,23 @@ func NewProxy(t testing.TB, target string) *tcpproxy.Proxy {
 	return p
 }
 
+// NATSEnv names the variable holding host:port of the nats-server with
+// JetStream the cluster and retention tests use; `make test` starts one on a
+// free port and sets it.
+const NATSEnv = "HPFEEDS_TEST_NATS"
+
+// NATS returns host:port of the nats-server the tests use: NATSEnv, else the
+// machine's at 127.0.0.1:4222.
+func NATS(t testing.TB) string {
+	t.Helper()
+	addr := os.Getenv(NATSEnv)
+	if addr == "" {
+		addr = "127.0.0.1:4222"
+	}
+	RequireService(t, addr, "make test (it starts a nats-server), or nats-server -a 127.0.0.1 -p 4222 -js, or set "+NATSEnv)
+	return addr
+}
+
 // MongoEnv names the variable holding the base URI of the MongoDB-wire
 // server the tests use; `make test` starts testservers/ferretdb and sets it.
 const MongoEnv = "HPFEEDS_TEST_MONGODB_URI"

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -19,31 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
-// machineNATS returns the address of the machine's nats-server
-// (HPFEEDS_TEST_NATS, default 127.0.0.1:4222). In CI it must be there.
-func machineNATS(t *testing.T) string {
-	addr := os.Getenv("HPFEEDS_TEST_NATS")
-	if addr == "" {
-		addr = "127.0.0.1:4222"
-	}
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		msg := fmt.Sprintf("no nats-server at %s (%v): apt-get install nats-server && nats-server -a 127.0.0.1 -p 4222, or set HPFEEDS_TEST_NATS", addr, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	c.Close()
-	return addr
-}
-
 func TestClusterCheckConfig(t *testing.T) {
-	nats := machineNATS(t)
+	nats := storetest.NATS(t)
 	code, out := run(t, nil, "--check-config", "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0",
 		"--cluster=nats://u:hidden@"+nats, "--cluster-prefix=check")
 	if code != 0 || !strings.Contains(out, "cluster: nats://u:xxxxx@"+nats+" (subjects check.>)") {
@@ -211,12 +191,12 @@ func receive(t *testing.T, sub *wireClient, counts, want map[string]int) {
 	}
 }
 
-// Three broker processes joined through the machine's nats-server:
+// Three broker processes joined through the test nats-server (storetest.NATS):
 // subscribers on each get every message from publishers on each exactly
 // once, the exporter counts the traffic, and a broker killed mid-run
 // (SIGKILL) leaves the other two exchanging.
 func TestClusterIntegration(t *testing.T) {
-	nats := machineNATS(t)
+	nats := storetest.NATS(t)
 	// A prefix of its own keeps this run apart from anything else on the
 	// shared NATS.
 	var r [6]byte

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +19,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sys/unix"
+
+	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
 // Retention tests: real broker processes, real sockets. Payloads are
@@ -242,10 +243,10 @@ func TestRetainReplayRate(t *testing.T) {
 	t.Logf("%d messages (%d bytes) caught up in %v at 1 MiB/s", n, n*frame, took)
 }
 
-// Two brokers on the machine's NATS: a subscriber that left one resumes
+// Two brokers on the test NATS (storetest.NATS): a subscriber that left one resumes
 // on the other.
 func TestRetainClusterResume(t *testing.T) {
-	natsAddr := machineNATS(t)
+	natsAddr := storetest.NATS(t)
 	clusterUser("clogger")
 	clusterUser("csensor")
 	t.Parallel() // after clusterUser: it appends to a shared list
@@ -475,7 +476,7 @@ func vmKiB(t *testing.T, pid int, field string) int {
 // A store that fails (its stream deleted under the broker) never stops
 // live delivery: the failures are counted.
 func TestRetainFailingStoreKeepsLive(t *testing.T) {
-	natsAddr := machineNATS(t)
+	natsAddr := storetest.NATS(t)
 	clusterUser("xlogger")
 	clusterUser("xsensor")
 	t.Parallel() // after clusterUser: it appends to a shared list
