@@ -1,8 +1,6 @@
 package metrics_test
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"encoding/json"
 	"os"
 	"regexp"
@@ -10,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
 const dashboardPath = "../dashboards/hpfeeds-broker.json"

@@ -1,8 +1,6 @@
 package metrics_test
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"context"
 	"os"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	_ "github.com/hpfeeds-go/hpfeeds/auth/sqlstore"
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
 // spellings returns n spellings of ident that a case-insensitive,

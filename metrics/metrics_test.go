@@ -1,8 +1,6 @@
 package metrics_test
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"bytes"
 	"io"
 	"net"
@@ -12,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/broker"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
 // expect checks that a series has exactly the value want (-1: absent).

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-	"github.com/hpfeeds-go/hpfeeds/internal/testbin"
-
 	"bufio"
 	"io"
 	"net"
@@ -16,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/internal/testbin"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 

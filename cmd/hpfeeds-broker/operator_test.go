@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"bytes"
 	"io"
 	"net"
@@ -15,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	filewatch "github.com/hpfeeds-go/hpfeeds/internal/watch"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )

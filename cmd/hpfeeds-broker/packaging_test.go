@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-	"github.com/hpfeeds-go/hpfeeds/internal/testcert"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +16,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
+	"github.com/hpfeeds-go/hpfeeds/internal/testcert"
 )
 
 // The image, as the Dockerfile builds it. No Docker engine runs here, so

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
-
 	"encoding/base64"
 	"encoding/hex"
 	"net"
@@ -12,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
