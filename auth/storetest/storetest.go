@@ -1,7 +1,8 @@
 // Package storetest holds what the credential-store tests share: logging in
 // through a running broker, the editor round trip every writable store must
-// pass, the service check that fails in CI and skips elsewhere, and a TCP
-// proxy that can be cut to simulate a store going away.
+// pass, the service check that fails in CI and skips elsewhere, where the
+// test services are (FerretDB and NATS, which `make test` starts), and a
+// TCP proxy that can be cut to simulate a store going away.
 package storetest
 
 import (
