@@ -253,9 +253,11 @@ func mustFrame(ident, channel string, size int) []byte {
 }
 
 // publisher sends numbered, timestamped messages: payload byte 0 is the
-// bench mark, 1..8 the send time, 9..16 the sequence number from 0.
+// bench mark, 1..8 the send time, 9..16 the sequence number from 0, and
+// the rest one of the load generator's bodies.
 type publisher struct {
 	payload []byte               // where the next message is built
+	bodies  [][]byte             // loadgen.Bodies
 	emit    func(payload []byte) // sends (or buffers) the message built
 	flush   func()               // writes what emit buffered
 	seq     uint64
@@ -289,6 +291,10 @@ func (p *publisher) send() {
 	p.payload[0] = loadgen.MarkBench
 	binary.BigEndian.PutUint64(p.payload[1:9], uint64(time.Now().UnixNano()))
 	binary.BigEndian.PutUint64(p.payload[9:17], p.seq)
+	if p.bodies == nil {
+		p.bodies = loadgen.Bodies(len(p.payload))
+	}
+	copy(p.payload[loadgen.MinSize:], p.bodies[p.seq%uint64(len(p.bodies))])
 	p.seq++
 	p.emit(p.payload)
 }

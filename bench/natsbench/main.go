@@ -221,11 +221,12 @@ func (p *publisher) Done() error {
 // 20,000 msg/s), and without it nats.go's flusher goroutine wrote about
 // one message per write.
 type rawPublisher struct {
-	nc    net.Conn
-	mu    sync.Mutex // the writer, shared with answering the server's PINGs
-	w     *bufio.Writer
-	frame []byte
-	at    int // where the payload starts in frame
+	nc      net.Conn
+	mu      sync.Mutex // the writer, shared with answering the server's PINGs
+	w       *bufio.Writer
+	frame   []byte
+	at      int // where the payload starts in frame
+	varying int // loadgen.Varying
 }
 
 // dialRaw connects a rawPublisher to the server at natsURL and returns
@@ -252,7 +253,7 @@ func dialRaw(natsURL, subject string, size int) *rawPublisher {
 		fail(fmt.Errorf("%s: CONNECT refused (%q, %v)", natsURL, line, err))
 	}
 	head := fmt.Sprintf("PUB %s %d\r\n", subject, size)
-	p := &rawPublisher{nc: nc, w: bufio.NewWriterSize(nc, 64<<10), at: len(head)}
+	p := &rawPublisher{nc: nc, w: bufio.NewWriterSize(nc, 64<<10), at: len(head), varying: loadgen.Varying(size)}
 	p.frame = append(append([]byte(head), make([]byte, size)...), "\r\n"...)
 	go p.answer(rd)
 	return p
@@ -280,7 +281,7 @@ func (p *rawPublisher) answer(rd *bufio.Reader) {
 
 func (p *rawPublisher) Send(payload []byte) error {
 	p.mu.Lock()
-	copy(p.frame[p.at:], payload[:loadgen.MinSize])
+	copy(p.frame[p.at:], payload[:p.varying])
 	_, err := p.w.Write(p.frame)
 	p.mu.Unlock()
 	return err

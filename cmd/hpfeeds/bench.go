@@ -285,21 +285,22 @@ func (r *benchRun) watchRefusal(nc net.Conn, rd *wire.Reader) {
 	}
 }
 
-// framePublisher writes one PUBLISH frame, built once, with each payload's
-// mark and timestamp patched in.
+// framePublisher writes one PUBLISH frame, built once, with the part of
+// each payload that varies patched in.
 type framePublisher struct {
-	w     *bufio.Writer
-	frame []byte
-	at    int // where the payload starts in frame
+	w       *bufio.Writer
+	frame   []byte
+	at      int // where the payload starts in frame
+	varying int // loadgen.Varying
 }
 
 func newFramePublisher(nc net.Conn, ident, channel []byte, size int) *framePublisher {
 	frame, _ := wire.AppendPublish(nil, ident, channel, make([]byte, size))
-	return &framePublisher{w: bufio.NewWriterSize(nc, 64<<10), frame: frame, at: len(frame) - size}
+	return &framePublisher{w: bufio.NewWriterSize(nc, 64<<10), frame: frame, at: len(frame) - size, varying: loadgen.Varying(size)}
 }
 
 func (p *framePublisher) Send(payload []byte) error {
-	copy(p.frame[p.at:], payload[:loadgen.MinSize])
+	copy(p.frame[p.at:], payload[:p.varying])
 	_, err := p.w.Write(p.frame)
 	return err
 }

@@ -96,7 +96,7 @@ type Result struct {
 // Publisher is one publishing connection.
 type Publisher interface {
 	// Send publishes payload. It is the same slice at every call; only its
-	// first MinSize bytes change. It may buffer.
+	// first Varying(len(payload)) bytes change. It may buffer.
 	Send(payload []byte) error
 	// Flush pushes out what Send buffered; the generator calls it before
 	// it sleeps to pace.
@@ -202,6 +202,7 @@ func (r *run) publish(p Publisher) {
 	payload := make([]byte, cfg.Size)
 	payload[0] = MarkBench
 	copy(payload[1:9], cfg.Run[:])
+	bodies := Bodies(cfg.Size)
 	var interval time.Duration
 	if cfg.Rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(cfg.Publishers) / float64(cfg.Rate))
@@ -231,6 +232,9 @@ func (r *run) publish(p Publisher) {
 			break
 		}
 		binary.BigEndian.PutUint64(payload[9:MinSize], uint64(now.UnixNano()))
+		if len(bodies) > 1 || k == 0 {
+			copy(payload[MinSize:], bodies[k%len(bodies)])
+		}
 		if p.Send(payload) != nil {
 			return
 		}
