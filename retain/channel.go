@@ -22,7 +22,7 @@ type Pos struct {
 
 // batch is one stored message in the making: PUBLISH frames side by side.
 type batch struct {
-	data   []byte
+	data   []byte // the frames
 	frames int
 	seq    uint64        // once done: where it was stored (or, failed, where it would resume)
 	failed bool          // the store refused it
@@ -164,7 +164,9 @@ var errBacklog = errors.New("the store is not keeping up: batch dropped")
 // publishLoop publishes batches in the order they were flushed.
 func (e *Engine) publishLoop() {
 	defer close(e.published)
+	var scratch []byte
 	for b := range e.out {
+		scratch, b.msg.Data = pack(scratch, b.data)
 		fut, err := e.js.PublishMsgAsync(b.msg, jetstream.WithStallWait(time.Second))
 		if err != nil {
 			b.ch.mu.Lock()
@@ -344,9 +346,10 @@ func (ch *Channel) Stats(ctx context.Context) Stats {
 		return Stats{}
 	}
 	frames, bytes := counts(m)
+	data, _ := unpack(m.Data)
 	return Stats{
-		Messages: ch.cumFrames.Load() - (frames - uint64(len(appendFrames(nil, m.Data, 0)))),
-		Bytes:    ch.cumBytes.Load() - (bytes - uint64(len(m.Data))),
+		Messages: ch.cumFrames.Load() - (frames - uint64(len(appendFrames(nil, data, 0)))),
+		Bytes:    ch.cumBytes.Load() - (bytes - uint64(unpackedLen(m.Data))),
 		Oldest:   m.Time,
 	}
 }
@@ -366,7 +369,8 @@ func (ch *Channel) Behind(ctx context.Context, p Pos) (msgs uint64, since time.T
 		return 0, time.Time{}
 	}
 	frames, _ := counts(m)
-	at := frames - uint64(len(appendFrames(nil, m.Data, 0)))
+	data, _ := unpack(m.Data)
+	at := frames - uint64(len(appendFrames(nil, data, 0)))
 	if m.Sequence == p.Seq {
 		at += uint64(p.Idx)
 	}

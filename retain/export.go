@@ -65,7 +65,11 @@ func (e *Engine) Export(ctx context.Context, channel string, since time.Time, fn
 		if err != nil {
 			return err
 		}
-		s := Stored{Pos: Pos{md.Sequence.Stream, 0}, Time: md.Timestamp, Frames: appendFrames(nil, m.Data(), 0)}
+		data, err := unpack(m.Data())
+		if err != nil {
+			return fmt.Errorf("retain: reading %s at %d: %w", channel, md.Sequence.Stream, err)
+		}
+		s := Stored{Pos: Pos{md.Sequence.Stream, 0}, Time: md.Timestamp, Frames: appendFrames(nil, data, 0)}
 		for _, f := range s.Frames {
 			if err := fn(s, f); err != nil {
 				return err

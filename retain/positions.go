@@ -98,7 +98,12 @@ func (ch *Channel) Read(ctx context.Context, p Pos) (s Stored, found bool, err e
 	} else if p.Idx > 0 {
 		ch.e.Truncated.Add(1)
 	}
-	s = Stored{Pos: Pos{m.Sequence, skip}, Frames: appendFrames(nil, m.Data, skip), Time: m.Time, Next: Pos{m.Sequence + 1, 0}}
+	s = Stored{Pos: Pos{m.Sequence, skip}, Time: m.Time, Next: Pos{m.Sequence + 1, 0}}
+	data, err := unpack(m.Data)
+	if err != nil {
+		ch.e.opts.Logger.Warn("retain: skipping a stored batch that cannot be read", "channel", ch.name, "seq", m.Sequence, "err", err)
+	}
+	s.Frames = appendFrames(nil, data, skip)
 	return s, true, nil
 }
 

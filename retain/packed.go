@@ -1,0 +1,62 @@
+package retain
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/klauspost/compress/s2"
+)
+
+// A batch is stored S2-compressed: every byte stored passes through several
+// copies inside JetStream (its connection's read, the stream's ingest, the
+// file store's cache and the disk), and sensors' events shrink about
+// fourfold, costing less to compress than those copies (docs/retention.md).
+//
+// A compressed batch starts with packedMagic. Its first four bytes read as
+// a frame length of 0, which no frame has (a frame is at least 5 bytes), so
+// a broker that predates compression reads no frame from it, rather than
+// garbage, and a batch without the prefix is read as it is: the batches
+// stored before compression.
+const packedMagic = "\x00\x00\x00\x00s2"
+
+// pack compresses a batch's frames, using scratch (grown as needed) for
+// the encoding, and returns scratch and an exact-size copy of the result:
+// that copy is held until the store acknowledges the batch, and a
+// worst-case-sized buffer per batch in flight would hold a third more
+// memory than the batch's frames did before compression.
+func pack(scratch, data []byte) (grown, packed []byte) {
+	n := len(packedMagic) + s2.MaxEncodedLen(len(data))
+	if cap(scratch) < n {
+		scratch = make([]byte, n)
+	}
+	scratch = scratch[:n]
+	copy(scratch, packedMagic)
+	enc := s2.Encode(scratch[len(packedMagic):], data)
+	return scratch, append([]byte(nil), scratch[:len(packedMagic)+len(enc)]...)
+}
+
+// unpack is a stored batch's frames, side by side: decompressed if it was
+// stored compressed.
+func unpack(data []byte) ([]byte, error) {
+	if !bytes.HasPrefix(data, []byte(packedMagic)) {
+		return data, nil
+	}
+	frames, err := s2.Decode(nil, data[len(packedMagic):])
+	if err != nil {
+		return nil, fmt.Errorf("a stored batch does not decompress: %w", err)
+	}
+	return frames, nil
+}
+
+// unpackedLen is the length of a stored batch's frames, without
+// decompressing them.
+func unpackedLen(data []byte) int {
+	if !bytes.HasPrefix(data, []byte(packedMagic)) {
+		return len(data)
+	}
+	n, err := s2.DecodedLen(data[len(packedMagic):])
+	if err != nil {
+		return 0
+	}
+	return n
+}
