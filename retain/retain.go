@@ -5,7 +5,7 @@
 // rest of the broker's publish path, so frames are batched per channel: a
 // stored message is the PUBLISH frames of one channel side by side, as they
 // went out, flushed when it reaches BatchBytes or is FlushAfter old, and
-// published asynchronously. A position in a channel is (stream sequence,
+// published asynchronously, S2-compressed (packed.go). A position in a channel is (stream sequence,
 // frame index in that message). Resume positions per (ident, channel) live
 // in a JetStream key-value bucket beside the stream, so they survive a
 // restart and are shared by every broker of a cluster.
