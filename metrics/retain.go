@@ -10,7 +10,7 @@ var (
 	descRetainedMessages = prometheus.NewDesc("hpfeeds_broker_retained_messages",
 		"Messages a retained channel holds in the store", []string{"channel"}, nil)
 	descRetainedBytes = prometheus.NewDesc("hpfeeds_broker_retained_bytes",
-		"Bytes of PUBLISH frames a retained channel holds in the store", []string{"channel"}, nil)
+		"Bytes of PUBLISH frames a retained channel holds in the store, before compression", []string{"channel"}, nil)
 	descRetainedOldest = prometheus.NewDesc("hpfeeds_broker_retained_oldest_age_seconds",
 		"Age of a retained channel's oldest stored message", []string{"channel"}, nil)
 	descRetainBehind = prometheus.NewDesc("hpfeeds_broker_retain_behind_messages",
@@ -24,7 +24,7 @@ var (
 	descRetainCatching = prometheus.NewDesc("hpfeeds_broker_retain_catching_up",
 		"Subscriptions catching up from the store now", nil, nil)
 	descRetainStore = prometheus.NewDesc("hpfeeds_broker_retain_jetstream_bytes",
-		"JetStream's use for retained channels, by storage (memory, file)", []string{"storage"}, nil)
+		"JetStream's use for retained channels, by storage (memory, file), compressed", []string{"storage"}, nil)
 )
 
 // RetainCollector exports the retained store, read at each scrape.
