@@ -22,7 +22,7 @@ type Pos struct {
 
 // batch is one stored message in the making: PUBLISH frames side by side.
 type batch struct {
-	data   []byte // the frames
+	data   []byte
 	frames int
 	seq    uint64        // once done: where it was stored (or, failed, where it would resume)
 	failed bool          // the store refused it
@@ -75,10 +75,13 @@ type Channel struct {
 	cumFrames, cumBytes atomic.Uint64
 }
 
-// Each stored batch carries the channel's frame and byte counts after it.
+// Each stored batch carries the channel's frame and byte counts after it,
+// and its own frame count (so that reading the counts needs no
+// decompression; batches stored before it was added lack it).
 const (
-	hdrFrames = "Hpfeeds-Frames"
-	hdrBytes  = "Hpfeeds-Bytes"
+	hdrFrames      = "Hpfeeds-Frames"
+	hdrBytes       = "Hpfeeds-Bytes"
+	hdrBatchFrames = "Hpfeeds-Batch-Frames"
 )
 
 // Lock and Unlock hold the channel for an append and its live delivery,
@@ -133,8 +136,9 @@ func (ch *Channel) flushLocked() {
 	ch.inflight = append(ch.inflight, b)
 	b.ch = ch
 	b.msg = &nats.Msg{Subject: ch.subject, Data: b.data, Header: nats.Header{
-		hdrFrames: {strconv.FormatUint(ch.cumFrames.Load(), 10)},
-		hdrBytes:  {strconv.FormatUint(ch.cumBytes.Load(), 10)},
+		hdrFrames:      {strconv.FormatUint(ch.cumFrames.Load(), 10)},
+		hdrBytes:       {strconv.FormatUint(ch.cumBytes.Load(), 10)},
+		hdrBatchFrames: {strconv.Itoa(b.frames)},
 	}}
 	select {
 	case ch.e.out <- b:
@@ -346,9 +350,8 @@ func (ch *Channel) Stats(ctx context.Context) Stats {
 		return Stats{}
 	}
 	frames, bytes := counts(m)
-	data, _ := unpack(m.Data)
 	return Stats{
-		Messages: ch.cumFrames.Load() - (frames - uint64(len(appendFrames(nil, data, 0)))),
+		Messages: ch.cumFrames.Load() - (frames - framesIn(m)),
 		Bytes:    ch.cumBytes.Load() - (bytes - uint64(unpackedLen(m.Data))),
 		Oldest:   m.Time,
 	}
@@ -361,6 +364,15 @@ func counts(m *jetstream.RawStreamMsg) (frames, bytes uint64) {
 	return frames, bytes
 }
 
+// framesIn is the number of frames in stored batch m.
+func framesIn(m *jetstream.RawStreamMsg) uint64 {
+	if n, err := strconv.ParseUint(m.Header.Get(hdrBatchFrames), 10, 64); err == nil {
+		return n
+	}
+	data, _ := unpack(m.Data)
+	return uint64(len(appendFrames(nil, data, 0)))
+}
+
 // Behind is how far p is behind the channel's head: in messages, and the
 // time the message at p was stored (zero when p is at the head).
 func (ch *Channel) Behind(ctx context.Context, p Pos) (msgs uint64, since time.Time) {
@@ -369,8 +381,7 @@ func (ch *Channel) Behind(ctx context.Context, p Pos) (msgs uint64, since time.T
 		return 0, time.Time{}
 	}
 	frames, _ := counts(m)
-	data, _ := unpack(m.Data)
-	at := frames - uint64(len(appendFrames(nil, data, 0)))
+	at := frames - framesIn(m)
 	if m.Sequence == p.Seq {
 		at += uint64(p.Idx)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Batches are stored compressed, and read back as they were appended.
@@ -46,10 +47,9 @@ func TestStoredFormatCompatibility(t *testing.T) {
 	defer e.Close()
 	ch := e.Channel("events")
 	old := append(frame(t, 1), frame(t, 2)...)
-	if err := e.nc.PublishMsg(&nats.Msg{Subject: ch.subject, Data: old}); err != nil {
+	if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: ch.subject, Data: old}); err != nil {
 		t.Fatal(err)
 	}
-	e.nc.Flush()
 	if got := strings.Join(readAll(t, ch, Pos{1, 0}), ","); got != "1,2" {
 		t.Errorf("an uncompressed batch read back as %q", got)
 	}
@@ -61,6 +61,11 @@ func TestStoredFormatCompatibility(t *testing.T) {
 	data, err := unpack(packed)
 	if err != nil || !bytes.Equal(data, old) || unpackedLen(packed) != len(old) {
 		t.Errorf("round trip: %v, equal %v, length %d", err, bytes.Equal(data, old), unpackedLen(packed))
+	}
+	for _, data := range [][]byte{old, packed} { // batches without the frame count header
+		if n := framesIn(&jetstream.RawStreamMsg{Data: data}); n != 2 {
+			t.Errorf("framesIn counted %d frames, want 2", n)
+		}
 	}
 	if _, err := unpack(packed[:len(packed)-3]); err == nil {
 		t.Error("a cut compressed batch decoded")
