@@ -10,7 +10,7 @@ import (
 // A batch is stored S2-compressed: every byte stored passes through several
 // copies inside JetStream (its connection's read, the stream's ingest, the
 // file store's cache and the disk), and sensors' events shrink about
-// fourfold, costing less to compress than those copies (docs/retention.md).
+// 3.5-fold, costing less to compress than those copies (docs/retention.md).
 //
 // A compressed batch starts with packedMagic. Its first four bytes read as
 // a frame length of 0, which no frame has (a frame is at least 5 bytes), so
