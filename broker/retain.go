@@ -183,7 +183,8 @@ func (rs *retainSub) catchUp(p retain.Pos) {
 			return
 		}
 		rs.remember(s.Pos)
-		rs.push(s.Frames)
+		rs.push(s.Frames) // copies them: the batch's buffer serves the next Read
+		s.Release()
 		c.b.cfg.Retain.Replayed.Add(uint64(len(s.Frames)))
 		p = s.Next
 		rs.mu.Lock()

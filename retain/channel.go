@@ -369,7 +369,7 @@ func framesIn(m *jetstream.RawStreamMsg) uint64 {
 	if n, err := strconv.ParseUint(m.Header.Get(hdrBatchFrames), 10, 64); err == nil {
 		return n
 	}
-	data, _ := unpack(m.Data)
+	data, _ := unpack(nil, m.Data)
 	return uint64(len(appendFrames(nil, data, 0)))
 }
 

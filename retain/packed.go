@@ -3,6 +3,7 @@ package retain
 import (
 	"bytes"
 	"fmt"
+	"sync"
 
 	"github.com/klauspost/compress/s2"
 )
@@ -35,13 +36,16 @@ func pack(scratch, data []byte) (grown, packed []byte) {
 	return scratch, append([]byte(nil), scratch[:len(packedMagic)+len(enc)]...)
 }
 
-// unpack is a stored batch's frames, side by side: decompressed if it was
-// stored compressed.
-func unpack(data []byte) ([]byte, error) {
+// unpack is a stored batch's frames, side by side: decompressed, into
+// dst if it has room, if it was stored compressed.
+func unpack(dst, data []byte) ([]byte, error) {
 	if !bytes.HasPrefix(data, []byte(packedMagic)) {
 		return data, nil
 	}
-	frames, err := s2.Decode(nil, data[len(packedMagic):])
+	if n, err := s2.DecodedLen(data[len(packedMagic):]); err == nil && cap(dst) >= n {
+		dst = dst[:n]
+	}
+	frames, err := s2.Decode(dst, data[len(packedMagic):])
 	if err != nil {
 		return nil, fmt.Errorf("a stored batch does not decompress: %w", err)
 	}
@@ -59,4 +63,33 @@ func unpackedLen(data []byte) int {
 		return 0
 	}
 	return n
+}
+
+// replayBufs holds the buffers batches are decompressed into for a
+// catch-up, which copies their frames into the subscriber's queue at once:
+// a new 256 KiB buffer per batch replayed would be garbage a moment later.
+var replayBufs sync.Pool
+
+// unpackForReplay is unpack into a buffer from replayBufs, returned with
+// it (nil if the batch was not compressed) for Stored.Release.
+func unpackForReplay(data []byte) (frames []byte, buf *[]byte, err error) {
+	if !bytes.HasPrefix(data, []byte(packedMagic)) {
+		return data, nil, nil
+	}
+	buf, _ = replayBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	frames, err = unpack(*buf, data)
+	*buf = frames[:0]
+	return frames, buf, err
+}
+
+// Release returns s's buffer for the next Read; s.Frames are not to be
+// used after.
+func (s *Stored) Release() {
+	if s.buf != nil {
+		replayBufs.Put(s.buf)
+		s.buf = nil
+	}
 }

@@ -8,6 +8,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/hpfeeds-go/hpfeeds/internal/loadgen"
+	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // Batches are stored compressed, and read back as they were appended.
@@ -58,7 +61,7 @@ func TestStoredFormatCompatibility(t *testing.T) {
 	if n := len(appendFrames(nil, packed, 0)); n != 0 {
 		t.Errorf("the uncompressed reader found %d frames in a compressed batch", n)
 	}
-	data, err := unpack(packed)
+	data, err := unpack(nil, packed)
 	if err != nil || !bytes.Equal(data, old) || unpackedLen(packed) != len(old) {
 		t.Errorf("round trip: %v, equal %v, length %d", err, bytes.Equal(data, old), unpackedLen(packed))
 	}
@@ -67,7 +70,37 @@ func TestStoredFormatCompatibility(t *testing.T) {
 			t.Errorf("framesIn counted %d frames, want 2", n)
 		}
 	}
-	if _, err := unpack(packed[:len(packed)-3]); err == nil {
+	if _, err := unpack(nil, packed[:len(packed)-3]); err == nil {
 		t.Error("a cut compressed batch decoded")
 	}
+}
+
+// BenchmarkPack compresses a full batch of the bench's 256-byte event
+// payloads as the store's publisher does, and decompresses it as a
+// catch-up does (docs/retention.md quotes it).
+func BenchmarkPack(b *testing.B) {
+	var data []byte
+	for _, body := range loadgen.Bodies(256) {
+		f, _ := wire.AppendPublish(nil, []byte("bench"), []byte("bench"), append(make([]byte, loadgen.MinSize), body...))
+		if len(data)+len(f) > DefaultBatchBytes {
+			break
+		}
+		data = append(data, f...)
+	}
+	scratch, packed := pack(nil, data)
+	b.Run("pack", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			scratch, _ = pack(scratch, data)
+		}
+		b.ReportMetric(float64(len(data))/float64(len(packed)), "ratio")
+	})
+	b.Run("unpack", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			var s Stored
+			_, s.buf, _ = unpackForReplay(packed)
+			s.Release()
+		}
+	})
 }

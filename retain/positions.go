@@ -78,7 +78,8 @@ type Stored struct {
 	Pos    Pos // of Frames[0]
 	Frames [][]byte
 	Time   time.Time
-	Next   Pos // where the following batch is looked for
+	Next   Pos     // where the following batch is looked for
+	buf    *[]byte // what Frames were decompressed into (see Release)
 }
 
 // Read returns the first stored batch of ch at or after p; found is false
@@ -99,11 +100,11 @@ func (ch *Channel) Read(ctx context.Context, p Pos) (s Stored, found bool, err e
 		ch.e.Truncated.Add(1)
 	}
 	s = Stored{Pos: Pos{m.Sequence, skip}, Time: m.Time, Next: Pos{m.Sequence + 1, 0}}
-	data, err := unpack(m.Data)
+	data, buf, err := unpackForReplay(m.Data)
 	if err != nil {
 		ch.e.opts.Logger.Warn("retain: skipping a stored batch that cannot be read", "channel", ch.name, "seq", m.Sequence, "err", err)
 	}
-	s.Frames = appendFrames(nil, data, skip)
+	s.Frames, s.buf = appendFrames(nil, data, skip), buf
 	return s, true, nil
 }
 
