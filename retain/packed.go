@@ -23,8 +23,8 @@ const packedMagic = "\x00\x00\x00\x00s2"
 // pack compresses a batch's frames, using scratch (grown as needed) for
 // the encoding, and returns scratch and an exact-size copy of the result:
 // that copy is held until the store acknowledges the batch, and a
-// worst-case-sized buffer per batch in flight would hold a third more
-// memory than the batch's frames did before compression.
+// worst-case-sized buffer (the size of the frames) per batch in flight
+// would hold some 3.5 times what the compressed events need.
 func pack(scratch, data []byte) (grown, packed []byte) {
 	n := len(packedMagic) + s2.MaxEncodedLen(len(data))
 	if cap(scratch) < n {

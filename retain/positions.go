@@ -84,7 +84,9 @@ type Stored struct {
 
 // Read returns the first stored batch of ch at or after p; found is false
 // when the store holds none. A batch the limits already dropped is
-// counted (Truncated) and the next one read.
+// counted (Truncated) and the next one read. Once its frames are copied,
+// s.Release lets the next Read reuse the buffer they were decompressed
+// into.
 func (ch *Channel) Read(ctx context.Context, p Pos) (s Stored, found bool, err error) {
 	m, err := ch.e.stream.GetMsg(ctx, p.Seq, jetstream.WithGetMsgSubject(ch.subject))
 	if isNotFound(err) {
