@@ -36,14 +36,14 @@ func pack(scratch, data []byte) (grown, packed []byte) {
 	return scratch, append([]byte(nil), scratch[:len(packedMagic)+len(enc)]...)
 }
 
+// isPacked reports whether a stored batch was stored compressed.
+func isPacked(data []byte) bool { return bytes.HasPrefix(data, []byte(packedMagic)) }
+
 // unpack is a stored batch's frames, side by side: decompressed, into
-// dst if it has room, if it was stored compressed.
+// dst if its capacity is enough, if it was stored compressed.
 func unpack(dst, data []byte) ([]byte, error) {
-	if !bytes.HasPrefix(data, []byte(packedMagic)) {
+	if !isPacked(data) {
 		return data, nil
-	}
-	if n, err := s2.DecodedLen(data[len(packedMagic):]); err == nil && cap(dst) >= n {
-		dst = dst[:n]
 	}
 	frames, err := s2.Decode(dst, data[len(packedMagic):])
 	if err != nil {
@@ -55,7 +55,7 @@ func unpack(dst, data []byte) ([]byte, error) {
 // unpackedLen is the length of a stored batch's frames, without
 // decompressing them.
 func unpackedLen(data []byte) int {
-	if !bytes.HasPrefix(data, []byte(packedMagic)) {
+	if !isPacked(data) {
 		return len(data)
 	}
 	n, err := s2.DecodedLen(data[len(packedMagic):])
@@ -73,7 +73,7 @@ var replayBufs sync.Pool
 // unpackForReplay is unpack into a buffer from replayBufs, returned with
 // it (nil if the batch was not compressed) for Stored.Release.
 func unpackForReplay(data []byte) (frames []byte, buf *[]byte, err error) {
-	if !bytes.HasPrefix(data, []byte(packedMagic)) {
+	if !isPacked(data) {
 		return data, nil, nil
 	}
 	buf, _ = replayBufs.Get().(*[]byte)

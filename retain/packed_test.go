@@ -31,7 +31,7 @@ func TestBatchesStoredCompressed(t *testing.T) {
 	for i := range 200 {
 		raw = append(raw, frame(t, i)...)
 	}
-	if !bytes.HasPrefix(m.Data, []byte(packedMagic)) || len(m.Data) >= len(raw) {
+	if !isPacked(m.Data) || len(m.Data) >= len(raw) {
 		t.Fatalf("stored %d bytes starting %q; want fewer than the frames' %d, compressed", len(m.Data), m.Data[:min(8, len(m.Data))], len(raw))
 	}
 	if got := strings.Join(readAll(t, ch, Pos{1, 0}), ","); !strings.HasPrefix(got, "0,1,2,") || !strings.HasSuffix(got, ",198,199") || strings.Count(got, ",") != 199 {
@@ -42,19 +42,23 @@ func TestBatchesStoredCompressed(t *testing.T) {
 	}
 }
 
-// A store written before batches were compressed is read as it is, and a
-// broker that predates compression reads no frame from a compressed batch
-// (appendFrames is its reader), rather than garbage.
+// A store written before batches were compressed is read as it is, a
+// batch that does not decompress is skipped, and a broker that predates
+// compression reads no frame from a compressed batch (appendFrames is its
+// reader), rather than garbage.
 func TestStoredFormatCompatibility(t *testing.T) {
 	e := open(t, t.TempDir())
 	defer e.Close()
 	ch := e.Channel("events")
 	old := append(frame(t, 1), frame(t, 2)...)
-	if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: ch.subject, Data: old}); err != nil {
-		t.Fatal(err)
+	corrupt := append([]byte(packedMagic), "not S2"...)
+	for _, data := range [][]byte{old, corrupt, frame(t, 3)} {
+		if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: ch.subject, Data: data}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if got := strings.Join(readAll(t, ch, Pos{1, 0}), ","); got != "1,2" {
-		t.Errorf("an uncompressed batch read back as %q", got)
+	if got := strings.Join(readAll(t, ch, Pos{1, 0}), ","); got != "1,2,3" {
+		t.Errorf("uncompressed batches around one that does not decompress read back as %q, want 1,2,3", got)
 	}
 
 	_, packed := pack(nil, old)
