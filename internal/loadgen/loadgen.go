@@ -136,7 +136,8 @@ func (s *Sink) Record(payload []byte) {
 // second there. A publisher whose Send fails stops; the loss shows in the
 // Result.
 func Run(cfg Config, pubs []Publisher, sinks []*Sink, progress io.Writer) *Result {
-	r := &run{cfg: cfg, sinks: sinks, start: time.Now()}
+	r := &run{cfg: cfg, sinks: sinks, bodies: Bodies(cfg.Size)} // built once, before the clock starts
+	r.start = time.Now()
 	if cfg.Duration > 0 {
 		r.deadline = r.start.Add(cfg.Duration)
 	}
@@ -183,6 +184,7 @@ func Run(cfg Config, pubs []Publisher, sinks []*Sink, progress io.Writer) *Resul
 type run struct {
 	cfg       Config
 	sinks     []*Sink
+	bodies    [][]byte // Bodies, shared by the publishers
 	start     time.Time
 	deadline  time.Time
 	published atomic.Int64
@@ -202,7 +204,6 @@ func (r *run) publish(p Publisher) {
 	payload := make([]byte, cfg.Size)
 	payload[0] = MarkBench
 	copy(payload[1:9], cfg.Run[:])
-	bodies := Bodies(cfg.Size)
 	var interval time.Duration
 	if cfg.Rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(cfg.Publishers) / float64(cfg.Rate))
@@ -232,8 +233,8 @@ func (r *run) publish(p Publisher) {
 			break
 		}
 		binary.BigEndian.PutUint64(payload[9:MinSize], uint64(now.UnixNano()))
-		if len(bodies) > 1 || k == 0 {
-			copy(payload[MinSize:], bodies[k%len(bodies)])
+		if len(r.bodies) > 1 || k == 0 {
+			copy(payload[MinSize:], r.bodies[k%len(r.bodies)])
 		}
 		if p.Send(payload) != nil {
 			return
