@@ -1,11 +1,16 @@
 package retain
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -63,16 +68,26 @@ func (e *Engine) startEmbedded() error {
 		JetStreamMaxStore:  e.opts.MaxBytes + kvReserve,
 		DontListen:         true,
 		NoSigs:             true,
-		NoLog:              true,
 	})
 	if err != nil {
 		return fmt.Errorf("retain: embedded JetStream: %w", err)
 	}
+	jl := newJSLog(e.opts.Logger)
+	srv.SetLogger(jl, false, false)
 	go srv.Start()
-	if !srv.ReadyForConnections(30 * time.Second) {
+	ready := make(chan bool, 1)
+	go func() { ready <- srv.ReadyForConnections(30 * time.Second) }()
+	select {
+	case ok := <-ready:
+		if !ok {
+			srv.Shutdown()
+			return fmt.Errorf("retain: the embedded JetStream did not start on %s within 30 s (a corrupt store? move it aside)", e.opts.Dir)
+		}
+	case msg := <-jl.fatal:
 		srv.Shutdown()
-		return fmt.Errorf("retain: the embedded JetStream did not start on %s (a corrupt store? move it aside)", e.opts.Dir)
+		return fmt.Errorf("retain: the embedded JetStream cannot use %s: %s (a corrupt or foreign store? move it aside)", e.opts.Dir, msg)
 	}
+	jl.starting.Store(false)
 	if !srv.JetStreamEnabled() {
 		srv.Shutdown()
 		return fmt.Errorf("retain: JetStream could not open %s (a corrupt or foreign store? move it aside)", e.opts.Dir)
@@ -84,4 +99,77 @@ func (e *Engine) startEmbedded() error {
 	}
 	e.srv, e.nc = srv, nc
 	return nil
+}
+
+// jsLog passes the embedded JetStream's warnings and errors to the
+// broker's log: they are how a damaged store shows (a block it could not
+// read, a stream it had to rebuild, a full disk). Its notices (its banner,
+// each start-up step) are debug. A fatal error ends its start-up, and is
+// the start-up error rather than a log line. At most jsLogBurst lines are
+// written per jsLogWindow, as JetStream logs each batch a full disk refuses.
+type jsLog struct {
+	log      *slog.Logger
+	starting atomic.Bool // Fatalf goes to fatal, not to the log
+	fatal    chan string
+
+	mu         sync.Mutex
+	window     time.Time // when the current window began
+	lines      int       // written in it
+	suppressed int       // not written since the last line
+}
+
+const (
+	jsLogWindow = 10 * time.Second
+	jsLogBurst  = 10
+)
+
+func newJSLog(log *slog.Logger) *jsLog {
+	l := &jsLog{log: log, fatal: make(chan string, 1)}
+	l.starting.Store(true)
+	return l
+}
+
+func (l *jsLog) Noticef(format string, v ...any) {
+	l.log.Debug("retain: embedded JetStream", "detail", strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+func (l *jsLog) Warnf(format string, v ...any) { l.write(slog.LevelWarn, format, v) }
+
+func (l *jsLog) Errorf(format string, v ...any) { l.write(slog.LevelError, format, v) }
+
+func (l *jsLog) Fatalf(format string, v ...any) {
+	if l.starting.Load() {
+		select {
+		case l.fatal <- strings.TrimSpace(fmt.Sprintf(format, v...)):
+			return
+		default:
+		}
+	}
+	l.write(slog.LevelError, format, v)
+}
+
+func (l *jsLog) Debugf(string, ...any) {}
+
+func (l *jsLog) Tracef(string, ...any) {}
+
+func (l *jsLog) write(level slog.Level, format string, v []any) {
+	l.mu.Lock()
+	now := time.Now()
+	if now.Sub(l.window) >= jsLogWindow {
+		l.window, l.lines = now, 0
+	}
+	if l.lines >= jsLogBurst {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	l.lines++
+	suppressed := l.suppressed
+	l.suppressed = 0
+	l.mu.Unlock()
+	args := []any{"detail", strings.TrimSpace(fmt.Sprintf(format, v...))}
+	if suppressed > 0 {
+		args = append(args, "suppressed_before", suppressed)
+	}
+	l.log.Log(context.Background(), level, "retain: embedded JetStream", args...)
 }

@@ -3,6 +3,7 @@ package retain
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -156,5 +157,24 @@ func TestCheckDir(t *testing.T) {
 	}
 	if err := CheckPatterns([]string{"a[", ""}); err == nil {
 		t.Error("bad globs accepted")
+	}
+}
+
+// JetStream's warnings reach the log, at most jsLogBurst per window: a
+// full disk makes it log every batch it refuses.
+func TestJSLogBounded(t *testing.T) {
+	var out strings.Builder
+	l := newJSLog(slog.New(slog.NewTextHandler(&out, nil)))
+	for i := range 25 {
+		l.Warnf("  refused batch %d", i)
+	}
+	if n := strings.Count(out.String(), "\n"); n != jsLogBurst {
+		t.Fatalf("%d lines for 25 warnings in one window, want %d:\n%s", n, jsLogBurst, out.String())
+	}
+	l.window = l.window.Add(-jsLogWindow)
+	out.Reset()
+	l.Errorf("refused batch %d", 25)
+	if got := out.String(); !strings.Contains(got, "level=ERROR") || !strings.Contains(got, `detail="refused batch 25"`) || !strings.Contains(got, "suppressed_before=15") {
+		t.Fatalf("the next window's first line: %s", got)
 	}
 }

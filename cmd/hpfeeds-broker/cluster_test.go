@@ -48,6 +48,7 @@ func TestClusterCheckConfig(t *testing.T) {
 type clusterBroker struct {
 	cmd            *exec.Cmd
 	addr, exporter string
+	startLog       []string // what it logged until it listened
 }
 
 var clusterUsers = []string{"HPFEEDS_TEST_SECRET=s"}
@@ -78,6 +79,7 @@ func startClusterBroker(t *testing.T, args ...string) *clusterBroker {
 	b := &clusterBroker{cmd: cmd}
 	sc := bufio.NewScanner(stderr)
 	for (b.addr == "" || b.exporter == "") && sc.Scan() {
+		b.startLog = append(b.startLog, sc.Text())
 		if m := listening.FindStringSubmatch(sc.Text()); m != nil {
 			b.addr = m[1]
 		}

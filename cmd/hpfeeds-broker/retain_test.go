@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -219,6 +221,49 @@ func TestRetainSurvivesKill9(t *testing.T) {
 	sub2 := resubscribe(t, b2.addr, "klogger")
 	r := &reader{t: t, c: sub2}
 	r.until(499)
+}
+
+// A damaged store: JetStream's own warnings reach the broker's log, and
+// live delivery goes on with what it could read; a store it cannot open
+// at all stops the start-up at once with one line giving its reason.
+func TestRetainDamagedStore(t *testing.T) {
+	clusterUser("dlogger")
+	clusterUser("dsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	dir := t.TempDir()
+	b := retainBroker(t, dir)
+	missWhileAway(t, b.addr, "dlogger", "dsensor", 50)
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.cmd.Wait()
+
+	block := filepath.Join(dir, "jetstream", "$G", "streams", "HPFEEDS_RETAIN", "msgs", "1.blk")
+	garbage := bytes.Repeat([]byte("not a block "), 30)
+	if err := os.WriteFile(block, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b2 := retainBroker(t, dir)
+	warned := false
+	for _, l := range b2.startLog {
+		warned = warned || strings.Contains(l, "level=WARN") && strings.Contains(l, "retain: embedded JetStream")
+	}
+	if !warned {
+		t.Errorf("no warning from JetStream about the damaged block; the broker logged:\n%s", strings.Join(b2.startLog, "\n"))
+	}
+	sub := dialAs(t, b2.addr, "dlogger", "events")
+	linked(t, dialAs(t, b2.addr, "dsensor"), sub)
+
+	b2.cmd.Process.Signal(syscall.SIGTERM)
+	b2.cmd.Wait()
+	if err := os.RemoveAll(filepath.Join(dir, "jetstream")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "jetstream"), garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := run(t, nil, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--retain=events", "--retain-dir="+dir)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code == 0 || len(lines) != 1 || !strings.Contains(out, "cannot use "+dir) || !strings.Contains(out, "not a directory") {
+		t.Errorf("a store JetStream cannot open: exit %d, output:\n%s\nwant one line giving its reason", code, out)
+	}
 }
 
 // --retain-replay-rate bounds catch-up: 3 MiB missed, replayed at 1 MiB/s,
