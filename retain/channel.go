@@ -351,7 +351,7 @@ func (ch *Channel) Stats(ctx context.Context) Stats {
 	}
 	frames, bytes := counts(m)
 	return Stats{
-		Messages: ch.cumFrames.Load() - (frames - framesIn(m)),
+		Messages: ch.cumFrames.Load() - (frames - framesIn(m, ch.e.maxBatch())),
 		Bytes:    ch.cumBytes.Load() - (bytes - uint64(unpackedLen(m.Data))),
 		Oldest:   m.Time,
 	}
@@ -364,12 +364,13 @@ func counts(m *jetstream.RawStreamMsg) (frames, bytes uint64) {
 	return frames, bytes
 }
 
-// framesIn is the number of frames in stored batch m.
-func framesIn(m *jetstream.RawStreamMsg) uint64 {
+// framesIn is the number of frames in stored batch m, which can hold at
+// most limit bytes of them.
+func framesIn(m *jetstream.RawStreamMsg, limit int) uint64 {
 	if n, err := strconv.ParseUint(m.Header.Get(hdrBatchFrames), 10, 64); err == nil {
 		return n
 	}
-	data, _ := unpack(nil, m.Data)
+	data, _ := unpack(nil, m.Data, limit)
 	return uint64(len(appendFrames(nil, data, 0)))
 }
 
@@ -381,7 +382,7 @@ func (ch *Channel) Behind(ctx context.Context, p Pos) (msgs uint64, since time.T
 		return 0, time.Time{}
 	}
 	frames, _ := counts(m)
-	at := frames - framesIn(m)
+	at := frames - framesIn(m, ch.e.maxBatch())
 	if m.Sequence == p.Seq {
 		at += uint64(p.Idx)
 	}

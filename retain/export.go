@@ -65,7 +65,7 @@ func (e *Engine) Export(ctx context.Context, channel string, since time.Time, fn
 		if err != nil {
 			return err
 		}
-		data, err := unpack(nil, m.Data())
+		data, err := unpack(nil, m.Data(), e.maxBatch())
 		if err != nil {
 			return fmt.Errorf("retain: reading %s at %d: %w", channel, md.Sequence.Stream, err)
 		}

@@ -40,12 +40,18 @@ func pack(scratch, data []byte) (grown, packed []byte) {
 func isPacked(data []byte) bool { return bytes.HasPrefix(data, []byte(packedMagic)) }
 
 // unpack is a stored batch's frames, side by side: decompressed, into
-// dst if its capacity is enough, if it was stored compressed.
-func unpack(dst, data []byte) ([]byte, error) {
+// dst if its capacity is enough, if it was stored compressed. A batch that
+// claims to decompress to more than limit bytes is refused before anything
+// is allocated for it: ten bytes can claim 4 GiB.
+func unpack(dst, data []byte, limit int) ([]byte, error) {
 	if !isPacked(data) {
 		return data, nil
 	}
-	frames, err := s2.Decode(dst, data[len(packedMagic):])
+	src := data[len(packedMagic):]
+	if n, err := s2.DecodedLen(src); err == nil && n > limit {
+		return nil, fmt.Errorf("a stored batch claims %d bytes decompressed, more than the %d a batch can hold: a foreign or damaged message", n, limit)
+	}
+	frames, err := s2.Decode(dst, src)
 	if err != nil {
 		return nil, fmt.Errorf("a stored batch does not decompress: %w", err)
 	}
@@ -72,7 +78,7 @@ var replayBufs sync.Pool
 
 // unpackForReplay is unpack into a buffer from replayBufs, returned with
 // it (nil if the batch was not compressed) for Stored.Release.
-func unpackForReplay(data []byte) (frames []byte, buf *[]byte, err error) {
+func unpackForReplay(data []byte, limit int) (frames []byte, buf *[]byte, err error) {
 	if !isPacked(data) {
 		return data, nil, nil
 	}
@@ -80,7 +86,7 @@ func unpackForReplay(data []byte) (frames []byte, buf *[]byte, err error) {
 	if buf == nil {
 		buf = new([]byte)
 	}
-	frames, err = unpack(*buf, data)
+	frames, err = unpack(*buf, data, limit)
 	*buf = frames[:0]
 	return frames, buf, err
 }

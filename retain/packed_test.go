@@ -3,6 +3,8 @@ package retain
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -43,7 +45,8 @@ func TestBatchesStoredCompressed(t *testing.T) {
 }
 
 // A store written before batches were compressed is read as it is, a
-// batch that does not decompress is skipped, and a broker that predates
+// batch that does not decompress is skipped, as is one that claims more
+// than a batch can hold (before allocating it), and a broker that predates
 // compression reads no frame from a compressed batch (appendFrames is its
 // reader), rather than garbage.
 func TestStoredFormatCompatibility(t *testing.T) {
@@ -52,7 +55,9 @@ func TestStoredFormatCompatibility(t *testing.T) {
 	ch := e.Channel("events")
 	old := append(frame(t, 1), frame(t, 2)...)
 	corrupt := append([]byte(packedMagic), "not S2"...)
-	for _, data := range [][]byte{old, corrupt, frame(t, 3)} {
+	// Ten bytes claiming 4 GiB decompressed.
+	bomb := append(binary.AppendUvarint([]byte(packedMagic), 1<<32-1), 0, 0, 0)
+	for _, data := range [][]byte{old, corrupt, bomb, frame(t, 3)} {
 		if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: ch.subject, Data: data}); err != nil {
 			t.Fatal(err)
 		}
@@ -65,17 +70,27 @@ func TestStoredFormatCompatibility(t *testing.T) {
 	if n := len(appendFrames(nil, packed, 0)); n != 0 {
 		t.Errorf("the uncompressed reader found %d frames in a compressed batch", n)
 	}
-	data, err := unpack(nil, packed)
+	data, err := unpack(nil, packed, len(old))
 	if err != nil || !bytes.Equal(data, old) || unpackedLen(packed) != len(old) {
 		t.Errorf("round trip: %v, equal %v, length %d", err, bytes.Equal(data, old), unpackedLen(packed))
 	}
+	if _, err := unpack(nil, packed, len(old)-1); err == nil {
+		t.Error("a batch larger than the limit decoded")
+	}
 	for _, data := range [][]byte{old, packed} { // batches without the frame count header
-		if n := framesIn(&jetstream.RawStreamMsg{Data: data}); n != 2 {
+		if n := framesIn(&jetstream.RawStreamMsg{Data: data}, len(old)); n != 2 {
 			t.Errorf("framesIn counted %d frames, want 2", n)
 		}
 	}
-	if _, err := unpack(nil, packed[:len(packed)-3]); err == nil {
+	if _, err := unpack(nil, packed[:len(packed)-3], len(old)); err == nil {
 		t.Error("a cut compressed batch decoded")
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	n := framesIn(&jetstream.RawStreamMsg{Data: bomb}, e.maxBatch())
+	runtime.ReadMemStats(&after)
+	if n != 0 || after.TotalAlloc-before.TotalAlloc > 1<<20 {
+		t.Errorf("a batch claiming 4 GiB: %d frames, %d bytes allocated to count them", n, after.TotalAlloc-before.TotalAlloc)
 	}
 }
 
@@ -103,7 +118,7 @@ func BenchmarkPack(b *testing.B) {
 		b.SetBytes(int64(len(data)))
 		for b.Loop() {
 			var s Stored
-			_, s.buf, _ = unpackForReplay(packed)
+			_, s.buf, _ = unpackForReplay(packed, len(data))
 			s.Release()
 		}
 	})

@@ -102,7 +102,7 @@ func (ch *Channel) Read(ctx context.Context, p Pos) (s Stored, found bool, err e
 		ch.e.Truncated.Add(1)
 	}
 	s = Stored{Pos: Pos{m.Sequence, skip}, Time: m.Time, Next: Pos{m.Sequence + 1, 0}}
-	data, buf, err := unpackForReplay(m.Data)
+	data, buf, err := unpackForReplay(m.Data, ch.e.maxBatch())
 	if err != nil {
 		ch.e.opts.Logger.Warn("retain: skipping a stored batch that cannot be read", "channel", ch.name, "seq", m.Sequence, "err", err)
 	}

@@ -28,6 +28,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
 // Defaults of Options.
@@ -83,7 +85,12 @@ type Options struct {
 	ReplayRate int64
 	FlushAfter time.Duration
 	BatchBytes int
-	Logger     *slog.Logger
+	// MaxFrame is the largest frame a batch can hold (the broker's largest
+	// PUBLISH frame): a stored batch claiming to decompress to more than
+	// this and BatchBytes is refused as foreign or damaged. 0: any frame
+	// the wire allows.
+	MaxFrame int
+	Logger   *slog.Logger
 }
 
 // Engine stores retained channels. Create one with Open.
@@ -107,6 +114,9 @@ type Engine struct {
 	Replayed  atomic.Uint64 // frames sent from the store to catching-up subscribers
 	Truncated atomic.Uint64 // resumes whose position the limits had already dropped
 }
+
+// maxBatch is the most a stored batch's frames can take.
+func (e *Engine) maxBatch() int { return max(e.opts.BatchBytes, e.opts.MaxFrame) }
 
 // ReplayRate is the bytes a second every catch-up together may replay;
 // 0 or less: no bound.
@@ -183,6 +193,9 @@ func (e *Engine) setDefaults() {
 	}
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = DefaultBatchBytes
+	}
+	if o.MaxFrame <= 0 {
+		o.MaxFrame = wire.MaxFrameLen
 	}
 	if o.ReplayRate == 0 {
 		o.ReplayRate = DefaultReplayRate

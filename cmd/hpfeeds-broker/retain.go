@@ -30,6 +30,7 @@ type retainOptions struct {
 	replicas    int
 	replayFirst time.Duration
 	replayRate  int64
+	maxFrame    int // the largest PUBLISH frame the broker takes (0: any)
 }
 
 func (r *retainOptions) addFlags(f *pflag.FlagSet) {
@@ -49,7 +50,7 @@ func (r *retainOptions) addFlags(f *pflag.FlagSet) {
 func (r *retainOptions) engineOptions(log *slog.Logger, clusterPrefix string, br *cluster.Bridge) retain.Options {
 	prefix, stream := "hpfeeds.retain", "HPFEEDS_RETAIN"
 	opts := retain.Options{Patterns: r.patterns, MaxAge: r.maxAge, MaxBytes: r.maxBytes, Dir: r.dir,
-		Replicas: r.replicas, ReplayFirst: r.replayFirst, ReplayRate: r.replayRate, Logger: log}
+		Replicas: r.replicas, ReplayFirst: r.replayFirst, ReplayRate: r.replayRate, MaxFrame: r.maxFrame, Logger: log}
 	if r.replayRate == 0 {
 		opts.ReplayRate = -1 // the flag's 0 is no bound; the option's is the default
 	}
@@ -198,6 +199,7 @@ func (o *options) joinClusterAndRetain(log *slog.Logger, cfg *broker.Config) (br
 	if bridge != nil {
 		cfg.Bridge = bridge
 	}
+	o.retain.maxFrame = wire.HeaderLen + cfg.MaxPublishSize
 	if cfg.Retain, err = o.retain.open(log, o.cluster.Prefix, bridge); err != nil {
 		if bridge != nil {
 			bridge.Close()
