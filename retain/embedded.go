@@ -66,6 +66,7 @@ func (e *Engine) startEmbedded() error {
 		StoreDir:           e.opts.Dir,
 		JetStreamMaxMemory: jsMemory,
 		JetStreamMaxStore:  e.opts.MaxBytes + kvReserve,
+		MaxPayload:         int32(min(StoredMax(e.opts.BatchBytes, e.opts.MaxFrame), maxStoredMsg)),
 		DontListen:         true,
 		NoSigs:             true,
 	})

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +39,9 @@ const (
 	DefaultMaxBytes   = 1 << 30 // see docs/retention.md: fits a small VM's disk
 	DefaultFlushAfter = 2 * time.Millisecond
 	DefaultBatchBytes = 256 << 10 // larger costs less CPU per frame (docs/retention.md)
+	// DefaultMaxFrame is the frame of the broker's default largest PUBLISH
+	// body (broker.DefaultMaxPublishSize).
+	DefaultMaxFrame = wire.HeaderLen + 1<<20
 	// DefaultReplayRate bounds the bytes a second all catch-ups together
 	// replay. Unbounded, one replay of 256-byte messages ran at 0.6 to 1.1
 	// million a second, took most of a core and put about a quarter of the
@@ -48,6 +52,11 @@ const (
 	// jsMemory bounds the embedded JetStream's memory store; the engine
 	// keeps nothing there, so this is only a ceiling.
 	jsMemory = 64 << 20
+	// hdrRoom bounds a stored batch's headers.
+	hdrRoom = 1 << 10
+	// maxStoredMsg is the most the embedded server's max_payload can be
+	// (its max_pending's default, which bounds it).
+	maxStoredMsg = 64 << 20
 	// kvReserve is the store space kept for the positions bucket.
 	kvReserve = 64 << 20
 	// publishQueue bounds the batches waiting to be published, and those
@@ -86,9 +95,9 @@ type Options struct {
 	FlushAfter time.Duration
 	BatchBytes int
 	// MaxFrame is the largest frame a batch can hold (the broker's largest
-	// PUBLISH frame): a stored batch claiming to decompress to more than
-	// this and BatchBytes is refused as foreign or damaged. 0: any frame
-	// the wire allows.
+	// PUBLISH frame): the embedded store takes a batch of one such frame,
+	// and a stored batch claiming to decompress to more than this and
+	// BatchBytes is refused as foreign or damaged.
 	MaxFrame int
 	Logger   *slog.Logger
 }
@@ -117,6 +126,15 @@ type Engine struct {
 
 // maxBatch is the most a stored batch's frames can take.
 func (e *Engine) maxBatch() int { return max(e.opts.BatchBytes, e.opts.MaxFrame) }
+
+// StoredMax is the size of the largest message the store may be handed
+// with these Options' BatchBytes and MaxFrame: a batch that does not
+// compress (S2's bound), its prefix and its headers. NATS's default
+// max_payload, 1 MiB, is below it for a frame of the broker's default
+// largest PUBLISH.
+func StoredMax(batchBytes, maxFrame int) int {
+	return s2.MaxEncodedLen(max(batchBytes, maxFrame)) + len(packedMagic) + hdrRoom
+}
 
 // ReplayRate is the bytes a second every catch-up together may replay;
 // 0 or less: no bound.
@@ -195,7 +213,7 @@ func (e *Engine) setDefaults() {
 		o.BatchBytes = DefaultBatchBytes
 	}
 	if o.MaxFrame <= 0 {
-		o.MaxFrame = wire.MaxFrameLen
+		o.MaxFrame = DefaultMaxFrame
 	}
 	if o.ReplayRate == 0 {
 		o.ReplayRate = DefaultReplayRate

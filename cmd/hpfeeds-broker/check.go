@@ -58,7 +58,7 @@ func (o *options) check(ctx context.Context, eps []broker.Endpoint) error {
 	if err != nil {
 		return err
 	}
-	retained, err := o.retain.checkConfig(o.cluster.URLs != "")
+	retained, err := o.retain.checkConfig(cctx, quiet, bridge)
 	if err != nil {
 		return err
 	}

@@ -302,6 +302,44 @@ func TestClusterExampleNATSConfig(t *testing.T) {
 	}
 }
 
+// The cluster example's NATS configuration lets the brokers keep and
+// replay retained channels (JetStream on; the user allowed its API, the
+// positions' bucket and replies), with no warning from --check-config. It
+// runs here as one node: its cluster block removed, its store in the
+// test's directory, its port a free one.
+func TestClusterExampleRetains(t *testing.T) {
+	data, err := os.ReadFile("../../examples/cluster/nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	conf := regexp.MustCompile(`(?s)\ncluster \{.*?\n\}\n`).ReplaceAllString(string(data), "\n")
+	conf = strings.ReplaceAll(conf, "$NATS_NAME", "nats1")
+	conf = strings.ReplaceAll(conf, "$NATS_PASSWORD", "secret")
+	if conf == string(data) || !strings.Contains(conf, "store_dir: /data\n") {
+		t.Fatalf("the example no longer has the cluster block or the store this test replaces:\n%s", data)
+	}
+	conf = strings.Replace(conf, "store_dir: /data\n", "store_dir: "+dir+"/jetstream\n", 1)
+	if err := os.WriteFile(dir+"/nats.conf", []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	natsAddr, _ := startNATS(t, "-c", dir+"/nats.conf")
+	clusterUser("elogger")
+	clusterUser("esensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	args := []string{"--cluster=nats://" + natsAddr, "--cluster-user=hpfeeds", "--cluster-password=secret"}
+	code, out := run(t, clusterUsers, append([]string{"--auth=env", "-e", "tcp:interface=127.0.0.1:port=0",
+		"--check-config", "--retain=events"}, args...)...)
+	if code != 0 || strings.Contains(out, "warning") || !strings.Contains(out, "on the cluster's JetStream") {
+		t.Errorf("--check-config --retain on the example's NATS: exit %d: %s", code, out)
+	}
+	a, b := retainBroker(t, t.TempDir(), args...), retainBroker(t, t.TempDir(), args...)
+	missWhileAway(t, a.addr, "elogger", "esensor", 200)
+	time.Sleep(100 * time.Millisecond)
+	r := &reader{t: t, c: resubscribe(t, b.addr, "elogger")}
+	r.until(199)
+}
+
 // A default broker with a default nats-server (max_payload 1 MiB): no
 // warning in --check-config or at start, and a message of the largest
 // PUBLISH body the broker takes crosses to the other broker. A larger

@@ -256,7 +256,7 @@ func natsAddr(t *testing.T) string {
 }
 
 // startNATS starts the machine's nats-server until the test ends.
-func startNATS(t *testing.T) (string, *exec.Cmd) {
+func startNATS(t *testing.T, args ...string) (string, *exec.Cmd) {
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
 		t.Fatalf("nats-server not installed (apt-get install nats-server): %v", err)
@@ -268,7 +268,7 @@ func startNATS(t *testing.T) (string, *exec.Cmd) {
 	addr := l.Addr().String()
 	l.Close()
 	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", port)
+	cmd := exec.Command(bin, append([]string{"-a", "127.0.0.1", "-p", port}, args...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -30,10 +31,13 @@ type retainOptions struct {
 	replicas    int
 	replayFirst time.Duration
 	replayRate  int64
-	maxFrame    int // the largest PUBLISH frame the broker takes (0: any)
+	maxPublish  *int // --max-publish-size: the largest body a stored frame holds
 }
 
-func (r *retainOptions) addFlags(f *pflag.FlagSet) {
+// addFlags adds the --retain flags; maxPublish is the broker's
+// --max-publish-size.
+func (r *retainOptions) addFlags(f *pflag.FlagSet, maxPublish *int) {
+	r.maxPublish = maxPublish
 	f.StringSliceVar(&r.patterns, "retain", nil, "keep the history of channels matching `GLOBS` (e.g. dionaea.*,cowrie.sessions) and replay what a subscriber's ident missed when it subscribes again (off unless given)")
 	f.DurationVar(&r.maxAge, "retain-max-age", retain.DefaultMaxAge, "drop retained messages older than this `DURATION`")
 	r.maxBytes = retain.DefaultMaxBytes
@@ -50,7 +54,7 @@ func (r *retainOptions) addFlags(f *pflag.FlagSet) {
 func (r *retainOptions) engineOptions(log *slog.Logger, clusterPrefix string, br *cluster.Bridge) retain.Options {
 	prefix, stream := "hpfeeds.retain", "HPFEEDS_RETAIN"
 	opts := retain.Options{Patterns: r.patterns, MaxAge: r.maxAge, MaxBytes: r.maxBytes, Dir: r.dir,
-		Replicas: r.replicas, ReplayFirst: r.replayFirst, ReplayRate: r.replayRate, MaxFrame: r.maxFrame, Logger: log}
+		Replicas: r.replicas, ReplayFirst: r.replayFirst, ReplayRate: r.replayRate, MaxFrame: r.maxFrame(), Logger: log}
 	if r.replayRate == 0 {
 		opts.ReplayRate = -1 // the flag's 0 is no bound; the option's is the default
 	}
@@ -79,8 +83,26 @@ func (r *retainOptions) open(log *slog.Logger, clusterPrefix string, br *cluster
 		}
 		return nil, fmt.Errorf("--retain-dir=%s: %w", r.dir, err)
 	}
+	if br != nil {
+		r.warnClusterPayload(log, br)
+	}
 	log.Info("retaining channels", "patterns", strings.Join(r.patterns, ","), "max_age", r.maxAge, "max_bytes", r.maxBytes)
 	return e, nil
+}
+
+// maxFrame is the largest PUBLISH frame the broker takes.
+func (r *retainOptions) maxFrame() int { return wire.HeaderLen + *r.maxPublish }
+
+// warnClusterPayload warns when the cluster NATS's max_payload is below
+// the largest batch the retained store may be handed: a message near
+// --max-publish-size that does not compress would be delivered but not
+// retained.
+func (r *retainOptions) warnClusterPayload(log *slog.Logger, br *cluster.Bridge) {
+	need := retain.StoredMax(retain.DefaultBatchBytes, r.maxFrame())
+	if mp := br.Conn().MaxPayload(); mp < int64(need) {
+		log.Warn("retain: the cluster NATS's max_payload is below the largest batch the retained store may be handed: messages near --max-publish-size that do not compress are delivered but not retained (raise max_payload in the NATS configuration, docs/retention.md)",
+			"max_payload", mp, "needed", need)
+	}
 }
 
 // check is what --check-config says about the retain flags.
@@ -104,7 +126,8 @@ func (r *retainOptions) check() error {
 // newRetainedCmd is `hpfeeds-broker retained export`.
 func newRetainedCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "retained", Short: "Read retained channels (see --retain)"}
-	var r retainOptions
+	maxPublish := broker.DefaultMaxPublishSize
+	r := retainOptions{maxPublish: &maxPublish}
 	var clusterURL, prefix, channel string
 	var since time.Duration
 	export := &cobra.Command{
@@ -124,6 +147,7 @@ Without --cluster it opens --retain-dir, which the broker must not be using.`,
 	f.StringVar(&r.dir, "retain-dir", "retained", "`DIR` of the retained store")
 	f.StringVar(&clusterURL, "cluster", "", "read the stream on this NATS (`URL`) instead of --retain-dir")
 	f.StringVar(&prefix, "cluster-prefix", "hpfeeds", "the brokers' NATS subject `PREFIX`")
+	f.IntVar(&maxPublish, "max-publish-size", maxPublish, "the brokers' --max-publish-size (`BYTES`): a stored batch claiming more is skipped as damaged")
 	export.MarkFlagRequired("channel")
 	cmd.AddCommand(export)
 	return cmd
@@ -164,14 +188,22 @@ func (r *retainOptions) export(ctx context.Context, url, prefix, channel string,
 
 // checkConfig is --check-config's part for --retain: the flags, and the
 // directory, without creating it.
-func (r *retainOptions) checkConfig(clustered bool) (string, error) {
+func (r *retainOptions) checkConfig(ctx context.Context, log *slog.Logger, br *cluster.Bridge) (string, error) {
 	if len(r.patterns) == 0 {
 		return "", nil
 	}
 	if err := r.check(); err != nil {
 		return "", err
 	}
-	if clustered {
+	if br != nil {
+		js, err := jetstream.New(br.Conn())
+		if err == nil {
+			_, err = js.AccountInfo(ctx)
+		}
+		if err != nil {
+			return "", fmt.Errorf("--retain with --cluster: no JetStream on the cluster's NATS for this user: %w (enable jetstream in the NATS configuration, and allow the user to publish to $JS.API.> and $KV.PREFIX_RETAIN_POS.>: docs/retention.md)", err)
+		}
+		r.warnClusterPayload(log, br)
 		return ", retained: " + strings.Join(r.patterns, ",") + " on the cluster's JetStream", nil
 	}
 	dir := r.dir
@@ -199,7 +231,6 @@ func (o *options) joinClusterAndRetain(log *slog.Logger, cfg *broker.Config) (br
 	if bridge != nil {
 		cfg.Bridge = bridge
 	}
-	o.retain.maxFrame = wire.HeaderLen + cfg.MaxPublishSize
 	if cfg.Retain, err = o.retain.open(log, o.cluster.Prefix, bridge); err != nil {
 		if bridge != nil {
 			bridge.Close()

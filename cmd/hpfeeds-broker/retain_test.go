@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
+	"github.com/hpfeeds-go/hpfeeds/broker"
 	"github.com/hpfeeds-go/hpfeeds/broker/brokertest"
 )
 
@@ -263,6 +265,55 @@ func TestRetainDamagedStore(t *testing.T) {
 	code, out := run(t, nil, "--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--retain=events", "--retain-dir="+dir)
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); code == 0 || len(lines) != 1 || !strings.Contains(out, "cannot use "+dir) || !strings.Contains(out, "not a directory") {
 		t.Errorf("a store JetStream cannot open: exit %d, output:\n%s\nwant one line giving its reason", code, out)
+	}
+}
+
+// The largest PUBLISH a default broker takes, in random bytes that do not
+// compress, is retained and replayed whole: the stored batch is larger
+// than NATS's default max_payload, which the embedded store raises for it.
+func TestRetainLargestMessage(t *testing.T) {
+	clusterUser("llogger")
+	clusterUser("lsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	b := retainBroker(t, t.TempDir())
+	sub := dialAs(t, b.addr, "llogger", "events")
+	pub := dialAs(t, b.addr, "lsensor")
+	linked(t, pub, sub)
+	sub.Conn.Close()
+	time.Sleep(200 * time.Millisecond) // the position is saved after the close
+	big := make([]byte, broker.DefaultMaxPublishSize-2-len("lsensor")-len("events"))
+	crand.Read(big)
+	for _, p := range []string{string(big), "after"} {
+		if err := pub.publish(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.SubscribeOwn("lsensor") // the broker has read them
+	sub2 := resubscribe(t, b.addr, "llogger")
+	for _, want := range []string{string(big), "after"} {
+		if _, got, ok := sub2.next(10 * time.Second); !ok || got != want {
+			t.Fatalf("replayed %d bytes (%v), want %d", len(got), ok, len(want))
+		}
+	}
+	if n := b.metric(t, "hpfeeds_broker_retain_store_failures_total"); n != 0 {
+		t.Errorf("%v batches refused by the store", n)
+	}
+}
+
+// --check-config with --retain and --cluster: a NATS without JetStream is
+// an error, one with NATS's default max_payload a warning (a message of
+// the largest PUBLISH that does not compress would not be retained).
+func TestRetainClusterChecks(t *testing.T) {
+	base := []string{"--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--check-config", "--retain=events"}
+	plain, _ := startNATS(t)
+	code, out := run(t, nil, append(base, "--cluster=nats://"+plain)...)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code == 0 || len(lines) != 1 || !strings.Contains(out, "no JetStream") {
+		t.Errorf("a NATS without JetStream: exit %d, output:\n%s\nwant one line saying so", code, out)
+	}
+	js, _ := startNATS(t, "-js", "-sd", t.TempDir())
+	code, out = run(t, nil, append(base, "--cluster=nats://"+js)...)
+	if code != 0 || !strings.Contains(out, "warning") || !strings.Contains(out, "max_payload=1048576") {
+		t.Errorf("a NATS with the default max_payload: exit %d: %s", code, out)
 	}
 }
 

@@ -120,7 +120,7 @@ channel gets a copy. Takes the Python hpfeeds-broker's command line.`,
 	f.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", broker.DefaultFrameTimeout, "close a connection whose frame in progress is not complete within this `DURATION`")
 	o.cfg.MemoryLimit = defaultMemoryLimit()
 	f.Var(byteSize{&o.cfg.MemoryLimit}, "memory-limit", "budget for send queues and partially received frames, e.g. 256MiB (0: none); also sets the Go runtime's soft memory limit; the default is the smaller of 1GiB and a quarter of the machine's or cgroup's memory")
-	o.retain.addFlags(f)
+	o.retain.addFlags(f, &o.cfg.MaxPublishSize)
 	cmd.AddCommand(newUserCmd(), newStatusCmd(), newRetainedCmd())
 	return cmd
 }
