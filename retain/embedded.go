@@ -65,7 +65,7 @@ func (e *Engine) startEmbedded() error {
 		JetStream:          true,
 		StoreDir:           e.opts.Dir,
 		JetStreamMaxMemory: jsMemory,
-		JetStreamMaxStore:  e.opts.MaxBytes + kvReserve,
+		JetStreamMaxStore:  jsStore,
 		MaxPayload:         int32(min(StoredMax(e.opts.BatchBytes, e.opts.MaxFrame), maxStoredMsg)),
 		DontListen:         true,
 		NoSigs:             true,

@@ -57,7 +57,13 @@ const (
 	// maxStoredMsg is the most the embedded server's max_payload can be
 	// (its max_pending's default, which bounds it).
 	maxStoredMsg = 64 << 20
-	// kvReserve is the store space kept for the positions bucket.
+	// jsStore is the embedded JetStream's store limit: the stream's
+	// MaxBytes and the bucket's kvReserve bound what it keeps. A limit of
+	// their sum refused to start a store whose --retain-max-bytes had been
+	// lowered, since JetStream counts the recovered stream at its old
+	// MaxBytes until the update (docs/retention.md).
+	jsStore = 1 << 50
+	// kvReserve bounds the positions bucket: some 300,000 positions.
 	kvReserve = 64 << 20
 	// publishQueue bounds the batches waiting to be published, and those
 	// published and not yet acknowledged: 2 MiB of full batches each. At 32
@@ -254,6 +260,7 @@ func (e *Engine) openStream() error {
 		Description: "hpfeeds resume positions per ident and channel",
 		History:     1,
 		TTL:         4 * e.opts.MaxAge, // positions past the history are useless
+		MaxBytes:    kvReserve,
 		Storage:     jetstream.FileStorage,
 		Replicas:    e.opts.Replicas,
 	})

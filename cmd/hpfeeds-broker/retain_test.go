@@ -225,6 +225,24 @@ func TestRetainSurvivesKill9(t *testing.T) {
 	r.until(499)
 }
 
+// A broker restarted with a smaller --retain-max-bytes than the store was
+// made with starts (it refused to, with "insufficient storage resources"),
+// and a subscriber resumes from its saved position.
+func TestRetainLimitLowered(t *testing.T) {
+	clusterUser("mlogger")
+	clusterUser("msensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	dir := t.TempDir()
+	b := retainBroker(t, dir) // the default limit, 1 GiB
+	missWhileAway(t, b.addr, "mlogger", "msensor", 100)
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.cmd.Wait()
+
+	b2 := retainBroker(t, dir, "--retain-max-bytes=1MiB")
+	r := &reader{t: t, c: resubscribe(t, b2.addr, "mlogger")}
+	r.until(99)
+}
+
 // A damaged store: JetStream's own warnings reach the broker's log, and
 // live delivery goes on with what it could read; a store it cannot open
 // at all stops the start-up at once with one line giving its reason.
