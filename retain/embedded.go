@@ -60,6 +60,15 @@ func (e *Engine) startEmbedded() error {
 	if err := CheckDir(e.opts.Dir); err != nil {
 		return err
 	}
+	lock, err := lockDir(e.opts.Dir)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if e.srv == nil {
+			lock.Close() // not started
+		}
+	}()
 	srv, err := server.NewServer(&server.Options{
 		ServerName:         "hpfeeds-retain",
 		JetStream:          true,
@@ -98,7 +107,7 @@ func (e *Engine) startEmbedded() error {
 		srv.Shutdown()
 		return fmt.Errorf("retain: connecting to the embedded JetStream: %w", err)
 	}
-	e.srv, e.nc = srv, nc
+	e.srv, e.nc, e.lock = srv, nc, lock
 	return nil
 }
 

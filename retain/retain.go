@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -112,6 +113,7 @@ type Options struct {
 type Engine struct {
 	opts   Options
 	srv    *server.Server // the embedded server; nil in cluster mode
+	lock   *os.File       // held on the embedded store's directory (lockDir)
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	stream jetstream.Stream
@@ -298,6 +300,7 @@ func (e *Engine) Close() {
 		e.nc.Close()
 		e.srv.Shutdown()
 		e.srv.WaitForShutdown()
+		e.lock.Close()
 	}
 }
 

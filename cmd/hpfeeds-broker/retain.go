@@ -135,7 +135,7 @@ func newRetainedCmd() *cobra.Command {
 		Short: "Write a retained channel's messages as JSON lines, oldest first",
 		Long: `Write a retained channel's messages as JSON lines on stdout, oldest first:
 {"time":…,"seq":…,"ident":…,"channel":…,"payload":…} (payload_base64 when not UTF-8).
-Without --cluster it opens --retain-dir, which the broker must not be using.`,
+Without --cluster it opens --retain-dir, which a running broker holds: stop it first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return r.export(cmd.Context(), clusterURL, prefix, channel, since)

@@ -462,7 +462,8 @@ func TestRetainCheckConfig(t *testing.T) {
 
 // While a logger is away, /chanz counts what the channel holds, /identz
 // says how far behind the logger is, and `retained export` writes the
-// history as JSON lines.
+// history as JSON lines once the broker has stopped (not while it holds
+// the store).
 func TestRetainOperatorViews(t *testing.T) {
 	clusterUser("ologger")
 	clusterUser("osensor")
@@ -514,9 +515,18 @@ func TestRetainOperatorViews(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	// While the broker holds the store, neither an export nor a second
+	// broker may open it: both would write its files.
+	export := []string{"retained", "export", "--channel=events", "--since=1h", "--retain-dir=" + dir}
+	for _, args := range [][]string{export, {"--auth=env", "-e", "tcp:interface=127.0.0.1:port=0", "--retain=events", "--retain-dir=" + dir}} {
+		code, out := runIn(t, t.TempDir(), "", nil, args...)
+		if lines := strings.Split(strings.TrimSpace(out), "\n"); code == 0 || len(lines) != 1 || !strings.Contains(out, "in use by another process") {
+			t.Errorf("%v while the broker runs: exit %d, output:\n%s\nwant one line saying the store is in use", args, code, out)
+		}
+	}
 	b.cmd.Process.Signal(syscall.SIGTERM)
 	b.cmd.Wait()
-	code, out := runIn(t, t.TempDir(), "", nil, "retained", "export", "--channel=events", "--since=1h", "--retain-dir="+dir)
+	code, out := runIn(t, t.TempDir(), "", nil, export...)
 	if code != 0 {
 		t.Fatalf("export: exit %d: %s", code, out)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hpfeeds-go/hpfeeds/auth/storetest"
 )
@@ -17,7 +19,11 @@ import (
 // output.
 func runIn(t *testing.T, dir, stdin string, env []string, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
+	// A command that should have exited and serves instead fails its test
+	// (killed: exit -1) rather than hanging the run.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Dir, cmd.Stdin = dir, strings.NewReader(stdin)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
