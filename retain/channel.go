@@ -201,6 +201,13 @@ func (ch *Channel) settleLocked(b *batch, seq uint64, err error) {
 	if err != nil {
 		b.failed = true
 		ch.e.failed(ch.name, b.frames, err)
+		// Never stored: its frames leave the counts the next batches carry
+		// (what /chanz shows), and its buffer is freed now, not when the
+		// batches before it settle.
+		ch.cumFrames.Add(-uint64(b.frames))
+		ch.cumBytes.Add(-uint64(len(b.data)))
+		ch.e.release(b.data)
+		b.data = nil
 	} else {
 		b.seq = seq
 	}

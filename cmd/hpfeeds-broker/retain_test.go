@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -604,6 +605,57 @@ func vmKiB(t *testing.T, pid int, field string) int {
 	}
 	v, _ := strconv.Atoi(string(m[1]))
 	return v
+}
+
+// A store whose disk fills (a 4 MiB tmpfs) while 160 MB of messages that
+// do not compress flow: live delivery goes on, the refused batches are
+// counted, and the broker's memory stays flat. JetStream stops answering
+// for a stream after a write error, and batches retire in order, so before
+// the store's acknowledgements had a timeout every later batch stayed in
+// memory: 80 MB more for each 80 MB published.
+func TestRetainDiskFull(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
+		storetest.Missing(t, fmt.Sprintf("mounting a 4 MiB tmpfs (needs root): %v: %s", err, out))
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() }) // after the broker stops
+	clusterUser("dflogger")
+	clusterUser("dfsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	b := retainBroker(t, dir+"/store")
+	sub := dialAs(t, b.addr, "dflogger", "events")
+	pub := dialAs(t, b.addr, "dfsensor")
+	linked(t, pub, sub)
+	pub.Conn.SetWriteDeadline(time.Time{})
+	const n, size = 10240, 16 << 10
+	go func() {
+		payload := make([]byte, size)
+		for i := range n {
+			crand.Read(payload)
+			copy(payload, fmt.Sprintf("%d ", i))
+			if err := pub.publish(string(payload)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for i := range n {
+		_, payload, ok := sub.next(10 * time.Second)
+		for ok && strings.HasPrefix(payload, "probe-") {
+			_, payload, ok = sub.next(10 * time.Second)
+		}
+		if num, _, _ := strings.Cut(payload, " "); !ok || num != strconv.Itoa(i) {
+			t.Fatalf("message %d: got %.20q (%v)", i, payload, ok)
+		}
+	}
+	peak := vmKiB(t, b.cmd.Process.Pid, "VmHWM")
+	if peak > 130<<10 {
+		t.Errorf("peak RSS %d MiB for %d MB through a full store", peak>>10, n*size/1000000)
+	}
+	t.Logf("peak RSS %d MiB", peak>>10)
+	if f := b.metric(t, "hpfeeds_broker_retain_store_failures_total"); f == 0 {
+		t.Error("no store failure counted")
+	}
 }
 
 // A store that fails (its stream deleted under the broker) never stops
