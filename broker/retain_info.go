@@ -102,6 +102,27 @@ func (rs *retainSub) catchingAt() (retain.Pos, bool) {
 	return rs.at, !live
 }
 
+// RetainStoreInfo is how the retained store fares: the batches it refused
+// since start (their frames cannot be replayed) and the last refusal.
+type RetainStoreInfo struct {
+	Failures    uint64    `json:"failures"`
+	LastFailure time.Time `json:"last_failure,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	// Failing: it refused a batch in the last minute.
+	Failing bool `json:"failing"`
+}
+
+// RetainStore is how the retained store fares; nil without --retain.
+func (b *Broker) RetainStore() *RetainStoreInfo {
+	e := b.cfg.Retain
+	if e == nil {
+		return nil
+	}
+	at, err := e.LastFailure()
+	return &RetainStoreInfo{Failures: e.Failed.Load(), LastFailure: at, LastError: err,
+		Failing: !at.IsZero() && time.Since(at) < time.Minute}
+}
+
 // RetainUsage is the retained store's use, zero without --retain.
 func (b *Broker) RetainUsage() retain.Usage {
 	if b.cfg.Retain == nil {

@@ -135,6 +135,7 @@ type Engine struct {
 
 	Failed    atomic.Uint64 // batches the store refused
 	failLog   atomic.Int64  // when a failure was last logged (Unix ns)
+	lastFail  atomic.Pointer[failure]
 	Replayed  atomic.Uint64 // frames sent from the store to catching-up subscribers
 	Truncated atomic.Uint64 // resumes whose position the limits had already dropped
 }
@@ -352,6 +353,7 @@ func (e *Engine) Channel(channel string) *Channel {
 // live delivery does not depend on the store.
 func (e *Engine) failed(channel string, frames int, err error) {
 	n := e.Failed.Add(1)
+	e.lastFail.Store(&failure{time.Now(), err.Error()})
 	now := time.Now().UnixNano()
 	last := e.failLog.Load()
 	if now-last < int64(10*time.Second) || !e.failLog.CompareAndSwap(last, now) {
@@ -359,6 +361,21 @@ func (e *Engine) failed(channel string, frames int, err error) {
 	}
 	e.opts.Logger.Warn("retain: the store refused a batch; live delivery goes on, but these frames cannot be replayed (further failures are logged at most every 10 s)",
 		"channel", channel, "frames", frames, "failed_batches", n, "err", err)
+}
+
+// failure is the store's last refusal of a batch.
+type failure struct {
+	at  time.Time
+	err string
+}
+
+// LastFailure is when the store last refused a batch, and why; zero if it
+// never did.
+func (e *Engine) LastFailure() (time.Time, string) {
+	if f := e.lastFail.Load(); f != nil {
+		return f.at, f.err
+	}
+	return time.Time{}, ""
 }
 
 var errNotFound = jetstream.ErrMsgNotFound

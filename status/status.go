@@ -74,6 +74,8 @@ type Chanz struct {
 	Now           time.Time            `json:"now"`
 	WindowSeconds int                  `json:"rate_window_seconds"`
 	Channels      []broker.ChannelInfo `json:"channels"`
+	// RetainStore is how the retained store fares (with --retain).
+	RetainStore *broker.RetainStoreInfo `json:"retain_store,omitempty"`
 }
 
 // Identz is the answer of /identz.
@@ -164,7 +166,7 @@ func encodeJSON(v any) []byte {
 // within the interval: callers must not change them.
 func (p *pages) chanz() *Chanz {
 	return p.data.get("chanz", func() any {
-		return &Chanz{Now: time.Now(), WindowSeconds: 60, Channels: nonNil(p.b.Channels())}
+		return &Chanz{Now: time.Now(), WindowSeconds: 60, Channels: nonNil(p.b.Channels()), RetainStore: p.b.RetainStore()}
 	}).(*Chanz)
 }
 

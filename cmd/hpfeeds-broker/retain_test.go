@@ -505,6 +505,15 @@ func TestRetainOperatorViews(t *testing.T) {
 	if !found {
 		t.Fatalf("no events in /chanz: %s", body)
 	}
+	if !strings.Contains(body, `"retain_store": {
+    "failures": 0,
+    "failing": false
+  }`) {
+		t.Errorf("/chanz does not say the store refused nothing: %s", body)
+	}
+	if _, page := get(t, "http://"+b.exporter+"/"); !strings.Contains(page, `<div class="card"><div class="n" id="n-retain-failures">0</div>`) {
+		t.Errorf("the status page has no calm card for the retained store:\n%.3000s", page)
+	}
 	_, body = get(t, "http://"+b.exporter+"/identz")
 	if !regexp.MustCompile(`"retained":\s*\[\s*\{\s*"channel":\s*"events",\s*"state":\s*"away",\s*"behind_messages":\s*100,`).MatchString(body) {
 		t.Errorf("/identz does not say ologger is 100 behind: %s", body)
@@ -685,6 +694,24 @@ func TestRetainFailingStoreKeepsLive(t *testing.T) {
 	brokertest.Eventually(t, "store failures counted", func() bool {
 		return b.metric(t, "hpfeeds_broker_retain_store_failures_total") > 0
 	})
+	// /chanz and the status page say the store is failing, and why.
+	var chanz struct {
+		RetainStore struct {
+			Failures  uint64 `json:"failures"`
+			LastError string `json:"last_error"`
+			Failing   bool   `json:"failing"`
+		} `json:"retain_store"`
+	}
+	brokertest.Eventually(t, "/chanz showing the failures", func() bool { // it caches answers a moment
+		_, body := get(t, "http://"+b.exporter+"/chanz")
+		return json.Unmarshal([]byte(body), &chanz) == nil && chanz.RetainStore.Failures > 0
+	})
+	if !chanz.RetainStore.Failing || chanz.RetainStore.LastError == "" {
+		t.Errorf("/chanz retain_store: %+v", chanz.RetainStore)
+	}
+	if _, page := get(t, "http://"+b.exporter+"/"); !regexp.MustCompile(`class="card bad"><div class="n" id="n-retain-failures">[1-9]`).MatchString(page) {
+		t.Errorf("the status page does not flag the failing store:\n%.3000s", page)
+	}
 }
 
 // A subscriber connected when the broker is killed with kill -9 resumes,
