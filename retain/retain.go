@@ -78,7 +78,7 @@ const (
 	// every later batch's frames in memory: 80 MB more for each 80 MB
 	// published, measured on a full tmpfs (docs/retention.md).
 	ackTimeout = 5 * time.Second
-	marker       = "hpfeeds-retain"
+	marker     = "hpfeeds-retain"
 )
 
 // Options configure an Engine.
