@@ -207,19 +207,27 @@ func missWhileAway(t *testing.T, addr, logger, sensor string, n int) {
 	pub.SubscribeOwn(sensor) // the broker has read them all
 }
 
-// A subscriber that left cleanly gets, after kill -9 of the broker and a
-// restart on the same --retain-dir, what was published while it was away.
-func TestRetainSurvivesKill9(t *testing.T) {
-	clusterUser("klogger")
-	clusterUser("ksensor")
+// missedThenStopped runs a test beside the others (t.Parallel) with a
+// retaining broker on a new directory, where logger misses n messages of
+// sensor's; it stops the broker with sig and returns the directory.
+func missedThenStopped(t *testing.T, logger, sensor string, n int, sig syscall.Signal) string {
+	t.Helper()
+	clusterUser(logger)
+	clusterUser(sensor)
 	t.Parallel() // after clusterUser: it appends to a shared list
 	dir := t.TempDir()
 	b := retainBroker(t, dir)
-	missWhileAway(t, b.addr, "klogger", "ksensor", 500)
-	time.Sleep(100 * time.Millisecond)
-	b.cmd.Process.Signal(syscall.SIGKILL)
+	missWhileAway(t, b.addr, logger, sensor, n)
+	time.Sleep(100 * time.Millisecond) // the last batch stored
+	b.cmd.Process.Signal(sig)
 	b.cmd.Wait()
+	return dir
+}
 
+// A subscriber that left cleanly gets, after kill -9 of the broker and a
+// restart on the same --retain-dir, what was published while it was away.
+func TestRetainSurvivesKill9(t *testing.T) {
+	dir := missedThenStopped(t, "klogger", "ksensor", 500, syscall.SIGKILL)
 	b2 := retainBroker(t, dir)
 	sub2 := resubscribe(t, b2.addr, "klogger")
 	r := &reader{t: t, c: sub2}
@@ -230,15 +238,7 @@ func TestRetainSurvivesKill9(t *testing.T) {
 // made with starts (it refused to, with "insufficient storage resources"),
 // and a subscriber resumes from its saved position.
 func TestRetainLimitLowered(t *testing.T) {
-	clusterUser("mlogger")
-	clusterUser("msensor")
-	t.Parallel() // after clusterUser: it appends to a shared list
-	dir := t.TempDir()
-	b := retainBroker(t, dir) // the default limit, 1 GiB
-	missWhileAway(t, b.addr, "mlogger", "msensor", 100)
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	b.cmd.Wait()
-
+	dir := missedThenStopped(t, "mlogger", "msensor", 100, syscall.SIGTERM) // the default limit, 1 GiB
 	b2 := retainBroker(t, dir, "--retain-max-bytes=1MiB")
 	r := &reader{t: t, c: resubscribe(t, b2.addr, "mlogger")}
 	r.until(99)
@@ -248,15 +248,7 @@ func TestRetainLimitLowered(t *testing.T) {
 // live delivery goes on with what it could read; a store it cannot open
 // at all stops the start-up at once with one line giving its reason.
 func TestRetainDamagedStore(t *testing.T) {
-	clusterUser("dlogger")
-	clusterUser("dsensor")
-	t.Parallel() // after clusterUser: it appends to a shared list
-	dir := t.TempDir()
-	b := retainBroker(t, dir)
-	missWhileAway(t, b.addr, "dlogger", "dsensor", 50)
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	b.cmd.Wait()
-
+	dir := missedThenStopped(t, "dlogger", "dsensor", 50, syscall.SIGTERM)
 	block := filepath.Join(dir, "jetstream", "$G", "streams", "HPFEEDS_RETAIN", "msgs", "1.blk")
 	garbage := bytes.Repeat([]byte("not a block "), 30)
 	if err := os.WriteFile(block, garbage, 0o600); err != nil {
