@@ -608,7 +608,7 @@ func vmKiB(t *testing.T, pid int, field string) int {
 	return v
 }
 
-// A store whose disk fills (a 4 MiB tmpfs) while 160 MB of messages that
+// A store whose disk fills (a 4 MiB tmpfs) while 167 MB of messages that
 // do not compress flow: live delivery goes on, the refused batches are
 // counted, and the broker's memory stays flat. JetStream stops answering
 // for a stream after a write error, and batches retire in order, so before
@@ -629,7 +629,10 @@ func TestRetainDiskFull(t *testing.T) {
 	linked(t, pub, sub)
 	pub.Conn.SetWriteDeadline(time.Time{})
 	const n, size = 10240, 16 << 10
+	done := make(chan struct{})
+	defer func() { pub.Conn.Close(); <-done }() // no t.Error after the test
 	go func() {
+		defer close(done)
 		payload := make([]byte, size)
 		for i := range n {
 			crand.Read(payload)
