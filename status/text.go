@@ -137,6 +137,17 @@ func WriteText(w io.Writer, r *Report) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t\n", term(c.Name), c.Publishers, c.Subscribers,
 			c.MsgRate, c.ByteRate, c.Messages, humanBytes(c.Bytes), undelivered, ago(now, c.LastPublish))
 	}
+	if rs := r.Chanz.RetainStore; rs != nil {
+		state := "ok"
+		if rs.Failing {
+			state = "FAILING"
+		}
+		fmt.Fprintf(tw, "\nRETAINED STORE %s: %d batches refused", state, rs.Failures)
+		if rs.Failures > 0 {
+			fmt.Fprintf(tw, ", the last one %s: %s", ago(now, rs.LastFailure), term(rs.LastError))
+		}
+		fmt.Fprintln(tw)
+	}
 	fmt.Fprintf(tw, "\nCONNECTIONS (%d of %d)\n", len(r.Connz.Connections), r.Connz.Total)
 	fmt.Fprintln(tw, "CID\tIDENT\tADDRESS\tENDPOINT\tTLS\tCONNECTED\tSUBSCRIPTIONS\tFRAMES IN/OUT\tBYTES IN/OUT\tQUEUED\tLAST PUBLISH\t")
 	for _, c := range r.Connz.Connections {

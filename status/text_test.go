@@ -93,6 +93,30 @@ func TestWriteTextPlain(t *testing.T) {
 	}
 }
 
+// With --retain, a line says how the retained store fares, loud when it
+// refused a batch in the last minute; without, none.
+func TestWriteTextRetainStore(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		store *broker.RetainStoreInfo
+		want  string
+	}{
+		{nil, ""},
+		{&broker.RetainStoreInfo{}, "\nRETAINED STORE ok: 0 batches refused\n"},
+		{&broker.RetainStoreInfo{Failures: 3, LastFailure: now.Add(-5 * time.Second), LastError: "nats: timeout waiting for ack", Failing: true},
+			"\nRETAINED STORE FAILING: 3 batches refused, the last one 5s ago: nats: timeout waiting for ack\n"},
+	} {
+		r := &status.Report{Identz: &status.Identz{Now: now}, Chanz: &status.Chanz{Now: now, RetainStore: c.store}, Connz: &status.Connz{Now: now}}
+		var b strings.Builder
+		if err := status.WriteText(&b, r); err != nil {
+			t.Fatal(err)
+		}
+		if out := b.String(); c.want == "" && strings.Contains(out, "RETAINED") || c.want != "" && !strings.Contains(out, c.want) {
+			t.Errorf("store %+v: got:\n%s\nwant %q", c.store, out, c.want)
+		}
+	}
+}
+
 // --json escapes what encoding/json leaves (C1 controls, bidi overrides)
 // and still reads back as the same text.
 func TestWriteJSONEscapes(t *testing.T) {
