@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -214,7 +215,9 @@ func (c *Client) SubscribeSync(ident string, channels ...string) {
 func (c *Client) SubscribeOwn(ident string, channels ...string) {
 	c.T.Helper()
 	var b []byte
-	for _, ch := range append(channels, ident) {
+	// Not append(channels, ident): that can write into the caller's array,
+	// which a user's channel list in the store may share (a data race).
+	for _, ch := range slices.Concat(channels, []string{ident}) {
 		b = append(b, Subscribe(c.T, ident, ch)...)
 	}
 	token := fmt.Sprint("own-", syncSeq.Add(1))
