@@ -59,13 +59,14 @@ func unpack(dst, data []byte, limit int) ([]byte, error) {
 }
 
 // unpackedLen is the length of a stored batch's frames, without
-// decompressing them.
-func unpackedLen(data []byte) int {
+// decompressing them: 0 for one unpack refuses (no length, or more than
+// limit), as no frame is read from it.
+func unpackedLen(data []byte, limit int) int {
 	if !isPacked(data) {
 		return len(data)
 	}
 	n, err := s2.DecodedLen(data[len(packedMagic):])
-	if err != nil {
+	if err != nil || n > limit {
 		return 0
 	}
 	return n

@@ -71,8 +71,8 @@ func TestStoredFormatCompatibility(t *testing.T) {
 		t.Errorf("the uncompressed reader found %d frames in a compressed batch", n)
 	}
 	data, err := unpack(nil, packed, len(old))
-	if err != nil || !bytes.Equal(data, old) || unpackedLen(packed) != len(old) {
-		t.Errorf("round trip: %v, equal %v, length %d", err, bytes.Equal(data, old), unpackedLen(packed))
+	if err != nil || !bytes.Equal(data, old) || unpackedLen(packed, len(old)) != len(old) {
+		t.Errorf("round trip: %v, equal %v, length %d", err, bytes.Equal(data, old), unpackedLen(packed, len(old)))
 	}
 	if _, err := unpack(nil, packed, len(old)-1); err == nil {
 		t.Error("a batch larger than the limit decoded")
@@ -91,6 +91,9 @@ func TestStoredFormatCompatibility(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if n != 0 || after.TotalAlloc-before.TotalAlloc > 1<<20 {
 		t.Errorf("a batch claiming 4 GiB: %d frames, %d bytes allocated to count them", n, after.TotalAlloc-before.TotalAlloc)
+	}
+	if n := unpackedLen(bomb, e.maxBatch()); n != 0 {
+		t.Errorf("a batch claiming 4 GiB counts as %d bytes of frames", n)
 	}
 }
 
