@@ -61,7 +61,6 @@ type Channel struct {
 	mu        sync.Mutex
 	cur       *batch
 	inflight  []*batch // flushed, not yet acknowledged, in order
-	last      *batch   // the batch flushed last
 	recent    []meta   // a ring of the latest acknowledged batches
 	recentAt  int      // where the next goes in recent
 	base      uint64   // where the channel's log went on when opened
@@ -132,7 +131,7 @@ func (ch *Channel) flushLocked() {
 	if b == nil || b.frames == 0 || ch.closed {
 		return
 	}
-	ch.cur, ch.last = nil, b
+	ch.cur = nil
 	ch.inflight = append(ch.inflight, b)
 	b.ch = ch
 	b.msg = &nats.Msg{Subject: ch.subject, Data: b.data, Header: nats.Header{
@@ -359,7 +358,7 @@ func (ch *Channel) Stats(ctx context.Context) Stats {
 	frames, bytes := counts(m)
 	return Stats{
 		Messages: ch.cumFrames.Load() - (frames - framesIn(m, ch.e.maxBatch())),
-		Bytes:    ch.cumBytes.Load() - (bytes - uint64(unpackedLen(m.Data))),
+		Bytes:    ch.cumBytes.Load() - (bytes - uint64(unpackedLen(m.Data, ch.e.maxBatch()))),
 		Oldest:   m.Time,
 	}
 }
