@@ -660,6 +660,16 @@ func TestRetainDiskFull(t *testing.T) {
 	if f := b.metric(t, "hpfeeds_broker_retain_store_failures_total"); f == 0 {
 		t.Error("no store failure counted")
 	}
+	// What /chanz says is retained leaves out the refused batches: about
+	// what a 4 MiB disk holds, and the batches still awaiting an answer.
+	_, metrics := get(t, "http://"+b.exporter+"/metrics")
+	m := regexp.MustCompile(`(?m)^hpfeeds_broker_retained_bytes\{channel="events"\} (\S+)$`).FindStringSubmatch(metrics)
+	if m == nil {
+		t.Fatal("no hpfeeds_broker_retained_bytes for events")
+	}
+	if held, _ := strconv.ParseFloat(m[1], 64); held > 32<<20 {
+		t.Errorf("%.0f bytes shown as retained by a 4 MiB store", held)
+	}
 }
 
 // A store that fails (its stream deleted under the broker) never stops
