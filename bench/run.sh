@@ -41,6 +41,7 @@ nats_port=$(freeport)
 js_port=$(freeport)
 relay_port=$(freeport)
 ret_port=$(freeport)
+plain_port=$(freeport)
 ulimit -n "$(ulimit -Hn)"
 
 export HPFEEDS_BENCH_SECRET=benchsecret HPFEEDS_BENCH_PUBCHANS=bench,bench.idle HPFEEDS_BENCH_SUBCHANS=bench,bench.idle
@@ -77,6 +78,22 @@ start_retain() {
   if ! waitport "$ret_port"; then
     echo "FAILED: hpfeeds-broker --retain did not start:"; tail -5 "$work/retain.log"; exit 1
   fi
+}
+
+# run_plain ARGS... : the same load twice on a fresh broker without
+# --retain, as start_retain's broker gets it: what --retain adds on a
+# fresh broker is measured against a fresh broker, which also grows into
+# its memory on its first run, as the long-lived core broker does not.
+# Prints the two results, comma-separated.
+run_plain() {
+  "$work/hpfeeds-broker" --auth=env -e "tcp:interface=127.0.0.1:port=$plain_port" 2>>"$work/plain.log" &
+  local pid=$! first warm
+  pids+=("$pid")
+  waitport "$plain_port"
+  first=$(measure "$pid" hpbench "$plain_port" "$@")
+  warm=$(measure "$pid" hpbench "$plain_port" "$@")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$first, $warm"
 }
 
 # scale N: the full count, or a tiny one with --smoke.
@@ -117,8 +134,9 @@ row() { # row NAME ARGS... : one throughput/latency row on both brokers and the 
 }
 retained() { # retained NAME ARGS... : the same with --retain against JetStream
   local name=$1; shift
-  local hp='{"skipped": "this broker has no --retain"}' warm=null nats floor
+  local hp='{"skipped": "this broker has no --retain"}' warm=null plain=null nats floor
   if [ "$retain" = 1 ]; then
+    [ "$smoke" = 1 ] || plain="[$(run_plain "$@")]"
     start_retain
     hp=$(measure "$ret_pid" hpbench "$ret_port" "$@")
     # The same load again on the same broker: the first run also pays for
@@ -129,7 +147,7 @@ retained() { # retained NAME ARGS... : the same with --retain against JetStream
   fi
   nats=$(measure "$js_pid" "$work/natsbench" -jetstream -url "nats://127.0.0.1:$js_port" "$@")
   floor=$(measure "$relay_pid" hpbench "$relay_port" "$@")
-  echo "{\"row\": \"$name\", \"retained\": true, \"hpfeeds\": $hp, \"warm\": $warm, \"nats\": $nats, \"floor\": $floor}" >>"$results"
+  echo "{\"row\": \"$name\", \"retained\": true, \"hpfeeds\": $hp, \"warm\": $warm, \"plain\": $plain, \"nats\": $nats, \"floor\": $floor}" >>"$results"
 }
 conns() { # conns NAME N : idle connections and storm on both brokers
   local name=$1 n=$2 idle
@@ -253,7 +271,8 @@ print("null relay: bench/nullrelay, the floor; × floor: hpfeeds CPU per deliver
 rounds = max(len(r["hpfeeds"]) for r in rows if isinstance(r["hpfeeds"], list))
 print((f"delivery rows: the median of {rounds} rounds, each running hpfeeds, nats-server and the null relay in turn;"
        if rounds > 1 else "delivery rows: one run each;") + " catch-up: the same, each hpfeeds round on a fresh broker;"
-      + " retained rows: one run on a fresh broker, then one warm")
+      + " retained rows: one run on a fresh broker, then one warm, each set against"
+      + " a fresh broker without --retain run the same way")
 print(f"{'row':32} {'measure':22} {'hpfeeds':>14} {'nats-server':>14} {'ahead':>7} {'null relay':>12} {'× floor':>8}")
 for r in rows:
     h, n, f = r["hpfeeds"], r["nats"], r.get("floor")
@@ -276,13 +295,22 @@ for r in rows:
         floor = f"{hv/fv:.2f}x" if key == "cpu_us_per_delivery" and hv and fv else "-"
         print(f"{r['row']:32} {label:22} {hvs:>14} {nvs:>14} {ratio:>7} {fvs:>12} {floor:>8}")
     off = by_name.get(r["row"].replace(", retained", "")) if r.get("retained") else None
+    plain = r.get("plain") or [None, None]
     if off and not skipped and not smoke:
+        # First on a fresh broker, then the same load again on it (warm),
+        # each against a fresh broker without --retain run the same way;
+        # the last line sets the first run against the core row's broker,
+        # long-lived, as earlier tables did.
         ov = value(off["hpfeeds"], "cpu_us_per_delivery")
-        # First on a fresh broker, then the same load again on it (warm).
-        for label, side in (("CPU added by --retain", h), ("CPU added, warm", r.get("warm"))):
+        for label, side, base in (("CPU added by --retain", h, value(plain[0], "cpu_us_per_delivery")),
+                                  ("CPU added, warm", r.get("warm"), value(plain[1], "cpu_us_per_delivery")),
+                                  ("added vs long-lived", h, ov)):
             hv = value(side, "cpu_us_per_delivery")
-            added = f"{hv - ov:+.2f} µs" if hv and ov else "-"
+            added = f"{hv - base:+.2f} µs" if hv and base else "-"
             print(f"{r['row']:32} {label:22} {added:>14}")
+    for w in [p for p in plain if p is not None]:
+        if w.get("res") is None or w["res"].get("lost"):
+            print(f"  FAILED: hpfeeds without --retain: {'no result' if w.get('res') is None else 'lost ' + str(w['res']['lost'])}"); failed = True
     w = r.get("warm")
     if w is not None and (w.get("res") is None or w["res"].get("lost")):
         print(f"  FAILED: hpfeeds, warm run: {'no result' if w.get('res') is None else 'lost ' + str(w['res']['lost'])}"); failed = True
