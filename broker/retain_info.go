@@ -110,6 +110,8 @@ type RetainStoreInfo struct {
 	LastError   string    `json:"last_error,omitempty"`
 	// Failing: it refused a batch in the last minute.
 	Failing bool `json:"failing"`
+	// Restarts of the embedded JetStream after a write error.
+	Restarts uint64 `json:"restarts"`
 }
 
 // RetainStore is how the retained store fares; nil without --retain.
@@ -120,7 +122,7 @@ func (b *Broker) RetainStore() *RetainStoreInfo {
 	}
 	at, err := e.LastFailure()
 	return &RetainStoreInfo{Failures: e.Failed.Load(), LastFailure: at, LastError: err,
-		Failing: !at.IsZero() && time.Since(at) < time.Minute}
+		Failing: !at.IsZero() && time.Since(at) < time.Minute, Restarts: e.Restarts.Load()}
 }
 
 // RetainUsage is the retained store's use, zero without --retain.

@@ -19,6 +19,8 @@ var (
 		"Age of the oldest message of a retained channel an ident has not been sent yet", []string{"ident", "channel", "state"}, nil)
 	descRetainFailed = prometheus.NewDesc("hpfeeds_broker_retain_store_failures_total",
 		"Batches of retained messages the store refused (live delivery went on)", nil, nil)
+	descRetainRestarts = prometheus.NewDesc("hpfeeds_broker_retain_store_restarts_total",
+		"Restarts of the embedded JetStream after a write error (a full disk) had stopped it storing", nil, nil)
 	descRetainReplayed = prometheus.NewDesc("hpfeeds_broker_retain_replayed_messages_total",
 		"Retained messages sent from the store to catching-up subscribers", nil, nil)
 	descRetainCatching = prometheus.NewDesc("hpfeeds_broker_retain_catching_up",
@@ -37,7 +39,7 @@ func NewRetainCollector(b *broker.Broker) *RetainCollector { return &RetainColle
 func (c *RetainCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRetainedMessages, descRetainedBytes,
 		descRetainedOldest, descRetainBehind, descRetainBehindSeconds, descRetainFailed,
-		descRetainReplayed, descRetainCatching, descRetainStore} {
+		descRetainRestarts, descRetainReplayed, descRetainCatching, descRetainStore} {
 		ch <- d
 	}
 }
@@ -67,6 +69,7 @@ func (c *RetainCollector) Collect(ch chan<- prometheus.Metric) {
 	// Exported without --retain too (zero), so dashboards never lack them.
 	u := c.b.RetainUsage()
 	m(descRetainFailed, prometheus.CounterValue, float64(u.Failed))
+	m(descRetainRestarts, prometheus.CounterValue, float64(u.Restarts))
 	m(descRetainReplayed, prometheus.CounterValue, float64(u.Replayed))
 	m(descRetainCatching, prometheus.GaugeValue, float64(c.b.CatchingUp()))
 	m(descRetainStore, prometheus.GaugeValue, float64(u.Memory), "memory")

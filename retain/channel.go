@@ -220,6 +220,7 @@ func (ch *Channel) settleLocked(b *batch, seq uint64, err error) {
 		if f.failed {
 			f.seq = ch.lastAcked + 1 // resume at whatever is stored next
 		} else {
+			ch.e.acked.Add(1)
 			ch.lastAcked = max(ch.lastAcked, f.seq)
 			ch.remember(meta{f.seq, len(f.data)})
 		}

@@ -20,6 +20,8 @@ func posKey(ident, channel string) string {
 // Resume is where ident resumes channel: its saved position, or, for an
 // ident with none, ReplayFirst back (ok false: start live).
 func (e *Engine) Resume(ctx context.Context, ident string, ch *Channel) (p Pos, ok bool, err error) {
+	e.heal.RLock()
+	defer e.heal.RUnlock()
 	v, err := e.kv.Get(ctx, posKey(ident, ch.name))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
@@ -43,6 +45,8 @@ func (e *Engine) Resume(ctx context.Context, ident string, ch *Channel) (p Pos, 
 
 // Save stores ident's position in channel.
 func (e *Engine) Save(ctx context.Context, ident, channel string, p Pos) error {
+	e.heal.RLock()
+	defer e.heal.RUnlock()
 	_, err := e.kv.Put(ctx, posKey(ident, channel), []byte(fmt.Sprintf("%d %d", p.Seq, p.Idx)))
 	if err != nil {
 		return fmt.Errorf("retain: saving %s's position in %s: %w", ident, channel, err)
@@ -88,7 +92,9 @@ type Stored struct {
 // s.Release lets the next Read reuse the buffer they were decompressed
 // into.
 func (ch *Channel) Read(ctx context.Context, p Pos) (s Stored, found bool, err error) {
+	ch.e.heal.RLock()
 	m, err := ch.e.stream.GetMsg(ctx, p.Seq, jetstream.WithGetMsgSubject(ch.subject))
+	ch.e.heal.RUnlock()
 	if isNotFound(err) {
 		return s, false, nil
 	}
@@ -151,11 +157,13 @@ type Usage struct {
 	Failed        uint64 // batches the store refused
 	Replayed      uint64 // frames sent to catching-up subscribers
 	Truncated     uint64 // resumes from a position the limits had dropped
+	Restarts      uint64 // of the embedded JetStream after a write error
 }
 
 // Usage asks JetStream what the account uses.
 func (e *Engine) Usage(ctx context.Context) Usage {
-	u := Usage{Failed: e.Failed.Load(), Replayed: e.Replayed.Load(), Truncated: e.Truncated.Load()}
+	u := Usage{Failed: e.Failed.Load(), Replayed: e.Replayed.Load(), Truncated: e.Truncated.Load(),
+		Restarts: e.Restarts.Load()}
 	if ai, err := e.js.AccountInfo(ctx); err == nil {
 		u.Memory, u.Store = ai.Memory, ai.Store
 	}

@@ -138,6 +138,14 @@ type Engine struct {
 	lastFail  atomic.Pointer[failure]
 	Replayed  atomic.Uint64 // frames sent from the store to catching-up subscribers
 	Truncated atomic.Uint64 // resumes whose position the limits had already dropped
+	Restarts  atomic.Uint64 // of the embedded JetStream after a write error (heal.go)
+	acked     atomic.Uint64 // batches the store acknowledged
+
+	// heal is held by the embedded JetStream's restart, and read-held by
+	// what a restart would make fail but can wait: reading the history
+	// and the positions, saving a position.
+	heal               sync.RWMutex
+	healQuit, healDone chan struct{}
 }
 
 // maxBatch is the most a stored batch's frames can take.
@@ -208,6 +216,10 @@ func Open(opts Options) (*Engine, error) {
 	}
 	e.out, e.published = make(chan *batch, publishQueue), make(chan struct{})
 	go e.publishLoop()
+	if e.srv != nil {
+		e.healQuit, e.healDone = make(chan struct{}), make(chan struct{})
+		go e.healLoop(e.healQuit)
+	}
 	return e, nil
 }
 
@@ -283,6 +295,10 @@ func (e *Engine) openStream() error {
 
 // Close flushes what is batched and stops the embedded server.
 func (e *Engine) Close() {
+	if e.healQuit != nil {
+		close(e.healQuit)
+		<-e.healDone
+	}
 	e.mu.Lock()
 	chans := make([]*Channel, 0, len(e.channels))
 	for _, ch := range e.channels {

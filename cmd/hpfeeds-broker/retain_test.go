@@ -615,11 +615,7 @@ func vmKiB(t *testing.T, pid int, field string) int {
 // the store's acknowledgements had a timeout every later batch stayed in
 // memory: 80 MB more for each 80 MB published.
 func TestRetainDiskFull(t *testing.T) {
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
-		storetest.Missing(t, fmt.Sprintf("mounting a 4 MiB tmpfs (needs root): %v: %s", err, out))
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() }) // after the broker stops
+	dir := smallDisk(t)
 	clusterUser("dflogger")
 	clusterUser("dfsensor")
 	t.Parallel() // after clusterUser: it appends to a shared list
@@ -670,6 +666,62 @@ func TestRetainDiskFull(t *testing.T) {
 	if held, _ := strconv.ParseFloat(m[1], 64); held > 32<<20 {
 		t.Errorf("%.0f bytes shown as retained by a 4 MiB store", held)
 	}
+}
+
+// smallDisk mounts a 4 MiB tmpfs on a new directory, unmounted after the
+// test's broker stops.
+func smallDisk(t *testing.T) string {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
+		storetest.Missing(t, fmt.Sprintf("mounting a 4 MiB tmpfs (needs root): %v: %s", err, out))
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	return dir
+}
+
+// Once a full disk has room again, the store takes batches again without
+// a restart of the broker: the embedded JetStream, which keeps a write
+// error and stores nothing more, is restarted in place, and what a
+// subscriber missed after that is stored.
+func TestRetainStoreRestarts(t *testing.T) {
+	dir := smallDisk(t)
+	clusterUser("hlogger")
+	clusterUser("hsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	b := retainBroker(t, dir+"/store")
+	sub := dialAs(t, b.addr, "hlogger", "events")
+	pub := dialAs(t, b.addr, "hsensor")
+	linked(t, pub, sub)
+	// 8 MB that does not compress fills the 4 MiB disk.
+	payload := make([]byte, 16<<10)
+	for i := range 500 {
+		crand.Read(payload)
+		copy(payload, fmt.Sprintf("%d ", i))
+		if err := pub.publish(string(payload)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := sub.next(10 * time.Second); !ok {
+			t.Fatalf("message %d not delivered live", i)
+		}
+	}
+	brokertest.Eventually(t, "the store refusing batches", func() bool {
+		return b.metric(t, "hpfeeds_broker_retain_store_failures_total") > 0
+	})
+	sub.Conn.Close()
+	if out, err := exec.Command("mount", "-o", "remount,size=64m", dir).CombinedOutput(); err != nil {
+		t.Fatalf("growing the tmpfs: %v: %s", err, out)
+	}
+	brokertest.Eventually(t, "the embedded JetStream restarted", func() bool {
+		return b.metric(t, "hpfeeds_broker_retain_store_restarts_total") > 0
+	})
+	missWhileAway(t, b.addr, "hlogger", "hsensor", 100)
+	// Sent from the store, not from the batches the broker still holds
+	// until the store answers: a new broker on the same files.
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.cmd.Wait()
+	b2 := retainBroker(t, dir+"/store")
+	r := &reader{t: t, c: resubscribe(t, b2.addr, "hlogger")}
+	r.until(99)
 }
 
 // A store that fails (its stream deleted under the broker) never stops

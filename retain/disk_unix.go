@@ -29,3 +29,13 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// freeBytes is what dir's filesystem has free for this process; ok is
+// false if it cannot tell.
+func freeBytes(dir string) (free uint64, ok bool) {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil {
+		return 0, false
+	}
+	return st.Bavail * uint64(st.Bsize), true
+}
