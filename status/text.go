@@ -146,6 +146,9 @@ func WriteText(w io.Writer, r *Report) error {
 		if rs.Failures > 0 {
 			fmt.Fprintf(tw, ", the last one %s: %s", ago(now, rs.LastFailure), term(rs.LastError))
 		}
+		if rs.Restarts > 0 {
+			fmt.Fprintf(tw, "; JetStream restarts after a write error: %d", rs.Restarts)
+		}
 		fmt.Fprintln(tw)
 	}
 	fmt.Fprintf(tw, "\nCONNECTIONS (%d of %d)\n", len(r.Connz.Connections), r.Connz.Total)

@@ -105,6 +105,8 @@ func TestWriteTextRetainStore(t *testing.T) {
 		{&broker.RetainStoreInfo{}, "\nRETAINED STORE ok: 0 batches refused\n"},
 		{&broker.RetainStoreInfo{Failures: 3, LastFailure: now.Add(-5 * time.Second), LastError: "nats: timeout waiting for ack", Failing: true},
 			"\nRETAINED STORE FAILING: 3 batches refused, the last one 5s ago: nats: timeout waiting for ack\n"},
+		{&broker.RetainStoreInfo{Failures: 3, LastFailure: now.Add(-2 * time.Minute), LastError: "nats: timeout waiting for ack", Restarts: 1},
+			"\nRETAINED STORE ok: 3 batches refused, the last one 2m ago: nats: timeout waiting for ack; JetStream restarts after a write error: 1\n"},
 	} {
 		r := &status.Report{Identz: &status.Identz{Now: now}, Chanz: &status.Chanz{Now: now, RetainStore: c.store}, Connz: &status.Connz{Now: now}}
 		var b strings.Builder

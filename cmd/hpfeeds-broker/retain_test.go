@@ -714,6 +714,10 @@ func TestRetainStoreRestarts(t *testing.T) {
 	brokertest.Eventually(t, "the embedded JetStream restarted", func() bool {
 		return b.metric(t, "hpfeeds_broker_retain_store_restarts_total") > 0
 	})
+	brokertest.Eventually(t, "the status page showing the restart", func() bool { // it caches answers a moment
+		_, page := get(t, "http://"+b.exporter+"/")
+		return strings.Contains(page, "JetStream restarts after a write error: 1")
+	})
 	missWhileAway(t, b.addr, "hlogger", "hsensor", 100)
 	// Sent from the store, not from the batches the broker still holds
 	// until the store answers: a new broker on the same files.
