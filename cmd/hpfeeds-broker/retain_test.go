@@ -499,7 +499,8 @@ func TestRetainOperatorViews(t *testing.T) {
 	}
 	if !strings.Contains(body, `"retain_store": {
     "failures": 0,
-    "failing": false
+    "failing": false,
+    "restarts": 0
   }`) {
 		t.Errorf("/chanz does not say the store refused nothing: %s", body)
 	}
