@@ -27,12 +27,8 @@ func (e *Engine) healLoop(quit <-chan struct{}) {
 	defer close(e.healDone)
 	tick := time.NewTicker(healCheck)
 	defer tick.Stop()
-	var (
-		failed, acked = e.Failed.Load(), e.acked.Load()
-		since         time.Time // when the store was first seen failing
-		wait          = healAfter
-		lowDisk       bool // said so
-	)
+	h := healer{failed: e.Failed.Load(), acked: e.acked.Load(), wait: healAfter}
+	free := func() (uint64, bool) { return freeBytes(e.opts.Dir) }
 	for {
 		var now time.Time
 		select {
@@ -40,28 +36,56 @@ func (e *Engine) healLoop(quit <-chan struct{}) {
 			return
 		case now = <-tick.C:
 		}
-		f, a := e.Failed.Load(), e.acked.Load()
-		switch {
-		case a != acked: // storing: whatever failed was passing
-			since, wait, lowDisk = time.Time{}, healAfter, false
-		case f != failed && since.IsZero():
-			since = now
+		since := h.since
+		switch h.check(now, e.Failed.Load(), e.acked.Load(), free) {
+		case healDiskFull:
+			e.opts.Logger.Warn("retain: the store's disk is full; the embedded JetStream restarts once it has room",
+				"dir", e.opts.Dir, "needs_bytes", healFree)
+		case healRestart:
+			e.restartJetStream(since)
 		}
-		failed, acked = f, a
-		if since.IsZero() || now.Sub(since) < wait {
-			continue
-		}
-		if free, ok := freeBytes(e.opts.Dir); ok && free < healFree {
-			if !lowDisk {
-				e.opts.Logger.Warn("retain: the store's disk is full; the embedded JetStream restarts once it has room",
-					"dir", e.opts.Dir, "free_bytes", free, "needs_bytes", healFree)
-				lowDisk = true
-			}
-			continue
-		}
-		e.restartJetStream(since)
-		since, wait, lowDisk = time.Time{}, min(2*wait, healMaxWait), false
 	}
+}
+
+// healer decides, from the store's counts of refused and acknowledged
+// batches at each check, when to restart it.
+type healer struct {
+	failed, acked uint64    // at the last check
+	since         time.Time // when the store was first seen failing; zero: it is not
+	wait          time.Duration
+	diskFull      bool // said so
+}
+
+type healAction int
+
+const (
+	healNothing  healAction = iota
+	healDiskFull            // due, but the disk has no room: say so once
+	healRestart
+)
+
+// check takes the counts at now; free is the store's disk's free bytes
+// (ok false: unknown), asked only when a restart is due.
+func (h *healer) check(now time.Time, failed, acked uint64, free func() (uint64, bool)) healAction {
+	switch {
+	case acked != h.acked: // storing: whatever failed was passing
+		h.since, h.wait, h.diskFull = time.Time{}, healAfter, false
+	case failed != h.failed && h.since.IsZero():
+		h.since = now
+	}
+	h.failed, h.acked = failed, acked
+	if h.since.IsZero() || now.Sub(h.since) < h.wait {
+		return healNothing
+	}
+	if n, ok := free(); ok && n < healFree {
+		if h.diskFull {
+			return healNothing
+		}
+		h.diskFull = true
+		return healDiskFull
+	}
+	h.since, h.wait, h.diskFull = time.Time{}, min(2*h.wait, healMaxWait), false
+	return healRestart
 }
 
 // restartJetStream stops the embedded JetStream and starts it again on

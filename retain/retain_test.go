@@ -116,6 +116,110 @@ func TestLogPositionsAndRestart(t *testing.T) {
 	}
 }
 
+// The embedded JetStream restarted in place (heal.go) keeps the history
+// and the positions, and stores what comes after; reads made meanwhile
+// wait for it rather than fail.
+func TestRestartJetStream(t *testing.T) {
+	e := open(t, t.TempDir())
+	defer e.Close()
+	ch := e.Channel("events")
+	ctx := context.Background()
+	ch.Lock()
+	start, err := ch.Resolve(ctx, ch.Head())
+	ch.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.Resolve(ctx, appendN(t, ch, 0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Save(ctx, "logger", "events", start); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { e.restartJetStream(time.Now()); close(done) }()
+	defer func() { <-done }()   // before Close
+	for held := false; !held; { // until the restart holds heal, or is over
+		select {
+		case <-done:
+			held = true
+		default:
+			if held = !e.heal.TryRLock(); !held {
+				e.heal.RUnlock()
+			}
+		}
+	}
+	got := strings.Join(readAll(t, ch, start), ",")
+	p, found, err := e.Resume(ctx, "logger", ch)
+	<-done
+	if got != "0,1,2,3,4" {
+		t.Errorf("read during the restart: %q", got)
+	}
+	if err != nil || !found || p != start {
+		t.Errorf("position during the restart: %v %v %v, want %v", p, found, err, start)
+	}
+	if n := e.Restarts.Load(); n != 1 {
+		t.Errorf("%d restarts counted", n)
+	}
+	if _, err := ch.Resolve(ctx, appendN(t, ch, 5, 8)); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(readAll(t, ch, start), ","); got != "0,1,2,3,4,5,6,7" {
+		t.Errorf("after the restart: %q", got)
+	}
+	if f := e.Failed.Load(); f != 0 {
+		t.Errorf("%d batches refused after the restart", f)
+	}
+}
+
+// The restart is due once the store has refused batches and acknowledged
+// none for healAfter, doubling after each restart until a batch is stored;
+// a full disk is said once and waited out.
+func TestHealerSchedule(t *testing.T) {
+	t0 := time.Now()
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	h := healer{wait: healAfter}
+	disk := uint64(1 << 20)
+	free := func() (uint64, bool) { return disk, true }
+	for i, c := range []struct {
+		s             int
+		failed, acked uint64
+		disk          uint64
+		want          healAction
+	}{
+		{5, 1, 0, 1 << 20, healNothing},    // failing from now
+		{10, 3, 0, 1 << 20, healNothing},   // 5 s of it
+		{15, 3, 0, 1 << 20, healDiskFull},  // due, no room
+		{20, 3, 0, 1 << 20, healNothing},   // said once
+		{25, 3, 0, 100 << 20, healRestart}, // room
+		{30, 4, 0, 100 << 20, healNothing}, // refused again (or late timeouts)
+		{45, 4, 0, 100 << 20, healNothing}, // 15 s of the 20 now due
+		{50, 4, 0, 100 << 20, healRestart},
+		{55, 4, 1, 100 << 20, healNothing}, // a batch stored: back to 10 s
+		{60, 5, 1, 100 << 20, healNothing},
+		{70, 5, 1, 100 << 20, healRestart},
+		{75, 5, 1, 100 << 20, healNothing}, // no refusal since: nothing is due
+		{500, 5, 1, 100 << 20, healNothing},
+	} {
+		disk = c.disk
+		if got := h.check(at(c.s), c.failed, c.acked, free); got != c.want {
+			t.Fatalf("check %d (at %d s): %v, want %v", i, c.s, got, c.want)
+		}
+	}
+	unknown := func() (uint64, bool) { return 0, false }
+	h = healer{wait: healAfter}
+	for s, n := 0, uint64(0); h.wait < healMaxWait; s++ {
+		n++
+		h.check(at(s*600), n, 0, unknown)
+		if h.check(at(s*600+300), n, 0, unknown) != healRestart {
+			t.Fatalf("no restart %d: wait %v", s, h.wait)
+		}
+	}
+	if h.wait != healMaxWait {
+		t.Errorf("wait grew to %v, past %v", h.wait, healMaxWait)
+	}
+}
+
 // Tail hands out the frames not yet stored only once the reader has read
 // every stored batch.
 func TestTail(t *testing.T) {
