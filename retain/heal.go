@@ -6,7 +6,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// After a write error (a full disk, a directory made read-only) JetStream
+// After a write error (a full disk, say) JetStream
 // stores nothing more in the stream until it restarts, even once the
 // cause is gone, and on some errors it turns itself off. In embedded mode
 // the engine restarts it in place, as nats-server's own configuration
