@@ -63,7 +63,7 @@ type Channel struct {
 	inflight  []*batch // flushed, not yet acknowledged, in order
 	recent    []meta   // a ring of the latest acknowledged batches
 	recentAt  int      // where the next goes in recent
-	base      uint64   // where the channel's log went on when opened
+	base      uint64   // where the channel's log went on when opened; 0: unknown (the store did not answer)
 	lastAcked uint64   // the sequence of the latest batch stored in order
 	timer     *time.Timer
 	closed    bool // the engine is closing
@@ -262,6 +262,9 @@ func (ch *Channel) Back(back int) Mark {
 		back -= len(b.data)
 	}
 	if len(ch.recent) == 0 {
+		if ch.base == 0 && ch.lastAcked == 0 {
+			return Mark{} // the channel's end, as Resolve finds it
+		}
 		return Mark{pos: Pos{max(ch.base, ch.lastAcked+1), 0}}
 	}
 	n := len(ch.recent)
@@ -293,6 +296,10 @@ func frameAt(data []byte, off int) int {
 
 // Resolve waits until m is stored and returns its position.
 func (ch *Channel) Resolve(ctx context.Context, m Mark) (Pos, error) {
+	if m == (Mark{}) { // opened while the store did not answer: its end now
+		_, p, err := ch.e.end(ctx, ch.subject)
+		return p, err
+	}
 	if m.b == nil {
 		return m.pos, nil
 	}

@@ -353,16 +353,34 @@ func (e *Engine) Channel(channel string) *Channel {
 	ch := &Channel{e: e, name: channel, subject: e.opts.Subject(channel)}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if m, err := e.stream.GetLastMsgForSubject(ctx, ch.subject); err == nil {
-		ch.base = m.Sequence + 1
-		frames, bytes := counts(m)
-		ch.cumFrames.Store(frames)
-		ch.cumBytes.Store(bytes)
-	} else if st, err := e.stream.Info(ctx); err == nil {
-		ch.base = st.State.LastSeq + 1
+	if last, end, err := e.end(ctx, ch.subject); err == nil {
+		ch.base = end.Seq
+		if last != nil {
+			frames, bytes := counts(last)
+			ch.cumFrames.Store(frames)
+			ch.cumBytes.Store(bytes)
+		}
+	} else {
+		e.opts.Logger.Warn("retain: the store did not say where a retained channel's history ends; positions in it are looked up when saved",
+			"channel", channel, "err", err)
 	}
 	e.channels[channel] = ch
 	return ch
+}
+
+// end is the position after the last batch stored for subject, and that
+// batch (nil if the stream holds none of subject's).
+func (e *Engine) end(ctx context.Context, subject string) (*jetstream.RawStreamMsg, Pos, error) {
+	e.heal.RLock()
+	defer e.heal.RUnlock()
+	if m, err := e.stream.GetLastMsgForSubject(ctx, subject); err == nil {
+		return m, Pos{m.Sequence + 1, 0}, nil
+	}
+	st, err := e.stream.Info(ctx)
+	if err != nil {
+		return nil, Pos{}, fmt.Errorf("retain: finding where the history of %s ends: %w", subject, err)
+	}
+	return nil, Pos{st.State.LastSeq + 1, 0}, nil
 }
 
 // failed counts a batch the store did not take, logging at most every 10 s:

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -169,6 +171,44 @@ func TestRestartJetStream(t *testing.T) {
 	}
 	if f := e.Failed.Load(); f != 0 {
 		t.Errorf("%d batches refused after the restart", f)
+	}
+}
+
+// A channel first opened while the store does not answer (NATS down in
+// cluster mode, JetStream off) does not know where its log went on; a
+// subscriber leaving it before anything of it is stored resumes at the
+// channel's end once the store answers, not at its oldest history.
+func TestChannelOpenedWhileStoreDown(t *testing.T) {
+	dir := t.TempDir()
+	e := open(t, dir)
+	if _, err := e.Channel("events").Resolve(context.Background(), appendN(t, e.Channel("events"), 0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	e = open(t, dir)
+	defer e.Close()
+	if err := e.srv.ShutdownJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	ch := e.Channel("events") // the store does not answer
+	if err := e.srv.EnableJetStream(&server.JetStreamConfig{StoreDir: dir, MaxMemory: jsMemory, MaxStore: jsStore, Strict: true}); err != nil {
+		t.Fatal(err)
+	}
+	ch.Lock()
+	head := ch.Head()
+	ch.Unlock()
+	p, err := ch.Resolve(context.Background(), head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, ch, p); len(got) != 0 {
+		t.Errorf("resuming at the head replays %v", got)
+	}
+	if _, err := ch.Resolve(context.Background(), appendN(t, ch, 5, 7)); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(readAll(t, ch, p), ","); got != "5,6" {
+		t.Errorf("from the head: %q, want 5,6", got)
 	}
 }
 
