@@ -616,14 +616,7 @@ func vmKiB(t *testing.T, pid int, field string) int {
 // the store's acknowledgements had a timeout every later batch stayed in
 // memory: 80 MB more for each 80 MB published.
 func TestRetainDiskFull(t *testing.T) {
-	dir := smallDisk(t)
-	clusterUser("dflogger")
-	clusterUser("dfsensor")
-	t.Parallel() // after clusterUser: it appends to a shared list
-	b := retainBroker(t, dir+"/store")
-	sub := dialAs(t, b.addr, "dflogger", "events")
-	pub := dialAs(t, b.addr, "dfsensor")
-	linked(t, pub, sub)
+	_, b, sub, pub := onSmallDisk(t, "dflogger", "dfsensor")
 	pub.Conn.SetWriteDeadline(time.Time{})
 	const n, size = 10240, 16 << 10
 	done := make(chan struct{})
@@ -669,15 +662,23 @@ func TestRetainDiskFull(t *testing.T) {
 	}
 }
 
-// smallDisk mounts a 4 MiB tmpfs on a new directory, unmounted after the
-// test's broker stops.
-func smallDisk(t *testing.T) string {
-	dir := t.TempDir()
+// onSmallDisk runs a test beside the others (t.Parallel) with a retaining
+// broker whose store is on a 4 MiB tmpfs (unmounted after the broker
+// stops), logger subscribed to events and linked with sensor.
+func onSmallDisk(t *testing.T, logger, sensor string) (dir string, b *clusterBroker, sub, pub *wireClient) {
+	dir = t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
 		storetest.Missing(t, fmt.Sprintf("mounting a 4 MiB tmpfs (needs root): %v: %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
-	return dir
+	clusterUser(logger)
+	clusterUser(sensor)
+	t.Parallel() // after clusterUser: it appends to a shared list
+	b = retainBroker(t, dir+"/store")
+	sub = dialAs(t, b.addr, logger, "events")
+	pub = dialAs(t, b.addr, sensor)
+	linked(t, pub, sub)
+	return dir, b, sub, pub
 }
 
 // Once a full disk has room again, the store takes batches again without
@@ -685,14 +686,7 @@ func smallDisk(t *testing.T) string {
 // error and stores nothing more, is restarted in place, and what a
 // subscriber missed after that is stored.
 func TestRetainStoreRestarts(t *testing.T) {
-	dir := smallDisk(t)
-	clusterUser("hlogger")
-	clusterUser("hsensor")
-	t.Parallel() // after clusterUser: it appends to a shared list
-	b := retainBroker(t, dir+"/store")
-	sub := dialAs(t, b.addr, "hlogger", "events")
-	pub := dialAs(t, b.addr, "hsensor")
-	linked(t, pub, sub)
+	dir, b, sub, pub := onSmallDisk(t, "hlogger", "hsensor")
 	// 8 MB that does not compress fills the 4 MiB disk.
 	payload := make([]byte, 16<<10)
 	for i := range 500 {
