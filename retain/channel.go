@@ -218,7 +218,7 @@ func (ch *Channel) settleLocked(b *batch, seq uint64, err error) {
 		ch.inflight[0] = nil
 		ch.inflight = ch.inflight[1:]
 		if f.failed {
-			f.seq = ch.lastAcked + 1 // resume at whatever is stored next
+			f.seq = ch.next().Seq // resume at whatever is stored next
 		} else {
 			ch.e.acked.Add(1)
 			ch.lastAcked = max(ch.lastAcked, f.seq)
@@ -262,10 +262,7 @@ func (ch *Channel) Back(back int) Mark {
 		back -= len(b.data)
 	}
 	if len(ch.recent) == 0 {
-		if ch.base == 0 && ch.lastAcked == 0 {
-			return Mark{} // the channel's end, as Resolve finds it
-		}
-		return Mark{pos: Pos{max(ch.base, ch.lastAcked+1), 0}}
+		return Mark{pos: ch.next()}
 	}
 	n := len(ch.recent)
 	for k := 1; k <= n; k++ {
@@ -279,6 +276,17 @@ func (ch *Channel) Back(back int) Mark {
 		back -= m.size
 	}
 	panic("unreachable")
+}
+
+// next is where the channel's history goes on after the batches it knows
+// stored; zero if the store did not answer when the channel was opened
+// and none has been stored since (Resolve then looks it up). The caller
+// holds the lock.
+func (ch *Channel) next() Pos {
+	if ch.base == 0 && ch.lastAcked == 0 {
+		return Pos{}
+	}
+	return Pos{max(ch.base, ch.lastAcked+1), 0}
 }
 
 // frameAt is the index of the first frame in data that ends after off.
@@ -296,25 +304,27 @@ func frameAt(data []byte, off int) int {
 
 // Resolve waits until m is stored and returns its position.
 func (ch *Channel) Resolve(ctx context.Context, m Mark) (Pos, error) {
-	if m == (Mark{}) { // opened while the store did not answer: its end now
+	p := m.pos
+	if m.b != nil {
+		select {
+		case <-m.b.done:
+		case <-ctx.Done():
+			return Pos{}, ctx.Err()
+		}
+		switch {
+		case m.b.failed:
+			p = Pos{m.b.seq, 0}
+		case m.idx >= m.b.frames:
+			p = Pos{m.b.seq + 1, 0}
+		default:
+			p = Pos{m.b.seq, m.idx}
+		}
+	}
+	if p == (Pos{}) { // the channel was opened while the store did not answer: its end now
 		_, p, err := ch.e.end(ctx, ch.subject)
 		return p, err
 	}
-	if m.b == nil {
-		return m.pos, nil
-	}
-	select {
-	case <-m.b.done:
-	case <-ctx.Done():
-		return Pos{}, ctx.Err()
-	}
-	if m.b.failed {
-		return Pos{m.b.seq, 0}, nil
-	}
-	if m.idx >= m.b.frames {
-		return Pos{m.b.seq + 1, 0}, nil
-	}
-	return Pos{m.b.seq, m.idx}, nil
+	return p, nil
 }
 
 // Tail returns the frames appended and not yet known to be stored, if p is

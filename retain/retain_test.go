@@ -212,6 +212,41 @@ func TestChannelOpenedWhileStoreDown(t *testing.T) {
 	}
 }
 
+// A subscriber that leaves with its unacknowledged frames in a batch the
+// store refused, the first batch of the channel since the broker started,
+// resumes after the channel's stored history, not at its oldest.
+func TestFirstBatchRefused(t *testing.T) {
+	dir := t.TempDir()
+	e := open(t, dir)
+	if _, err := e.Channel("events").Resolve(context.Background(), appendN(t, e.Channel("events"), 0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	e = open(t, dir)
+	defer e.Close()
+	ch := e.Channel("events")
+	if err := e.srv.ShutdownJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := ch.Resolve(ctx, appendN(t, ch, 5, 7)) // refused: no JetStream
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Failed.Load() == 0 {
+		t.Fatal("the batch was not refused")
+	}
+	if err := e.srv.EnableJetStream(&server.JetStreamConfig{StoreDir: dir, MaxMemory: jsMemory, MaxStore: jsStore, Strict: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.Resolve(ctx, appendN(t, ch, 7, 9)); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(readAll(t, ch, p), ","); got != "7,8" {
+		t.Errorf("from the refused batch: %q, want 7,8", got)
+	}
+}
+
 // The restart is due once the store has refused batches and acknowledged
 // none for healAfter, doubling after each restart until a batch is stored;
 // a full disk is said once and waited out.
