@@ -6,15 +6,15 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// After a write error (a full disk, say) JetStream
-// stores nothing more in the stream until it restarts, even once the
-// cause is gone, and on some errors it turns itself off. In embedded mode
-// the engine restarts it in place, as nats-server's own configuration
-// reload does: once the store has refused batches and acknowledged none
-// for healAfter (doubling after each restart, up to healMaxWait), and the
-// store's disk has healFree bytes free. The stream and the positions are
-// recovered from the files; catch-ups and resumes wait for the restart
-// (Engine.heal) rather than fail.
+// After a write error (a full disk, say) JetStream stores nothing more in
+// the stream until it restarts, even once the cause is gone, and on some
+// errors it turns itself off. In embedded mode the engine restarts it in
+// place, as nats-server's own configuration reload does: once the store
+// has refused batches and acknowledged none for healAfter (doubling after
+// each restart, up to healMaxWait), and the store's disk has healFree
+// bytes free. The stream and the positions are recovered from the files;
+// catch-ups and resumes wait for the restart (Engine.heal) rather than
+// fail.
 const (
 	healCheck   = 5 * time.Second
 	healAfter   = 10 * time.Second
