@@ -142,8 +142,8 @@ type Engine struct {
 	acked     atomic.Uint64 // batches the store acknowledged
 
 	// heal is held by the embedded JetStream's restart, and read-held by
-	// what a restart would make fail but can wait: reading the history
-	// and the positions, saving a position.
+	// what a restart would make fail but can wait: reading the history,
+	// where it ends and the positions, saving a position.
 	heal               sync.RWMutex
 	healQuit, healDone chan struct{}
 }
