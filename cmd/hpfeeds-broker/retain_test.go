@@ -706,9 +706,13 @@ func TestRetainStoreRestarts(t *testing.T) {
 	if out, err := exec.Command("mount", "-o", "remount,size=64m", dir).CombinedOutput(); err != nil {
 		t.Fatalf("growing the tmpfs: %v: %s", err, out)
 	}
-	brokertest.Eventually(t, "the embedded JetStream restarted", func() bool {
-		return b.metric(t, "hpfeeds_broker_retain_store_restarts_total") > 0
-	})
+	// Due 10 to 15 s after the first check that saw the store failing and
+	// none storing (checks every 5 s): Eventually's 30 s is too close.
+	for deadline := time.Now().Add(time.Minute); b.metric(t, "hpfeeds_broker_retain_store_restarts_total") == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the embedded JetStream not restarted a minute after the disk grew")
+		}
+	}
 	brokertest.Eventually(t, "the status page showing the restart", func() bool { // it caches answers a moment
 		_, page := get(t, "http://"+b.exporter+"/")
 		return strings.Contains(page, "JetStream restarts after a write error: 1")
