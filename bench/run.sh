@@ -136,7 +136,7 @@ retained() { # retained NAME ARGS... : the same with --retain against JetStream
   local name=$1; shift
   local hp='{"skipped": "this broker has no --retain"}' warm=null plain=null nats floor
   if [ "$retain" = 1 ]; then
-    [ "$smoke" = 1 ] || plain="[$(run_plain "$@")]"
+    plain="[$(run_plain "$@")]"
     start_retain
     hp=$(measure "$ret_pid" hpbench "$ret_port" "$@")
     # The same load again on the same broker: the first run also pays for
