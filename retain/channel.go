@@ -26,10 +26,20 @@ type batch struct {
 	frames int
 	seq    uint64        // once done: where it was stored (or, failed, where it would resume)
 	failed bool          // the store refused it
+	freed  int           // len(data) when a refused batch's buffer was freed
 	done   chan struct{} // closed once stored or failed
 	at     time.Time     // when its first frame came
 	ch     *Channel
 	msg    *nats.Msg // as published
+}
+
+// size is the bytes of the batch's frames, also once the buffer of a
+// refused batch is freed.
+func (b *batch) size() int {
+	if b.data == nil {
+		return b.freed
+	}
+	return len(b.data)
 }
 
 // Mark is a place in a channel's history that may not be stored yet:
@@ -206,7 +216,7 @@ func (ch *Channel) settleLocked(b *batch, seq uint64, err error) {
 		ch.cumFrames.Add(-uint64(b.frames))
 		ch.cumBytes.Add(-uint64(len(b.data)))
 		ch.e.release(b.data)
-		b.data = nil
+		b.data, b.freed = nil, len(b.data)
 	} else {
 		b.seq = seq
 	}
@@ -256,10 +266,10 @@ func (ch *Channel) Back(back int) Mark {
 	}
 	for i := len(held) - 1; i >= 0; i-- {
 		b := held[i]
-		if back < len(b.data) || back == 0 {
-			return Mark{b: b, idx: frameAt(b.data, len(b.data)-back)}
+		if back < b.size() || back == 0 {
+			return Mark{b: b, idx: frameAt(b.data, len(b.data)-back)} // a refused batch's resolves to its start
 		}
-		back -= len(b.data)
+		back -= b.size()
 	}
 	if len(ch.recent) == 0 {
 		return Mark{pos: ch.next()}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -244,6 +245,29 @@ func TestFirstBatchRefused(t *testing.T) {
 	}
 	if got := strings.Join(readAll(t, ch, p), ","); got != "7,8" {
 		t.Errorf("from the refused batch: %q, want 7,8", got)
+	}
+}
+
+// Back counts a refused batch's frames, freed before the batches ahead of
+// it are settled, at their size: a subscriber leaving while the store
+// fails resumes where its peer stopped, not further back.
+func TestBackOverRefusedBatch(t *testing.T) {
+	e := open(t, t.TempDir())
+	defer e.Close()
+	ch := e.Channel("events")
+	f := frame(t, 1)
+	two := func() *batch {
+		return &batch{data: slices.Concat(f, f), frames: 2, done: make(chan struct{})}
+	}
+	b1, refused, b3 := two(), two(), two()
+	refused.failed, refused.freed, refused.data = true, len(refused.data), nil
+	ch.Lock()
+	ch.inflight = []*batch{b1, refused, b3}
+	m := ch.Back(5 * len(f)) // b3's two frames, the refused two and b1's last
+	ch.inflight = nil
+	ch.Unlock()
+	if m.b != b1 || m.idx != 1 {
+		t.Errorf("five frames back: batch %p frame %d, want %p frame 1 (the refused batch is %p)", m.b, m.idx, b1, refused)
 	}
 }
 
