@@ -175,26 +175,39 @@ func TestRestartJetStream(t *testing.T) {
 	}
 }
 
-// A channel first opened while the store does not answer (NATS down in
-// cluster mode, JetStream off) does not know where its log went on; a
-// subscriber leaving it before anything of it is stored resumes at the
-// channel's end once the store answers, not at its oldest history.
-func TestChannelOpenedWhileStoreDown(t *testing.T) {
-	dir := t.TempDir()
-	e := open(t, dir)
+// reopened is an engine started again on a store holding frames 0 to 4
+// of events; it is closed after the test.
+func reopened(t *testing.T) (dir string, e *Engine) {
+	dir = t.TempDir()
+	e = open(t, dir)
 	if _, err := e.Channel("events").Resolve(context.Background(), appendN(t, e.Channel("events"), 0, 5)); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()
 	e = open(t, dir)
-	defer e.Close()
+	t.Cleanup(e.Close)
+	return dir, e
+}
+
+// startJetStream starts e's embedded JetStream again after a test stopped it.
+func startJetStream(t *testing.T, e *Engine, dir string) {
+	t.Helper()
+	if err := e.srv.EnableJetStream(&server.JetStreamConfig{StoreDir: dir, MaxMemory: jsMemory, MaxStore: jsStore, Strict: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A channel first opened while the store does not answer (NATS down in
+// cluster mode, JetStream off) does not know where its log went on; a
+// subscriber leaving it before anything of it is stored resumes at the
+// channel's end once the store answers, not at its oldest history.
+func TestChannelOpenedWhileStoreDown(t *testing.T) {
+	dir, e := reopened(t)
 	if err := e.srv.ShutdownJetStream(); err != nil {
 		t.Fatal(err)
 	}
 	ch := e.Channel("events") // the store does not answer
-	if err := e.srv.EnableJetStream(&server.JetStreamConfig{StoreDir: dir, MaxMemory: jsMemory, MaxStore: jsStore, Strict: true}); err != nil {
-		t.Fatal(err)
-	}
+	startJetStream(t, e, dir)
 	ch.Lock()
 	head := ch.Head()
 	ch.Unlock()
@@ -217,14 +230,7 @@ func TestChannelOpenedWhileStoreDown(t *testing.T) {
 // store refused, the first batch of the channel since the broker started,
 // resumes after the channel's stored history, not at its oldest.
 func TestFirstBatchRefused(t *testing.T) {
-	dir := t.TempDir()
-	e := open(t, dir)
-	if _, err := e.Channel("events").Resolve(context.Background(), appendN(t, e.Channel("events"), 0, 5)); err != nil {
-		t.Fatal(err)
-	}
-	e.Close()
-	e = open(t, dir)
-	defer e.Close()
+	dir, e := reopened(t)
 	ch := e.Channel("events")
 	if err := e.srv.ShutdownJetStream(); err != nil {
 		t.Fatal(err)
@@ -237,9 +243,7 @@ func TestFirstBatchRefused(t *testing.T) {
 	if e.Failed.Load() == 0 {
 		t.Fatal("the batch was not refused")
 	}
-	if err := e.srv.EnableJetStream(&server.JetStreamConfig{StoreDir: dir, MaxMemory: jsMemory, MaxStore: jsStore, Strict: true}); err != nil {
-		t.Fatal(err)
-	}
+	startJetStream(t, e, dir)
 	if _, err := ch.Resolve(ctx, appendN(t, ch, 7, 9)); err != nil {
 		t.Fatal(err)
 	}
