@@ -88,6 +88,12 @@ func (h *healer) check(now time.Time, failed, acked uint64, free func() (uint64,
 	return healRestart
 }
 
+// jetStreamConfig is the embedded JetStream's configuration, as
+// startEmbedded's server options give it, to start it again.
+func (e *Engine) jetStreamConfig() *server.JetStreamConfig {
+	return &server.JetStreamConfig{StoreDir: e.opts.Dir, MaxMemory: jsMemory, MaxStore: jsStore, Strict: true, CompressOK: true}
+}
+
 // restartJetStream stops the embedded JetStream and starts it again on
 // the same files.
 func (e *Engine) restartJetStream(failingSince time.Time) {
@@ -98,14 +104,7 @@ func (e *Engine) restartJetStream(failingSince time.Time) {
 	if err := e.srv.ShutdownJetStream(); err != nil {
 		e.opts.Logger.Warn("retain: stopping the embedded JetStream", "err", err)
 	}
-	err := e.srv.EnableJetStream(&server.JetStreamConfig{
-		StoreDir:   e.opts.Dir,
-		MaxMemory:  jsMemory,
-		MaxStore:   jsStore,
-		Strict:     true,
-		CompressOK: true,
-	})
-	if err != nil {
+	if err := e.srv.EnableJetStream(e.jetStreamConfig()); err != nil {
 		e.opts.Logger.Error("retain: the embedded JetStream did not restart; live delivery goes on, nothing is retained; the next try is later",
 			"err", err)
 		return

@@ -387,8 +387,9 @@ func (e *Engine) end(ctx context.Context, subject string) (*jetstream.RawStreamM
 // live delivery does not depend on the store.
 func (e *Engine) failed(channel string, frames int, err error) {
 	n := e.Failed.Add(1)
-	e.lastFail.Store(&failure{time.Now(), err.Error()})
-	now := time.Now().UnixNano()
+	at := time.Now()
+	e.lastFail.Store(&failure{at, err.Error()})
+	now := at.UnixNano()
 	last := e.failLog.Load()
 	if now-last < int64(10*time.Second) || !e.failLog.CompareAndSwap(last, now) {
 		return

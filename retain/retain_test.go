@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/hpfeeds-go/hpfeeds/wire"
 )
 
@@ -177,22 +175,22 @@ func TestRestartJetStream(t *testing.T) {
 
 // reopened is an engine started again on a store holding frames 0 to 4
 // of events; it is closed after the test.
-func reopened(t *testing.T) (dir string, e *Engine) {
-	dir = t.TempDir()
-	e = open(t, dir)
+func reopened(t *testing.T) *Engine {
+	dir := t.TempDir()
+	e := open(t, dir)
 	if _, err := e.Channel("events").Resolve(context.Background(), appendN(t, e.Channel("events"), 0, 5)); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()
 	e = open(t, dir)
 	t.Cleanup(e.Close)
-	return dir, e
+	return e
 }
 
 // startJetStream starts e's embedded JetStream again after a test stopped it.
-func startJetStream(t *testing.T, e *Engine, dir string) {
+func startJetStream(t *testing.T, e *Engine) {
 	t.Helper()
-	if err := e.srv.EnableJetStream(&server.JetStreamConfig{StoreDir: dir, MaxMemory: jsMemory, MaxStore: jsStore, Strict: true}); err != nil {
+	if err := e.srv.EnableJetStream(e.jetStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -202,12 +200,12 @@ func startJetStream(t *testing.T, e *Engine, dir string) {
 // subscriber leaving it before anything of it is stored resumes at the
 // channel's end once the store answers, not at its oldest history.
 func TestChannelOpenedWhileStoreDown(t *testing.T) {
-	dir, e := reopened(t)
+	e := reopened(t)
 	if err := e.srv.ShutdownJetStream(); err != nil {
 		t.Fatal(err)
 	}
 	ch := e.Channel("events") // the store does not answer
-	startJetStream(t, e, dir)
+	startJetStream(t, e)
 	ch.Lock()
 	head := ch.Head()
 	ch.Unlock()
@@ -230,7 +228,7 @@ func TestChannelOpenedWhileStoreDown(t *testing.T) {
 // store refused, the first batch of the channel since the broker started,
 // resumes after the channel's stored history, not at its oldest.
 func TestFirstBatchRefused(t *testing.T) {
-	dir, e := reopened(t)
+	e := reopened(t)
 	ch := e.Channel("events")
 	if err := e.srv.ShutdownJetStream(); err != nil {
 		t.Fatal(err)
@@ -243,7 +241,7 @@ func TestFirstBatchRefused(t *testing.T) {
 	if e.Failed.Load() == 0 {
 		t.Fatal("the batch was not refused")
 	}
-	startJetStream(t, e, dir)
+	startJetStream(t, e)
 	if _, err := ch.Resolve(ctx, appendN(t, ch, 7, 9)); err != nil {
 		t.Fatal(err)
 	}
