@@ -3,6 +3,7 @@ package broker
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -20,7 +21,9 @@ import (
 // drains, then, under the log's lock, the frames not yet stored, and adds
 // it to the channel: nothing is missed or sent twice at the switch. When
 // the subscription ends, the position saved is that of the first frame the
-// peer's TCP did not acknowledge (see ackedOffset).
+// peer's TCP did not acknowledge (see ackedOffset). A subscriber whose
+// position or history the store cannot give goes live at once and is sent
+// what it missed once the store answers again (awaitStore).
 
 // retainState is the broker's retained subscriptions, per connection.
 type retainState struct {
@@ -89,6 +92,10 @@ type retainSub struct {
 	closed atomic.Bool
 	live   bool  // added to the topic; guarded by the log's lock
 	liveAt int64 // the queue's pushed bytes when it went live; guarded by the log's lock
+	// pending: live without what it missed, as the store did not answer
+	// (awaitStore); its position is not saved meanwhile, so the one saved
+	// before stays. Guarded by the log's lock.
+	pending bool
 
 	mu    sync.Mutex // guards the catch-up ring
 	start retain.Pos // where catch-up began, or the ring's last evicted entry
@@ -144,8 +151,14 @@ func (c *conn) subscribeRetained(t *topic) bool {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
 	p, ok, err := b.cfg.Retain.Resume(ctx, rs.ident, rc)
 	cancel()
-	if err != nil {
+	switch {
+	case errors.Is(err, retain.ErrBadPosition):
 		c.log().Warn("retained channel: no resume position; starting live", "channel", t.name, "err", err)
+	case err != nil:
+		c.log().Warn("retained channel: no resume position; starting live, and sending what it missed once the store answers",
+			"channel", t.name, "err", err)
+		rs.awaitStore(retain.Pos{}, true)
+		return true
 	}
 	if !ok {
 		rs.goLive(retain.Pos{}, true)
@@ -169,8 +182,9 @@ func (rs *retainSub) catchUp(p retain.Pos) {
 		s, found, err := rc.Read(ctx, p)
 		cancel()
 		if err != nil {
-			c.log().Warn("retained channel: reading the store failed; going live, frames may be missing", "channel", rs.t.name, "err", err)
-			rs.goLive(p, true)
+			c.log().Warn("retained channel: reading the store failed; going live, and sending the rest once the store answers",
+				"channel", rs.t.name, "err", err)
+			rs.awaitStore(p, false)
 			return
 		}
 		if !found {
@@ -258,6 +272,86 @@ func (rs *retainSub) goLive(p retain.Pos, force bool) bool {
 	if first {
 		c.b.interestChanged(t.name)
 	}
+	return true
+}
+
+// awaitStoreMax bounds the wait between awaitStore's tries.
+const awaitStoreMax = time.Minute
+
+// awaitStore puts rs live without what it missed, as the store did not
+// answer, and tries the store again, waiting longer each time: once it
+// answers, rs leaves the channel and catches up from p (from its saved
+// position if lookup), then goes live again. So nothing stored is lost,
+// but what it missed comes after the live messages it got meanwhile, and
+// those the store kept before it answered again are sent twice.
+func (rs *retainSub) awaitStore(p retain.Pos, lookup bool) {
+	rc, b := rs.t.ret, rs.c.b
+	rc.Lock()
+	rs.pending = true
+	rc.Unlock()
+	rs.goLive(p, true)
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for wait := time.Second; ; wait = min(2*wait, awaitStoreMax) {
+			t := time.NewTimer(wait)
+			select {
+			case <-b.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			if rs.closed.Load() {
+				return
+			}
+			from, ok, err := p, true, error(nil)
+			ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
+			if lookup {
+				from, ok, err = b.cfg.Retain.Resume(ctx, rs.ident, rc)
+				if errors.Is(err, retain.ErrBadPosition) {
+					ok, err = false, nil
+				}
+			} else {
+				var s retain.Stored
+				s, _, err = rc.Read(ctx, p) // what failed: off the channel only once it works
+				s.Release()
+			}
+			cancel()
+			if err != nil {
+				continue
+			}
+			if rs.leaveForCatchUp(from, ok) {
+				rs.catchUp(from)
+			}
+			return
+		}
+	}()
+}
+
+// leaveForCatchUp ends rs's pending wait: with a position to catch up
+// from (ok), it takes rs off the channel to catch up from p.
+func (rs *retainSub) leaveForCatchUp(p retain.Pos, ok bool) bool {
+	rc, t, c := rs.t.ret, rs.t, rs.c
+	rc.Lock()
+	if rs.closed.Load() {
+		rc.Unlock()
+		return false
+	}
+	rs.pending = false
+	if !ok { // no saved position: live was right
+		rc.Unlock()
+		return false
+	}
+	rs.live = false
+	last := t.remove(c)
+	rs.mu.Lock()
+	rs.start, rs.at, rs.ring = p, p, rs.ring[:0]
+	rs.mu.Unlock()
+	rc.Unlock()
+	if last {
+		c.b.interestChanged(t.name)
+	}
+	c.log().Info("retained channel: the store answers again; sending what the subscriber missed", "channel", t.name)
 	return true
 }
 
@@ -356,12 +450,12 @@ func (rs *retainSub) end(pushed, acked int64, save bool) {
 	rc.Lock()
 	rs.closed.Store(true)
 	last := t.remove(rs.c)
-	m, p, live := rs.markLocked(pushed, acked)
+	m, p, live, ok := rs.markLocked(pushed, acked)
 	rc.Unlock()
 	if last {
 		b.interestChanged(t.name)
 	}
-	if !save {
+	if !save || !ok {
 		return
 	}
 	b.wg.Add(1)
@@ -372,13 +466,17 @@ func (rs *retainSub) end(pushed, acked int64, save bool) {
 }
 
 // markLocked is where rs resumes when the peer acknowledged acked of the
-// pushed bytes: a mark in the log once live, else a stored position. The
-// caller holds the log's lock.
-func (rs *retainSub) markLocked(pushed, acked int64) (m retain.Mark, p retain.Pos, live bool) {
-	if rs.live && acked >= rs.liveAt {
-		return rs.t.ret.Back(int(max(0, pushed-acked))), p, true
+// pushed bytes: a mark in the log once live, else a stored position; ok
+// false while it waits for the store (pending), when nothing is to be
+// saved. The caller holds the log's lock.
+func (rs *retainSub) markLocked(pushed, acked int64) (m retain.Mark, p retain.Pos, live, ok bool) {
+	if rs.pending {
+		return m, p, false, false
 	}
-	return m, rs.caughtUpTo(acked), false
+	if rs.live && acked >= rs.liveAt {
+		return rs.t.ret.Back(int(max(0, pushed-acked))), p, true, true
+	}
+	return m, rs.caughtUpTo(acked), false, true
 }
 
 // save stores the position; a checkpoint's (final unset) is skipped once
@@ -451,9 +549,11 @@ func (b *Broker) checkpoint() {
 			if key := [2]string{rs.ident, rs.t.name}; !done[key] {
 				done[key] = true
 				rs.t.ret.Lock()
-				m, p, live := rs.markLocked(pushed, acked)
+				m, p, live, ok := rs.markLocked(pushed, acked)
 				rs.t.ret.Unlock()
-				rs.save(m, p, live, false)
+				if ok {
+					rs.save(m, p, live, false)
+				}
 			}
 		}
 	}

@@ -16,8 +16,10 @@ type RetainedInfo struct {
 }
 
 // RetainLag is how far an ident is behind in a retained channel: live
-// (subscribed, nothing stored it has not been sent), catching-up, or away
-// (not subscribed, with a saved position).
+// (subscribed, nothing stored it has not been sent), catching-up, waiting
+// (live, to be sent what it missed once the store answers; how much is
+// not known meanwhile, 0), or away (not subscribed, with a saved
+// position).
 type RetainLag struct {
 	Channel        string  `json:"channel"`
 	State          string  `json:"state"`
@@ -64,9 +66,12 @@ func (b *Broker) RetainLags() map[string][]RetainLag {
 			continue // another connection of the ident: the first counts
 		}
 		seen[key] = true
-		lag := RetainLag{Channel: rs.t.name, State: "live"}
-		if p, catching := rs.catchingAt(); catching {
-			lag = behind(ctx, rs.t.ret, p, "catching-up")
+		lag := RetainLag{Channel: rs.t.name}
+		switch p, state := rs.lagState(); state {
+		case "catching-up":
+			lag = behind(ctx, rs.t.ret, p, state)
+		default:
+			lag.State = state
 		}
 		out[rs.ident] = append(out[rs.ident], lag)
 	}
@@ -92,14 +97,20 @@ func behind(ctx context.Context, ch *retain.Channel, p retain.Pos, state string)
 	return lag
 }
 
-// catchingAt is where a catching-up subscription reads; false once live.
-func (rs *retainSub) catchingAt() (retain.Pos, bool) {
+// lagState is rs's state in RetainLag and, catching up, where it reads.
+func (rs *retainSub) lagState() (retain.Pos, string) {
 	rs.t.ret.Lock()
-	live := rs.live
+	live, pending := rs.live, rs.pending
 	rs.t.ret.Unlock()
+	switch {
+	case pending:
+		return retain.Pos{}, "waiting"
+	case live:
+		return retain.Pos{}, "live"
+	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	return rs.at, !live
+	return rs.at, "catching-up"
 }
 
 // RetainStoreInfo is how the retained store fares: the batches it refused

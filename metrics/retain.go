@@ -14,7 +14,7 @@ var (
 	descRetainedOldest = prometheus.NewDesc("hpfeeds_broker_retained_oldest_age_seconds",
 		"Age of a retained channel's oldest stored message", []string{"channel"}, nil)
 	descRetainBehind = prometheus.NewDesc("hpfeeds_broker_retain_behind_messages",
-		"Messages of a retained channel an ident has not been sent yet (catching up, or away)", []string{"ident", "channel", "state"}, nil)
+		"Messages of a retained channel an ident has not been sent yet (catching up, or away; 0 while waiting for the store, not known)", []string{"ident", "channel", "state"}, nil)
 	descRetainBehindSeconds = prometheus.NewDesc("hpfeeds_broker_retain_behind_seconds",
 		"Age of the oldest message of a retained channel an ident has not been sent yet", []string{"ident", "channel", "state"}, nil)
 	descRetainFailed = prometheus.NewDesc("hpfeeds_broker_retain_store_failures_total",

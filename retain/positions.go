@@ -17,6 +17,11 @@ func posKey(ident, channel string) string {
 	return "i" + enc.EncodeToString([]byte(ident)) + ".c" + enc.EncodeToString([]byte(channel))
 }
 
+// ErrBadPosition is Resume's error for a saved position that is not one:
+// the store answered, so the subscriber starts live and its position is
+// saved anew.
+var ErrBadPosition = errors.New("unreadable")
+
 // Resume is where ident resumes channel: its saved position, or, for an
 // ident with none, ReplayFirst back (ok false: start live).
 func (e *Engine) Resume(ctx context.Context, ident string, ch *Channel) (p Pos, ok bool, err error) {
@@ -38,7 +43,7 @@ func (e *Engine) Resume(ctx context.Context, ident string, ch *Channel) (p Pos, 
 		p.Idx, err = strconv.Atoi(idx)
 	}
 	if err != nil {
-		return Pos{}, false, fmt.Errorf("retain: %s's position in %s is unreadable (%q); it starts live", ident, ch.name, v.Value())
+		return Pos{}, false, fmt.Errorf("retain: %s's position in %s is %w (%q); it starts live", ident, ch.name, ErrBadPosition, v.Value())
 	}
 	return p, true, nil
 }

@@ -257,16 +257,21 @@ func natsAddr(t *testing.T) string {
 
 // startNATS starts the machine's nats-server until the test ends.
 func startNATS(t *testing.T, args ...string) (string, *exec.Cmd) {
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		t.Fatalf("nats-server not installed (apt-get install nats-server): %v", err)
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
 	l.Close()
+	return addr, startNATSOn(t, addr, args...)
+}
+
+// startNATSOn starts the machine's nats-server on addr until the test ends.
+func startNATSOn(t *testing.T, addr string, args ...string) *exec.Cmd {
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		t.Fatalf("nats-server not installed (apt-get install nats-server): %v", err)
+	}
 	_, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(bin, append([]string{"-a", "127.0.0.1", "-p", port}, args...)...)
 	if err := cmd.Start(); err != nil {
@@ -276,12 +281,12 @@ func startNATS(t *testing.T, args ...string) (string, *exec.Cmd) {
 	for i := 0; i < 200; i++ {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return addr, cmd
+			return cmd
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
 	t.Fatal("nats-server did not start")
-	return "", nil
+	return nil
 }
 
 // The image's entrypoint, run here with a fake /app/var: a volume left by

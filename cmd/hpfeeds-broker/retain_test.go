@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -814,4 +815,182 @@ func TestRetainKill9WhileSubscribed(t *testing.T) {
 	}
 	r2.next = first + 1
 	r2.until(999)
+}
+
+// A subscriber returning while the store does not answer (the cluster's
+// NATS down) starts live; once NATS is back it is sent what it missed
+// before it returned. Nothing stored is lost, though it comes after the
+// live messages it got meanwhile.
+func TestRetainResumeWhileStoreDown(t *testing.T) {
+	clusterUser("wlogger")
+	clusterUser("wsensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	ns, b := natsGoesDown(t, 300, "wlogger", "wsensor")
+	ns.stop()
+
+	sub := resubscribe(t, b.addr, "wlogger") // its position cannot be read: live
+	pub := dialAs(t, b.addr, "wsensor")
+	linked(t, pub, sub)
+	got := &tally{r: &reader{t: t, c: sub}, got: map[int]int{}}
+	publishRange(t, pub, 300, 400)
+	got.until("live while NATS is down", 300, 400)
+	if n := len(got.got); n != 100 {
+		t.Fatalf("while NATS was down it got %d distinct messages, want the 100 live ones", n)
+	}
+	waiting(t, b, "wlogger")
+	if _, page := get(t, "http://"+b.exporter+"/"); !strings.Contains(page, `<span class="tag">events <span class="dim">waiting for the store</span></span>`) {
+		t.Errorf("the status page does not say wlogger waits for the store:\n%.3000s", page)
+	}
+	ns.start()
+	got.until("what it missed, once NATS is back", 0, 300)
+	publishRange(t, pub, 400, 500)
+	got.until("live again", 400, 500)
+	t.Logf("500 messages, none lost, %d sent twice", got.dups())
+}
+
+// A subscriber catching up when the store stops answering (the cluster's
+// NATS down) goes live, and once NATS is back is sent the rest of what it
+// missed.
+func TestRetainCatchUpWhileStoreDown(t *testing.T) {
+	clusterUser("vlogger")
+	clusterUser("vsensor")
+	t.Parallel()        // after clusterUser: it appends to a shared list
+	const missed = 3000 // 6 s at the rate below
+	ns, b := natsGoesDown(t, missed, "vlogger", "vsensor", "--retain-replay-rate=100KiB")
+	sub := resubscribe(t, b.addr, "vlogger")
+	got := &tally{r: &reader{t: t, c: sub}, got: map[int]int{}}
+	got.until("the start of the catch-up", 0, 200)
+	ns.stop()
+	waiting(t, b, "vlogger") // live, once a read of the store failed
+	pub := dialAs(t, b.addr, "vsensor")
+	publishRange(t, pub, missed, missed+100)
+	got.until("live while NATS is down", missed, missed+100)
+	ns.start()
+	got.until("the rest of what it missed, once NATS is back", 0, missed)
+	publishRange(t, pub, missed+100, missed+200)
+	got.until("live again", missed+100, missed+200)
+	t.Logf("%d messages, none lost, %d sent twice", missed+200, got.dups())
+}
+
+// privateNATS is a nats-server with JetStream of the test's own, to stop
+// and start again on the same address and files.
+type privateNATS struct {
+	t        *testing.T
+	addr, sd string
+	cmd      *exec.Cmd
+}
+
+func (n *privateNATS) stop() { n.cmd.Process.Kill(); n.cmd.Wait() }
+
+func (n *privateNATS) start() { n.cmd = startNATSOn(n.t, n.addr, "-js", "-sd", n.sd) }
+
+// natsGoesDown starts a private NATS and a retaining broker clustered on
+// it, where logger misses n messages of sensor's, stored.
+func natsGoesDown(t *testing.T, n int, logger, sensor string, args ...string) (*privateNATS, *clusterBroker) {
+	t.Helper()
+	ns := &privateNATS{t: t, sd: t.TempDir()}
+	ns.addr, ns.cmd = startNATS(t, "-js", "-sd", ns.sd)
+	b := retainBroker(t, t.TempDir(), append(args, "--cluster=nats://"+ns.addr, "--lookup-timeout=1s")...)
+	missWhileAway(t, b.addr, logger, sensor, n)
+	want := strconv.Itoa(n + 1) // and the probe
+	brokertest.Eventually(t, "the missed messages stored", func() bool {
+		_, body := get(t, "http://"+b.exporter+"/metrics")
+		m := regexp.MustCompile(`(?m)^hpfeeds_broker_retained_messages\{channel="events"\} (\d+)$`).FindStringSubmatch(body)
+		return m != nil && m[1] == want
+	})
+	return ns, b
+}
+
+// waiting waits until /identz says ident is live and waits for the store.
+func waiting(t *testing.T, b *clusterBroker, ident string) {
+	t.Helper()
+	re := regexp.MustCompile(`"ident":\s*"` + ident + `"[^\]]*"retained":\s*\[\s*\{\s*"channel":\s*"events",\s*"state":\s*"waiting"`)
+	brokertest.Eventually(t, "/identz saying "+ident+" waits for the store", func() bool {
+		_, body := get(t, "http://"+b.exporter+"/identz")
+		return re.MatchString(body)
+	})
+}
+
+func publishRange(t *testing.T, pub *wireClient, from, to int) {
+	t.Helper()
+	for i := from; i < to; i++ {
+		if err := pub.publish(retainPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// tally counts the numbered messages a reader gets, in any order.
+type tally struct {
+	r   *reader
+	got map[int]int
+}
+
+// until reads until every message from from to to (excluded) has come.
+func (y *tally) until(what string, from, to int) {
+	y.r.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for i := from; i < to; {
+		if y.got[i] > 0 {
+			i++
+			continue
+		}
+		n, ok := y.r.read(time.Until(deadline))
+		if !ok {
+			y.r.t.Fatalf("%s: got %d distinct messages, then nothing (%d missing)", what, len(y.got), i)
+		}
+		y.got[n]++
+	}
+}
+
+func (y *tally) dups() int {
+	d := 0
+	for _, c := range y.got {
+		d += c - 1
+	}
+	return d
+}
+
+// A saved position that is not one (a damaged store, a hand edit) is not
+// a store that does not answer: the subscriber starts live and its
+// position is saved anew.
+func TestRetainBadPosition(t *testing.T) {
+	clusterUser("ulogger")
+	clusterUser("usensor")
+	t.Parallel() // after clusterUser: it appends to a shared list
+	ns, b := natsGoesDown(t, 10, "ulogger", "usensor")
+	nc, err := nats.Connect("nats://" + ns.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "HPFEEDS_RETAIN_POS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := base64.RawURLEncoding
+	key := "i" + enc.EncodeToString([]byte("ulogger")) + ".c" + enc.EncodeToString([]byte("events"))
+	if _, err := kv.Get(ctx, key); err != nil {
+		t.Fatalf("no saved position at %s: %v", key, err)
+	}
+	if _, err := kv.Put(ctx, key, []byte("not a position")); err != nil {
+		t.Fatal(err)
+	}
+	sub := resubscribe(t, b.addr, "ulogger")
+	pub := dialAs(t, b.addr, "usensor")
+	linked(t, pub, sub)
+	// At once: not waiting for a store that answered.
+	if _, body := get(t, "http://"+b.exporter+"/identz"); !regexp.MustCompile(`"ident":\s*"ulogger"[^\]]*"retained":\s*\[\s*\{\s*"channel":\s*"events",\s*"state":\s*"live"`).MatchString(body) {
+		t.Errorf("/identz does not say ulogger is live: %s", body)
+	}
+	publishRange(t, pub, 10, 20)
+	got := &tally{r: &reader{t: t, c: sub}, got: map[int]int{}}
+	got.until("live", 10, 20)
+	brokertest.Eventually(t, "the position saved anew", func() bool {
+		e, err := kv.Get(ctx, key)
+		return err == nil && regexp.MustCompile(`^\d+ \d+$`).Match(e.Value())
+	})
 }
