@@ -990,6 +990,8 @@ func TestRetainBadPosition(t *testing.T) {
 	got := &tally{r: &reader{t: t, c: sub}, got: map[int]int{}}
 	got.until("live", 10, 20)
 	brokertest.Eventually(t, "the position saved anew", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		e, err := kv.Get(ctx, key)
 		return err == nil && regexp.MustCompile(`^\d+ \d+$`).Match(e.Value())
 	})
