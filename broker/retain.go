@@ -304,19 +304,7 @@ func (rs *retainSub) awaitStore(p retain.Pos, lookup bool) {
 			if rs.closed.Load() {
 				return
 			}
-			from, ok, err := p, true, error(nil)
-			ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
-			if lookup {
-				from, ok, err = b.cfg.Retain.Resume(ctx, rs.ident, rc)
-				if errors.Is(err, retain.ErrBadPosition) {
-					ok, err = false, nil
-				}
-			} else {
-				var s retain.Stored
-				s, _, err = rc.Read(ctx, p) // what failed: off the channel only once it works
-				s.Release()
-			}
-			cancel()
+			from, ok, err := rs.askStore(p, lookup)
 			if err != nil {
 				continue
 			}
@@ -326,6 +314,25 @@ func (rs *retainSub) awaitStore(p retain.Pos, lookup bool) {
 			return
 		}
 	}()
+}
+
+// askStore asks the store what awaitStore waits for: rs's saved position
+// (ok false: none, start live), or, without lookup, whether the read that
+// failed at p works now, so rs leaves the channel only once it does.
+func (rs *retainSub) askStore(p retain.Pos, lookup bool) (retain.Pos, bool, error) {
+	b := rs.c.b
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.LookupTimeout)
+	defer cancel()
+	if !lookup {
+		s, _, err := rs.t.ret.Read(ctx, p)
+		s.Release()
+		return p, true, err
+	}
+	from, ok, err := b.cfg.Retain.Resume(ctx, rs.ident, rs.t.ret)
+	if errors.Is(err, retain.ErrBadPosition) {
+		return from, false, nil
+	}
+	return from, ok, err
 }
 
 // leaveForCatchUp ends rs's pending wait: with a position to catch up

@@ -937,7 +937,7 @@ func (y *tally) until(what string, from, to int) {
 		}
 		n, ok := y.r.read(time.Until(deadline))
 		if !ok {
-			y.r.t.Fatalf("%s: got %d distinct messages, then nothing (%d missing)", what, len(y.got), i)
+			y.r.t.Fatalf("%s: got %d distinct messages, then nothing (message %d missing)", what, len(y.got), i)
 		}
 		y.got[n]++
 	}
